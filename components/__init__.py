@@ -1,0 +1,1 @@
+"""Builders for the pipeline's TFX components and their configuration protos."""

@@ -1,0 +1,1 @@
+"""User code run inside TFX components, split by TFX contract (given to TFX by module path)."""

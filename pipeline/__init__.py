@@ -1,0 +1,1 @@
+"""The TFX image-classification pipeline: one definition, thin runners."""

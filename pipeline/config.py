@@ -1,0 +1,128 @@
+"""The pipeline's one typed configuration: defaults, environment, then command line."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "TFX_IMAGE_"
+BEAM_MODES = ("in_process", "multi_processing")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a runner needs to build and run the pipeline.
+
+    Empty path fields are derived from ``work_dir``; an empty ``data_root`` means the embedded
+    default dataset (scikit-learn's handwritten digits as PNG tf.Examples).
+    """
+
+    pipeline_name: str = "image-classifier"
+    work_dir: str = "outputs"
+    data_root: str = ""
+    pipeline_root: str = ""
+    metadata_path: str = ""
+    serving_dir: str = ""
+    model_name: str = "image_classifier"
+    image_key: str = "image"
+    label_key: str = "label"
+    image_height: int = 8
+    image_width: int = 8
+    image_channels: int = 1
+    num_classes: int = 10
+    train_steps: int = 400
+    eval_steps: int = 20
+    epochs: int = 8
+    batch_size: int = 32
+    learning_rate: float = 0.003
+    min_accuracy: float = 0.9
+    beam_mode: str = "in_process"
+    beam_workers: int = 0
+    beam_args: tuple[str, ...] = ()
+    enable_cache: bool = True
+
+    def __post_init__(self):
+        if self.beam_mode not in BEAM_MODES:
+            raise ValueError(f"beam_mode must be one of {BEAM_MODES}, got {self.beam_mode!r}")
+        for name in ("image_height", "image_width", "num_classes", "train_steps", "eval_steps",
+                     "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        if self.min_accuracy < 0:  # above 1 is allowed: a gate nothing passes
+            raise ValueError(f"min_accuracy must be >= 0, got {self.min_accuracy}")
+        if self.train_steps < self.epochs:
+            raise ValueError("train_steps must be >= epochs")
+        work = Path(self.work_dir).absolute()
+        derived = {
+            "pipeline_root": work / "pipelines" / self.pipeline_name,
+            "metadata_path": work / "metadata" / f"{self.pipeline_name}.sqlite",
+            "serving_dir": work / "serving",
+        }
+        for name, default in derived.items():
+            object.__setattr__(self, name, str(getattr(self, name) or default))
+
+    @property
+    def uses_default_data(self) -> bool:
+        return not self.data_root
+
+    @property
+    def default_data_root(self) -> str:
+        return str(Path(self.work_dir).absolute() / "data" / "digits")
+
+    @property
+    def push_dir(self) -> str:
+        """TF Serving model base path: versions appear as ``<push_dir>/<version>/``."""
+        return os.path.join(self.serving_dir, self.model_name)
+
+    @property
+    def beam_pipeline_args(self) -> list[str]:
+        """DirectRunner in-process (small data) or multi-processing, plus any extra args."""
+        if self.beam_mode == "in_process":
+            args = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        else:
+            args = ["--direct_running_mode=multi_processing",
+                    f"--direct_num_workers={self.beam_workers}"]
+        return args + list(self.beam_args)
+
+    def module_config(self) -> dict[str, Any]:
+        """The JSON-serialisable part Transform and Trainer receive as ``custom_config``."""
+        keys = ("image_key", "label_key", "image_height", "image_width", "image_channels",
+                "num_classes", "epochs", "batch_size", "learning_rate")
+        return {k: getattr(self, k) for k in keys}
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None,
+                  environ: dict[str, str] | None = None) -> "PipelineConfig":
+        """Defaults, overridden by ``TFX_IMAGE_<FIELD>`` variables, overridden by ``--field``."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        parser = argparse.ArgumentParser(
+            prog="python -m pipeline.local_runner",
+            description="Run the TFX image-classification pipeline. Every option can also be "
+                        f"set as an environment variable {ENV_PREFIX}<OPTION>.")
+        for field in dataclasses.fields(cls):
+            env = environ.get(ENV_PREFIX + field.name.upper())
+            default = field.default if env is None else _parse(hints[field.name], env)
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
+                                type=lambda v, t=hints[field.name]: _parse(t, v), default=default,
+                                help=f"(default: {_show(default)!s})")
+        return cls(**vars(parser.parse_args(argv)))
+
+
+def _parse(kind, text: str):
+    if kind is bool:
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        return text.lower() in ("1", "true", "yes")
+    if kind == tuple[str, ...]:
+        return tuple(shlex.split(text))
+    return kind(text)
+
+
+def _show(value) -> str:
+    return shlex.join(value) if isinstance(value, tuple) else repr(value)

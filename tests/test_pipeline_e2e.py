@@ -1,0 +1,109 @@
+"""The whole pipeline with LocalDagRunner on the embedded digits data, in a temp dir.
+
+One first run is shared: then an identical rerun (all cached) and a rerun whose gate no model
+can pass (Evaluator reruns, nothing is pushed, serving is untouched).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ml_metadata.proto import metadata_store_pb2
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from modules.features import CLASS_IDS, PROBABILITIES
+from pipeline import local_runner
+from pipeline.config import PipelineConfig
+from pipeline.outcome import metadata_store
+
+COMPONENTS = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
+              "Trainer", "Evaluator", "Pusher")
+FAST = ["--train-steps", "240", "--epochs", "4", "--eval-steps", "10"]
+
+
+def _executions_by_component(config, after_id=0):
+    store = metadata_store(config)
+    types = {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
+    return {types[e.type_id]: e for e in store.get_executions() if e.id > after_id}
+
+
+def _serving_snapshot(config):
+    files = sorted(glob.glob(os.path.join(config.push_dir, "**"), recursive=True))
+    return {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in files if os.path.isfile(f)}
+
+
+def _held_out_examples(config):
+    files = sorted(glob.glob(os.path.join(config.default_data_root, "eval", "*")))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files)]
+    labels = [tf.train.Example.FromString(r).features.feature["label"].int64_list.value[0]
+              for r in records]
+    return records, np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    config = PipelineConfig.from_args(["--work-dir", str(tmp_path_factory.mktemp("e2e"))] + FAST,
+                                      environ={})
+    outcome = local_runner.run(config)
+    return dataclasses.replace(config, data_root=config.default_data_root), outcome
+
+
+def test_every_component_succeeded_in_mlmd(first_run):
+    config, _ = first_run
+    executions = _executions_by_component(config)
+    for component in COMPONENTS:
+        assert component in executions, f"no {component} execution in MLMD"
+        assert executions[component].last_known_state == metadata_store_pb2.Execution.COMPLETE
+
+
+def test_schema_has_the_image_and_label_features(first_run):
+    import tensorflow_data_validation as tfdv
+    config, _ = first_run
+    [schema_artifact] = metadata_store(config).get_artifacts_by_type("Schema")
+    schema = tfdv.load_schema_text(os.path.join(schema_artifact.uri, "schema.pbtxt"))
+    kinds = {f.name: f.type for f in schema.feature}
+    assert kinds == {"image": schema_pb2.BYTES, "label": schema_pb2.INT}
+
+
+def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
+    config, outcome = first_run
+    assert outcome["blessed"] and outcome["pushed"]
+    versions = os.listdir(config.push_dir)
+    assert len(versions) == 1 and versions[0].isdigit()
+    assert outcome["pushed_path"] == os.path.join(config.push_dir, versions[0])
+    model = tf.saved_model.load(outcome["pushed_path"])
+    records, labels = _held_out_examples(config)
+    out = model.signatures["serving_default"](examples=tf.constant(records))
+    accuracy = float(np.mean(out[CLASS_IDS].numpy() == labels))
+    assert out[PROBABILITIES].shape == (len(records), config.num_classes)
+    assert accuracy >= config.min_accuracy
+    assert accuracy == pytest.approx(outcome["accuracy"], abs=1e-6)
+
+
+def test_identical_rerun_is_served_from_cache(first_run, capsys):
+    config, outcome = first_run
+    before = _serving_snapshot(config)
+    last_id = max(e.id for e in metadata_store(config).get_executions())
+    assert local_runner.main(["--work-dir", config.work_dir] + FAST) == 0
+    assert "BLESSED and pushed: " + outcome["pushed_path"] in capsys.readouterr().out
+    rerun = _executions_by_component(config, last_id)
+    assert set(rerun) == set(COMPONENTS)
+    assert {e.last_known_state for e in rerun.values()} == {metadata_store_pb2.Execution.CACHED}
+    assert _serving_snapshot(config) == before
+
+
+def test_unreachable_gate_blesses_nothing_and_pushes_nothing(first_run):
+    config, _ = first_run
+    before = _serving_snapshot(config)
+    last_id = max(e.id for e in metadata_store(config).get_executions())
+    outcome = local_runner.run(dataclasses.replace(config, min_accuracy=1.5))
+    assert not outcome["blessed"] and not outcome["pushed"]
+    rerun = _executions_by_component(config, last_id)
+    assert rerun["Evaluator"].last_known_state == metadata_store_pb2.Execution.COMPLETE
+    assert rerun["Trainer"].last_known_state == metadata_store_pb2.Execution.CACHED
+    assert _serving_snapshot(config) == before
