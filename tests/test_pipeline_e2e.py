@@ -64,7 +64,8 @@ def test_every_component_succeeded_in_mlmd(first_run):
 def test_schema_has_the_image_and_label_features(first_run):
     import tensorflow_data_validation as tfdv
     config, _ = first_run
-    [schema_artifact] = metadata_store(config).get_artifacts_by_type("Schema")
+    [schema_artifact] = [a for a in metadata_store(config).get_artifacts_by_type("Schema")
+                         if "/SchemaGen/" in a.uri]
     schema = tfdv.load_schema_text(os.path.join(schema_artifact.uri, "schema.pbtxt"))
     kinds = {f.name: f.type for f in schema.feature}
     assert kinds == {"image": schema_pb2.BYTES, "label": schema_pb2.INT}
