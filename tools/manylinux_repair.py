@@ -69,19 +69,22 @@ def _sections(data: bytes):
     return [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
 
 
+def _version_tables(data: bytes, wanted: int):
+    """(string table offset, table offset, entry count) of each section of type ``wanted``."""
+    secs = _sections(data)
+    for _, sh_type, _, _, offset, _, link, count, _, _ in secs:
+        if sh_type == wanted:
+            yield secs[link][4], offset, count
+
+
 def _cstr(data: bytes, offset: int) -> str:
     return data[offset:data.index(b"\0", offset)].decode()
 
 
 def version_needs(data: bytes) -> list[tuple[str, str, int, int]]:
     """(library, version, flags, byte offset of vna_flags) for each version need of an ELF."""
-    secs = _sections(data)
     out = []
-    for _, sh_type, _, _, off, _, link, count, _, _ in secs:
-        if sh_type != SHT_GNU_VERNEED:
-            continue
-        strtab = secs[link][4]
-        pos = off
+    for strtab, pos, count in _version_tables(data, SHT_GNU_VERNEED):
         for _ in range(count):
             _, cnt, vn_file, vn_aux, vn_next = struct.unpack_from("<HHIII", data, pos)
             aux = pos + vn_aux
@@ -95,13 +98,8 @@ def version_needs(data: bytes) -> list[tuple[str, str, int, int]]:
 
 def version_defs(data: bytes) -> set[str]:
     """Names of the symbol versions an ELF shared library defines."""
-    secs = _sections(data)
     names = set()
-    for _, sh_type, _, _, off, _, link, count, _, _ in secs:
-        if sh_type != SHT_GNU_VERDEF:
-            continue
-        strtab = secs[link][4]
-        pos = off
+    for strtab, pos, count in _version_tables(data, SHT_GNU_VERDEF):
         for _ in range(count):
             _, _, _, cnt, _, vd_aux, vd_next = struct.unpack_from("<HHHHIII", data, pos)
             if cnt:
