@@ -11,6 +11,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+# TFX's Beam executors parse sys.argv with absl (base_beam_executor.py): pytest's own flags
+# (-v is absl's --verbosity) must not reach it.
+sys.argv = sys.argv[:1]
 
 
 def encode(pixels: np.ndarray, fmt: str) -> bytes:
