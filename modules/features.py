@@ -8,12 +8,16 @@ IMAGE_XF = "image_xf"
 LABEL_XF = "label_xf"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
+CLASS_NAMES = "class_names"
 SERVING_INPUT = "examples"
+RAW_INPUT = "image_bytes"
+RAW_SIGNATURE = "serving_image_bytes"
+RESIZE_MODES = ("pad", "crop", "stretch")
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
-    """Raw feature keys and the model's input image shape."""
+    """Raw feature keys, the model's input image shape and how images get there."""
 
     image_key: str
     label_key: str
@@ -21,12 +25,16 @@ class ImageSpec:
     width: int
     channels: int
     num_classes: int
+    resize_mode: str = "pad"
+    max_pixels: int = 50_000_000
 
     @classmethod
     def from_custom_config(cls, config: Mapping[str, Any]) -> "ImageSpec":
         return cls(image_key=config["image_key"], label_key=config["label_key"],
                    height=int(config["image_height"]), width=int(config["image_width"]),
-                   channels=int(config["image_channels"]), num_classes=int(config["num_classes"]))
+                   channels=int(config["image_channels"]), num_classes=int(config["num_classes"]),
+                   resize_mode=config.get("resize_mode", "pad"),
+                   max_pixels=int(config.get("max_pixels", cls.max_pixels)))
 
     @property
     def shape(self) -> tuple[int, int, int]:

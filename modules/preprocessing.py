@@ -1,4 +1,7 @@
-"""Transform's ``preprocessing_fn``: decode and normalise images inside the TF graph."""
+"""Transform's ``preprocessing_fn``: decode, resize and normalise images inside the TF graph.
+
+``decode_images`` is also the serving path of raw image bytes, so both see the same pixels.
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -8,13 +11,67 @@ import tensorflow as tf
 from modules.features import IMAGE_XF, LABEL_XF, ImageSpec
 
 
+def _uint(data: tf.Tensor, start: int, size: int, little_endian: bool) -> tf.Tensor:
+    """An unsigned integer of ``size`` bytes at ``start`` of a byte string."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, start, size), tf.uint8), tf.int64)
+    weights = [256 ** i for i in (range(size) if little_endian else reversed(range(size)))]
+    return tf.reduce_sum(raw * tf.constant(weights, tf.int64))
+
+
+def image_dims(data: tf.Tensor) -> tf.Tensor:
+    """``[height, width]`` from the header of PNG/JPEG/GIF/BMP bytes, without decoding pixels.
+
+    Unknown formats give ``[0, 0]`` (the decoder then rejects them).
+    """
+    magic = tf.strings.substr(data, 0, 4)
+    padded = data + b"\0" * 26  # short inputs read as zeros, not out of range
+
+    def le(start, size):
+        return _uint(padded, start, size, little_endian=True)
+
+    def be(start, size):
+        return _uint(padded, start, size, little_endian=False)
+
+    def bmp():
+        height = le(22, 4)
+        return tf.stack([tf.where(height >= 2**31, 2**32 - height, height), le(18, 4)])
+
+    return tf.case([
+        (tf.equal(magic, b"\x89PNG"), lambda: tf.stack([be(20, 4), be(16, 4)])),
+        (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"),
+         lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
+        (tf.equal(magic, b"GIF8"), lambda: tf.stack([le(8, 2), le(6, 2)])),
+        (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
+    ], default=lambda: tf.zeros([2], tf.int64))
+
+
+def resize(image: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
+    """To the model's size: keep aspect with padding (``pad``), fill and crop (``crop``), or
+    ``stretch``."""
+    if spec.resize_mode == "pad":
+        return tf.image.resize_with_pad(image, spec.height, spec.width)
+    if spec.resize_mode == "crop":
+        size = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = tf.reduce_max(tf.constant([spec.height, spec.width], tf.float32) / size)
+        image = tf.image.resize(image, tf.cast(tf.math.ceil(size * scale), tf.int32))
+        return tf.image.resize_with_crop_or_pad(image, spec.height, spec.width)
+    return tf.image.resize(image, [spec.height, spec.width])
+
+
 def decode_images(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
-    """JPEG/PNG/GIF/BMP bytes ``[batch]`` -> float32 pixels in [0, 1], ``[batch, h, w, c]``."""
+    """JPEG/PNG/GIF/BMP bytes ``[batch]`` -> float32 pixels in [0, 1], ``[batch, h, w, c]``.
+
+    Images of more than ``spec.max_pixels`` pixels are rejected before any pixel is decoded.
+    """
 
     def decode_one(data):
-        image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
-        image = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32),
-                                [spec.height, spec.width])
+        dims = image_dims(data)
+        check = tf.debugging.Assert(
+            dims[0] * dims[1] <= spec.max_pixels,
+            [f"image too large: more than max_pixels={spec.max_pixels}; (height, width) =", dims])
+        with tf.control_dependencies([check]):
+            image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
+        image = resize(tf.image.convert_image_dtype(image, tf.float32), spec)
         return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), spec.shape)
 
     return tf.map_fn(decode_one, encoded,

@@ -1,6 +1,9 @@
 """Trainer's ``run_fn``: train under a ``tf.distribute`` strategy, export a servable model."""
 from __future__ import annotations
 
+import json
+import os
+
 import absl.logging
 import keras
 import tensorflow as tf
@@ -8,17 +11,29 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
-from modules.features import (CLASS_IDS, IMAGE_XF, LABEL_XF, PROBABILITIES, SERVING_INPUT,
-                              ImageSpec)
+from modules.features import (CLASS_IDS, CLASS_NAMES, IMAGE_XF, LABEL_XF, PROBABILITIES,
+                              RAW_INPUT, RAW_SIGNATURE, SERVING_INPUT, ImageSpec)
 from modules.model import build_model
+from modules.preprocessing import decode_images
 
 
-def choose_strategy(devices: list[str] | None = None) -> tf.distribute.Strategy:
-    """MirroredStrategy over several local devices (default: the GPUs), else one device."""
-    if devices is None:
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-    if len(devices) > 1:
-        return tf.distribute.MirroredStrategy(devices)
+def strategy_kind(requested: str, num_gpus: int, tf_config: str | None) -> str:
+    """``auto``: multi_worker when TF_CONFIG describes several tasks, mirrored on several
+    GPUs, else one_device. Any other value is taken as asked."""
+    if requested != "auto":
+        return requested
+    cluster = json.loads(tf_config).get("cluster", {}) if tf_config else {}
+    if sum(len(tasks) for tasks in cluster.values()) > 1:
+        return "multi_worker"
+    return "mirrored" if num_gpus > 1 else "one_device"
+
+
+def make_strategy(kind: str, devices: list[str]) -> tf.distribute.Strategy:
+    """The strategy of ``kind`` over ``devices`` (local GPUs; empty means the CPU)."""
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices or None)
     return tf.distribute.OneDeviceStrategy(devices[0] if devices else "/cpu:0")
 
 
@@ -32,40 +47,61 @@ def input_fn(files: list[str], data_accessor: DataAccessor,
 
 
 class ServingModule(tf.Module):
-    """Serving signature: serialized tf.Examples -> Transform graph -> model."""
+    """Serving signatures: serialized tf.Examples (through the Transform graph) and raw bytes."""
 
     def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                 label_key: str):
+                 spec: ImageSpec, class_names: list[str]):
         super().__init__()
         self.model = model
         self.tft_layer = tf_transform_output.transform_features_layer()
+        self.class_names = tf.Variable(class_names, trainable=False, name=CLASS_NAMES)
+        self._spec = spec
         self._raw_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
-                          if k != label_key}
+                          if k != spec.label_key}
+
+    def _predict(self, pixels):
+        probabilities = self.model(pixels, training=False)
+        class_ids = tf.argmax(probabilities, axis=-1)
+        return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,
+                CLASS_NAMES: tf.gather(self.class_names, class_ids)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def serve_examples(self, serialized):
         features = self.tft_layer(tf.io.parse_example(serialized, self._raw_spec))
-        probabilities = self.model(features[IMAGE_XF], training=False)
-        return {PROBABILITIES: probabilities, CLASS_IDS: tf.argmax(probabilities, axis=-1)}
+        return self._predict(features[IMAGE_XF])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=RAW_INPUT)])
+    def serve_image_bytes(self, images):
+        return self._predict(decode_images(images, self._spec))
 
 
 def run_fn(fn_args: FnArgs) -> None:
     config = fn_args.custom_config
     spec = ImageSpec.from_custom_config(config)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    strategy = choose_strategy()
+    keras.utils.set_random_seed(config["seed"])
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    kind = strategy_kind(config["strategy"], len(gpus), os.environ.get("TF_CONFIG"))
+    if gpus and config["mixed_precision"]:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = make_strategy(kind, gpus)
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
-    absl.logging.info("Training with %s on %d replica(s), global batch %d",
-                      type(strategy).__name__, strategy.num_replicas_in_sync, batch_size)
+    absl.logging.info("Training with %s on %d replica(s) (GPUs: %s), global batch %d, "
+                      "precision policy %s", type(strategy).__name__,
+                      strategy.num_replicas_in_sync, gpus or "none", batch_size,
+                      keras.mixed_precision.global_policy().name)
     train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size)
     evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                           batch_size)
     with strategy.scope():
-        model = build_model(spec, config["learning_rate"])
+        model = build_model(spec, config["learning_rate"], tuple(config["augmentation"]))
     epochs = config["epochs"]
     model.fit(train, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
-              validation_data=evaluation, validation_steps=fn_args.eval_steps,
-              callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir)], verbose=2)
-    module = ServingModule(model, tf_transform_output, spec.label_key)
-    tf.saved_model.save(module, fn_args.serving_model_dir,
-                        signatures={"serving_default": module.serve_examples})
+              validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
+              callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
+                         keras.callbacks.EarlyStopping(
+                             monitor="val_loss", restore_best_weights=True,
+                             patience=config["early_stopping_patience"])])
+    module = ServingModule(model, tf_transform_output, spec, config["class_names"])
+    tf.saved_model.save(module, fn_args.serving_model_dir, signatures={
+        "serving_default": module.serve_examples, RAW_SIGNATURE: module.serve_image_bytes})

@@ -10,6 +10,9 @@ from typing import Any, get_type_hints
 
 ENV_PREFIX = "TFX_IMAGE_"
 BEAM_MODES = ("in_process", "multi_processing")
+RESIZE_MODES = ("pad", "crop", "stretch")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+AUGMENTATIONS = ("flip", "rotate", "zoom")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +36,19 @@ class PipelineConfig:
     image_width: int = 8
     image_channels: int = 1
     num_classes: int = 10
+    class_names: tuple[str, ...] = ()
+    resize_mode: str = "pad"
+    max_pixels: int = 50_000_000
     train_steps: int = 400
     eval_steps: int = 20
     epochs: int = 8
     batch_size: int = 32
     learning_rate: float = 0.003
+    strategy: str = "auto"
+    mixed_precision: bool = True
+    augmentation: tuple[str, ...] = ()
+    early_stopping_patience: int = 3
+    seed: int = 42
     min_accuracy: float = 0.9
     beam_mode: str = "in_process"
     beam_workers: int = 0
@@ -45,10 +56,17 @@ class PipelineConfig:
     enable_cache: bool = True
 
     def __post_init__(self):
-        if self.beam_mode not in BEAM_MODES:
-            raise ValueError(f"beam_mode must be one of {BEAM_MODES}, got {self.beam_mode!r}")
+        for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),
+                              ("strategy", STRATEGIES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if set(self.augmentation) - set(AUGMENTATIONS):
+            raise ValueError(f"augmentation must be among {AUGMENTATIONS}, got {self.augmentation}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names for num_classes="
+                             f"{self.num_classes}")
         for name in ("image_height", "image_width", "num_classes", "train_steps", "eval_steps",
-                     "epochs", "batch_size"):
+                     "epochs", "batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_channels not in (1, 3):
@@ -92,8 +110,12 @@ class PipelineConfig:
     def module_config(self) -> dict[str, Any]:
         """The JSON-serialisable part Transform and Trainer receive as ``custom_config``."""
         keys = ("image_key", "label_key", "image_height", "image_width", "image_channels",
-                "num_classes", "epochs", "batch_size", "learning_rate")
-        return {k: getattr(self, k) for k in keys}
+                "num_classes", "resize_mode", "max_pixels", "epochs", "batch_size",
+                "learning_rate", "strategy", "mixed_precision", "early_stopping_patience", "seed")
+        config = {k: getattr(self, k) for k in keys}
+        config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
+        config["augmentation"] = list(self.augmentation)
+        return config
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None,

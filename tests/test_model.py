@@ -1,16 +1,18 @@
 """The Keras model builder and the distribution-strategy choice."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from modules.features import IMAGE_XF, ImageSpec
 from modules.model import build_model
-from modules.trainer import choose_strategy
+from modules.trainer import make_strategy, strategy_kind
 
 SPEC = ImageSpec("image", "label", 8, 8, 1, 10)
 
@@ -32,10 +34,31 @@ def test_model_learns_a_separable_problem():
     assert history.history["accuracy"][-1] > 0.95
 
 
-def test_one_device_strategy_without_or_with_one_gpu():
-    assert isinstance(choose_strategy([]), tf.distribute.OneDeviceStrategy)
-    assert choose_strategy([]).num_replicas_in_sync == 1
-    assert isinstance(choose_strategy(["/cpu:0"]), tf.distribute.OneDeviceStrategy)
+@pytest.mark.parametrize("requested, gpus, tf_config, kind", [
+    ("auto", 0, None, "one_device"),
+    ("auto", 1, None, "one_device"),
+    ("auto", 4, None, "mirrored"),
+    ("auto", 0, json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                            "task": {"type": "worker", "index": 0}}), "multi_worker"),
+    ("auto", 2, json.dumps({"cluster": {"worker": ["a:1"]}}), "mirrored"),
+    ("one_device", 4, None, "one_device"),
+    ("mirrored", 0, None, "mirrored"),
+])
+def test_strategy_kind(requested, gpus, tf_config, kind):
+    assert strategy_kind(requested, gpus, tf_config) == kind
+
+
+def test_one_device_strategy_on_the_cpu():
+    strategy = make_strategy("one_device", [])
+    assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+    assert strategy.num_replicas_in_sync == 1
+
+
+def test_augmentation_layers_act_only_in_training():
+    model = build_model(SPEC, augmentation=("flip", "rotate", "zoom"))
+    images = np.random.rand(2, 8, 8, 1).astype("float32")
+    np.testing.assert_allclose(model(images, training=False), model(images, training=False))
+    assert any("random_flip" in layer.name for layer in model.layers)
 
 
 def test_mirrored_strategy_over_several_devices():
@@ -45,8 +68,9 @@ def test_mirrored_strategy_over_several_devices():
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from modules.trainer import choose_strategy
-        strategy = choose_strategy([d.name for d in tf.config.list_logical_devices("CPU")])
+        from modules.trainer import make_strategy
+        strategy = make_strategy("mirrored",
+                                 [d.name for d in tf.config.list_logical_devices("CPU")])
         print(type(strategy).__name__, strategy.num_replicas_in_sync)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

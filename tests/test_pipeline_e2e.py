@@ -16,8 +16,8 @@ import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from modules.features import CLASS_IDS, PROBABILITIES
-from pipeline import local_runner
+from modules.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
+from pipeline import local_runner, predict
 from pipeline.config import PipelineConfig
 from pipeline.outcome import metadata_store
 
@@ -108,3 +108,46 @@ def test_unreachable_gate_blesses_nothing_and_pushes_nothing(first_run):
     assert rerun["Evaluator"].last_known_state == metadata_store_pb2.Execution.COMPLETE
     assert rerun["Trainer"].last_known_state == metadata_store_pb2.Execution.CACHED
     assert _serving_snapshot(config) == before
+
+
+def _png_images(records):
+    return [tf.train.Example.FromString(r).features.feature["image"].bytes_list.value[0]
+            for r in records]
+
+
+def test_raw_bytes_signature_agrees_with_the_example_signature(first_run):
+    config, outcome = first_run
+    model = tf.saved_model.load(outcome["pushed_path"])
+    records, _ = _held_out_examples(config)
+    by_example = model.signatures["serving_default"](examples=tf.constant(records))
+    by_bytes = model.signatures[RAW_SIGNATURE](image_bytes=tf.constant(_png_images(records)))
+    np.testing.assert_array_equal(by_bytes[CLASS_IDS].numpy(), by_example[CLASS_IDS].numpy())
+    np.testing.assert_allclose(by_bytes[PROBABILITIES].numpy(),
+                               by_example[PROBABILITIES].numpy(), atol=1e-5)
+    names = by_bytes["class_names"].numpy().astype(str)
+    assert names.tolist() == by_bytes[CLASS_IDS].numpy().astype(str).tolist()
+
+
+def test_raw_bytes_signature_rejects_oversized_images(first_run):
+    from tests.conftest import encode
+    _, outcome = first_run
+    model = tf.saved_model.load(outcome["pushed_path"])
+    huge = encode(np.zeros((8000, 7000), np.uint8), "PNG")  # 56 Mpx > default 50 Mpx
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_pixels=50000000"):
+        model.signatures[RAW_SIGNATURE](image_bytes=tf.constant([huge]))
+
+
+def test_predict_command_prints_top_k_classes(first_run, tmp_path, capsys):
+    config, _ = first_run
+    records, labels = _held_out_examples(config)
+    paths = []
+    for i, image in enumerate(_png_images(records[:3])):
+        paths.append(tmp_path / f"digit{i}.png")
+        paths[-1].write_bytes(image)
+    assert predict.main(["--model", config.push_dir, "--top-k", "2"] + list(map(str, paths))) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line, path, label in zip(lines, paths, labels):
+        assert line.startswith(f"{path}: ") and line.count("(") == 2
+    top1 = [line.split(": ")[1].split(" ")[0] for line in lines]
+    assert sum(t == str(l) for t, l in zip(top1, labels[:3])) >= 2

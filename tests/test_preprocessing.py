@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from modules.features import IMAGE_XF, LABEL_XF, ImageSpec
-from modules.preprocessing import decode_images, preprocessing_fn
+from modules.preprocessing import decode_images, image_dims, preprocessing_fn
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
 
@@ -38,6 +38,34 @@ def test_rgb_conversion():
     decoded = decode_images(tf.constant([encode(rgb, "PNG")]), spec).numpy()[0]
     np.testing.assert_allclose(decoded[..., 0], 1.0)
     np.testing.assert_allclose(decoded[..., 1:], 0.0)
+
+
+def _spec(**overrides):
+    return ImageSpec.from_custom_config(PipelineConfig(**overrides).module_config())
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
+@pytest.mark.parametrize("size", [(7, 13), (300, 2)])
+def test_image_dims_read_from_headers(fmt, size):
+    data = encode(np.full(size, 128, np.uint8), fmt)
+    assert image_dims(tf.constant(data)).numpy().tolist() == list(size)
+
+
+def test_pad_keeps_the_aspect_ratio_and_crop_fills_the_frame():
+    wide = np.full((4, 8), 255, np.uint8)  # white, twice as wide as high
+    data = tf.constant([encode(wide, "PNG")])
+    padded = decode_images(data, _spec(resize_mode="pad"))[0, :, :, 0].numpy()
+    np.testing.assert_allclose(padded[2:6], 1.0)  # image in the middle rows
+    np.testing.assert_allclose(padded[:2], 0.0)   # padding above and below
+    cropped = decode_images(data, _spec(resize_mode="crop"))[0, :, :, 0].numpy()
+    np.testing.assert_allclose(cropped, 1.0)
+
+
+def test_oversized_image_is_rejected_before_decoding():
+    data = tf.constant([encode(np.zeros((2000, 1500), np.uint8), "PNG")])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_pixels=1000000"):
+        decode_images(data, _spec(max_pixels=1_000_000))
+    assert decode_images(data, _spec(max_pixels=3_000_000)).shape == (1, 8, 8, 1)
 
 
 def test_undecodable_bytes_fail_loudly():
