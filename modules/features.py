@@ -13,6 +13,8 @@ SERVING_INPUT = "examples"
 RAW_INPUT = "image_bytes"
 RAW_SIGNATURE = "serving_image_bytes"
 RESIZE_MODES = ("pad", "crop", "stretch")
+BACKBONES = ("cnn", "mobilenet_v2", "efficientnet_b0")
+TFLITE_MODES = ("", "float16", "dynamic_int8")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Trainer's ``run_fn``: train under a ``tf.distribute`` strategy, export a servable model."""
+"""Trainer's ``run_fn``: train under a ``tf.distribute`` strategy, then export (modules.export)."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,9 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
-from modules.features import (CLASS_IDS, CLASS_NAMES, IMAGE_XF, LABEL_XF, PROBABILITIES,
-                              RAW_INPUT, RAW_SIGNATURE, SERVING_INPUT, ImageSpec)
-from modules.model import build_model
-from modules.preprocessing import decode_images
+from modules.export import TFLITE_PATH, ServingModule, tflite_bytes
+from modules.features import LABEL_XF, ImageSpec
+from modules.model import build_model, unfreeze_top
 
 
 def strategy_kind(requested: str, num_gpus: int, tf_config: str | None) -> str:
@@ -46,35 +45,6 @@ def input_fn(files: list[str], data_accessor: DataAccessor,
         tf_transform_output.transformed_metadata.schema).repeat().prefetch(tf.data.AUTOTUNE)
 
 
-class ServingModule(tf.Module):
-    """Serving signatures: serialized tf.Examples (through the Transform graph) and raw bytes."""
-
-    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                 spec: ImageSpec, class_names: list[str]):
-        super().__init__()
-        self.model = model
-        self.tft_layer = tf_transform_output.transform_features_layer()
-        self.class_names = tf.Variable(class_names, trainable=False, name=CLASS_NAMES)
-        self._spec = spec
-        self._raw_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
-                          if k != spec.label_key}
-
-    def _predict(self, pixels):
-        probabilities = self.model(pixels, training=False)
-        class_ids = tf.argmax(probabilities, axis=-1)
-        return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,
-                CLASS_NAMES: tf.gather(self.class_names, class_ids)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
-    def serve_examples(self, serialized):
-        features = self.tft_layer(tf.io.parse_example(serialized, self._raw_spec))
-        return self._predict(features[IMAGE_XF])
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=RAW_INPUT)])
-    def serve_image_bytes(self, images):
-        return self._predict(decode_images(images, self._spec))
-
-
 def run_fn(fn_args: FnArgs) -> None:
     config = fn_args.custom_config
     spec = ImageSpec.from_custom_config(config)
@@ -94,14 +64,24 @@ def run_fn(fn_args: FnArgs) -> None:
     evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                           batch_size)
     with strategy.scope():
-        model = build_model(spec, config["learning_rate"], tuple(config["augmentation"]))
-    epochs = config["epochs"]
-    model.fit(train, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
-              validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
-              callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
-                         keras.callbacks.EarlyStopping(
-                             monitor="val_loss", restore_best_weights=True,
-                             patience=config["early_stopping_patience"])])
-    module = ServingModule(model, tf_transform_output, spec, config["class_names"])
-    tf.saved_model.save(module, fn_args.serving_model_dir, signatures={
-        "serving_default": module.serve_examples, RAW_SIGNATURE: module.serve_image_bytes})
+        model = build_model(spec, config["learning_rate"], tuple(config["augmentation"]),
+                            config["backbone"], config["pretrained_weights"])
+    fit = dict(validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
+               steps_per_epoch=max(1, fn_args.train_steps // config["epochs"]),
+               callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
+                          keras.callbacks.EarlyStopping(
+                              monitor="val_loss", restore_best_weights=True,
+                              patience=config["early_stopping_patience"])])
+    model.fit(train, epochs=config["epochs"], **fit)
+    if config["backbone"] != "cnn" and config["fine_tune_layers"] and config["fine_tune_epochs"]:
+        absl.logging.info("Fine-tuning the top %d backbone layers", config["fine_tune_layers"])
+        with strategy.scope():
+            unfreeze_top(model, config["fine_tune_layers"], config["learning_rate"] / 10)
+        model.fit(train, epochs=config["fine_tune_epochs"], **fit)
+    ServingModule(model, tf_transform_output, spec, config["class_names"]).save(
+        fn_args.serving_model_dir)
+    if config["tflite"]:
+        path = os.path.join(fn_args.serving_model_dir, TFLITE_PATH)
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(tflite_bytes(model, spec, config["tflite"]))

@@ -8,9 +8,10 @@ import shlex
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from modules.features import BACKBONES, RESIZE_MODES, TFLITE_MODES
+
 ENV_PREFIX = "TFX_IMAGE_"
 BEAM_MODES = ("in_process", "multi_processing")
-RESIZE_MODES = ("pad", "crop", "stretch")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 AUGMENTATIONS = ("flip", "rotate", "zoom")
 
@@ -44,6 +45,11 @@ class PipelineConfig:
     epochs: int = 8
     batch_size: int = 32
     learning_rate: float = 0.003
+    backbone: str = "cnn"
+    pretrained_weights: str = ""
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 0
+    tflite: str = ""
     strategy: str = "auto"
     mixed_precision: bool = True
     augmentation: tuple[str, ...] = ()
@@ -57,7 +63,8 @@ class PipelineConfig:
 
     def __post_init__(self):
         for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),
-                              ("strategy", STRATEGIES)):
+                              ("strategy", STRATEGIES), ("backbone", BACKBONES),
+                              ("tflite", TFLITE_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if set(self.augmentation) - set(AUGMENTATIONS):
@@ -111,7 +118,9 @@ class PipelineConfig:
         """The JSON-serialisable part Transform and Trainer receive as ``custom_config``."""
         keys = ("image_key", "label_key", "image_height", "image_width", "image_channels",
                 "num_classes", "resize_mode", "max_pixels", "epochs", "batch_size",
-                "learning_rate", "strategy", "mixed_precision", "early_stopping_patience", "seed")
+                "learning_rate", "backbone", "pretrained_weights", "fine_tune_layers",
+                "fine_tune_epochs", "tflite", "strategy", "mixed_precision",
+                "early_stopping_patience", "seed")
         config = {k: getattr(self, k) for k in keys}
         config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
         config["augmentation"] = list(self.augmentation)

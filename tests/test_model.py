@@ -6,12 +6,14 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from modules.features import IMAGE_XF, ImageSpec
-from modules.model import build_model
+from modules.export import tflite_bytes
+from modules.model import BACKBONE_NAME, build_model, unfreeze_top
 from modules.trainer import make_strategy, strategy_kind
 
 SPEC = ImageSpec("image", "label", 8, 8, 1, 10)
@@ -75,3 +77,61 @@ def test_mirrored_strategy_over_several_devices():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-2:] == ["MirroredStrategy", "2"]
+
+
+def _separable(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = rng.random((n, 8, 8, 1)) * 0.2 + labels[:, None, None, None] * 0.8
+    return images.astype("float32"), labels
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_b0"])
+def test_transfer_backbone_is_frozen_then_partly_unfrozen(backbone):
+    spec = ImageSpec("image", "label", 32, 32, 1, 5)
+    model = build_model(spec, backbone=backbone)
+    head_only = len(model.trainable_weights)
+    assert head_only == 2  # the classification head's kernel and bias
+    assert model(np.random.rand(2, 32, 32, 1).astype("float32")).shape == (2, 5)
+    unfreeze_top(model, 10, 1e-4)
+    assert len(model.trainable_weights) > head_only
+
+
+def test_pretrained_weights_come_from_a_local_file(tmp_path):
+    spec = ImageSpec("image", "label", 32, 32, 3, 3)
+    source = keras.applications.MobileNetV2(include_top=False, weights=None, pooling="avg",
+                                            input_shape=(32, 32, 3))
+    path = str(tmp_path / "mobilenet.weights.h5")
+    source.save_weights(path)
+    model = build_model(spec, backbone="mobilenet_v2", weights=path)
+    np.testing.assert_array_equal(model.get_layer(BACKBONE_NAME).weights[0].numpy(),
+                                  source.weights[0].numpy())
+
+
+def test_mixed_precision_keeps_a_float32_head():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(SPEC)
+        assert model.layers[1].compute_dtype == "float16"
+        assert model(np.random.rand(1, 8, 8, 1).astype("float32")).dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("mode", ["float16", "dynamic_int8"])
+def test_tflite_model_agrees_with_the_keras_model(mode):
+    images, labels = _separable()
+    spec = ImageSpec("image", "label", 8, 8, 1, 2)
+    model = build_model(spec)
+    model.fit(images, labels, epochs=3, verbose=0)
+    interpreter = tf.lite.Interpreter(model_content=tflite_bytes(model, spec, mode))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    test_images, _ = _separable(60, seed=1)
+    lite = []
+    for image in test_images:
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        lite.append(interpreter.get_tensor(out["index"])[0].argmax())
+    keras_classes = model.predict(test_images, verbose=0).argmax(axis=1)
+    assert np.mean(np.array(lite) == keras_classes) >= 0.95

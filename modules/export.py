@@ -1,0 +1,62 @@
+"""What the Trainer exports: the serving SavedModel's signatures and an optional TFLite file."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from modules.features import (CLASS_IDS, CLASS_NAMES, IMAGE_XF, PROBABILITIES, RAW_INPUT,
+                              RAW_SIGNATURE, SERVING_INPUT, TFLITE_MODES, ImageSpec)
+from modules.preprocessing import decode_images
+
+TFLITE_PATH = os.path.join("assets.extra", "model.tflite")
+
+
+class ServingModule(tf.Module):
+    """Serving signatures: serialized tf.Examples (through the Transform graph) and raw bytes."""
+
+    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+                 spec: ImageSpec, class_names: list[str]):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self.class_names = tf.Variable(class_names, trainable=False, name=CLASS_NAMES)
+        self._spec = spec
+        self._raw_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
+                          if k != spec.label_key}
+
+    def _predict(self, pixels):
+        probabilities = self.model(pixels, training=False)
+        class_ids = tf.argmax(probabilities, axis=-1)
+        return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,
+                CLASS_NAMES: tf.gather(self.class_names, class_ids)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve_examples(self, serialized):
+        features = self.tft_layer(tf.io.parse_example(serialized, self._raw_spec))
+        return self._predict(features[IMAGE_XF])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=RAW_INPUT)])
+    def serve_image_bytes(self, images):
+        return self._predict(decode_images(images, self._spec))
+
+    def save(self, directory: str) -> None:
+        tf.saved_model.save(self, directory, signatures={
+            "serving_default": self.serve_examples, RAW_SIGNATURE: self.serve_image_bytes})
+
+
+def tflite_bytes(model: keras.Model, spec: ImageSpec, mode: str) -> bytes:
+    """The model on decoded pixels ``[1, h, w, c]`` as TFLite, float16 or dynamic-range int8."""
+    if mode not in TFLITE_MODES[1:]:
+        raise ValueError(f"tflite mode must be one of {TFLITE_MODES[1:]}, got {mode!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False,
+                     input_signature=[tf.TensorSpec((1,) + spec.shape, tf.float32)])
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
