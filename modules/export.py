@@ -8,8 +8,9 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from modules.features import (CLASS_IDS, CLASS_NAMES, IMAGE_XF, PROBABILITIES, RAW_INPUT,
-                              RAW_SIGNATURE, SERVING_INPUT, TFLITE_MODES, ImageSpec)
+from modules.features import (CLASS_IDS, CLASS_NAMES, IMAGE_XF, LABEL_VOCABULARY, LABEL_XF,
+                              PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, SERVING_INPUT,
+                              TFLITE_MODES, TRANSFORM_SIGNATURE, ImageSpec)
 from modules.preprocessing import decode_images
 
 TFLITE_PATH = os.path.join("assets.extra", "model.tflite")
@@ -25,7 +26,8 @@ class ServingModule(tf.Module):
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.Variable(class_names, trainable=False, name=CLASS_NAMES)
         self._spec = spec
-        self._raw_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
+        self._raw_spec_with_label = tf_transform_output.raw_feature_spec()
+        self._raw_spec = {k: v for k, v in self._raw_spec_with_label.items()
                           if k != spec.label_key}
 
     def _predict(self, pixels):
@@ -43,9 +45,28 @@ class ServingModule(tf.Module):
     def serve_image_bytes(self, images):
         return self._predict(decode_images(images, self._spec))
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def transform_labels(self, serialized):
+        """Labelled examples -> ``label_xf``: the Evaluator's labels, mapped as in training."""
+        features = self.tft_layer(tf.io.parse_example(serialized, self._raw_spec_with_label))
+        return {LABEL_XF: features[LABEL_XF]}
+
     def save(self, directory: str) -> None:
         tf.saved_model.save(self, directory, signatures={
-            "serving_default": self.serve_examples, RAW_SIGNATURE: self.serve_image_bytes})
+            "serving_default": self.serve_examples, RAW_SIGNATURE: self.serve_image_bytes,
+            TRANSFORM_SIGNATURE: self.transform_labels})
+
+
+def class_names(config: dict, tf_transform_output: tft.TFTransformOutput) -> list[str]:
+    """The configured class names, or the label vocabulary Transform computed; checked
+    against ``num_classes``."""
+    if config["label_format"] != "string":
+        return config["class_names"]
+    names = [n.decode() for n in tf_transform_output.vocabulary_by_name(LABEL_VOCABULARY)]
+    if len(names) != config["num_classes"]:
+        raise ValueError(f"the training data has {len(names)} distinct labels "
+                         f"({', '.join(names[:20])}...) but num_classes={config['num_classes']}")
+    return names
 
 
 def tflite_bytes(model: keras.Model, spec: ImageSpec, mode: str) -> bytes:

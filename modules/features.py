@@ -12,6 +12,10 @@ CLASS_NAMES = "class_names"
 SERVING_INPUT = "examples"
 RAW_INPUT = "image_bytes"
 RAW_SIGNATURE = "serving_image_bytes"
+TRANSFORM_SIGNATURE = "transform_features"
+LABEL_VOCABULARY = "labels"
+IMAGE_FORMATS = ("encoded", "raw")
+LABEL_FORMATS = ("int", "string")
 RESIZE_MODES = ("pad", "crop", "stretch")
 BACKBONES = ("cnn", "mobilenet_v2", "efficientnet_b0")
 TFLITE_MODES = ("", "float16", "dynamic_int8")
@@ -29,14 +33,21 @@ class ImageSpec:
     num_classes: int
     resize_mode: str = "pad"
     max_pixels: int = 50_000_000
+    image_format: str = "encoded"
+    label_format: str = "int"
+    raw_shape: tuple[int, int, int] = (0, 0, 0)
+    raw_max_value: float = 255.0
 
     @classmethod
     def from_custom_config(cls, config: Mapping[str, Any]) -> "ImageSpec":
         return cls(image_key=config["image_key"], label_key=config["label_key"],
                    height=int(config["image_height"]), width=int(config["image_width"]),
                    channels=int(config["image_channels"]), num_classes=int(config["num_classes"]),
-                   resize_mode=config.get("resize_mode", "pad"),
-                   max_pixels=int(config.get("max_pixels", cls.max_pixels)))
+                   resize_mode=config["resize_mode"], max_pixels=int(config["max_pixels"]),
+                   image_format=config["image_format"], label_format=config["label_format"],
+                   raw_shape=tuple(int(config[f"raw_{d}"]) for d in ("height", "width",
+                                                                      "channels")),
+                   raw_max_value=float(config["raw_max_value"]))
 
     @property
     def shape(self) -> tuple[int, int, int]:

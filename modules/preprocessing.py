@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import tensorflow as tf
+import tensorflow_transform as tft
 
-from modules.features import IMAGE_XF, LABEL_XF, ImageSpec
+from modules.features import IMAGE_XF, LABEL_VOCABULARY, LABEL_XF, ImageSpec
 
 
 def _uint(data: tf.Tensor, start: int, size: int, little_endian: bool) -> tf.Tensor:
@@ -58,6 +59,11 @@ def resize(image: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
     return tf.image.resize(image, [spec.height, spec.width])
 
 
+def _fit(image: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
+    """A float image in [0, 1] of any size -> the model's ``[h, w, c]``."""
+    return tf.ensure_shape(tf.clip_by_value(resize(image, spec), 0.0, 1.0), spec.shape)
+
+
 def decode_images(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
     """JPEG/PNG/GIF/BMP bytes ``[batch]`` -> float32 pixels in [0, 1], ``[batch, h, w, c]``.
 
@@ -71,27 +77,46 @@ def decode_images(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
             [f"image too large: more than max_pixels={spec.max_pixels}; (height, width) =", dims])
         with tf.control_dependencies([check]):
             image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
-        image = resize(tf.image.convert_image_dtype(image, tf.float32), spec)
-        return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), spec.shape)
+        return _fit(tf.image.convert_image_dtype(image, tf.float32), spec)
 
     return tf.map_fn(decode_one, encoded,
                      fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))
 
 
-def _dense_column(tensor) -> tf.Tensor:
-    """A one-value-per-example feature as a ``[batch]`` tensor."""
-    if isinstance(tensor, tf.SparseTensor):
-        tensor = tf.sparse.to_dense(tensor)
-    return tf.reshape(tensor, [-1])
+def _to_channels(images: tf.Tensor, have: int, want: int) -> tf.Tensor:
+    if have == 4:  # RGBA: drop alpha
+        images, have = images[..., :3], 3
+    if have == want:
+        return images
+    return tf.image.grayscale_to_rgb(images) if want == 3 else tf.image.rgb_to_grayscale(images)
+
+
+def pixels_from_values(values: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
+    """Raw numeric pixel lists ``[batch, rh*rw*rc]`` (0..raw_max_value) -> ``[batch, h, w, c]``."""
+    images = tf.reshape(tf.cast(values, tf.float32) / spec.raw_max_value, (-1,) + spec.raw_shape)
+    images = _to_channels(images, spec.raw_shape[2], spec.channels)
+    return tf.map_fn(lambda image: _fit(image, spec), images,
+                     fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))
+
+
+def _dense(tensor) -> tf.Tensor:
+    return tf.sparse.to_dense(tensor) if isinstance(tensor, tf.SparseTensor) else tensor
 
 
 def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict:
-    """Raw ``{image bytes, label}`` -> ``{image_xf: [b,h,w,c] float32, label_xf: [b] int64}``.
+    """Raw ``{image, label}`` -> ``{image_xf: [b,h,w,c] float32 in [0,1], label_xf: [b] int64}``.
 
+    ``image``: encoded bytes, or raw pixel values (``image_format=raw``). ``label``: int64 class
+    ids, or strings mapped through the vocabulary Transform computes (``label_format=string``).
     The label is absent at serving time; TFT then drops ``label_xf`` from the output.
     """
     spec = ImageSpec.from_custom_config(custom_config)
-    return {
-        IMAGE_XF: decode_images(_dense_column(inputs[spec.image_key]), spec),
-        LABEL_XF: _dense_column(inputs[spec.label_key]),
-    }
+    image = _dense(inputs[spec.image_key])
+    if spec.image_format == "raw":
+        pixels = pixels_from_values(image, spec)
+    else:
+        pixels = decode_images(tf.reshape(image, [-1]), spec)
+    label = tf.reshape(_dense(inputs[spec.label_key]), [-1])
+    if spec.label_format == "string":
+        label = tft.compute_and_apply_vocabulary(label, vocab_filename=LABEL_VOCABULARY)
+    return {IMAGE_XF: pixels, LABEL_XF: label}

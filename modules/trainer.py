@@ -11,7 +11,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
-from modules.export import TFLITE_PATH, ServingModule, tflite_bytes
+from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
 from modules.features import LABEL_XF, ImageSpec
 from modules.model import build_model, unfreeze_top
 
@@ -49,6 +49,7 @@ def run_fn(fn_args: FnArgs) -> None:
     config = fn_args.custom_config
     spec = ImageSpec.from_custom_config(config)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    names = class_names(config, tf_transform_output)
     keras.utils.set_random_seed(config["seed"])
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     kind = strategy_kind(config["strategy"], len(gpus), os.environ.get("TF_CONFIG"))
@@ -78,7 +79,7 @@ def run_fn(fn_args: FnArgs) -> None:
         with strategy.scope():
             unfreeze_top(model, config["fine_tune_layers"], config["learning_rate"] / 10)
         model.fit(train, epochs=config["fine_tune_epochs"], **fit)
-    ServingModule(model, tf_transform_output, spec, config["class_names"]).save(
+    ServingModule(model, tf_transform_output, spec, names).save(
         fn_args.serving_model_dir)
     if config["tflite"]:
         path = os.path.join(fn_args.serving_model_dir, TFLITE_PATH)

@@ -8,10 +8,17 @@ import shlex
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from modules.features import BACKBONES, RESIZE_MODES, TFLITE_MODES
+from modules.features import (BACKBONES, IMAGE_FORMATS, LABEL_FORMATS, RESIZE_MODES,
+                              TFLITE_MODES)
 
 ENV_PREFIX = "TFX_IMAGE_"
 BEAM_MODES = ("in_process", "multi_processing")
+RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metadata_path",
+               "serving_dir", "model_name", "train_steps", "eval_steps", "min_accuracy",
+               "beam_mode", "beam_workers", "beam_args", "enable_cache"}
+TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
+                    "raw_channels", "raw_max_value", "label_format", "image_height",
+                    "image_width", "image_channels", "num_classes", "resize_mode", "max_pixels"}
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 AUGMENTATIONS = ("flip", "rotate", "zoom")
 
@@ -33,6 +40,12 @@ class PipelineConfig:
     model_name: str = "image_classifier"
     image_key: str = "image"
     label_key: str = "label"
+    image_format: str = "encoded"
+    raw_height: int = 0
+    raw_width: int = 0
+    raw_channels: int = 0
+    raw_max_value: float = 255.0
+    label_format: str = "int"
     image_height: int = 8
     image_width: int = 8
     image_channels: int = 1
@@ -64,11 +77,20 @@ class PipelineConfig:
     def __post_init__(self):
         for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),
                               ("strategy", STRATEGIES), ("backbone", BACKBONES),
-                              ("tflite", TFLITE_MODES)):
+                              ("tflite", TFLITE_MODES), ("image_format", IMAGE_FORMATS),
+                              ("label_format", LABEL_FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if set(self.augmentation) - set(AUGMENTATIONS):
             raise ValueError(f"augmentation must be among {AUGMENTATIONS}, got {self.augmentation}")
+        if self.image_format == "raw" and (min(self.raw_height, self.raw_width) < 1
+                                           or self.raw_channels not in (1, 3, 4)):
+            raise ValueError("image_format=raw needs raw_height, raw_width >= 1 and "
+                             "raw_channels in (1, 3, 4)")
+        if self.raw_max_value <= 0:
+            raise ValueError(f"raw_max_value must be > 0, got {self.raw_max_value}")
+        if self.label_format == "string" and self.class_names:
+            raise ValueError("class_names come from the label vocabulary when label_format=string")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class_names for num_classes="
                              f"{self.num_classes}")
@@ -114,17 +136,19 @@ class PipelineConfig:
                     f"--direct_num_workers={self.beam_workers}"]
         return args + list(self.beam_args)
 
-    def module_config(self) -> dict[str, Any]:
-        """The JSON-serialisable part Transform and Trainer receive as ``custom_config``."""
-        keys = ("image_key", "label_key", "image_height", "image_width", "image_channels",
-                "num_classes", "resize_mode", "max_pixels", "epochs", "batch_size",
-                "learning_rate", "backbone", "pretrained_weights", "fine_tune_layers",
-                "fine_tune_epochs", "tflite", "strategy", "mixed_precision",
-                "early_stopping_patience", "seed")
-        config = {k: getattr(self, k) for k in keys}
+    def trainer_config(self) -> dict[str, Any]:
+        """The Trainer's ``custom_config`` (JSON). It is part of the component's cache key,
+        so runner-only fields stay out of it."""
+        config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in RUNNER_ONLY}
         config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
         config["augmentation"] = list(self.augmentation)
         return config
+
+    def transform_config(self) -> dict[str, Any]:
+        """Transform's ``custom_config``: the image spec alone (training options changing
+        must not re-run Transform)."""
+        return {k: v for k, v in self.trainer_config().items() if k in TRANSFORM_FIELDS}
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None,

@@ -29,7 +29,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, custom_config=config.module_config())
+        preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config())
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -37,10 +37,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-        custom_config=config.module_config())
+        custom_config=config.trainer_config())
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        eval_config=eval_config(config.label_key, config.min_accuracy))
+        eval_config=eval_config(config.min_accuracy))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

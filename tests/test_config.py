@@ -1,6 +1,7 @@
 """The typed configuration: defaults, environment and command-line overrides, validation."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,11 +52,14 @@ def test_bad_flag_value_names_the_option(capsys):
     assert "--enable-cache" in capsys.readouterr().err
 
 
-def test_module_config_is_what_the_tfx_modules_read():
-    config = PipelineConfig(image_height=32, image_width=24)
-    custom = config.module_config()
-    assert custom["image_height"] == 32 and custom["image_width"] == 24
-    assert custom["image_key"] == "image" and custom["label_key"] == "label"
+def test_module_configs_are_what_the_tfx_modules_read():
+    config = PipelineConfig(image_height=32, image_width=24, epochs=3)
+    trainer, transform = config.trainer_config(), config.transform_config()
+    assert trainer["image_height"] == 32 and transform["image_width"] == 24
+    assert trainer["class_names"] == [str(i) for i in range(10)]
+    assert trainer["epochs"] == 3 and "epochs" not in transform  # no Transform rerun
+    assert "min_accuracy" not in trainer and "data_root" not in trainer
+    json.dumps(trainer)
 
 
 def test_runner_help_lists_every_option():

@@ -10,7 +10,7 @@ from modules.preprocessing import decode_images, image_dims, preprocessing_fn
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
 
-CUSTOM = PipelineConfig(image_height=16, image_width=12, image_channels=1).module_config()
+CUSTOM = PipelineConfig(image_height=16, image_width=12, image_channels=1).transform_config()
 
 
 def test_mixed_formats_sizes_and_channels_get_the_configured_shape_and_range(mixed_images):
@@ -25,7 +25,7 @@ def test_mixed_formats_sizes_and_channels_get_the_configured_shape_and_range(mix
 
 def test_pixel_values_are_scaled_not_distorted():
     pixels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
-    spec = ImageSpec.from_custom_config(PipelineConfig().module_config())
+    spec = ImageSpec.from_custom_config(PipelineConfig().transform_config())
     decoded = decode_images(tf.constant([encode(pixels, "PNG")]), spec).numpy()
     np.testing.assert_allclose(decoded[0, :, :, 0], pixels / 255.0, atol=1e-6)
 
@@ -34,14 +34,14 @@ def test_rgb_conversion():
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[..., 0] = 255
     spec = ImageSpec.from_custom_config(PipelineConfig(image_height=4, image_width=4,
-                                                       image_channels=3).module_config())
+                                                       image_channels=3).transform_config())
     decoded = decode_images(tf.constant([encode(rgb, "PNG")]), spec).numpy()[0]
     np.testing.assert_allclose(decoded[..., 0], 1.0)
     np.testing.assert_allclose(decoded[..., 1:], 0.0)
 
 
 def _spec(**overrides):
-    return ImageSpec.from_custom_config(PipelineConfig(**overrides).module_config())
+    return ImageSpec.from_custom_config(PipelineConfig(**overrides).transform_config())
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
@@ -69,7 +69,7 @@ def test_oversized_image_is_rejected_before_decoding():
 
 
 def test_undecodable_bytes_fail_loudly():
-    spec = ImageSpec.from_custom_config(PipelineConfig().module_config())
+    spec = ImageSpec.from_custom_config(PipelineConfig().transform_config())
     with pytest.raises(tf.errors.InvalidArgumentError):
         decode_images(tf.constant([b"not an image"]), spec)
 
