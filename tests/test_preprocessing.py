@@ -90,3 +90,33 @@ def test_through_tf_transform_with_beam(tmp_path, mixed_images):
     assert all(np.asarray(r[IMAGE_XF]).size == 16 * 12 for r in transformed)
     spec = metadata.schema
     assert {f.name for f in spec.feature} == {IMAGE_XF, LABEL_XF}
+
+
+def test_raw_pixel_lists_and_string_labels_through_tf_transform(tmp_path):
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    config = PipelineConfig(image_format="raw", raw_height=4, raw_width=2, raw_channels=1,
+                            raw_max_value=16, label_format="string", image_height=8,
+                            image_width=4, image_channels=3, resize_mode="stretch")
+    raw_metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec({
+        "image": tf.io.FixedLenFeature([8], tf.int64),
+        "label": tf.io.FixedLenFeature([1], tf.string)}))
+    raw = [{"image": [16] * 8, "label": [b"cat"]}, {"image": [0] * 8, "label": [b"dog"]},
+           {"image": [8] * 8, "label": [b"cat"]}]
+    output_dir = str(tmp_path / "tft")
+    with tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
+        (transformed, _), transform_fn = (
+            (raw, raw_metadata)
+            | tft_beam.AnalyzeAndTransformDataset(
+                lambda x: preprocessing_fn(x, config.transform_config())))
+        _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
+    vocabulary = [v.decode() for v in tft.TFTransformOutput(output_dir).vocabulary_by_name(
+        "labels")]
+    assert vocabulary == ["cat", "dog"]  # by frequency
+    assert [r[LABEL_XF] for r in transformed] == [0, 1, 0]
+    pixels = [np.asarray(r[IMAGE_XF]).reshape(8, 4, 3) for r in transformed]
+    np.testing.assert_allclose(pixels[0], 1.0)
+    np.testing.assert_allclose(pixels[1], 0.0)
+    np.testing.assert_allclose(pixels[2], 0.5)
