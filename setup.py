@@ -24,6 +24,7 @@ setup(
         "kfp-kubernetes>=1.2,<2.17",
         "tensorboard>=2.21,<2.22",
         "keras>=3.10,<4",
+        "tf-keras>=2.21,<2.22",
         "numpy",
         "pillow",
         "scikit-learn",

@@ -19,7 +19,7 @@ TFLITE_PATH = os.path.join("assets.extra", "model.tflite")
 class ServingModule(tf.Module):
     """Serving signatures: serialized tf.Examples (through the Transform graph) and raw bytes."""
 
-    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+    def __init__(self, model, tf_transform_output: tft.TFTransformOutput,
                  spec: ImageSpec, class_names: list[str]):
         super().__init__()
         self.model = model
@@ -69,13 +69,17 @@ def class_names(config: dict, tf_transform_output: tft.TFTransformOutput) -> lis
     return names
 
 
-def tflite_bytes(model: keras.Model, spec: ImageSpec, mode: str) -> bytes:
+def tflite_bytes(model, spec: ImageSpec, mode: str) -> bytes:
     """The model on decoded pixels ``[1, h, w, c]`` as TFLite, float16 or dynamic-range int8."""
     if mode not in TFLITE_MODES[1:]:
         raise ValueError(f"tflite mode must be one of {TFLITE_MODES[1:]}, got {mode!r}")
+    signature = [tf.TensorSpec((1,) + spec.shape, tf.float32, name=IMAGE_XF)]
     with tempfile.TemporaryDirectory() as tmp:
-        model.export(tmp, format="tf_saved_model", verbose=False,
-                     input_signature=[tf.TensorSpec((1,) + spec.shape, tf.float32)])
+        if isinstance(model, keras.Model):  # Keras 3: a traced tf.function converts to NaNs
+            model.export(tmp, format="tf_saved_model", verbose=False, input_signature=signature)
+        else:  # tf_keras
+            tf.saved_model.save(model, tmp, signatures=tf.function(
+                lambda pixels: model(pixels, training=False), input_signature=signature))
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode == "float16":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import absl.logging
 import keras
@@ -27,6 +28,25 @@ def strategy_kind(requested: str, num_gpus: int, tf_config: str | None) -> str:
     return "mirrored" if num_gpus > 1 else "one_device"
 
 
+def keras_api(kind: str):
+    """Keras 2 (tf_keras) for multi-worker training, which Keras 3 cannot ``fit``; else Keras 3."""
+    if kind == "multi_worker":
+        import tf_keras
+        return tf_keras
+    return keras
+
+
+def is_chief(tf_config: str | None) -> bool:
+    """Whether this task writes the model: the chief, else worker 0, else a single task."""
+    config = json.loads(tf_config) if tf_config else {}
+    task, cluster = config.get("task", {}), config.get("cluster", {})
+    if not task:
+        return True
+    if "chief" in cluster:
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
 def make_strategy(kind: str, devices: list[str]) -> tf.distribute.Strategy:
     """The strategy of ``kind`` over ``devices`` (local GPUs; empty means the CPU)."""
     if kind == "multi_worker":
@@ -37,12 +57,27 @@ def make_strategy(kind: str, devices: list[str]) -> tf.distribute.Strategy:
 
 
 def input_fn(files: list[str], data_accessor: DataAccessor,
-             tf_transform_output: tft.TFTransformOutput, batch_size: int) -> tf.data.Dataset:
-    """Batches of ``({image_xf}, label_xf)`` from transformed examples, repeated."""
-    return data_accessor.tf_dataset_factory(
-        files,
-        dataset_options.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL_XF),
-        tf_transform_output.transformed_metadata.schema).repeat().prefetch(tf.data.AUTOTUNE)
+             tf_transform_output: tft.TFTransformOutput, batch_size: int, cache: bool = False,
+             seed: int | None = None) -> tf.data.Dataset:
+    """Shuffled batches of ``({image_xf}, label_xf)`` from transformed examples, repeated.
+
+    tfxio reads with parallel interleave and parsing (AUTOTUNE) and prefetches; with ``cache``
+    the parsed examples are kept in memory after the first epoch and reshuffled every epoch.
+    """
+    schema = tf_transform_output.transformed_metadata.schema
+    if not cache:
+        return data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
+            batch_size=batch_size, label_key=LABEL_XF, shuffle_seed=seed), schema)
+    dataset = data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
+        batch_size=256, label_key=LABEL_XF, num_epochs=1, shuffle=False), schema)
+    return (dataset.cache().unbatch().shuffle(10_000, seed=seed).batch(batch_size).repeat()
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def fits_in_memory(files: list[str], limit_mb: int) -> bool:
+    """Whether the (compressed) transformed examples are under ``limit_mb`` MiB."""
+    size = sum(tf.io.gfile.stat(f).length for pattern in files for f in tf.io.gfile.glob(pattern))
+    return size < limit_mb * 2**20
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -50,39 +85,44 @@ def run_fn(fn_args: FnArgs) -> None:
     spec = ImageSpec.from_custom_config(config)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     names = class_names(config, tf_transform_output)
-    keras.utils.set_random_seed(config["seed"])
+    tf_config = os.environ.get("TF_CONFIG")
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-    kind = strategy_kind(config["strategy"], len(gpus), os.environ.get("TF_CONFIG"))
+    kind = strategy_kind(config["strategy"], len(gpus), tf_config)
+    api = keras_api(kind)
+    api.utils.set_random_seed(config["seed"])
     if gpus and config["mixed_precision"]:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        api.mixed_precision.set_global_policy("mixed_float16")
     strategy = make_strategy(kind, gpus)
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
-    absl.logging.info("Training with %s on %d replica(s) (GPUs: %s), global batch %d, "
-                      "precision policy %s", type(strategy).__name__,
-                      strategy.num_replicas_in_sync, gpus or "none", batch_size,
-                      keras.mixed_precision.global_policy().name)
-    train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size)
+    cache = fits_in_memory(fn_args.train_files, config["cache_input_mb"])
+    absl.logging.info("Training with %s on %d replica(s) (GPUs: %s), Keras %s, global batch %d, "
+                      "precision %s, in-memory input cache %s", type(strategy).__name__,
+                      strategy.num_replicas_in_sync, gpus or "none", api.__version__, batch_size,
+                      api.mixed_precision.global_policy().name, cache)
+    train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
+                     batch_size, cache, config["seed"])
     evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
-                          batch_size)
+                          batch_size, cache, config["seed"])
     with strategy.scope():
         model = build_model(spec, config["learning_rate"], tuple(config["augmentation"]),
-                            config["backbone"], config["pretrained_weights"])
+                            config["backbone"], config["pretrained_weights"], api)
     fit = dict(validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
                steps_per_epoch=max(1, fn_args.train_steps // config["epochs"]),
-               callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
-                          keras.callbacks.EarlyStopping(
+               callbacks=[api.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
+                          api.callbacks.EarlyStopping(
                               monitor="val_loss", restore_best_weights=True,
                               patience=config["early_stopping_patience"])])
     model.fit(train, epochs=config["epochs"], **fit)
     if config["backbone"] != "cnn" and config["fine_tune_layers"] and config["fine_tune_epochs"]:
         absl.logging.info("Fine-tuning the top %d backbone layers", config["fine_tune_layers"])
         with strategy.scope():
-            unfreeze_top(model, config["fine_tune_layers"], config["learning_rate"] / 10)
+            unfreeze_top(model, config["fine_tune_layers"], config["learning_rate"] / 10, api)
         model.fit(train, epochs=config["fine_tune_epochs"], **fit)
-    ServingModule(model, tf_transform_output, spec, names).save(
-        fn_args.serving_model_dir)
+    # Every worker saves (collective ops need all of them); only the chief's copy is the model.
+    out_dir = fn_args.serving_model_dir if is_chief(tf_config) else tempfile.mkdtemp()
+    ServingModule(model, tf_transform_output, spec, names).save(out_dir)
     if config["tflite"]:
-        path = os.path.join(fn_args.serving_model_dir, TFLITE_PATH)
+        path = os.path.join(out_dir, TFLITE_PATH)
         tf.io.gfile.makedirs(os.path.dirname(path))
         with tf.io.gfile.GFile(path, "wb") as f:
             f.write(tflite_bytes(model, spec, config["tflite"]))

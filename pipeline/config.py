@@ -15,7 +15,8 @@ ENV_PREFIX = "TFX_IMAGE_"
 BEAM_MODES = ("in_process", "multi_processing")
 RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metadata_path",
                "serving_dir", "model_name", "train_steps", "eval_steps", "min_accuracy",
-               "beam_mode", "beam_workers", "beam_args", "enable_cache"}
+               "beam_mode", "beam_workers", "beam_args", "enable_cache", "id_key",
+               "max_bad_image_fraction"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
                     "raw_channels", "raw_max_value", "label_format", "image_height",
                     "image_width", "image_channels", "num_classes", "resize_mode", "max_pixels"}
@@ -46,6 +47,8 @@ class PipelineConfig:
     raw_channels: int = 0
     raw_max_value: float = 255.0
     label_format: str = "int"
+    id_key: str = ""
+    max_bad_image_fraction: float = 0.0
     image_height: int = 8
     image_width: int = 8
     image_channels: int = 1
@@ -67,6 +70,7 @@ class PipelineConfig:
     mixed_precision: bool = True
     augmentation: tuple[str, ...] = ()
     early_stopping_patience: int = 3
+    cache_input_mb: int = 1024
     seed: int = 42
     min_accuracy: float = 0.9
     beam_mode: str = "in_process"
@@ -87,6 +91,8 @@ class PipelineConfig:
                                            or self.raw_channels not in (1, 3, 4)):
             raise ValueError("image_format=raw needs raw_height, raw_width >= 1 and "
                              "raw_channels in (1, 3, 4)")
+        if not 0.0 <= self.max_bad_image_fraction <= 1.0:
+            raise ValueError("max_bad_image_fraction must be in [0, 1]")
         if self.raw_max_value <= 0:
             raise ValueError(f"raw_max_value must be > 0, got {self.raw_max_value}")
         if self.label_format == "string" and self.class_names:

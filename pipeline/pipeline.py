@@ -1,9 +1,12 @@
 """``create_pipeline(config)``: the one pipeline definition every runner uses."""
 from __future__ import annotations
 
+import json
+
 from tfx import v1 as tfx
 
 from components.gate import eval_config
+from components.image_validator import ImageValidator
 from pipeline.config import PipelineConfig
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
@@ -11,8 +14,9 @@ RUN_FN = "modules.trainer.run_fn"
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    """ImportExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform ->
-    Trainer -> Evaluator -> Pusher, over TFRecords under ``config.data_root``/{train,eval}/.
+    """ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen -> ExampleValidator ->
+    Transform -> Trainer -> Evaluator -> Pusher, over TFRecords under
+    ``config.data_root``/{train,eval}/.
 
     ``metadata_connection_config`` is the local runner's MLMD; orchestrators bring their own.
     """
@@ -22,13 +26,18 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
             tfx.proto.Input.Split(name="train", pattern="train/*"),
             tfx.proto.Input.Split(name="eval", pattern="eval/*"),
         ]))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    image_validator = ImageValidator(
+        examples=example_gen.outputs["examples"],
+        image_config=json.dumps(config.transform_config(), sort_keys=True),
+        max_bad_fraction=config.max_bad_image_fraction, id_key=config.id_key)
+    examples = image_validator.outputs["valid_examples"]
+    statistics_gen = tfx.components.StatisticsGen(examples=examples)
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        examples=examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config())
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
@@ -39,7 +48,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
         custom_config=config.trainer_config())
     evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        examples=examples, model=trainer.outputs["model"],
         eval_config=eval_config(config.min_accuracy))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
@@ -48,7 +57,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
+        components=[example_gen, image_validator, statistics_gen, schema_gen, example_validator, transform,
                     trainer, evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,

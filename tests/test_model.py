@@ -1,7 +1,9 @@
 """The Keras model builder and the distribution-strategy choice."""
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,8 +15,8 @@ import tensorflow as tf
 
 from modules.features import IMAGE_XF, ImageSpec
 from modules.export import tflite_bytes
-from modules.model import BACKBONE_NAME, build_model, unfreeze_top
-from modules.trainer import make_strategy, strategy_kind
+from modules.model import backbone_of, build_model, unfreeze_top
+from modules.trainer import is_chief, keras_api, make_strategy, strategy_kind
 
 SPEC = ImageSpec("image", "label", 8, 8, 1, 10)
 
@@ -48,6 +50,23 @@ def test_model_learns_a_separable_problem():
 ])
 def test_strategy_kind(requested, gpus, tf_config, kind):
     assert strategy_kind(requested, gpus, tf_config) == kind
+
+
+@pytest.mark.parametrize("tf_config, chief", [
+    (None, True),
+    ({"cluster": {"worker": ["a", "b"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a", "b"]}, "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["c"], "worker": ["a"]}, "task": {"type": "worker", "index": 0}},
+     False),
+    ({"cluster": {"chief": ["c"], "worker": ["a"]}, "task": {"type": "chief", "index": 0}}, True),
+])
+def test_only_the_chief_writes_the_model(tf_config, chief):
+    assert is_chief(json.dumps(tf_config) if tf_config else None) is chief
+
+
+def test_keras_3_except_for_multi_worker():
+    assert keras_api("mirrored") is keras
+    assert keras_api("multi_worker").__name__ == "tf_keras"
 
 
 def test_one_device_strategy_on_the_cpu():
@@ -104,7 +123,7 @@ def test_pretrained_weights_come_from_a_local_file(tmp_path):
     path = str(tmp_path / "mobilenet.weights.h5")
     source.save_weights(path)
     model = build_model(spec, backbone="mobilenet_v2", weights=path)
-    np.testing.assert_array_equal(model.get_layer(BACKBONE_NAME).weights[0].numpy(),
+    np.testing.assert_array_equal(backbone_of(model).weights[0].numpy(),
                                   source.weights[0].numpy())
 
 
@@ -118,11 +137,12 @@ def test_mixed_precision_keeps_a_float32_head():
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("mode", ["float16", "dynamic_int8"])
-def test_tflite_model_agrees_with_the_keras_model(mode):
+@pytest.mark.parametrize("mode, api", [("float16", "keras"), ("dynamic_int8", "keras"),
+                                       ("float16", "tf_keras")])
+def test_tflite_model_agrees_with_the_keras_model(mode, api):
     images, labels = _separable()
     spec = ImageSpec("image", "label", 8, 8, 1, 2)
-    model = build_model(spec)
+    model = build_model(spec, api=importlib.import_module(api))
     model.fit(images, labels, epochs=3, verbose=0)
     interpreter = tf.lite.Interpreter(model_content=tflite_bytes(model, spec, mode))
     interpreter.allocate_tensors()
@@ -135,3 +155,49 @@ def test_tflite_model_agrees_with_the_keras_model(mode):
         lite.append(interpreter.get_tensor(out["index"])[0].argmax())
     keras_classes = model.predict(test_images, verbose=0).argmax(axis=1)
     assert np.mean(np.array(lite) == keras_classes) >= 0.95
+
+
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    import tensorflow as tf
+    from modules.features import ImageSpec
+    from modules.model import build_model
+    from modules.trainer import keras_api, make_strategy, strategy_kind
+    kind = strategy_kind("auto", 0, os.environ["TF_CONFIG"])
+    strategy = make_strategy(kind, [])
+    with strategy.scope():
+        model = build_model(ImageSpec("image", "label", 8, 8, 1, 2), api=keras_api(kind))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 64)
+    images = (rng.random((64, 8, 8, 1)) * 0.2 + labels[:, None, None, None] * 0.8)
+    data = tf.data.Dataset.from_tensor_slices((images.astype("float32"), labels)).batch(16)
+    history = model.fit(data.repeat(), steps_per_epoch=4, epochs=2, verbose=0)
+    print("RESULT", kind, type(strategy).__name__, strategy.num_replicas_in_sync,
+          history.history["loss"][-1])
+""")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_training_with_two_local_workers_on_loopback():
+    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        results.append([line for line in out.splitlines() if line.startswith("RESULT")][0].split())
+    for result in results:
+        assert result[1:4] == ["multi_worker", "CollectiveAllReduceStrategy", "2"]  # = MWMS
+    assert results[0][4] == results[1][4]  # one synchronised model: the same loss on both

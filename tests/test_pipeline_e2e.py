@@ -21,7 +21,7 @@ from pipeline import local_runner, predict
 from pipeline.config import PipelineConfig
 from pipeline.outcome import metadata_store
 
-COMPONENTS = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
+COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
               "Trainer", "Evaluator", "Pusher")
 FAST = ["--train-steps", "240", "--epochs", "4", "--eval-steps", "10"]
 

@@ -1,0 +1,137 @@
+"""ImageValidator: decode every image as Transform will, report and drop the undecodable ones.
+
+Sits between ExampleGen and the rest of the pipeline. Each bad record is named (split, file,
+``id_key`` feature or image hash, decoder error); the component fails with that list when the
+bad fraction of any split exceeds ``max_bad_fraction``, so nothing is dropped silently. (No ``from __future__ import annotations`` here: TFX reads
+the component's type annotations at run time.)
+"""
+
+import hashlib
+import json
+import os
+
+import apache_beam as beam
+from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import (BeamComponentParameter,
+                                                        InputArtifact, OutputArtifact,
+                                                        Parameter)
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils, standard_artifacts
+
+from modules.features import ImageSpec
+
+REPORT = "bad_images-{split}.json"  # at the artifact's root: Split-*/ holds records only
+SHOWN = 10  # bad records listed in an error message
+
+
+class BadImageError(ValueError):
+    """More undecodable images than the configured fraction allows."""
+
+
+class _CheckImage(beam.DoFn):
+    """``(file, serialized example)`` -> the example, or to ``bad`` a description of it."""
+
+    def __init__(self, spec: ImageSpec, split: str, id_key: str):
+        self._spec, self._split, self._id_key = spec, split, id_key
+
+    def setup(self):
+        import tensorflow as tf
+
+        from modules.preprocessing import decode_images
+        self._tf = tf
+        self._decode = tf.function(lambda data: decode_images(tf.reshape(data, [1]), self._spec),
+                                   input_signature=[tf.TensorSpec([], tf.string)])
+
+    def _problem(self, feature) -> str | None:
+        spec = self._spec
+        if spec.image_format == "raw":
+            values = feature.float_list.value or feature.int64_list.value
+            expected = spec.raw_shape[0] * spec.raw_shape[1] * spec.raw_shape[2]
+            return None if len(values) == expected else (
+                f"{len(values)} pixel values, expected {expected} ({spec.raw_shape})")
+        if len(feature.bytes_list.value) != 1:
+            return f"{len(feature.bytes_list.value)} images in the feature, expected 1"
+        try:
+            self._decode(feature.bytes_list.value[0])
+        except self._tf.errors.InvalidArgumentError as err:
+            return err.message.strip().splitlines()[0][:300]
+        return None
+
+    def process(self, element):
+        filename, record = element
+        example = self._tf.train.Example.FromString(record)
+        features = example.features.feature
+        if self._spec.image_key in features:
+            problem = self._problem(features[self._spec.image_key])
+        else:
+            problem = f"no '{self._spec.image_key}' feature"
+        if problem is None:
+            yield record
+            return
+        ident = features[self._id_key].bytes_list.value[:1] if self._id_key in features else []
+        if ident:
+            name = ident[0].decode("utf-8", "replace")
+        else:
+            name = "sha256:" + hashlib.sha256(record).hexdigest()[:16]
+        yield beam.pvalue.TaggedOutput("bad", {
+            "split": self._split, "file": os.path.basename(filename), "record": name,
+            "error": problem})
+
+
+def check_fractions(reports: dict[str, dict], max_bad_fraction: float) -> None:
+    """Raises ``BadImageError`` naming the bad records if a split has too many."""
+    for split, report in sorted(reports.items()):
+        total = report["valid"] + len(report["bad"])
+        if total and len(report["bad"]) / total > max_bad_fraction:
+            listed = "\n".join(f"  {b['file']} {b['record']}: {b['error']}"
+                               for b in report["bad"][:SHOWN])
+            more = len(report["bad"]) - SHOWN
+            raise BadImageError(
+                f"split '{split}': {len(report['bad'])} of {total} images cannot be decoded, "
+                f"more than max_bad_image_fraction={max_bad_fraction}:\n{listed}"
+                + (f"\n  ... and {more} more" if more > 0 else ""))
+
+
+@component(use_beam=True)
+def ImageValidator(
+    examples: InputArtifact[standard_artifacts.Examples],
+    valid_examples: OutputArtifact[standard_artifacts.Examples],
+    image_config: Parameter[str],
+    max_bad_fraction: Parameter[float] = 0.0,
+    id_key: Parameter[str] = "",
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
+) -> None:
+    """Copies the examples whose image decodes; writes ``bad_images-<split>.json``."""
+    spec = ImageSpec.from_custom_config(json.loads(image_config))
+    splits = artifact_utils.decode_split_names(examples.split_names)
+    valid_examples.split_names = examples.split_names
+    valid_examples.span = examples.span
+    valid_examples.version = examples.version
+    with beam_pipeline as pipeline:
+        for split in splits:
+            pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*")
+            out_dir = artifact_utils.get_split_uri([valid_examples], split)
+            checked = (pipeline
+                       | f"Files[{split}]" >> beam.Create([pattern])
+                       | f"Read[{split}]" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+                       | f"Check[{split}]" >> beam.ParDo(_CheckImage(spec, split, id_key))
+                       .with_outputs("bad", main="valid"))
+            _ = checked.valid | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                os.path.join(out_dir, "data_tfrecord"), file_name_suffix=".gz")
+            valid_count = checked.valid | f"Count[{split}]" >> beam.combiners.Count.Globally()
+            _ = (checked.bad
+                 | f"Bad[{split}]" >> beam.combiners.ToList()
+                 | f"Report[{split}]" >> beam.Map(
+                     lambda bad, valid: json.dumps({"valid": valid, "bad": bad}, indent=1),
+                     valid=beam.pvalue.AsSingleton(valid_count))
+                 | f"WriteReport[{split}]" >> beam.io.WriteToText(
+                     os.path.join(valid_examples.uri, REPORT.format(split=split)),
+                     shard_name_template=""))
+    reports = {}
+    for split in splits:
+        path = os.path.join(valid_examples.uri, REPORT.format(split=split))
+        with tfx.dsl.io.fileio.open(path) as f:
+            reports[split] = json.load(f)
+    valid_examples.set_int_custom_property(
+        "bad_images", sum(len(r["bad"]) for r in reports.values()))
+    check_fractions(reports, max_bad_fraction)
