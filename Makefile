@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lock clean
+.PHONY: help setup run test bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ run: setup ## train on the embedded default data (or ARGS="--data-root ...") and
 
 test: setup ## run the test suite
 	$(PY) -m pytest tests -v $(ARGS)
+
+bench: setup ## run the benchmarks (a full pipeline run included); results in bench/results.md
+	$(PY) bench/bench_model.py --out bench/results.md
 
 lock: ## re-resolve requirements.in into requirements.lock (needs PyPI)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

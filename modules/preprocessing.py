@@ -12,6 +12,9 @@ import tensorflow_transform as tft
 from modules.features import IMAGE_XF, LABEL_VOCABULARY, LABEL_XF, ImageSpec
 
 
+PARALLEL_DECODES = 16  # images of a batch decoded concurrently
+
+
 def _uint(data: tf.Tensor, start: int, size: int, little_endian: bool) -> tf.Tensor:
     """An unsigned integer of ``size`` bytes at ``start`` of a byte string."""
     raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, start, size), tf.uint8), tf.int64)
@@ -79,7 +82,7 @@ def decode_images(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
             image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
         return _fit(tf.image.convert_image_dtype(image, tf.float32), spec)
 
-    return tf.map_fn(decode_one, encoded,
+    return tf.map_fn(decode_one, encoded, parallel_iterations=PARALLEL_DECODES,
                      fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))
 
 

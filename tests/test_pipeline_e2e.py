@@ -82,7 +82,7 @@ def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
     out = model.signatures["serving_default"](examples=tf.constant(records))
     accuracy = float(np.mean(out[CLASS_IDS].numpy() == labels))
     assert out[PROBABILITIES].shape == (len(records), config.num_classes)
-    assert accuracy >= config.min_accuracy
+    assert accuracy >= max(config.min_accuracy, 0.95)  # the default CNN's bar
     assert accuracy == pytest.approx(outcome["accuracy"], abs=1e-6)
 
 

@@ -1,0 +1,179 @@
+"""Model and serving benchmarks; writes a Markdown table (``make bench`` -> bench/results.md).
+
+1. Trainer input pipeline (``modules.trainer.input_fn`` on Transform's output) in images/s,
+   against the ceiling of reading and decoding the same images from the raw TFRecords.
+2. Latency of the pushed model's raw-image-bytes signature against the bare Keras model on
+   pre-decoded pixels (same architecture, in-process), per batch.
+3. The same comparison for MobileNetV2 at 224x224 (random weights, no pipeline run).
+
+Every ratio compares two numbers measured in this one run: this machine is noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from modules.features import RAW_SIGNATURE, ImageSpec  # noqa: E402
+from modules.model import build_model  # noqa: E402
+from modules.preprocessing import decode_images  # noqa: E402
+from pipeline import local_runner  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.outcome import metadata_store  # noqa: E402
+
+BATCH = 32
+ROUNDS = 5
+
+
+def best_rate(dataset: tf.data.Dataset, batches: int) -> float:
+    """Images/s: the median of ``ROUNDS`` timed passes of ``batches`` batches, after warm-up."""
+    iterator = iter(dataset)
+    for _ in range(20):
+        next(iterator)
+    rates = []
+    for _ in range(ROUNDS):
+        start, images = time.perf_counter(), 0
+        for _ in range(batches):
+            features, _ = next(iterator)
+            images += int(tf.shape(tf.nest.flatten(features)[0])[0])
+        rates.append(images / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def latency_ms(fn, arg, repeats: int = 30) -> float:
+    """Median wall time of ``fn(arg)`` in milliseconds, after warm-up."""
+    for _ in range(3):
+        fn(arg)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(arg)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _latest_uri(store, type_name: str, producer: str) -> str:
+    return max((a for a in store.get_artifacts_by_type(type_name) if f"/{producer}/" in a.uri),
+               key=lambda a: a.id).uri
+
+
+def input_pipeline(config: PipelineConfig) -> dict:
+    """Trainer input_fn vs raw read+decode, on the run's own files."""
+    import tensorflow_transform as tft
+    from tfx.components.trainer.fn_args_utils import DataAccessor
+    from tfx.components.util import tfxio_utils
+    from tfx.types import artifact_utils, standard_artifacts
+
+    from modules.trainer import input_fn
+
+    store = metadata_store(config)
+    raw_files = glob.glob(os.path.join(_latest_uri(store, "Examples", "ImageValidator"),
+                                       "Split-train", "*"))
+    transformed = _latest_uri(store, "Examples", "Transform")
+    artifact = standard_artifacts.Examples()
+    artifact.uri = transformed
+    artifact.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    accessor = DataAccessor(tfxio_utils.get_tf_dataset_factory_from_artifact([artifact], []),
+                            None, None)
+    tft_output = tft.TFTransformOutput(_latest_uri(store, "TransformGraph", "Transform"))
+    files = [os.path.join(transformed, "Split-train", "*")]
+    spec = ImageSpec.from_custom_config(config.transform_config())
+
+    feature_spec = {config.image_key: tf.io.FixedLenFeature([], tf.string),
+                    config.label_key: tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse_and_decode(serialized):
+        parsed = tf.io.parse_example(serialized, feature_spec)
+        return decode_images(parsed[config.image_key], spec), parsed[config.label_key]
+
+    ceiling = (tf.data.TFRecordDataset(raw_files, compression_type="GZIP",
+                                       num_parallel_reads=tf.data.AUTOTUNE)
+               .repeat().batch(BATCH).map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE)
+               .prefetch(tf.data.AUTOTUNE))
+    results = {"ceiling: raw TFRecord read + parse + decode": best_rate(ceiling, 100)}
+    for cache in (False, True):
+        dataset = input_fn(files, accessor, tft_output, BATCH, cache=cache, seed=0)
+        results[f"Trainer input_fn (cache={cache})"] = best_rate(dataset, 100)
+    return results
+
+
+def _encode(pixels: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def serving_latency(spec: ImageSpec, model, raw_fn, fmt: str) -> dict:
+    """Raw-bytes path vs the bare model on pre-decoded pixels, batch of ``BATCH`` images."""
+    rng = np.random.default_rng(0)
+    shape = spec.shape[:2] + ((spec.channels,) if spec.channels == 3 else ())
+    images = tf.constant([_encode(rng.integers(0, 256, shape, dtype=np.uint8), fmt)
+                          for _ in range(BATCH)])
+    pixels = decode_images(images, spec)
+    bare = tf.function(lambda x: model(x, training=False))
+    return {"raw bytes -> classes": latency_ms(raw_fn, images),
+            "bare Keras model on decoded pixels": latency_ms(bare, pixels)}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python "
+            f"{platform.python_version()}, TensorFlow {tf.__version__}, "
+            f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results.md")
+    args = parser.parse_args(argv)
+    lines = ["# Model and serving benchmarks", "", f"Machine: {machine()}", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; medians of "
+             f"{ROUNDS} passes; batch {BATCH}.", ""]
+    with tempfile.TemporaryDirectory() as work:
+        config = PipelineConfig(work_dir=work)
+        outcome = local_runner.run(config)
+        config = local_runner.resolve_data(config)
+        rates = input_pipeline(config)
+        ceiling = next(iter(rates.values()))
+        lines += ["## Trainer input pipeline (default digits, 8x8x1)", "",
+                  "| pipeline | images/s | vs ceiling |", "|---|---:|---:|"]
+        lines += [f"| {name} | {rate:,.0f} | {rate / ceiling:.2f}x |"
+                  for name, rate in rates.items()]
+        spec = ImageSpec.from_custom_config(config.transform_config())
+        pushed = tf.saved_model.load(outcome["pushed_path"])
+        signature = pushed.signatures[RAW_SIGNATURE]
+        tables = {"pushed digits CNN (8x8x1 PNG)": serving_latency(
+            spec, build_model(spec), lambda images: signature(image_bytes=images), "PNG")}
+    big = ImageSpec("image", "label", 224, 224, 3, 10)
+    mobilenet = build_model(big, backbone="mobilenet_v2")
+    tables["MobileNetV2 (224x224x3 JPEG, in-process)"] = serving_latency(
+        big, mobilenet, tf.function(lambda images: mobilenet(decode_images(images, big))),
+        "JPEG")
+    for title, latencies in tables.items():
+        bare = latencies["bare Keras model on decoded pixels"]
+        lines += ["", f"## Serving latency: {title}", "",
+                  "| path | ms per batch | vs bare model |", "|---|---:|---:|"]
+        lines += [f"| {name} | {ms:.2f} | {ms / bare:.2f}x |" for name, ms in latencies.items()]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
