@@ -1,4 +1,4 @@
-"""The Evaluator's quality gate as a TFMA EvalConfig."""
+"""The Evaluator's quality gate (a TFMA EvalConfig) and reading its results back."""
 from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
@@ -6,23 +6,66 @@ import tensorflow_model_analysis as tfma
 from modules.features import LABEL_XF, PROBABILITIES, TRANSFORM_SIGNATURE
 
 ACCURACY_METRIC = "sparse_categorical_accuracy"
+CANDIDATE, BASELINE = "candidate", "baseline"
 
 
-def eval_config(min_accuracy: float) -> tfma.EvalConfig:
-    """Bless the model only if its accuracy on the eval split is at least ``min_accuracy``.
+def eval_config(label_key: str, min_accuracy: float, max_regression: float,
+                min_class_recall: float = 0.0) -> tfma.EvalConfig:
+    """Bless the candidate only if, on the eval split:
+
+    * its accuracy is at least ``min_accuracy``;
+    * it is at most ``max_regression`` (absolute) less accurate than the baseline, the latest
+      blessed model (without a baseline, on the first run, TFX drops this check);
+    * with ``min_class_recall`` > 0, every class's recall (the accuracy of its label slice)
+      is at least that.
 
     Labels come through the model's own Transform graph (``transform_features`` signature),
-    so int ids and vocabulary-mapped string labels are compared alike.
+    so int ids and vocabulary-mapped string labels are compared alike. Metrics are sliced by
+    the raw label, so per-class results are always computed.
     """
+    per_class = tfma.SlicingSpec(feature_keys=[label_key])
+    accuracy = tfma.MetricConfig(
+        class_name="SparseCategoricalAccuracy",
+        threshold=tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_accuracy}),
+            change_threshold=tfma.GenericChangeThreshold(
+                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                absolute={"value": -max_regression})))
+    if min_class_recall > 0:
+        accuracy.per_slice_thresholds.append(tfma.PerSliceMetricThreshold(
+            slicing_specs=[per_class],
+            threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+                lower_bound={"value": min_class_recall}))))
+    # One model spec: TFX adds the baseline's copy (named candidate/baseline) when it has one.
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=LABEL_XF,
                                     prediction_key=PROBABILITIES,
                                     preprocessing_function_names=[TRANSFORM_SIGNATURE])],
-        slicing_specs=[tfma.SlicingSpec()],
+        slicing_specs=[tfma.SlicingSpec(), per_class],
         metrics_specs=[tfma.MetricsSpec(metrics=[
-            tfma.MetricConfig(class_name="ExampleCount"),
-            tfma.MetricConfig(
-                class_name="SparseCategoricalAccuracy",
-                threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-                    lower_bound={"value": min_accuracy}))),
-        ])])
+            tfma.MetricConfig(class_name="ExampleCount"), accuracy])])
+
+
+def sliced_metric(evaluation_uri: str, name: str = ACCURACY_METRIC,
+                  model: str = CANDIDATE) -> dict[tuple, float]:
+    """``{slice key: value}`` of one metric of one model; ``()`` is the overall slice."""
+    names = {model, ""} if model == CANDIDATE else {model}  # a lone model has no name
+    values = {}
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        slice_key = tuple((k.column, getattr(k, k.WhichOneof("kind")))
+                          for k in per_slice.slice_key.single_slice_keys)
+        for entry in per_slice.metric_keys_and_values:
+            key = entry.key
+            if (key.name == name and key.model_name in names and not key.is_diff
+                    and not key.HasField("sub_key")):
+                values[slice_key] = entry.value.double_value.value
+    return values
+
+
+def overall_metric(evaluation_uri: str, name: str = ACCURACY_METRIC,
+                   model: str = CANDIDATE) -> float:
+    """A metric of the overall slice from a TFMA evaluation output."""
+    values = sliced_metric(evaluation_uri, name, model)
+    if () not in values:
+        raise KeyError(f"no overall {name} of the {model} model in {evaluation_uri}")
+    return values[()]

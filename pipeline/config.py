@@ -16,7 +16,8 @@ BEAM_MODES = ("in_process", "multi_processing")
 RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metadata_path",
                "serving_dir", "model_name", "train_steps", "eval_steps", "min_accuracy",
                "beam_mode", "beam_workers", "beam_args", "enable_cache", "id_key",
-               "max_bad_image_fraction"}
+               "max_bad_image_fraction", "max_regression", "min_class_recall",
+               "keep_versions", "spans"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
                     "raw_channels", "raw_max_value", "label_format", "image_height",
                     "image_width", "image_channels", "num_classes", "resize_mode", "max_pixels"}
@@ -29,7 +30,8 @@ class PipelineConfig:
     """Everything a runner needs to build and run the pipeline.
 
     Empty path fields are derived from ``work_dir``; an empty ``data_root`` means the embedded
-    default dataset (scikit-learn's handwritten digits as PNG tf.Examples).
+    default dataset (scikit-learn's handwritten digits as PNG tf.Examples). With ``spans``,
+    ``data_root`` holds ``span-<N>/{train,eval}/`` and each run takes the latest span.
     """
 
     pipeline_name: str = "image-classifier"
@@ -73,6 +75,10 @@ class PipelineConfig:
     cache_input_mb: int = 1024
     seed: int = 42
     min_accuracy: float = 0.9
+    max_regression: float = 0.01
+    min_class_recall: float = 0.0
+    keep_versions: int = 5
+    spans: bool = False
     beam_mode: str = "in_process"
     beam_workers: int = 0
     beam_args: tuple[str, ...] = ()
@@ -91,8 +97,9 @@ class PipelineConfig:
                                            or self.raw_channels not in (1, 3, 4)):
             raise ValueError("image_format=raw needs raw_height, raw_width >= 1 and "
                              "raw_channels in (1, 3, 4)")
-        if not 0.0 <= self.max_bad_image_fraction <= 1.0:
-            raise ValueError("max_bad_image_fraction must be in [0, 1]")
+        for name in ("max_bad_image_fraction", "max_regression", "min_class_recall"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.raw_max_value <= 0:
             raise ValueError(f"raw_max_value must be > 0, got {self.raw_max_value}")
         if self.label_format == "string" and self.class_names:
@@ -101,7 +108,7 @@ class PipelineConfig:
             raise ValueError(f"{len(self.class_names)} class_names for num_classes="
                              f"{self.num_classes}")
         for name in ("image_height", "image_width", "num_classes", "train_steps", "eval_steps",
-                     "epochs", "batch_size", "max_pixels"):
+                     "epochs", "batch_size", "max_pixels", "keep_versions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_channels not in (1, 3):

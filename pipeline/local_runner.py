@@ -41,12 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run(config)
     print(f"\nPipeline root: {config.pipeline_root}")
     print(f"Metadata (MLMD SQLite): {config.metadata_path}")
-    print(f"Accuracy on eval split: {outcome['accuracy']:.4f} (gate: >= {config.min_accuracy})")
-    if outcome["pushed"]:
-        print(f"Model BLESSED and pushed: {outcome['pushed_path']}")
-    else:
-        print(f"Model NOT blessed: nothing pushed; serving under {config.push_dir} unchanged")
+    print(describe(outcome, config))
     return 0
+
+
+def describe(outcome: dict, config: PipelineConfig) -> str:
+    """The gate decision and the push, in words."""
+    gate = f"accuracy {outcome['accuracy']:.4f} (gate: >= {config.min_accuracy}"
+    if outcome["baseline_accuracy"] is None:
+        gate += "; no blessed baseline yet: absolute bound only)"
+    else:
+        gate += (f" and >= baseline {outcome['baseline_accuracy']:.4f} - "
+                 f"{config.max_regression})")
+    if outcome["pushed"]:
+        return f"Model BLESSED, {gate}\nPushed version {outcome['pushed_version']}: " \
+               f"{outcome['pushed_path']}"
+    verdict = "BLESSED" if outcome["blessed"] else "NOT blessed"
+    return (f"Model {verdict}, {gate}\nNothing pushed ({outcome['reason']}); serving under "
+            f"{config.push_dir} unchanged")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import ml_metadata as mlmd
-import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 
-from components.gate import ACCURACY_METRIC
+from components.gate import BASELINE, overall_metric
 from pipeline.config import PipelineConfig
 
 
@@ -16,19 +15,9 @@ def metadata_store(config: PipelineConfig) -> mlmd.MetadataStore:
     return mlmd.MetadataStore(connection)
 
 
-def overall_metric(evaluation_uri: str, name: str = ACCURACY_METRIC) -> float:
-    """A metric of the overall slice from a TFMA evaluation output."""
-    for per_slice in tfma.load_metrics(evaluation_uri):
-        if per_slice.slice_key.single_slice_keys:
-            continue
-        for entry in per_slice.metric_keys_and_values:
-            if entry.key.name == name:
-                return entry.value.double_value.value
-    raise KeyError(f"no overall {name} in {evaluation_uri}")
-
-
 def latest_outcome(config: PipelineConfig) -> dict:
-    """``{accuracy, blessed, pushed, pushed_path}`` of the newest evaluation and push."""
+    """The newest evaluation and push: accuracy (and the baseline's, if there was one),
+    blessed, pushed, pushed_path/pushed_version, or why nothing was pushed."""
     store = metadata_store(config)
 
     def latest(type_name: str):
@@ -39,11 +28,16 @@ def latest_outcome(config: PipelineConfig) -> dict:
                                     ("ModelEvaluation", "ModelBlessing", "PushedModel"))
     if evaluation is None or blessing is None or pushed is None:
         raise RuntimeError(f"no completed run recorded in {config.metadata_path}")
-    is_pushed = bool(pushed.custom_properties["pushed"].int_value)
+    props = pushed.custom_properties
+    is_pushed = bool(props["pushed"].int_value)
+    has_baseline = "baseline_model_id" in blessing.custom_properties
     return {
         "accuracy": overall_metric(evaluation.uri),
+        "baseline_accuracy": overall_metric(evaluation.uri, model=BASELINE) if has_baseline
+        else None,
         "blessed": bool(blessing.custom_properties["blessed"].int_value),
         "pushed": is_pushed,
-        "pushed_path": (pushed.custom_properties["pushed_destination"].string_value
-                        if is_pushed else None),
+        "pushed_path": props["pushed_destination"].string_value if is_pushed else None,
+        "pushed_version": props["pushed_version"].int_value if is_pushed else None,
+        "reason": None if is_pushed else props["reason"].string_value,
     }

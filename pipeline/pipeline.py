@@ -7,6 +7,7 @@ from tfx import v1 as tfx
 
 from components.gate import eval_config
 from components.image_validator import ImageValidator
+from components.versioned_pusher import VersionedPusher
 from pipeline.config import PipelineConfig
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
@@ -15,17 +16,17 @@ RUN_FN = "modules.trainer.run_fn"
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen -> ExampleValidator ->
-    Transform -> Trainer -> Evaluator -> Pusher, over TFRecords under
-    ``config.data_root``/{train,eval}/.
+    Transform -> Trainer -> Evaluator (vs the latest blessed model) -> VersionedPusher, over
+    TFRecords under ``config.data_root``/[span-N/]{train,eval}/.
 
     ``metadata_connection_config`` is the local runner's MLMD; orchestrators bring their own.
     """
+    prefix = "span-{SPAN}/" if config.spans else ""
     example_gen = tfx.components.ImportExampleGen(
         input_base=config.data_root,
         input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name="train", pattern="train/*"),
-            tfx.proto.Input.Split(name="eval", pattern="eval/*"),
-        ]))
+            tfx.proto.Input.Split(name=split, pattern=f"{prefix}{split}/*")
+            for split in ("train", "eval")]))
     image_validator = ImageValidator(
         examples=example_gen.outputs["examples"],
         image_config=json.dumps(config.transform_config(), sort_keys=True),
@@ -47,18 +48,25 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
         custom_config=config.trainer_config())
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
     evaluator = tfx.components.Evaluator(
         examples=examples, model=trainer.outputs["model"],
-        eval_config=eval_config(config.min_accuracy))
-    pusher = tfx.components.Pusher(
+        baseline_model=baseline.outputs["model"],
+        eval_config=eval_config(config.label_key, config.min_accuracy, config.max_regression,
+                                config.min_class_recall))
+    pusher = VersionedPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push_dir)))
+        evaluation=evaluator.outputs["evaluation"], examples=examples,
+        base_directory=config.push_dir, keep_versions=config.keep_versions)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, image_validator, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, evaluator, pusher],
+                    trainer, baseline, evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_pipeline_args)

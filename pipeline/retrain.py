@@ -1,0 +1,43 @@
+"""One scheduled retraining cycle, for cron or a systemd timer.
+
+``python -m pipeline.retrain --spans true --data-root /data/photos ...`` (same options as
+``pipeline.local_runner``) runs the pipeline once on the latest span and exits with:
+
+* 0 ``pushed``: a new model was blessed and published as the next version;
+* 0 ``unchanged``: nothing new to push (no new data: the run was served from cache);
+* 2 ``not_blessed``: the new model failed the gate; the served version is untouched;
+* 1 ``failed``: the run failed (bad data, an error); the served version is untouched.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+from pipeline.config import PipelineConfig
+from pipeline.local_runner import describe, run
+
+EXIT_CODES = {"pushed": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
+
+
+def status(outcome: dict) -> str:
+    if outcome["pushed"]:
+        return "pushed"
+    return "unchanged" if outcome["blessed"] else "not_blessed"
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = PipelineConfig.from_args(argv)
+    try:
+        outcome = run(config)
+    except Exception:  # noqa: BLE001 - any failure is reported as such to the scheduler
+        traceback.print_exc()
+        print("RETRAIN STATUS: failed")
+        return EXIT_CODES["failed"]
+    result = status(outcome)
+    print(describe(outcome, config))
+    print(f"RETRAIN STATUS: {result}")
+    return EXIT_CODES[result]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
