@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.proto import config_pb2
 
 from modules.features import LABEL_XF, PROBABILITIES, TRANSFORM_SIGNATURE
 
@@ -23,16 +24,16 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
     so int ids and vocabulary-mapped string labels are compared alike. Metrics are sliced by
     the raw label, so per-class results are always computed.
     """
-    per_class = tfma.SlicingSpec(feature_keys=[label_key])
-    accuracy = tfma.MetricConfig(
-        class_name="SparseCategoricalAccuracy",
-        threshold=tfma.MetricThreshold(
+    overall, per_class = tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[label_key])
+    # Thresholds per slice: a plain `threshold` would hold every class slice to min_accuracy.
+    accuracy = tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[
+        config_pb2.PerSliceMetricThreshold(slicing_specs=[overall], threshold=tfma.MetricThreshold(
             value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_accuracy}),
             change_threshold=tfma.GenericChangeThreshold(
                 direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                absolute={"value": -max_regression})))
+                absolute={"value": -max_regression})))])
     if min_class_recall > 0:
-        accuracy.per_slice_thresholds.append(tfma.PerSliceMetricThreshold(
+        accuracy.per_slice_thresholds.append(config_pb2.PerSliceMetricThreshold(
             slicing_specs=[per_class],
             threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
                 lower_bound={"value": min_class_recall}))))
@@ -41,7 +42,7 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=LABEL_XF,
                                     prediction_key=PROBABILITIES,
                                     preprocessing_function_names=[TRANSFORM_SIGNATURE])],
-        slicing_specs=[tfma.SlicingSpec(), per_class],
+        slicing_specs=[overall, per_class],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"), accuracy])])
 

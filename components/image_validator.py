@@ -105,8 +105,9 @@ def ImageValidator(
     spec = ImageSpec.from_custom_config(json.loads(image_config))
     splits = artifact_utils.decode_split_names(examples.split_names)
     valid_examples.split_names = examples.split_names
-    valid_examples.span = examples.span
-    valid_examples.version = examples.version
+    for key in ("span", "version"):  # ExampleGen's, kept for lineage and the pusher's record
+        if examples.has_custom_property(key):
+            valid_examples.set_int_custom_property(key, examples.get_int_custom_property(key))
     with beam_pipeline as pipeline:
         for split in splits:
             pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*")

@@ -25,7 +25,8 @@ BASELINE_ID = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
 
 
 def _spans(examples) -> list[int]:
-    return [int(examples.span)] if examples.has_property("span") else []
+    return ([examples.get_int_custom_property("span")] if examples.has_custom_property("span")
+            else [])
 
 
 @component

@@ -25,15 +25,16 @@ def run(config: PipelineConfig) -> dict:
     """Runs the pipeline once and returns its outcome (see ``pipeline.outcome``)."""
     from tfx import v1 as tfx
 
-    from pipeline.outcome import latest_outcome
+    from pipeline.outcome import last_execution_id, latest_outcome
     from pipeline.pipeline import create_pipeline
 
     config = resolve_data(config)
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         config.metadata_path)
+    before = last_execution_id(config)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
-    return latest_outcome(config)
+    return latest_outcome(config, before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +58,8 @@ def describe(outcome: dict, config: PipelineConfig) -> str:
         return f"Model BLESSED, {gate}\nPushed version {outcome['pushed_version']}: " \
                f"{outcome['pushed_path']}"
     verdict = "BLESSED" if outcome["blessed"] else "NOT blessed"
+    if outcome["cached"]:
+        verdict += " (earlier run: no new data, every component served from cache)"
     return (f"Model {verdict}, {gate}\nNothing pushed ({outcome['reason']}); serving under "
             f"{config.push_dir} unchanged")
 

@@ -1,6 +1,8 @@
 """What the latest run produced, read back from MLMD and its artifacts."""
 from __future__ import annotations
 
+import os
+
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
@@ -15,9 +17,17 @@ def metadata_store(config: PipelineConfig) -> mlmd.MetadataStore:
     return mlmd.MetadataStore(connection)
 
 
-def latest_outcome(config: PipelineConfig) -> dict:
+def last_execution_id(config: PipelineConfig) -> int:
+    """The newest execution's id in MLMD (0 before the first run)."""
+    if not os.path.exists(config.metadata_path):
+        return 0
+    return max((e.id for e in metadata_store(config).get_executions()), default=0)
+
+
+def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> dict:
     """The newest evaluation and push: accuracy (and the baseline's, if there was one),
-    blessed, pushed, pushed_path/pushed_version, or why nothing was pushed."""
+    blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and whether every
+    execution after ``since_execution_id`` was a cache hit (no new data, no new config)."""
     store = metadata_store(config)
 
     def latest(type_name: str):
@@ -31,7 +41,11 @@ def latest_outcome(config: PipelineConfig) -> dict:
     props = pushed.custom_properties
     is_pushed = bool(props["pushed"].int_value)
     has_baseline = "baseline_model_id" in blessing.custom_properties
+    resolvers = {t.id for t in store.get_execution_types() if t.name.endswith("Resolver")}
+    states = {e.last_known_state for e in store.get_executions()  # resolvers always resolve
+              if e.id > since_execution_id and e.type_id not in resolvers}
     return {
+        "cached": states == {metadata_store_pb2.Execution.CACHED},
         "accuracy": overall_metric(evaluation.uri),
         "baseline_accuracy": overall_metric(evaluation.uri, model=BASELINE) if has_baseline
         else None,

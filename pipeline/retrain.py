@@ -4,7 +4,8 @@
 ``pipeline.local_runner``) runs the pipeline once on the latest span and exits with:
 
 * 0 ``pushed``: a new model was blessed and published as the next version;
-* 0 ``unchanged``: nothing new to push (no new data: the run was served from cache);
+* 0 ``unchanged``: nothing new (no new data: served from cache, whatever the earlier verdict;
+  or the blessed model is already published);
 * 2 ``not_blessed``: the new model failed the gate; the served version is untouched;
 * 1 ``failed``: the run failed (bad data, an error); the served version is untouched.
 """
@@ -22,7 +23,7 @@ EXIT_CODES = {"pushed": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
 def status(outcome: dict) -> str:
     if outcome["pushed"]:
         return "pushed"
-    return "unchanged" if outcome["blessed"] else "not_blessed"
+    return "unchanged" if outcome["blessed"] or outcome["cached"] else "not_blessed"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,14 @@ from ml_metadata.proto import metadata_store_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from modules.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
+from components import serving_dir
 from pipeline import local_runner, predict
 from pipeline.config import PipelineConfig
 from pipeline.outcome import metadata_store
 
-COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
-              "Trainer", "Evaluator", "Pusher")
+COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
+              "ExampleValidator", "Transform", "Trainer", "Evaluator", "VersionedPusher")
+DATA_AND_TRAINING = COMPONENTS[:-2]
 FAST = ["--train-steps", "240", "--epochs", "4", "--eval-steps", "10"]
 
 
@@ -74,9 +76,9 @@ def test_schema_has_the_image_and_label_features(first_run):
 def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
     config, outcome = first_run
     assert outcome["blessed"] and outcome["pushed"]
-    versions = os.listdir(config.push_dir)
-    assert len(versions) == 1 and versions[0].isdigit()
-    assert outcome["pushed_path"] == os.path.join(config.push_dir, versions[0])
+    assert serving_dir.versions(config.push_dir) == [1] and outcome["pushed_version"] == 1
+    assert outcome["pushed_path"] == os.path.join(config.push_dir, "1")
+    assert outcome["baseline_accuracy"] is None  # first run: absolute bound only
     model = tf.saved_model.load(outcome["pushed_path"])
     records, labels = _held_out_examples(config)
     out = model.signatures["serving_default"](examples=tf.constant(records))
@@ -86,15 +88,23 @@ def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
     assert accuracy == pytest.approx(outcome["accuracy"], abs=1e-6)
 
 
-def test_identical_rerun_is_served_from_cache(first_run, capsys):
+def test_identical_reruns_push_nothing_and_are_then_served_from_cache(first_run, capsys):
+    """The first rerun re-evaluates once (the new baseline is the model itself); after that
+    every component is a cache hit."""
     config, outcome = first_run
     before = _serving_snapshot(config)
     last_id = max(e.id for e in metadata_store(config).get_executions())
     assert local_runner.main(["--work-dir", config.work_dir] + FAST) == 0
-    assert "BLESSED and pushed: " + outcome["pushed_path"] in capsys.readouterr().out
+    assert "Nothing pushed (already pushed as version 1)" in capsys.readouterr().out
     rerun = _executions_by_component(config, last_id)
-    assert set(rerun) == set(COMPONENTS)
-    assert {e.last_known_state for e in rerun.values()} == {metadata_store_pb2.Execution.CACHED}
+    for component in DATA_AND_TRAINING:
+        assert rerun[component].last_known_state == metadata_store_pb2.Execution.CACHED
+    last_id = max(e.id for e in metadata_store(config).get_executions())
+    assert local_runner.main(["--work-dir", config.work_dir] + FAST) == 0
+    assert "every component served from cache" in capsys.readouterr().out
+    rerun = _executions_by_component(config, last_id)
+    assert {rerun[c].last_known_state for c in COMPONENTS} == {
+        metadata_store_pb2.Execution.CACHED}
     assert _serving_snapshot(config) == before
 
 
@@ -151,3 +161,16 @@ def test_predict_command_prints_top_k_classes(first_run, tmp_path, capsys):
         assert line.startswith(f"{path}: ") and line.count("(") == 2
     top1 = [line.split(": ")[1].split(" ")[0] for line in lines]
     assert sum(t == str(l) for t, l in zip(top1, labels[:3])) >= 2
+
+
+def test_per_class_recall_is_computed_and_can_gate(first_run):
+    from components.gate import sliced_metric
+    config, _ = first_run
+    outcome = local_runner.run(dataclasses.replace(config, min_class_recall=1.0))
+    assert outcome["accuracy"] < 1.0  # so some class is below a recall of 1.0
+    assert not outcome["blessed"] and not outcome["pushed"]
+    evaluation = max(metadata_store(config).get_artifacts_by_type("ModelEvaluation"),
+                     key=lambda a: a.id)
+    per_class = {k: v for k, v in sliced_metric(evaluation.uri).items() if k}
+    assert sorted(per_class) == [(("label", i),) for i in range(10)]
+    assert min(per_class.values()) < 1.0

@@ -1,0 +1,94 @@
+"""Scheduled retraining over spans: only blessed models are ever pushed.
+
+span-1 (good) -> v1 pushed; span-2 (labels shuffled: a worse model) -> not blessed, v1 still
+the highest and byte-identical; rerun with no new span -> nothing pushed; span-3 (good) ->
+v2 pushed, gated against v1 as baseline.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ml_metadata.proto import metadata_store_pb2
+
+from components import serving_dir
+from pipeline import retrain
+from pipeline.config import PipelineConfig
+from pipeline.default_data import digits_examples
+from pipeline.outcome import metadata_store
+
+FLAGS = ["--spans", "true", "--train-steps", "150", "--epochs", "3", "--eval-steps", "5",
+         "--min-accuracy", "0.8", "--max-regression", "0.05"]
+
+
+def _write_span(root, span: int, shuffle_labels: bool) -> None:
+    rng = np.random.default_rng(span)
+    writers = {s: tf.io.TFRecordWriter(os.path.join(root, f"span-{span}", s, "data.tfrecord"))
+               for s in ("train", "eval") if os.makedirs(os.path.join(root, f"span-{span}", s))
+               is None}
+    for split, record in digits_examples():
+        if shuffle_labels:
+            example = tf.train.Example.FromString(record)
+            example.features.feature["label"].int64_list.value[0] = int(rng.integers(0, 10))
+            record = example.SerializeToString()
+        writers[split].write(record)
+    for writer in writers.values():
+        writer.close()
+
+
+def _snapshot(base):
+    return {f: hashlib.sha256(open(f, "rb").read()).hexdigest()
+            for f in glob.glob(os.path.join(base, "[0-9]*", "**"), recursive=True)
+            if os.path.isfile(f)}
+
+
+@pytest.fixture(scope="module")
+def cycle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrain")
+    data, work = str(root / "data"), str(root / "work")
+    config = PipelineConfig.from_args(["--data-root", data, "--work-dir", work] + FLAGS, {})
+
+    def run(capsys=None):
+        return retrain.main(["--data-root", data, "--work-dir", work] + FLAGS)
+    return config, data, run
+
+
+def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
+    config, data, run = cycle
+    _write_span(data, 1, shuffle_labels=False)
+    assert run() == 0
+    assert "RETRAIN STATUS: pushed" in capsys.readouterr().out
+    assert serving_dir.versions(config.push_dir) == [1]
+    v1 = _snapshot(config.push_dir)
+
+    _write_span(data, 2, shuffle_labels=True)
+    assert run() == 2
+    out = capsys.readouterr().out
+    assert "RETRAIN STATUS: not_blessed" in out and "Model NOT blessed" in out
+    assert serving_dir.versions(config.push_dir) == [1]
+    assert _snapshot(config.push_dir) == v1
+
+    last_id = max(e.id for e in metadata_store(config).get_executions())
+    assert run() == 0  # no new span
+    assert "RETRAIN STATUS: unchanged" in capsys.readouterr().out
+    store = metadata_store(config)
+    resolvers = {t.id for t in store.get_execution_types() if t.name.endswith("Resolver")}
+    states = {e.last_known_state for e in store.get_executions()
+              if e.id > last_id and e.type_id not in resolvers}
+    assert states == {metadata_store_pb2.Execution.CACHED}
+    assert _snapshot(config.push_dir) == v1
+
+    _write_span(data, 3, shuffle_labels=False)
+    assert run() == 0
+    out = capsys.readouterr().out
+    assert "RETRAIN STATUS: pushed" in out and ">= baseline" in out
+    assert serving_dir.versions(config.push_dir) == [1, 2]
+    manifest = serving_dir.read_manifest(config.push_dir)
+    assert [(e["version"], e["spans"]) for e in manifest] == [(1, [1]), (2, [3])]
+    assert manifest[0]["baseline_model_id"] is None
+    assert manifest[1]["baseline_model_id"] == manifest[0]["model_id"]
+    assert manifest[1]["accuracy"] >= 0.8
