@@ -1,14 +1,15 @@
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+IMAGE ?= tfx-image-pipeline:latest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench lock clean
+.PHONY: help setup run test bench compile image lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv from requirements.lock (with the glibc wheel repair where needed)
 
@@ -29,6 +30,12 @@ test: setup ## run the test suite
 
 bench: setup ## run the benchmarks (a full pipeline run included); results in bench/results.md
 	$(PY) bench/bench_model.py --out bench/results.md
+
+compile: setup ## compile the Kubeflow Pipelines v2 package (ARGS="--pipeline-root gs://... ...")
+	$(PY) -m pipeline.kubeflow_runner --kfp-image $(IMAGE) $(ARGS)
+
+image: ## build the Kubeflow container image (needs a Docker engine): IMAGE=name:tag
+	docker build -f kfp/Dockerfile -t $(IMAGE) .
 
 lock: ## re-resolve requirements.in into requirements.lock (needs PyPI)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -17,7 +17,9 @@ RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metad
                "serving_dir", "model_name", "train_steps", "eval_steps", "min_accuracy",
                "beam_mode", "beam_workers", "beam_args", "enable_cache", "id_key",
                "max_bad_image_fraction", "max_regression", "min_class_recall",
-               "keep_versions", "spans"}
+               "keep_versions", "spans", "kfp_image", "kfp_package", "trainer_gpus",
+               "gpu_type", "gpu_node_selector", "trainer_cpu", "trainer_memory", "data_cpu",
+               "data_memory", "pvc_name", "pvc_mount_path"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
                     "raw_channels", "raw_max_value", "label_format", "image_height",
                     "image_width", "image_channels", "num_classes", "resize_mode", "max_pixels"}
@@ -83,6 +85,18 @@ class PipelineConfig:
     beam_workers: int = 0
     beam_args: tuple[str, ...] = ()
     enable_cache: bool = True
+    # Kubeflow (pipeline.kubeflow_runner)
+    kfp_image: str = "tfx-image-pipeline:latest"
+    kfp_package: str = ""
+    trainer_gpus: int = 1
+    gpu_type: str = "nvidia.com/gpu"
+    gpu_node_selector: str = ""
+    trainer_cpu: float = 8.0
+    trainer_memory: str = "32G"
+    data_cpu: float = 4.0
+    data_memory: str = "16G"
+    pvc_name: str = ""
+    pvc_mount_path: str = "/mnt/data"
 
     def __post_init__(self):
         for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),
@@ -97,6 +111,8 @@ class PipelineConfig:
                                            or self.raw_channels not in (1, 3, 4)):
             raise ValueError("image_format=raw needs raw_height, raw_width >= 1 and "
                              "raw_channels in (1, 3, 4)")
+        if self.trainer_gpus < 0 or self.trainer_cpu <= 0 or self.data_cpu <= 0:
+            raise ValueError("trainer_gpus must be >= 0, trainer_cpu and data_cpu > 0")
         for name in ("max_bad_image_fraction", "max_regression", "min_class_recall"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -164,15 +180,17 @@ class PipelineConfig:
         return {k: v for k, v in self.trainer_config().items() if k in TRANSFORM_FIELDS}
 
     @classmethod
-    def from_args(cls, argv: list[str] | None = None,
-                  environ: dict[str, str] | None = None) -> "PipelineConfig":
+    def from_args(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None,
+                  prog: str = "python -m pipeline.local_runner",
+                  description: str = "Run the TFX image-classification pipeline.",
+                  ) -> "PipelineConfig":
         """Defaults, overridden by ``TFX_IMAGE_<FIELD>`` variables, overridden by ``--field``."""
         environ = os.environ if environ is None else environ
         hints = get_type_hints(cls)
         parser = argparse.ArgumentParser(
-            prog="python -m pipeline.local_runner",
-            description="Run the TFX image-classification pipeline. Every option can also be "
-                        f"set as an environment variable {ENV_PREFIX}<OPTION>.")
+            prog=prog,
+            description=f"{description} Every option can also be set as an environment "
+                        f"variable {ENV_PREFIX}<OPTION>.")
         for field in dataclasses.fields(cls):
             env = environ.get(ENV_PREFIX + field.name.upper())
             default = field.default if env is None else _parse(hints[field.name], env)
