@@ -1,0 +1,126 @@
+"""A loopback stand-in for the KFP v2beta1 REST API that records every request.
+
+There is no KFP backend on these machines: this serves the few endpoints the schedule command
+uses, from an in-memory store, so tests can check the calls the real kfp SDK client makes
+(a contract test, not a KFP deployment).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+API = "/apis/v2beta1"
+
+
+class KfpContractServer:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.pipelines: dict[str, dict] = {}
+        self.versions: dict[str, list[dict]] = {}
+        self.experiments: dict[str, dict] = {}
+        self.recurring_runs: dict[str, dict] = {}
+        self._ids = (f"id-{n}" for n in itertools.count(1))
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def calls(self) -> list[str]:
+        """``METHOD path`` of each recorded request, health checks left out."""
+        return [f"{r['method']} {r['path']}" for r in self.requests if "healthz" not in r["path"]]
+
+    @staticmethod
+    def _matching(items, query):
+        """Items whose display_name equals a filter's EQUALS predicate, if there is one."""
+        predicates = json.loads(query.get("filter", ["{}"])[0]).get("predicates", [])
+        names = [p.get("stringValue", p.get("string_value")) for p in predicates
+                 if p.get("key") in ("display_name", "name")]
+        return [i for i in items if not names or i["display_name"] in names]
+
+    def _version(self, pipeline_id, name):
+        version = {"pipeline_id": pipeline_id, "pipeline_version_id": next(self._ids),
+                   "display_name": name}
+        self.versions.setdefault(pipeline_id, []).append(version)
+        return version
+
+    def _route(self, method, path, query, body):
+        parts = path[len(API):].strip("/").split("/")
+        if parts == ["healthz"]:
+            return {"multi_user": False}
+        if parts == ["pipelines"] and method == "GET":
+            found = self._matching(self.pipelines.values(), query)
+            return {"pipelines": found, "total_size": len(found)}
+        if parts == ["pipelines", "upload"]:
+            pipeline = {"pipeline_id": next(self._ids), "display_name": query["name"][0]}
+            self.pipelines[pipeline["pipeline_id"]] = pipeline
+            self._version(pipeline["pipeline_id"], query["name"][0])
+            return pipeline
+        if parts == ["pipelines", "upload_version"]:
+            return self._version(query["pipelineid"][0], query["name"][0])
+        if parts[0] == "pipelines" and parts[2:] == ["versions"]:
+            found = self._matching(self.versions.get(parts[1], []), query)
+            return {"pipeline_versions": found, "total_size": len(found)}
+        if parts == ["experiments"] and method == "GET":
+            found = self._matching(self.experiments.values(), query)
+            return {"experiments": found, "total_size": len(found)}
+        if parts == ["experiments"] and method == "POST":
+            experiment = dict(body, experiment_id=next(self._ids))
+            self.experiments[experiment["experiment_id"]] = experiment
+            return experiment
+        if parts == ["recurringruns"] and method == "GET":
+            found = [r for r in self.recurring_runs.values()
+                     if r.get("experiment_id") == query.get("experiment_id", [None])[0]]
+            return {"recurringRuns": found, "total_size": len(found)}
+        if parts == ["recurringruns"] and method == "POST":
+            run = dict(body, recurring_run_id=next(self._ids))
+            self.recurring_runs[run["recurring_run_id"]] = run
+            return run
+        if parts[0] == "recurringruns" and method == "DELETE":
+            del self.recurring_runs[parts[1]]
+            return {}
+        return None
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, method):
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                is_json = "json" in (self.headers.get("Content-Type") or "")
+                body = json.loads(raw) if raw and is_json else {}
+                query = parse_qs(url.query)
+                server.requests.append({"method": method, "path": url.path, "query": query,
+                                        "body": body, "bytes": len(raw)})
+                response = server._route(method, url.path, query, body)
+                data = json.dumps(response if response is not None else
+                                  {"error": f"no route {method} {url.path}"}).encode()
+                self.send_response(200 if response is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def do_DELETE(self):
+                self._serve("DELETE")
+
+            def log_message(self, *args):
+                pass
+
+        return Handler

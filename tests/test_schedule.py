@@ -1,0 +1,77 @@
+"""The schedule command: dry run, and a contract test of its KFP API calls on loopback."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import schedule
+from tests.kfp_contract_server import KfpContractServer
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """Two compiled packages of the same pipeline differing in one option."""
+    from pipeline.config import PipelineConfig
+    from pipeline.kubeflow_runner import compile_pipeline
+    root = tmp_path_factory.mktemp("packages")
+    return [compile_pipeline(PipelineConfig(pipeline_root="gs://b/r", data_root="gs://b/d",
+                                            train_steps=steps), str(root / f"p{steps}.yaml"))
+            for steps in (400, 800)]
+
+
+def test_cron_gets_kfp_seconds_field():
+    assert schedule.kfp_cron("0 2 * * *") == "0 0 2 * * *"
+    assert schedule.kfp_cron("30 0 2 * * 1") == "30 0 2 * * 1"
+    with pytest.raises(ValueError):
+        schedule.kfp_cron("daily")
+
+
+def test_dry_run_prints_the_requests_and_sends_none(packages, capsys):
+    with KfpContractServer() as server:
+        assert schedule.main(["--dry-run", "--host", server.url, "--package", packages[0],
+                              "--cron", "0 3 * * *"]) == 0
+        assert server.requests == []
+    plan = json.loads(capsys.readouterr().out)
+    assert [step["call"] for step in plan] == [
+        "get_pipeline_id", "upload_pipeline", "upload_pipeline_version", "create_experiment",
+        "delete_recurring_run", "create_recurring_run"]
+    assert plan[-1]["cron_expression"] == "0 0 3 * * *"
+    assert plan[-1]["max_concurrency"] == 1 and plan[-1]["no_catchup"] is True
+
+
+def _schedule(server, package, cron="0 2 * * *"):
+    return schedule.main(["--host", server.url, "--package", package, "--cron", cron])
+
+
+def test_schedule_is_idempotent_and_updates_in_place(packages, capsys):
+    with KfpContractServer() as server:
+        assert _schedule(server, packages[0]) == 0
+        first = server.calls()
+        assert "POST /apis/v2beta1/pipelines/upload" in first
+        assert "POST /apis/v2beta1/recurringruns" in first
+        [run] = server.recurring_runs.values()
+        assert run["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *"
+        assert int(run["max_concurrency"]) == 1 and run["no_catchup"] is True
+        assert run["mode"] == "ENABLE" and run["display_name"] == "image-classifier-retraining"
+        assert '"action": "created"' in capsys.readouterr().out
+
+        server.requests.clear()
+        assert _schedule(server, packages[0]) == 0  # same package, same cron: nothing changes
+        assert not [c for c in server.calls() if c.startswith(("POST", "DELETE"))
+                    and "experiments" not in c]
+        assert len(server.recurring_runs) == 1 and len(server.pipelines) == 1
+        assert '"action": "unchanged"' in capsys.readouterr().out
+
+        assert _schedule(server, packages[1], cron="0 4 * * *") == 0  # a new version
+        [pipeline_id] = server.pipelines
+        # KFP names the version a new pipeline is created with after the pipeline; the
+        # versions scheduled are named by content: one per distinct package.
+        scheduled = [v for v in server.versions[pipeline_id]
+                     if v["display_name"].startswith("image-classifier-")]
+        assert len(scheduled) == 2
+        [run] = server.recurring_runs.values()
+        assert run["pipeline_version_reference"]["pipeline_version_id"] == \
+            scheduled[1]["pipeline_version_id"]
+        assert run["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * *"
+        assert '"action": "replaced"' in capsys.readouterr().out
