@@ -86,3 +86,57 @@ def test_dockerfile_copies_what_exists_and_kfp_folder_is_no_package():
     out = subprocess.run([sys.executable, "-c", "import kfp; print(kfp.__file__)"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert "site-packages" in out
+
+
+def test_a_compiled_task_runs_as_the_kfp_launcher_would_run_it(tmp_path):
+    """StatisticsGen's container command from the spec, on an ExecutorInput with local paths."""
+    import json
+
+    import tensorflow as tf
+    import yaml
+
+    from pipeline.default_data import digits_examples
+
+    package = compile_pipeline(PipelineConfig(pipeline_root=str(tmp_path / "root")),
+                               str(tmp_path / "pipeline.yaml"))
+    spec = next(yaml.safe_load_all(open(package)))
+    component = spec["components"]["StatisticsGen"]
+    container = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
+    task = spec["root"]["dag"]["tasks"]["StatisticsGen"]
+
+    examples = tmp_path / "examples"
+    for split in ("train", "eval"):
+        (examples / f"Split-{split}").mkdir(parents=True)
+    writers = {s: tf.io.TFRecordWriter(str(examples / f"Split-{s}" / "data.gz"), "GZIP")
+               for s in ("train", "eval")}
+    for split, record in digits_examples():
+        writers[split].write(record)
+    for writer in writers.values():
+        writer.close()
+
+    def artifact(definitions, name, uri, metadata=None):
+        schema = definitions["artifacts"][name]["artifactType"]
+        return {"artifacts": [{"uri": uri, "name": name, "type": schema,
+                               "metadata": metadata or {}}]}
+
+    executor_input = {
+        "inputs": {
+            "artifacts": {"examples": artifact(component["inputDefinitions"], "examples",
+                                               str(examples),
+                                               {"split_names": '["train", "eval"]'})},
+            "parameters": {k: v["runtimeValue"]["constantValue"]
+                           for k, v in task["inputs"].get("parameters", {}).items()},
+        },
+        "outputs": {
+            "artifacts": {"statistics": artifact(component["outputDefinitions"], "statistics",
+                                                 str(tmp_path / "statistics"))},
+            "outputFile": str(tmp_path / "task" / "executor_output.json"),
+        },
+    }
+    args = [json.dumps(executor_input) if a == "{{$}}" else a for a in container["args"]]
+    command = [sys.executable] + container["command"][1:] + args  # "python" of this venv
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for split in ("train", "eval"):
+        assert (tmp_path / "statistics" / f"Split-{split}" / "FeatureStats.pb").stat().st_size
+    assert (tmp_path / "task" / "executor_output.json").exists()
