@@ -26,9 +26,11 @@ class ServingModule(tf.Module):
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.Variable(class_names, trainable=False, name=CLASS_NAMES)
         self._spec = spec
-        self._raw_spec_with_label = tf_transform_output.raw_feature_spec()
-        self._raw_spec = {k: v for k, v in self._raw_spec_with_label.items()
-                          if k != spec.label_key}
+        raw_spec = tf_transform_output.raw_feature_spec()
+        # Clients send the image alone; other raw features (e.g. ingest's source_path) are
+        # neither needed nor required.
+        self._raw_spec = {spec.image_key: raw_spec[spec.image_key]}
+        self._raw_spec_with_label = {k: raw_spec[k] for k in (spec.image_key, spec.label_key)}
 
     def _predict(self, pixels):
         probabilities = self.model(pixels, training=False)

@@ -17,7 +17,7 @@ RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metad
                "serving_dir", "model_name", "train_steps", "eval_steps", "min_accuracy",
                "beam_mode", "beam_workers", "beam_args", "enable_cache", "id_key",
                "max_bad_image_fraction", "max_regression", "min_class_recall",
-               "keep_versions", "spans", "kfp_image", "kfp_package", "trainer_gpus",
+               "keep_versions", "spans", "schema_path", "allowed_anomalies", "kfp_image", "kfp_package", "trainer_gpus",
                "gpu_type", "gpu_node_selector", "trainer_cpu", "trainer_memory", "data_cpu",
                "data_memory", "pvc_name", "pvc_mount_path"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
@@ -53,6 +53,8 @@ class PipelineConfig:
     label_format: str = "int"
     id_key: str = ""
     max_bad_image_fraction: float = 0.0
+    schema_path: str = ""
+    allowed_anomalies: tuple[str, ...] = ()
     image_height: int = 8
     image_width: int = 8
     image_channels: int = 1

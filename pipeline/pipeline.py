@@ -5,6 +5,7 @@ import json
 
 from tfx import v1 as tfx
 
+from components.anomaly_gate import AnomalyGate
 from components.gate import eval_config
 from components.image_validator import ImageValidator
 from components.versioned_pusher import VersionedPusher
@@ -15,8 +16,8 @@ RUN_FN = "modules.trainer.run_fn"
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    """ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen -> ExampleValidator ->
-    Transform -> Trainer -> Evaluator (vs the latest blessed model) -> VersionedPusher, over
+    """ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen (or ImportSchemaGen of
+    a curated schema) -> ExampleValidator -> AnomalyGate -> Transform -> Trainer -> Evaluator (vs the latest blessed model) -> VersionedPusher, over
     TFRecords under ``config.data_root``/[span-N/]{train,eval}/.
 
     ``metadata_connection_config`` is the local runner's MLMD; orchestrators bring their own.
@@ -33,13 +34,19 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         max_bad_fraction=config.max_bad_image_fraction, id_key=config.id_key)
     examples = image_validator.outputs["valid_examples"]
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                          infer_feature_shape=True)
+    if config.schema_path:  # the curated schema, the data contract
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+    else:
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                              infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"],
+                               allowed_types=",".join(config.allowed_anomalies))
     transform = tfx.components.Transform(
         examples=examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config())
+    transform.add_upstream_node(anomaly_gate)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -65,8 +72,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[example_gen, image_validator, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, baseline, evaluator, pusher],
+        components=[example_gen, image_validator, statistics_gen, schema_gen, example_validator,
+                    anomaly_gate, transform, trainer, baseline, evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_pipeline_args)

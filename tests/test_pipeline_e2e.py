@@ -23,7 +23,8 @@ from pipeline.config import PipelineConfig
 from pipeline.outcome import metadata_store
 
 COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
-              "ExampleValidator", "Transform", "Trainer", "Evaluator", "VersionedPusher")
+              "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "Evaluator",
+              "VersionedPusher")
 DATA_AND_TRAINING = COMPONENTS[:-2]
 FAST = ["--train-steps", "240", "--epochs", "4", "--eval-steps", "10"]
 

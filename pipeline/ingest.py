@@ -1,0 +1,214 @@
+"""Image folders to TFRecords: ``python -m pipeline.ingest <image dir> <out dir>``.
+
+``<image dir>/<class name>/**/<image>`` becomes sharded TFRecords of tf.Examples (``image``
+bytes, ``label`` id by sorted class name, ``label_name``, ``height``, ``width``,
+``source_path``, ``sha256``) under ``<out dir>/[span-N/]{train,eval}/``, split by content hash
+(so a file stays in its split across re-ingestions) and sharded by hash. Files are checked in
+parallel; corrupt, unsupported, oversized or duplicated files are skipped and listed with the
+reason in ``manifest.json`` beside the records, never crashing the run. The command fails (exit
+1, nothing written) if a class has no images, if the same content appears under two classes,
+or if more than ``--max-skipped-fraction`` of the files were skipped. Images that TensorFlow
+cannot decode as they are (CMYK, 16-bit, palette with transparency...) are re-encoded as PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+KEEP_FORMATS = {"JPEG": ("L", "RGB"), "PNG": ("L", "RGB", "RGBA", "LA"), "GIF": ("L", "P"),
+                "BMP": ("L", "RGB")}
+SPLITS = ("train", "eval")
+
+
+class IngestError(ValueError):
+    """The image tree cannot become a training set; the message says why."""
+
+
+@dataclass
+class Checked:
+    path: str                 # relative to the image directory
+    label_name: str
+    sha256: str = ""
+    data: bytes = b""
+    height: int = 0
+    width: int = 0
+    skipped: str = ""         # the reason, if skipped
+
+
+def check_file(root: str, path: str, label_name: str, max_pixels: int) -> Checked:
+    """Reads and fully decodes one file with Pillow; returns its bytes or why it is skipped."""
+    from PIL import Image, UnidentifiedImageError
+    with open(os.path.join(root, path), "rb") as f:
+        data = f.read()
+    result = Checked(path, label_name, hashlib.sha256(data).hexdigest())
+    fmt = "image"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, mode, (width, height) = image.format, image.mode, image.size
+            if width * height > max_pixels:
+                result.skipped = f"too large: {width}x{height} > max_pixels={max_pixels}"
+                return result
+            image.load()  # decodes every pixel: truncated files fail here
+            if mode not in KEEP_FORMATS.get(fmt, ()):
+                buffer = io.BytesIO()
+                image.convert("RGBA" if "A" in mode or "transparency" in image.info
+                              else "RGB").save(buffer, format="PNG")
+                data = buffer.getvalue()
+    except UnidentifiedImageError:
+        result.skipped = "not an image"
+        return result
+    except (OSError, SyntaxError, ValueError) as err:
+        result.skipped = f"corrupt {fmt}: {err}"
+        return result
+    result.data, result.height, result.width = data, height, width
+    return result
+
+
+def _example(item: Checked, label: int) -> bytes:
+    import tensorflow as tf
+
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[value if isinstance(value, bytes) else value.encode()]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": feature(item.data), "label": feature(label), "label_name": feature(item.label_name),
+        "height": feature(item.height), "width": feature(item.width),
+        "source_path": feature(item.path), "sha256": feature(item.sha256),
+    })).SerializeToString()
+
+
+def split_of(sha256: str, eval_fraction: float) -> str:
+    return "eval" if int(sha256[:8], 16) / 0x100000000 < eval_fraction else "train"
+
+
+def scan(image_dir: str) -> dict[str, list[str]]:
+    """Class name -> its files (relative paths, sorted); hidden files are ignored."""
+    classes = sorted(d for d in os.listdir(image_dir)
+                     if os.path.isdir(os.path.join(image_dir, d)) and not d.startswith("."))
+    if not classes:
+        raise IngestError(f"{image_dir} has no class folders (expected <dir>/<class>/<image>)")
+    files = {}
+    for name in classes:
+        found = []
+        for folder, _, names in os.walk(os.path.join(image_dir, name)):
+            found += [os.path.relpath(os.path.join(folder, n), image_dir)
+                      for n in names if not n.startswith(".")]
+        files[name] = sorted(found)
+    return files
+
+
+def ingest(image_dir: str, out_dir: str, shards: int = 4, compress: bool = False,
+           eval_fraction: float = 0.2, span: int | None = None, workers: int | None = None,
+           max_skipped_fraction: float = 0.05, max_pixels: int = 50_000_000,
+           progress: bool = True) -> dict:
+    """Converts ``image_dir``; returns the manifest (also written as ``manifest.json``)."""
+    from tqdm import tqdm
+
+    files = scan(image_dir)
+    jobs = [(path, name) for name, paths in files.items() for path in paths]
+    with ProcessPoolExecutor(workers) as pool:
+        checked = list(tqdm(pool.map(check_file, [image_dir] * len(jobs), *zip(*jobs),
+                                     [max_pixels] * len(jobs), chunksize=16) if jobs else [],
+                            total=len(jobs), disable=not progress, desc="images", unit="img"))
+    kept, skipped, first_seen = [], [], {}
+    for item in checked:
+        if not item.skipped and item.sha256 in first_seen:
+            other = first_seen[item.sha256]
+            if other.label_name != item.label_name:
+                raise IngestError(f"the same image is labelled '{other.label_name}' "
+                                  f"({other.path}) and '{item.label_name}' ({item.path})")
+            item.skipped = f"duplicate of {other.path}"
+        if item.skipped:
+            skipped.append({"path": item.path, "reason": item.skipped})
+        else:
+            first_seen[item.sha256] = item
+            kept.append(item)
+    empty = [name for name in files if not any(i.label_name == name for i in kept)]
+    if empty:
+        raise IngestError(f"class folder(s) with no usable image: {', '.join(empty)}")
+    if jobs and len(skipped) / len(jobs) > max_skipped_fraction:
+        raise IngestError(f"{len(skipped)} of {len(jobs)} files skipped, more than "
+                          f"max_skipped_fraction={max_skipped_fraction}: " + "; ".join(
+                              f"{s['path']}: {s['reason']}" for s in skipped[:10]))
+    labels = {name: index for index, name in enumerate(files)}
+    manifest = _write(kept, labels, out_dir, span, shards, compress, eval_fraction)
+    manifest.update(source=os.path.abspath(image_dir), files=len(jobs), skipped=skipped)
+    with open(os.path.join(manifest["root"], "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    return manifest
+
+
+def _write(kept, labels, out_dir, span, shards, compress, eval_fraction) -> dict:
+    """Writes the records into a staging folder renamed into place: all or nothing."""
+    import tensorflow as tf
+
+    root = os.path.join(out_dir, f"span-{span}") if span is not None else out_dir
+    if os.path.exists(root) and os.listdir(root):
+        raise IngestError(f"{root} exists and is not empty")
+    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".ingest-", dir=os.path.dirname(os.path.abspath(root)))
+    counts = {split: {name: 0 for name in labels} for split in SPLITS}
+    suffix = ".tfrecord.gz" if compress else ".tfrecord"
+    try:
+        writers = {}
+        for split in SPLITS:
+            os.makedirs(os.path.join(staging, split))
+            writers[split] = [tf.io.TFRecordWriter(
+                os.path.join(staging, split, f"data-{i:05d}-of-{shards:05d}{suffix}"),
+                "GZIP" if compress else None) for i in range(shards)]
+        for item in kept:
+            split = split_of(item.sha256, eval_fraction)
+            writers[split][int(item.sha256[8:16], 16) % shards].write(
+                _example(item, labels[item.label_name]))
+            counts[split][item.label_name] += 1
+        for split_writers in writers.values():
+            for writer in split_writers:
+                writer.close()
+        if os.path.exists(root):
+            os.rmdir(root)
+        os.rename(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"root": root, "classes": list(labels), "counts": counts, "span": span}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--compress", action="store_true", help="GZIP the TFRecords")
+    parser.add_argument("--eval-fraction", type=float, default=0.2)
+    parser.add_argument("--span", type=int, help="write <out dir>/span-N/ (for retraining)")
+    parser.add_argument("--workers", type=int, help="processes (default: one per core)")
+    parser.add_argument("--max-skipped-fraction", type=float, default=0.05)
+    parser.add_argument("--max-pixels", type=int, default=50_000_000)
+    args = parser.parse_args(argv)
+    try:
+        manifest = ingest(args.image_dir, args.out_dir, args.shards, args.compress,
+                          args.eval_fraction, args.span, args.workers,
+                          args.max_skipped_fraction, args.max_pixels)
+    except IngestError as err:
+        print(f"ingest: FAILED: {err}", file=sys.stderr)
+        return 1
+    totals = {split: sum(c.values()) for split, c in manifest["counts"].items()}
+    print(f"Wrote {totals['train']} train and {totals['eval']} eval images of "
+          f"{len(manifest['classes'])} classes to {manifest['root']}; "
+          f"{len(manifest['skipped'])} skipped (see manifest.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The folder-to-TFRecords converter on a messy generated image tree."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import ingest
+from tests.conftest import encode
+
+
+def _save(path, data: bytes):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _tree(root, rng):
+    """cats: 6 good (JPEG/PNG/GIF-named-.jpg, gray/RGB/RGBA, sizes) + truncated JPEG + text;
+    dogs: 5 good + one duplicate inside the class; a CMYK JPEG and a 16-bit PNG re-encoded."""
+    from PIL import Image
+    img = lambda shape: rng.integers(0, 256, shape, dtype=np.uint8)  # noqa: E731
+    _save(f"{root}/cats/a.jpg", encode(img((30, 40, 3)), "JPEG"))
+    _save(f"{root}/cats/b.png", encode(img((12, 12)), "PNG"))
+    _save(f"{root}/cats/c.png", encode(img((20, 10, 4)), "PNG"))
+    _save(f"{root}/cats/gif-really.jpg", encode(img((16, 16)), "GIF"))
+    _save(f"{root}/cats/sub/d.jpeg", encode(img((64, 48)), "JPEG"))
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(img((9, 9, 4)), "CMYK").save(buffer, format="JPEG")
+    _save(f"{root}/cats/cmyk.jpg", buffer.getvalue())
+    _save(f"{root}/cats/truncated.jpg", encode(img((50, 50, 3)), "JPEG")[:300])
+    _save(f"{root}/cats/notes.txt", b"these are cats\n")
+    for i in range(4):
+        _save(f"{root}/dogs/{i}.png", encode(img((10 + i, 8, 3)), "PNG"))
+    buffer = __import__("io").BytesIO()
+    Image.fromarray((img((8, 8)).astype(np.uint16) * 257)).save(buffer, format="PNG")
+    _save(f"{root}/dogs/deep.png", buffer.getvalue())
+    with open(f"{root}/dogs/0.png", "rb") as f:
+        _save(f"{root}/dogs/copy-of-0.png", f.read())
+
+
+def _records(root, split):
+    files = sorted(glob.glob(os.path.join(root, split, "*")))
+    return [tf.train.Example.FromString(r.numpy()) for r in
+            tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_messy_tree_converts_with_exact_counts_and_reasons(tmp_path):
+    _tree(str(tmp_path / "images"), np.random.default_rng(0))
+    manifest = ingest.ingest(str(tmp_path / "images"), str(tmp_path / "out"), shards=2,
+                             compress=True, span=7, eval_fraction=0.3,
+                             max_skipped_fraction=0.3, progress=False)
+    assert manifest["root"] == str(tmp_path / "out" / "span-7")
+    assert manifest["classes"] == ["cats", "dogs"] and manifest["files"] == 14
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"cats/truncated.jpg", "cats/notes.txt", "dogs/copy-of-0.png"}
+    assert reasons["cats/notes.txt"] == "not an image"
+    assert reasons["cats/truncated.jpg"].startswith("corrupt")
+    assert reasons["dogs/copy-of-0.png"] == "duplicate of dogs/0.png"
+    counts = manifest["counts"]
+    assert {c: counts["train"][c] + counts["eval"][c] for c in ("cats", "dogs")} == {
+        "cats": 6, "dogs": 5}
+    with open(tmp_path / "out" / "span-7" / "manifest.json") as f:
+        assert json.load(f)["counts"] == counts
+    decoded = 0
+    for split in ("train", "eval"):
+        records = _records(manifest["root"], split)
+        assert len(records) == sum(counts[split].values())
+        for example in records:
+            feature = example.features.feature
+            image = tf.io.decode_image(feature["image"].bytes_list.value[0],
+                                       expand_animations=False)
+            assert image.shape[:2] == (feature["height"].int64_list.value[0],
+                                       feature["width"].int64_list.value[0])
+            name = feature["label_name"].bytes_list.value[0].decode()
+            assert feature["label"].int64_list.value[0] == ["cats", "dogs"].index(name)
+            decoded += 1
+    assert decoded == 11
+
+
+def test_split_and_shards_are_deterministic(tmp_path):
+    _tree(str(tmp_path / "images"), np.random.default_rng(1))
+    runs = [ingest.ingest(str(tmp_path / "images"), str(tmp_path / f"out{i}"), shards=3,
+                          max_skipped_fraction=0.3, progress=False) for i in range(2)]
+    assert runs[0]["counts"] == runs[1]["counts"]
+    for split in ("train", "eval"):
+        for shard in range(3):
+            name = f"data-{shard:05d}-of-00003.tfrecord"
+            with open(tmp_path / "out0" / split / name, "rb") as a, \
+                    open(tmp_path / "out1" / split / name, "rb") as b:
+                assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda root: os.makedirs(f"{root}/birds"), "no usable image: birds"),
+    (lambda root: _save(f"{root}/dogs/also-a-cat.jpg", open(f"{root}/cats/a.jpg", "rb").read()),
+     "labelled 'cats'"),
+])
+def test_empty_class_or_conflicting_labels_fail_and_write_nothing(tmp_path, make_bad, message,
+                                                                  capsys):
+    _tree(str(tmp_path / "images"), np.random.default_rng(2))
+    make_bad(str(tmp_path / "images"))
+    assert ingest.main([str(tmp_path / "images"), str(tmp_path / "out"),
+                        "--max-skipped-fraction", "0.3"]) == 1
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_too_many_skipped_files_fail(tmp_path):
+    _tree(str(tmp_path / "images"), np.random.default_rng(3))
+    with pytest.raises(ingest.IngestError, match="3 of 14 files skipped"):
+        ingest.ingest(str(tmp_path / "images"), str(tmp_path / "out"),
+                      max_skipped_fraction=0.1, progress=False)
