@@ -3,13 +3,17 @@
 Runs between ExampleValidator and Transform (Transform waits for it), so data that breaks the
 schema is neither trained on nor pushed. The error lists each anomaly: split, feature, type,
 description. ``allowed_types`` (comma-separated anomaly type names, e.g.
-``SCHEMA_NEW_COLUMN``) only log a warning. (No ``from __future__ import annotations``: TFX
-reads the annotations at run time.)
+``SCHEMA_NEW_COLUMN``) only log a warning. Given the previous run's statistics, it also
+compares the training split's label distribution (L-infinity distance for string labels,
+Jensen-Shannon divergence for ids) and image size features (Jensen-Shannon divergence) with
+TFDV's drift comparators. (No ``from __future__
+import annotations``: TFX reads the annotations at run time.)
 """
+import json
 import os
 
 import absl.logging
-from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
@@ -51,12 +55,43 @@ def check(found: list[dict], allowed_types: set[str]) -> None:
             "Fix the data, update the schema, or allow these types with --allowed-anomalies.")
 
 
+def drift_anomalies(current, previous, schema, label_key: str, label_threshold: float,
+                    size_keys: list, size_threshold: float) -> anomalies_pb2.Anomalies:
+    """TFDV's drift comparison of two statistics protos (thresholds of 0 are off)."""
+    import tensorflow_data_validation as tfdv
+    contract, schema = schema, schema_pb2.Schema()
+    schema.CopyFrom(contract)  # a copy: the comparators are not part of the contract
+    for feature in schema.feature:
+        if feature.name == label_key and label_threshold > 0:
+            # String labels have categorical statistics; int ids (without a schema at
+            # statistics time) numeric ones, compared as distributions.
+            comparator = feature.drift_comparator
+            if feature.type == schema_pb2.BYTES:
+                comparator.infinity_norm.threshold = label_threshold
+            else:
+                comparator.jensen_shannon_divergence.threshold = label_threshold
+        elif feature.name in size_keys and size_threshold > 0:
+            feature.drift_comparator.jensen_shannon_divergence.threshold = size_threshold
+    return tfdv.validate_statistics(current, schema, previous_statistics=previous)
+
+
+def _train_stats(statistics):
+    import tensorflow_data_validation as tfdv
+    # By path: a resolved artifact may come without its split_names property.
+    return tfdv.load_stats_binary(os.path.join(statistics.uri, "Split-train",
+                                               "FeatureStats.pb"))
+
+
 @component
 def AnomalyGate(
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+    schema: InputArtifact[standard_artifacts.Schema],
+    previous_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
     allowed_types: Parameter[str] = "",
+    drift_config: Parameter[str] = "{}",
 ) -> None:
-    """Fails the run on any anomaly of a type not in ``allowed_types``."""
+    """Fails the run on any anomaly (or drift) of a type not in ``allowed_types``."""
     found = []
     for split in artifact_utils.decode_split_names(anomalies.split_names):
         parsed = anomalies_pb2.Anomalies()
@@ -64,4 +99,10 @@ def AnomalyGate(
         with open(path, "rb") as f:
             parsed.ParseFromString(f.read())
         found += describe(split, parsed)
+    drift = json.loads(drift_config)
+    if previous_statistics is not None and previous_statistics.uri != statistics.uri and drift:
+        import tensorflow_data_validation as tfdv
+        found += describe("train vs previous run", drift_anomalies(
+            _train_stats(statistics), _train_stats(previous_statistics),
+            tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt")), **drift))
     check(found, {t.strip() for t in allowed_types.split(",") if t.strip()})

@@ -17,7 +17,8 @@ RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metad
                "serving_dir", "model_name", "train_steps", "eval_steps", "min_accuracy",
                "beam_mode", "beam_workers", "beam_args", "enable_cache", "id_key",
                "max_bad_image_fraction", "max_regression", "min_class_recall",
-               "keep_versions", "spans", "schema_path", "allowed_anomalies", "kfp_image", "kfp_package", "trainer_gpus",
+               "keep_versions", "spans", "schema_path", "allowed_anomalies", "label_drift_threshold",
+               "size_drift_threshold", "size_keys", "kfp_image", "kfp_package", "trainer_gpus",
                "gpu_type", "gpu_node_selector", "trainer_cpu", "trainer_memory", "data_cpu",
                "data_memory", "pvc_name", "pvc_mount_path"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
@@ -55,6 +56,9 @@ class PipelineConfig:
     max_bad_image_fraction: float = 0.0
     schema_path: str = ""
     allowed_anomalies: tuple[str, ...] = ()
+    label_drift_threshold: float = 0.0
+    size_drift_threshold: float = 0.0
+    size_keys: tuple[str, ...] = ("height", "width")
     image_height: int = 8
     image_width: int = 8
     image_channels: int = 1
@@ -115,7 +119,8 @@ class PipelineConfig:
                              "raw_channels in (1, 3, 4)")
         if self.trainer_gpus < 0 or self.trainer_cpu <= 0 or self.data_cpu <= 0:
             raise ValueError("trainer_gpus must be >= 0, trainer_cpu and data_cpu > 0")
-        for name in ("max_bad_image_fraction", "max_regression", "min_class_recall"):
+        for name in ("max_bad_image_fraction", "max_regression", "min_class_recall",
+                     "label_drift_threshold", "size_drift_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.raw_max_value <= 0:
@@ -175,6 +180,14 @@ class PipelineConfig:
         config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
         config["augmentation"] = list(self.augmentation)
         return config
+
+    @property
+    def drift_config(self) -> dict[str, Any]:
+        """AnomalyGate's drift comparison; empty when both thresholds are off."""
+        if not (self.label_drift_threshold or self.size_drift_threshold):
+            return {}
+        return {"label_key": self.label_key, "label_threshold": self.label_drift_threshold,
+                "size_keys": list(self.size_keys), "size_threshold": self.size_drift_threshold}
 
     def transform_config(self) -> dict[str, Any]:
         """Transform's ``custom_config``: the image spec alone (training options changing

@@ -41,8 +41,21 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
                                               infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    drift, extra_nodes = {}, []
+    if config.drift_config:  # the previous run's statistics, resolved before this run's exist
+        previous = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics,
+                                       producer_component_id=statistics_gen.id,
+                                       output_key="statistics"),
+        ).with_id("previous_statistics_resolver")
+        statistics_gen.add_upstream_node(previous)
+        drift, extra_nodes = {"previous_statistics": previous.outputs["statistics"]}, [previous]
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"],
-                               allowed_types=",".join(config.allowed_anomalies))
+                               statistics=statistics_gen.outputs["statistics"],
+                               schema=schema_gen.outputs["schema"],
+                               allowed_types=",".join(config.allowed_anomalies),
+                               drift_config=json.dumps(config.drift_config), **drift)
     transform = tfx.components.Transform(
         examples=examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config())
@@ -73,7 +86,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, image_validator, statistics_gen, schema_gen, example_validator,
-                    anomaly_gate, transform, trainer, baseline, evaluator, pusher],
+                    anomaly_gate, transform, trainer, baseline, evaluator, pusher] + extra_nodes,
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_pipeline_args)

@@ -1,8 +1,9 @@
 """Image folders -> ingest -> pipeline; then a curated schema stops bad spans before training.
 
 span-1: digits ingested from class folders -> v1 pushed (the converter's output is what the
-pipeline reads). The inferred schema is exported and curated. span-2: an out-of-domain label
-and an unknown feature -> the run stops at validation naming both; nothing pushed, v1
+pipeline reads). span-2 with drift checks on: its label distribution drifted from span-1's,
+so the run stops. The inferred schema is exported and curated. span-2 again: an out-of-domain
+label and an unknown feature -> the run stops at validation naming both; nothing pushed, v1
 untouched. span-3: only the unknown feature -> stops, unless that anomaly type is allowed.
 """
 from __future__ import annotations
@@ -73,8 +74,14 @@ def test_ingested_data_trains_and_a_curated_schema_stops_bad_spans(tmp_path):
     assert curated["image"].presence.min_fraction == 1.0
     served = _snapshot(config.push_dir)
 
-    contract = PipelineConfig.from_args(base + ["--schema-path", schema_file], {})
     _derive_span(data, 1, 2, bad_label=True, new_feature=True)
+    drift = PipelineConfig.from_args(base + ["--label-drift-threshold", "0.001"], {})
+    with pytest.raises(DataAnomalyError, match="train vs previous run', feature 'label': "
+                                               "COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH"):
+        local_runner.run(drift)  # inferred schema: only the label drift vs span-1 stops it
+    assert _snapshot(config.push_dir) == served
+
+    contract = PipelineConfig.from_args(base + ["--schema-path", schema_file], {})
     with pytest.raises(DataAnomalyError) as error:
         local_runner.run(contract)
     message = str(error.value)
