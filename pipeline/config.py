@@ -179,6 +179,7 @@ class PipelineConfig:
                   if f.name not in RUNNER_ONLY}
         config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
         config["augmentation"] = list(self.augmentation)
+        config["code_version"] = code_version()  # lineage; a new release retrains
         return config
 
     @property
@@ -213,6 +214,15 @@ class PipelineConfig:
                                 type=lambda v, t=hints[field.name]: _parse(t, v), default=default,
                                 help=f"(default: {_show(default)!s})")
         return cls(**vars(parser.parse_args(argv)))
+
+
+def code_version() -> str:
+    """The installed project's version (``unknown`` when run from a bare checkout)."""
+    from importlib import metadata
+    try:
+        return metadata.version("tfx-image-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _parse(kind, text: str):

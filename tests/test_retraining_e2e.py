@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -92,3 +93,20 @@ def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
     assert manifest[0]["baseline_model_id"] is None
     assert manifest[1]["baseline_model_id"] == manifest[0]["model_id"]
     assert manifest[1]["accuracy"] >= 0.8
+
+    # Lineage: what produced each version, and what each span fed.
+    from pipeline import lineage
+    v2 = lineage.version_lineage(config, 2)
+    assert v2["spans"] == [3]
+    trainer = v2["model"]["produced_by"]
+    assert trainer["component"] == "Trainer"
+    assert trainer["properties"]["run_fn"] == "modules.trainer.run_fn"
+    assert json.loads(trainer["properties"]["custom_config"])["code_version"]
+    assert {"examples", "transform_graph", "schema"} <= set(v2["model"]["inputs"])
+    assert lineage.version_lineage(config, 1)["spans"] == [1]
+    fed = {s: lineage.span_lineage(config, s)["models"] for s in (1, 2, 3)}
+    assert [m["pushed_as"] for m in fed[1]] == [[1]]
+    assert [m["pushed_as"] for m in fed[2]] == [[]]  # trained, not blessed, never served
+    assert [m["pushed_as"] for m in fed[3]] == [[2]]
+    runs = lineage.Lineage(metadata_store(config)).runs()
+    assert [r["pushed_version"] for r in runs] == [1, None, None, 2]

@@ -1,0 +1,173 @@
+"""Lineage from ML Metadata: ``python -m pipeline.lineage {runs | version N | span N}``.
+
+* ``runs``: every pipeline run, its executions' states and what it pushed;
+* ``version N``: what produced served version N: the data span(s) and examples, schema,
+  transform graph, trainer code (module path, package version, config), metrics, blessing;
+* ``span N``: the models that data span fed, and the versions they were pushed as.
+
+Takes the pipeline options of the local runner (``--work-dir``, ``--metadata-path``, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+from ml_metadata.proto import metadata_store_pb2
+
+from components import serving_dir
+from pipeline.config import PipelineConfig
+from pipeline.outcome import metadata_store
+
+INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
+OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+
+
+class Lineage:
+    """Walks the MLMD graph of one pipeline."""
+
+    def __init__(self, store):
+        self.store = store
+        self.execution_types = {t.id: t.name.rsplit(".", 1)[-1]
+                                for t in store.get_execution_types()}
+
+    def _value(self, value):
+        return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
+
+    def producer(self, artifact_id: int):
+        """The execution that output the artifact (the cache hit's original, if several)."""
+        events = [e for e in self.store.get_events_by_artifact_ids([artifact_id])
+                  if e.type in OUTPUT_EVENTS]
+        if not events:
+            return None
+        return self.store.get_executions_by_id([min(e.execution_id for e in events)])[0]
+
+    def io(self, execution_id: int, kinds) -> dict[str, list]:
+        """Input (or output) artifacts of an execution by key."""
+        by_key = defaultdict(list)
+        events = [e for e in self.store.get_events_by_execution_ids([execution_id])
+                  if e.type in kinds]
+        artifacts = {a.id: a for a in self.store.get_artifacts_by_id(
+            [e.artifact_id for e in events])}
+        for event in events:
+            by_key[event.path.steps[0].key].append(artifacts[event.artifact_id])
+        return dict(by_key)
+
+    def describe_execution(self, execution) -> dict:
+        properties = dict(execution.properties)
+        properties.update(execution.custom_properties)  # TFX records exec properties here
+        return {"execution_id": execution.id,
+                "component": self.execution_types[execution.type_id],
+                "properties": {k: self._value(v) for k, v in properties.items()}}
+
+    def upstream(self, artifact_id: int) -> dict:
+        """The artifact, its producer, and recursively what that producer consumed."""
+        artifact = self.store.get_artifacts_by_id([artifact_id])[0]
+        node = {"artifact_id": artifact.id, "uri": artifact.uri,
+                "custom": {k: self._value(v) for k, v in artifact.custom_properties.items()
+                           if k in ("span", "version", "blessed", "pushed_version")}}
+        execution = self.producer(artifact_id)
+        if execution is not None:
+            node["produced_by"] = self.describe_execution(execution)
+            node["inputs"] = {key: [self.upstream(a.id) for a in artifacts]
+                              for key, artifacts in self.io(execution.id, INPUT_EVENTS).items()
+                              if key not in ("baseline_model",)}
+        return node
+
+    def runs(self) -> list[dict]:
+        run_type = self.store.get_context_type("pipeline_run")
+        result = []
+        for context in sorted(self.store.get_contexts_by_type(run_type.name), key=lambda c: c.id):
+            executions = self.store.get_executions_by_context(context.id)
+            states = defaultdict(int)
+            pushed = None
+            for execution in executions:
+                states[metadata_store_pb2.Execution.State.Name(execution.last_known_state)] += 1
+                if self.execution_types[execution.type_id] == "VersionedPusher":
+                    for artifact in self.io(execution.id, OUTPUT_EVENTS).get("pushed_model", []):
+                        if artifact.custom_properties["pushed"].int_value:
+                            pushed = artifact.custom_properties["pushed_version"].int_value
+            result.append({"run": context.name, "executions": dict(states),
+                           "pushed_version": pushed,
+                           "started": min((e.create_time_since_epoch for e in executions),
+                                          default=0)})
+        return result
+
+    def spans_of(self, node: dict) -> set[int]:
+        spans = {node["custom"]["span"]} if "span" in node["custom"] else set()
+        for artifacts in node.get("inputs", {}).values():
+            for child in artifacts:
+                spans |= self.spans_of(child)
+        return spans
+
+    def models_fed_by_span(self, span: int) -> list[int]:
+        """Model artifact ids downstream of ExampleGen output(s) of ``span``."""
+        seeds = [a.id for a in self.store.get_artifacts_by_type("Examples")
+                 if a.custom_properties.get("span") is not None
+                 and a.custom_properties["span"].int_value == span
+                 and "/ImportExampleGen/" in a.uri]
+        seen, frontier, models = set(), list(seeds), set()
+        while frontier:
+            artifact_id = frontier.pop()
+            if artifact_id in seen:
+                continue
+            seen.add(artifact_id)
+            consumers = {e.execution_id for e in self.store.get_events_by_artifact_ids(
+                [artifact_id]) if e.type in INPUT_EVENTS}
+            for execution_id in consumers:
+                for key, artifacts in self.io(execution_id, OUTPUT_EVENTS).items():
+                    for artifact in artifacts:
+                        if key == "model":
+                            models.add(artifact.id)
+                        elif key not in ("evaluation", "blessing", "pushed_model"):
+                            frontier.append(artifact.id)
+        return sorted(models)
+
+
+def version_lineage(config: PipelineConfig, version: int) -> dict:
+    entry = next((e for e in serving_dir.read_manifest(config.push_dir)
+                  if e["version"] == version), None)
+    if entry is None:
+        raise KeyError(f"version {version} is not in {config.push_dir}/manifest.json")
+    lineage = Lineage(metadata_store(config))
+    model = lineage.upstream(entry["model_id"])
+    return {"version": version, "manifest": entry, "spans": sorted(lineage.spans_of(model)),
+            "model": model}
+
+
+def span_lineage(config: PipelineConfig, span: int) -> dict:
+    lineage = Lineage(metadata_store(config))
+    models = lineage.models_fed_by_span(span)
+    pushed = defaultdict(list)
+    for entry in serving_dir.read_manifest(config.push_dir):
+        pushed[entry.get("model_id")].append(entry["version"])
+    return {"span": span, "models": [{"model_id": m, "pushed_as": pushed.get(m, [])}
+                                     for m in models]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.lineage", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("runs", "version", "span"))
+    parser.add_argument("number", nargs="?", type=int)
+    args, rest = parser.parse_known_args(argv)
+    config = PipelineConfig.from_args(rest, prog="python -m pipeline.lineage")
+    if args.what != "runs" and args.number is None:
+        parser.error(f"'{args.what}' needs a number")
+    try:
+        if args.what == "runs":
+            result = Lineage(metadata_store(config)).runs()
+        elif args.what == "version":
+            result = version_lineage(config, args.number)
+        else:
+            result = span_lineage(config, args.number)
+    except KeyError as err:
+        print(f"lineage: {err.args[0]}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
