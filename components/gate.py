@@ -44,7 +44,8 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
                                     preprocessing_function_names=[TRANSFORM_SIGNATURE])],
         slicing_specs=[overall, per_class],
         metrics_specs=[tfma.MetricsSpec(metrics=[
-            tfma.MetricConfig(class_name="ExampleCount"), accuracy])])
+            tfma.MetricConfig(class_name="ExampleCount"), accuracy,
+            tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")])])
 
 
 def sliced_metric(evaluation_uri: str, name: str = ACCURACY_METRIC,

@@ -22,7 +22,8 @@ def resolve_data(config: PipelineConfig) -> PipelineConfig:
 
 
 def run(config: PipelineConfig) -> dict:
-    """Runs the pipeline once and returns its outcome (see ``pipeline.outcome``)."""
+    """Runs the pipeline once; returns its outcome (see ``pipeline.outcome``) and the path of
+    its HTML report (``report``)."""
     from tfx import v1 as tfx
 
     from pipeline.outcome import last_execution_id, latest_outcome
@@ -32,9 +33,13 @@ def run(config: PipelineConfig) -> dict:
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         config.metadata_path)
+    from pipeline.report import write_report
+
     before = last_execution_id(config)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
-    return latest_outcome(config, before)
+    outcome = latest_outcome(config, before)
+    outcome["report"] = write_report(config, outcome, before)
+    return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPipeline root: {config.pipeline_root}")
     print(f"Metadata (MLMD SQLite): {config.metadata_path}")
     print(describe(outcome, config))
+    print(f"Run report: {outcome['report']}")
     return 0
 
 

@@ -175,3 +175,25 @@ def test_per_class_recall_is_computed_and_can_gate(first_run):
     per_class = {k: v for k, v in sliced_metric(evaluation.uri).items() if k}
     assert sorted(per_class) == [(("label", i),) for i in range(10)]
     assert min(per_class.values()) < 1.0
+
+
+def test_run_report_shows_what_mlmd_and_the_artifacts_say(first_run):
+    import re
+    config, outcome = first_run
+    with open(outcome["report"], encoding="utf-8") as f:
+        report = f.read()
+    for section in ("Decision", "Dataset", "Data checks", "Schema", "Training",
+                    "Metrics per class", "Confusion matrix", "Components"):
+        assert f"<h2>{section}" in report
+    assert f"{outcome['accuracy']:.4f}" in report
+    assert 'class="ok">BLESSED' in report  # the blessing of the first run
+    assert "none (first blessed model)" in report
+    assert f"Pushed version 1: {outcome['pushed_path']}" in report
+    assert "<tr><td>train</td><td>1437</td></tr>" in report  # 4 of every 5 digits
+    assert "<tr><td>eval</td><td>360</td></tr>" in report
+    assert report.count("<polyline") == 4  # loss and accuracy, train and validation
+    assert 'aria-label="confusion matrix"' in report
+    cells = [int(n) for n in re.findall(r'<text class="n" [^>]*>(\d+)</text>', report)]
+    assert sum(cells) == 360  # every eval example lands in one cell
+    for component in COMPONENTS:
+        assert f"<td>{component}</td>" in report

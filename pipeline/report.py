@@ -1,0 +1,261 @@
+"""A self-contained HTML report of one run, built from MLMD and the run's artifacts.
+
+Sections: dataset (examples per split and per class, image feature statistics), data checks
+(bad images, anomalies), schema, training curves (the Trainer's TensorBoard logs), metrics
+overall and per class, the confusion matrix, the gate decision with its thresholds and the
+baseline, the push, and component durations. Charts are inline SVG: one file to open or attach.
+"""
+from __future__ import annotations
+
+import glob
+import html
+import json
+import os
+import time
+
+from components import serving_dir
+from components.gate import BASELINE, sliced_metric
+from pipeline.config import PipelineConfig
+from pipeline.outcome import metadata_store
+
+CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
+h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 8px;
+text-align:right}th{background:#f4f4f4}.ok{color:#186a1b;font-weight:bold}
+.bad{color:#a31515;font-weight:bold}svg text{font:11px sans-serif}"""
+
+
+def _table(header: list, rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def line_chart(series: dict[str, list[float]], title: str, width=440, height=220) -> str:
+    """An inline SVG line chart of equally spaced points (epochs)."""
+    values = [v for points in series.values() for v in points]
+    if not values:
+        return f"<p>No {html.escape(title)} recorded.</p>"
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    longest = max(len(p) for p in series.values())
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{title}">',
+             f'<text x="40" y="14">{html.escape(title)}</text>',
+             f'<text x="2" y="34">{high:.3g}</text><text x="2" y="{height - 24}">{low:.3g}'
+             "</text>"]
+    for index, (name, points) in enumerate(series.items()):
+        xy = [(45 + i * (width - 60) / max(1, longest - 1),
+               24 + (1 - (v - low) / span) * (height - 54)) for i, v in enumerate(points)]
+        colour = colours[index % len(colours)]
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in xy) + '"/>')
+        parts.append(f'<text x="{50 + 110 * index}" y="{height - 6}" fill="{colour}">'
+                     f"{html.escape(name)}</text>")
+    return "".join(parts) + "</svg>"
+
+
+def confusion_svg(matrix: dict[tuple[int, int], float], names: list[str], cell=34) -> str:
+    """Actual (rows) x predicted (columns), shaded by the row's share."""
+    n = len(names)
+    size = 60 + cell * n
+    parts = [f'<svg width="{size}" height="{size}" role="img" aria-label="confusion matrix">',
+             '<text x="60" y="12">predicted</text>',
+             f'<text x="2" y="{60 + cell * n / 2}">actual</text>']
+    for i in range(n):
+        total = sum(matrix.get((i, j), 0) for j in range(n)) or 1
+        parts.append(f'<text x="{62 + cell * i}" y="26">{html.escape(names[i][:4])}</text>')
+        parts.append(f'<text x="40" y="{50 + cell * i + cell / 2}">'
+                     f'{html.escape(names[i][:4])}</text>')
+        for j in range(n):
+            count = matrix.get((i, j), 0)
+            shade = int(255 - 200 * count / total)
+            parts.append(f'<rect x="{60 + cell * j}" y="{34 + cell * i}" width="{cell}" '
+                         f'height="{cell}" fill="rgb({shade},{shade},255)" stroke="#fff"/>')
+            if count:
+                parts.append(f'<text class="n" x="{64 + cell * j}" '
+                             f'y="{34 + cell * i + cell / 2 + 4}">{count:g}</text>')
+    return "".join(parts) + "</svg>"
+
+
+class RunReport:
+    """Collects one run's facts from MLMD; ``html()`` renders them."""
+
+    def __init__(self, config: PipelineConfig, outcome: dict, since_execution_id: int):
+        self.config, self.outcome = config, outcome
+        self.store = metadata_store(config)
+        types = {t.id: t.name.rsplit(".", 1)[-1] for t in self.store.get_execution_types()}
+        self.executions = [(types[e.type_id], e) for e in self.store.get_executions()
+                           if e.id > since_execution_id]
+
+    def latest(self, type_name: str, producer: str):
+        found = [a for a in self.store.get_artifacts_by_type(type_name)
+                 if f"/{producer}/" in a.uri]
+        return max(found, key=lambda a: a.id) if found else None
+
+    def durations(self) -> list[list]:
+        return [[name, "cached" if e.last_known_state == e.CACHED else
+                 e.State.Name(e.last_known_state).lower(),
+                 f"{(e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000:.1f}"]
+                for name, e in self.executions]
+
+    def dataset(self) -> str:
+        import tensorflow_data_validation as tfdv
+        statistics = self.latest("ExampleStatistics", "StatisticsGen")
+        rows, features = [], []
+        for split in ("train", "eval"):
+            path = os.path.join(statistics.uri, f"Split-{split}", "FeatureStats.pb")
+            dataset = tfdv.load_stats_binary(path).datasets[0]
+            rows.append([split, dataset.num_examples])
+            for feature in dataset.features:
+                name = feature.path.step[0]
+                if feature.HasField("num_stats"):
+                    s = feature.num_stats
+                    features.append([split, name, f"{s.min:g}", f"{s.mean:.3g}", f"{s.max:g}"])
+                elif feature.HasField("bytes_stats"):
+                    s = feature.bytes_stats
+                    features.append([split, f"{name} (bytes)", f"{s.min_num_bytes:g}",
+                                     f"{s.avg_num_bytes:.3g}", f"{s.max_num_bytes:g}"])
+                elif feature.HasField("string_stats"):
+                    s = feature.string_stats
+                    features.append([split, f"{name} (bytes, mean only)", "",
+                                     f"{s.avg_length:.3g}", ""])
+        return (_table(["split", "examples"], rows)
+                + _table(["split", "feature", "min", "mean", "max"], features))
+
+    def evaluation(self):
+        return self.latest("ModelEvaluation", "Evaluator")
+
+    def per_class(self) -> list[list]:
+        evaluation = self.evaluation().uri
+        accuracy = sliced_metric(evaluation)
+        counts = sliced_metric(evaluation, "example_count")
+        return [[key[0][1], f"{counts.get(key, 0):g}", f"{value:.4f}"]
+                for key, value in sorted(accuracy.items()) if key]
+
+    def confusion(self) -> dict[tuple[int, int], float]:
+        import tensorflow_model_analysis as tfma
+        for plots in tfma.load_plots(self.evaluation().uri):
+            if plots.slice_key.single_slice_keys:
+                continue
+            for entry in plots.plot_keys_and_values:
+                matrices = entry.value.multi_class_confusion_matrix_at_thresholds.matrices
+                if matrices and entry.key.model_name != BASELINE:
+                    return {(e.actual_class_id, e.predicted_class_id): e.num_weighted_examples
+                            for e in matrices[0].entries}
+        return {}
+
+    def curves(self) -> str:
+        trainer = self.latest("ModelRun", "Trainer")
+        charts = []
+        for tag in ("epoch_loss", "epoch_accuracy"):
+            series = {}
+            for phase in ("train", "validation"):
+                series[phase] = _scalars(glob.glob(os.path.join(trainer.uri, phase, "events*")),
+                                         tag)
+            charts.append(line_chart(series, tag.replace("epoch_", "")))
+        return "".join(charts)
+
+    def schema(self) -> str:
+        import tensorflow_data_validation as tfdv
+        from tensorflow_metadata.proto.v0 import schema_pb2
+        artifact = max((a for a in self.store.get_artifacts_by_type("Schema")
+                        if "SchemaGen/" in a.uri), key=lambda a: a.id)
+        schema = tfdv.load_schema_text(os.path.join(artifact.uri, "schema.pbtxt"))
+        rows = []
+        for f in schema.feature:
+            domain = ""
+            if f.HasField("int_domain"):
+                domain = f"[{f.int_domain.min}, {f.int_domain.max}]"
+            rows.append([f.name, schema_pb2.FeatureType.Name(f.type),
+                         f"{f.presence.min_fraction:g}", domain])
+        return _table(["feature", "type", "min presence", "domain"], rows)
+
+    def checks(self) -> str:
+        validated = self.latest("Examples", "ImageValidator")
+        bad = []
+        for report in glob.glob(os.path.join(validated.uri, "bad_images-*.json")):
+            with open(report) as f:
+                bad += json.load(f)["bad"]
+        from components.anomaly_gate import describe
+        from tensorflow_metadata.proto.v0 import anomalies_pb2
+        anomalies = []
+        artifact = self.latest("ExampleAnomalies", "ExampleValidator")
+        for path in glob.glob(os.path.join(artifact.uri, "Split-*", "SchemaDiff.pb")):
+            parsed = anomalies_pb2.Anomalies()
+            with open(path, "rb") as f:
+                parsed.ParseFromString(f.read())
+            anomalies += describe(os.path.basename(os.path.dirname(path))[6:], parsed)
+        return (f"<p>Undecodable images dropped: {len(bad)}</p>"
+                + (_table(["split", "file", "record", "error"],
+                          [[b["split"], b["file"], b["record"], b["error"]] for b in bad[:50]])
+                   if bad else "")
+                + f"<p>Schema anomalies: {len(anomalies)}</p>"
+                + (_table(["split", "feature", "type", "description"],
+                          [list(a.values()) for a in anomalies]) if anomalies else ""))
+
+    def gate(self) -> str:
+        o, c = self.outcome, self.config
+        verdict = '<span class="ok">BLESSED</span>' if o["blessed"] else \
+            '<span class="bad">NOT BLESSED</span>'
+        rows = [["accuracy (eval split)", f"{o['accuracy']:.4f}", f">= {c.min_accuracy}"]]
+        if o["baseline_accuracy"] is None:
+            rows.append(["baseline", "none (first blessed model)", "absolute bound only"])
+        else:
+            rows.append(["baseline accuracy", f"{o['baseline_accuracy']:.4f}",
+                         f"candidate >= baseline - {c.max_regression}"])
+        if c.min_class_recall:
+            rows.append(["per-class recall", "see below", f">= {c.min_class_recall}"])
+        push = (f"Pushed version {o['pushed_version']}: {html.escape(o['pushed_path'])}"
+                if o["pushed"] else f"Nothing pushed: {html.escape(str(o['reason']))}")
+        versions = serving_dir.versions(c.push_dir)
+        return (f"<p>Gate: {verdict}</p>" + _table(["check", "value", "threshold"], rows)
+                + f"<p>{push}. Versions now in {html.escape(c.push_dir)}: "
+                  f"{versions or 'none'} (highest is served).</p>")
+
+    def html(self) -> str:
+        names = _class_names(self.config)
+        sections = [
+            ("Decision", self.gate()),
+            ("Dataset", self.dataset()),
+            ("Data checks", self.checks()),
+            ("Schema", self.schema()),
+            ("Training", self.curves()),
+            ("Metrics per class (eval split)", _table(["label", "examples", "accuracy"],
+                                                      self.per_class())),
+            ("Confusion matrix (eval split)", confusion_svg(self.confusion(), names)),
+            ("Components", _table(["component", "state", "seconds"], self.durations())),
+        ]
+        body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>"
+                f"{html.escape(self.config.pipeline_name)} run report</title><style>{CSS}"
+                f"</style></head><body><h1>{html.escape(self.config.pipeline_name)}: run of "
+                f"{stamp}</h1>{body}</body></html>")
+
+
+def _class_names(config: PipelineConfig) -> list[str]:
+    return list(config.class_names) or [str(i) for i in range(config.num_classes)]
+
+
+def _scalars(files: list[str], tag: str) -> list[float]:
+    import tensorflow as tf
+    values = []
+    for path in sorted(files):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values.append(float(tf.make_ndarray(value.tensor)) if value.HasField(
+                        "tensor") else value.simple_value)
+    return values
+
+
+def write_report(config: PipelineConfig, outcome: dict, since_execution_id: int) -> str:
+    """Writes ``<pipeline root>/reports/run-<time>.html``; returns its path."""
+    path = os.path.join(config.pipeline_root, "reports",
+                        time.strftime("run-%Y%m%dT%H%M%S.html", time.gmtime()))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(RunReport(config, outcome, since_execution_id).html())
+    return path
