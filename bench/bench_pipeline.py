@@ -1,0 +1,140 @@
+"""End-to-end pipeline benchmarks; writes a Markdown section (``make bench``).
+
+1. First run and cached rerun of ``python -m pipeline.local_runner`` on the default data:
+   wall time and peak memory (GNU time), and each component's duration from MLMD.
+2. Data components (ImageValidator, StatisticsGen, Transform) per image at 1x and 10x the
+   default data: linear scaling means a per-image ratio near 1.
+3. The same 10x run with the in-process DirectRunner and with the multi-processing one.
+
+Each ratio compares numbers measured in this one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.bench_model import machine  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.outcome import metadata_store  # noqa: E402
+
+DATA_COMPONENTS = ("ImageValidator", "StatisticsGen", "Transform")
+GNU_TIME = "/usr/bin/time"
+
+
+def timed_run(args: list[str]) -> tuple[float, float]:
+    """Runs the local runner; returns (wall seconds, peak RSS in MiB)."""
+    command = [sys.executable, "-m", "pipeline.local_runner"] + args
+    with tempfile.NamedTemporaryFile("r") as report:
+        if os.path.exists(GNU_TIME):
+            command = [GNU_TIME, "-f", "%e %M", "-o", report.name] + command
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        fields = report.read().split()
+    return wall, (int(fields[-1]) / 1024 if fields else float("nan"))
+
+
+def durations(work_dir: str, since_id: int = 0) -> dict[str, float]:
+    """Seconds per component of the executions after ``since_id``."""
+    store = metadata_store(PipelineConfig(work_dir=work_dir))
+    types = {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
+    return {types[e.type_id]: (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1e3
+            for e in store.get_executions() if e.id > since_id}
+
+
+def last_id(work_dir: str) -> int:
+    return max(e.id for e in metadata_store(PipelineConfig(work_dir=work_dir)).get_executions())
+
+
+def replicate(source: str, target: str, times: int) -> int:
+    """``times`` copies of every record of ``source`` under ``target``; returns the count."""
+    import tensorflow as tf
+    count = 0
+    for split in ("train", "eval"):
+        os.makedirs(os.path.join(target, split))
+        files = sorted(os.listdir(os.path.join(source, split)))
+        with tf.io.TFRecordWriter(os.path.join(target, split, "data.tfrecord")) as writer:
+            for _ in range(times):
+                for record in tf.data.TFRecordDataset(
+                        [os.path.join(source, split, f) for f in files]):
+                    writer.write(record.numpy())
+                    count += 1
+    return count
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results-pipeline.md")
+    args = parser.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="bench-")
+    lines = ["# Pipeline benchmarks", "", f"Machine: {machine()}", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    try:
+        base = os.path.join(work, "base")
+        first = timed_run(["--work-dir", base])
+        first_durations = durations(base)
+        before = last_id(base)
+        cached = timed_run(["--work-dir", base])
+        cached_states = durations(base, before)
+        lines += ["## End to end, default data (1,797 8x8 digits)", "",
+                  "| run | wall s | peak RSS MiB |", "|---|---:|---:|",
+                  f"| first | {first[0]:.1f} | {first[1]:.0f} |",
+                  f"| identical rerun (re-evaluation vs the new baseline) | {cached[0]:.1f} | "
+                  f"{cached[1]:.0f} |", "",
+                  f"Rerun / first: {cached[0] / first[0]:.2f}x wall time "
+                  f"({len(cached_states)} executions recorded in the rerun).", "",
+                  "| component (first run) | seconds |", "|---|---:|"]
+        lines += [f"| {name} | {seconds:.1f} |" for name, seconds in first_durations.items()]
+
+        data_1x = PipelineConfig(work_dir=base).default_data_root
+        n_1x = sum(1 for _ in _records(data_1x))
+        data_10x = os.path.join(work, "data-10x")
+        n_10x = replicate(data_1x, data_10x, 10)
+        runs = {}
+        for mode in ("in_process", "multi_processing"):
+            target = os.path.join(work, f"10x-{mode}")
+            wall, rss = timed_run(["--work-dir", target, "--data-root", data_10x,
+                                   "--beam-mode", mode, "--train-steps", "40", "--epochs", "2",
+                                   "--min-accuracy", "0"])
+            runs[mode] = (wall, rss, durations(target))
+        lines += ["", "## Data components: per image at 1x and 10x (in-process DirectRunner)",
+                  "", "| component | 1x ms/image | 10x ms/image | 10x / 1x |",
+                  "|---|---:|---:|---:|"]
+        for name in DATA_COMPONENTS:
+            per_1x = first_durations[name] / n_1x * 1e3
+            per_10x = runs["in_process"][2][name] / n_10x * 1e3
+            lines.append(f"| {name} | {per_1x:.3f} | {per_10x:.3f} | {per_10x / per_1x:.2f}x |")
+        lines += ["", "## DirectRunner: in-process vs multi-processing (10x data)", "",
+                  "| component | in-process s | multi-processing s | multi / in-process |",
+                  "|---|---:|---:|---:|"]
+        for name in DATA_COMPONENTS + ("Evaluator",):
+            a, b = runs["in_process"][2][name], runs["multi_processing"][2][name]
+            lines.append(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+        a, b = runs["in_process"][0], runs["multi_processing"][0]
+        lines.append(f"| whole run (wall) | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def _records(root: str):
+    import tensorflow as tf
+    for split in ("train", "eval"):
+        folder = os.path.join(root, split)
+        yield from tf.data.TFRecordDataset([os.path.join(folder, f)
+                                            for f in sorted(os.listdir(folder))])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
