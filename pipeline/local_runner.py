@@ -28,13 +28,12 @@ def run(config: PipelineConfig) -> dict:
 
     from pipeline.outcome import last_execution_id, latest_outcome
     from pipeline.pipeline import create_pipeline
+    from pipeline.report import write_report
 
     config = resolve_data(config)
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         config.metadata_path)
-    from pipeline.report import write_report
-
     before = last_execution_id(config)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
     outcome = latest_outcome(config, before)

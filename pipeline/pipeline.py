@@ -17,8 +17,9 @@ RUN_FN = "modules.trainer.run_fn"
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen (or ImportSchemaGen of
-    a curated schema) -> ExampleValidator -> AnomalyGate -> Transform -> Trainer -> Evaluator (vs the latest blessed model) -> VersionedPusher, over
-    TFRecords under ``config.data_root``/[span-N/]{train,eval}/.
+    a curated schema) -> ExampleValidator -> AnomalyGate -> Transform -> Trainer -> Evaluator
+    (vs the latest blessed model) -> VersionedPusher, over TFRecords under
+    ``config.data_root``/[span-N/]{train,eval}/.
 
     ``metadata_connection_config`` is the local runner's MLMD; orchestrators bring their own.
     """
