@@ -75,6 +75,12 @@ class Lineage:
                               if key not in ("baseline_model",)}
         return node
 
+    def run_of(self, execution_id: int) -> str | None:
+        """The pipeline run (context) an execution belongs to."""
+        run_type = self.store.get_context_type("pipeline_run")
+        return next((c.name for c in self.store.get_contexts_by_execution(execution_id)
+                     if c.type_id == run_type.id), None)
+
     def runs(self) -> list[dict]:
         run_type = self.store.get_context_type("pipeline_run")
         result = []
@@ -133,7 +139,7 @@ def version_lineage(config: PipelineConfig, version: int) -> dict:
     lineage = Lineage(metadata_store(config))
     model = lineage.upstream(entry["model_id"])
     return {"version": version, "manifest": entry, "spans": sorted(lineage.spans_of(model)),
-            "model": model}
+            "run": lineage.run_of(model["produced_by"]["execution_id"]), "model": model}
 
 
 def span_lineage(config: PipelineConfig, span: int) -> dict:

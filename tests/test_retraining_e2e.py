@@ -110,3 +110,5 @@ def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
     assert [m["pushed_as"] for m in fed[3]] == [[2]]
     runs = lineage.Lineage(metadata_store(config)).runs()
     assert [r["pushed_version"] for r in runs] == [1, None, None, 2]
+    assert v2["run"] == runs[3]["run"] and lineage.version_lineage(config, 1)["run"] == \
+        runs[0]["run"]
