@@ -32,10 +32,12 @@ def package(tmp_path_factory):
 def test_all_components_with_their_dependencies(package):
     tasks = package.pipeline_spec.root.dag.tasks
     assert {"ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
-            "ExampleValidator", "Transform", "Trainer", "Evaluator",
+            "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "Evaluator",
             "VersionedPusher"} <= set(tasks)
     assert set(tasks["ImageValidator"].dependent_tasks) == {"ImportExampleGen"}
-    assert set(tasks["Transform"].dependent_tasks) == {"ImageValidator", "SchemaGen"}
+    assert set(tasks["Transform"].dependent_tasks) == {"ImageValidator", "SchemaGen",
+                                                       "AnomalyGate"}  # data checked first
+    assert "ExampleValidator" in tasks["AnomalyGate"].dependent_tasks
     assert {"Transform", "SchemaGen"} <= set(tasks["Trainer"].dependent_tasks)
     assert "Trainer" in tasks["Evaluator"].dependent_tasks
     assert any("resolver" in t for t in tasks["Evaluator"].dependent_tasks)
