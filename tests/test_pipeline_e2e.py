@@ -26,7 +26,7 @@ COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen"
               "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "Evaluator",
               "VersionedPusher")
 DATA_AND_TRAINING = COMPONENTS[:-2]
-FAST = ["--train-steps", "240", "--epochs", "4", "--eval-steps", "10"]
+FAST = ["--train-steps", "240", "--epochs", "4", "--eval-steps", "10", "--tflite", "float16"]
 
 
 def _executions_by_component(config, after_id=0):
@@ -137,6 +137,29 @@ def test_raw_bytes_signature_agrees_with_the_example_signature(first_run):
                                by_example[PROBABILITIES].numpy(), atol=1e-5)
     names = by_bytes["class_names"].numpy().astype(str)
     assert names.tolist() == by_bytes[CLASS_IDS].numpy().astype(str).tolist()
+
+
+def test_tflite_artifact_agrees_with_the_pushed_saved_model(first_run):
+    from modules.export import TFLITE_PATH
+    from modules.features import ImageSpec
+    from modules.preprocessing import decode_images
+    config, outcome = first_run
+    model = tf.saved_model.load(outcome["pushed_path"])
+    records, _ = _held_out_examples(config)
+    images = _png_images(records)
+    served = model.signatures[RAW_SIGNATURE](image_bytes=tf.constant(images))[CLASS_IDS].numpy()
+    pixels = decode_images(tf.constant(images),
+                           ImageSpec.from_custom_config(config.transform_config())).numpy()
+    interpreter = tf.lite.Interpreter(
+        model_path=os.path.join(outcome["pushed_path"], TFLITE_PATH))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    lite = []
+    for image in pixels:
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        lite.append(interpreter.get_tensor(out["index"])[0].argmax())
+    assert np.mean(np.array(lite) == served) >= 0.95
 
 
 def test_raw_bytes_signature_rejects_oversized_images(first_run):
