@@ -30,7 +30,7 @@ from modules.model import build_model  # noqa: E402
 from modules.preprocessing import decode_images  # noqa: E402
 from pipeline import local_runner  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.outcome import metadata_store  # noqa: E402
+from pipeline.outcome import latest_artifact, metadata_store  # noqa: E402
 
 BATCH = 32
 ROUNDS = 5
@@ -63,11 +63,6 @@ def latency_ms(fn, arg, repeats: int = 30) -> float:
     return 1000 * statistics.median(times)
 
 
-def _latest_uri(store, type_name: str, producer: str) -> str:
-    return max((a for a in store.get_artifacts_by_type(type_name) if f"/{producer}/" in a.uri),
-               key=lambda a: a.id).uri
-
-
 def input_pipeline(config: PipelineConfig) -> dict:
     """Trainer input_fn vs raw read+decode, on the run's own files."""
     import tensorflow_transform as tft
@@ -78,15 +73,16 @@ def input_pipeline(config: PipelineConfig) -> dict:
     from modules.trainer import input_fn
 
     store = metadata_store(config)
-    raw_files = glob.glob(os.path.join(_latest_uri(store, "Examples", "ImageValidator"),
+    raw_files = glob.glob(os.path.join(latest_artifact(store, "Examples", "ImageValidator").uri,
                                        "Split-train", "*"))
-    transformed = _latest_uri(store, "Examples", "Transform")
+    transformed = latest_artifact(store, "Examples", "Transform").uri
     artifact = standard_artifacts.Examples()
     artifact.uri = transformed
     artifact.split_names = artifact_utils.encode_split_names(["train", "eval"])
     accessor = DataAccessor(tfxio_utils.get_tf_dataset_factory_from_artifact([artifact], []),
                             None, None)
-    tft_output = tft.TFTransformOutput(_latest_uri(store, "TransformGraph", "Transform"))
+    tft_output = tft.TFTransformOutput(
+        latest_artifact(store, "TransformGraph", "Transform").uri)
     files = [os.path.join(transformed, "Split-train", "*")]
     spec = ImageSpec.from_custom_config(config.transform_config())
 

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_model import machine  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.outcome import metadata_store  # noqa: E402
+from pipeline.outcome import component_names, metadata_store  # noqa: E402
 
 DATA_COMPONENTS = ("ImageValidator", "StatisticsGen", "Transform")
 GNU_TIME = "/usr/bin/time"
@@ -44,7 +44,7 @@ def timed_run(args: list[str]) -> tuple[float, float]:
 def durations(work_dir: str, since_id: int = 0) -> dict[str, float]:
     """Seconds per component of the executions after ``since_id``."""
     store = metadata_store(PipelineConfig(work_dir=work_dir))
-    types = {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
+    types = component_names(store)
     return {types[e.type_id]: (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1e3
             for e in store.get_executions() if e.id > since_id}
 

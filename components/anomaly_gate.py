@@ -40,6 +40,17 @@ def describe(split: str, anomalies: anomalies_pb2.Anomalies) -> list[dict]:
     return found
 
 
+def read_anomalies(uri: str, splits: list[str]) -> list[dict]:
+    """The described anomalies ExampleValidator wrote under ``uri`` for ``splits``."""
+    found = []
+    for split in splits:
+        parsed = anomalies_pb2.Anomalies()
+        with open(os.path.join(uri, f"Split-{split}", ANOMALIES_FILE), "rb") as f:
+            parsed.ParseFromString(f.read())
+        found += describe(split, parsed)
+    return found
+
+
 def check(found: list[dict], allowed_types: set[str]) -> None:
     """Raises ``DataAnomalyError`` for any anomaly whose type is not allowed."""
     blocking = [a for a in found if a["type"] not in allowed_types]
@@ -92,13 +103,8 @@ def AnomalyGate(
     drift_config: Parameter[str] = "{}",
 ) -> None:
     """Fails the run on any anomaly (or drift) of a type not in ``allowed_types``."""
-    found = []
-    for split in artifact_utils.decode_split_names(anomalies.split_names):
-        parsed = anomalies_pb2.Anomalies()
-        path = os.path.join(artifact_utils.get_split_uri([anomalies], split), ANOMALIES_FILE)
-        with open(path, "rb") as f:
-            parsed.ParseFromString(f.read())
-        found += describe(split, parsed)
+    found = read_anomalies(anomalies.uri,
+                           artifact_utils.decode_split_names(anomalies.split_names))
     drift = json.loads(drift_config)
     if previous_statistics is not None and previous_statistics.uri != statistics.uri and drift:
         import tensorflow_data_validation as tfdv

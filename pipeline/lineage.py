@@ -18,7 +18,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components import serving_dir
 from pipeline.config import PipelineConfig
-from pipeline.outcome import metadata_store
+from pipeline.outcome import component_names, metadata_store
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -29,8 +29,7 @@ class Lineage:
 
     def __init__(self, store):
         self.store = store
-        self.execution_types = {t.id: t.name.rsplit(".", 1)[-1]
-                                for t in store.get_execution_types()}
+        self.execution_types = component_names(store)
 
     def _value(self, value):
         return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None

@@ -17,6 +17,18 @@ def metadata_store(config: PipelineConfig) -> mlmd.MetadataStore:
     return mlmd.MetadataStore(connection)
 
 
+def component_names(store) -> dict[int, str]:
+    """Execution type id -> component class name (``Trainer``, ``Resolver``, ...)."""
+    return {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
+
+
+def latest_artifact(store, type_name: str, producer: str = ""):
+    """The newest artifact of a type (written by ``producer``'s component, if given), or None."""
+    found = [a for a in store.get_artifacts_by_type(type_name)
+             if not producer or f"/{producer}/" in a.uri]
+    return max(found, key=lambda a: a.id) if found else None
+
+
 def last_execution_id(config: PipelineConfig) -> int:
     """The newest execution's id in MLMD (0 before the first run)."""
     if not os.path.exists(config.metadata_path):
@@ -29,19 +41,14 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> dict:
     blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and whether every
     execution after ``since_execution_id`` was a cache hit (no new data, no new config)."""
     store = metadata_store(config)
-
-    def latest(type_name: str):
-        artifacts = store.get_artifacts_by_type(type_name)
-        return max(artifacts, key=lambda a: a.id) if artifacts else None
-
-    evaluation, blessing, pushed = (latest(t) for t in
+    evaluation, blessing, pushed = (latest_artifact(store, t) for t in
                                     ("ModelEvaluation", "ModelBlessing", "PushedModel"))
     if evaluation is None or blessing is None or pushed is None:
         raise RuntimeError(f"no completed run recorded in {config.metadata_path}")
     props = pushed.custom_properties
     is_pushed = bool(props["pushed"].int_value)
     has_baseline = "baseline_model_id" in blessing.custom_properties
-    resolvers = {t.id for t in store.get_execution_types() if t.name.endswith("Resolver")}
+    resolvers = {i for i, name in component_names(store).items() if name == "Resolver"}
     states = {e.last_known_state for e in store.get_executions()  # resolvers always resolve
               if e.id > since_execution_id and e.type_id not in resolvers}
     return {

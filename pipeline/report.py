@@ -16,7 +16,7 @@ import time
 from components import serving_dir
 from components.gate import BASELINE, sliced_metric
 from pipeline.config import PipelineConfig
-from pipeline.outcome import metadata_store
+from pipeline.outcome import component_names, latest_artifact, metadata_store
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
@@ -85,14 +85,12 @@ class RunReport:
     def __init__(self, config: PipelineConfig, outcome: dict, since_execution_id: int):
         self.config, self.outcome = config, outcome
         self.store = metadata_store(config)
-        types = {t.id: t.name.rsplit(".", 1)[-1] for t in self.store.get_execution_types()}
+        types = component_names(self.store)
         self.executions = [(types[e.type_id], e) for e in self.store.get_executions()
                            if e.id > since_execution_id]
 
     def latest(self, type_name: str, producer: str):
-        found = [a for a in self.store.get_artifacts_by_type(type_name)
-                 if f"/{producer}/" in a.uri]
-        return max(found, key=lambda a: a.id) if found else None
+        return latest_artifact(self.store, type_name, producer)
 
     def durations(self) -> list[list]:
         return [[name, "cached" if e.last_known_state == e.CACHED else
@@ -160,8 +158,7 @@ class RunReport:
     def schema(self) -> str:
         import tensorflow_data_validation as tfdv
         from tensorflow_metadata.proto.v0 import schema_pb2
-        artifact = max((a for a in self.store.get_artifacts_by_type("Schema")
-                        if "SchemaGen/" in a.uri), key=lambda a: a.id)
+        artifact = self.latest("Schema", "SchemaGen")
         schema = tfdv.load_schema_text(os.path.join(artifact.uri, "schema.pbtxt"))
         rows = []
         for f in schema.feature:
@@ -178,15 +175,10 @@ class RunReport:
         for report in glob.glob(os.path.join(validated.uri, "bad_images-*.json")):
             with open(report) as f:
                 bad += json.load(f)["bad"]
-        from components.anomaly_gate import describe
-        from tensorflow_metadata.proto.v0 import anomalies_pb2
-        anomalies = []
+        from components.anomaly_gate import read_anomalies
         artifact = self.latest("ExampleAnomalies", "ExampleValidator")
-        for path in glob.glob(os.path.join(artifact.uri, "Split-*", "SchemaDiff.pb")):
-            parsed = anomalies_pb2.Anomalies()
-            with open(path, "rb") as f:
-                parsed.ParseFromString(f.read())
-            anomalies += describe(os.path.basename(os.path.dirname(path))[6:], parsed)
+        anomalies = read_anomalies(artifact.uri,
+                                   json.loads(artifact.properties["split_names"].string_value))
         return (f"<p>Undecodable images dropped: {len(bad)}</p>"
                 + (_table(["split", "file", "record", "error"],
                           [[b["split"], b["file"], b["record"], b["error"]] for b in bad[:50]])

@@ -13,7 +13,7 @@ import os
 import sys
 
 from pipeline.config import PipelineConfig
-from pipeline.outcome import metadata_store
+from pipeline.outcome import latest_artifact, metadata_store
 
 
 def curate(schema, config: PipelineConfig):
@@ -42,13 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="schema/schema.pbtxt")
     args, rest = parser.parse_known_args(argv)
     config = PipelineConfig.from_args(rest, prog="python -m pipeline.schema")
-    inferred = [a for a in metadata_store(config).get_artifacts_by_type("Schema")
-                if "/SchemaGen/" in a.uri]
-    if not inferred:
+    latest = latest_artifact(metadata_store(config), "Schema", "SchemaGen")
+    if latest is None:
         print(f"schema: no SchemaGen schema in {config.metadata_path}: run the pipeline first",
               file=sys.stderr)
         return 1
-    latest = max(inferred, key=lambda a: a.id)
     schema = curate(tfdv.load_schema_text(os.path.join(latest.uri, "schema.pbtxt")), config)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tfdv.write_schema_text(schema, args.out)

@@ -20,7 +20,7 @@ from modules.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
 from components import serving_dir
 from pipeline import local_runner, predict
 from pipeline.config import PipelineConfig
-from pipeline.outcome import metadata_store
+from pipeline.outcome import component_names, metadata_store
 
 COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
               "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "Evaluator",
@@ -31,7 +31,7 @@ FAST = ["--train-steps", "240", "--epochs", "4", "--eval-steps", "10", "--tflite
 
 def _executions_by_component(config, after_id=0):
     store = metadata_store(config)
-    types = {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
+    types = component_names(store)
     return {types[e.type_id]: e for e in store.get_executions() if e.id > after_id}
 
 
