@@ -3,8 +3,8 @@
 Runs between ExampleValidator and Transform (Transform waits for it), so data that breaks the
 schema is neither trained on nor pushed. The error lists each anomaly: split, feature, type,
 description. ``allowed_types`` (comma-separated anomaly type names, e.g.
-``SCHEMA_NEW_COLUMN``) only log a warning. Given the previous run's statistics, it also
-compares the training split's label distribution (L-infinity distance for string labels,
+``SCHEMA_NEW_COLUMN``) only log a warning. Given the statistics of the data the served model
+was trained on (``ServedModel``; empty while nothing is served), it also compares the training split's label distribution (L-infinity distance for string labels,
 Jensen-Shannon divergence for ids) and image size features (Jensen-Shannon divergence) with
 TFDV's drift comparators. (No ``from __future__
 import annotations``: TFX reads the annotations at run time.)
@@ -16,7 +16,10 @@ import absl.logging
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
+
+from components.live_inputs import TRAIN_STATISTICS
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 
@@ -86,11 +89,8 @@ def drift_anomalies(current, previous, schema, label_key: str, label_threshold: 
     return tfdv.validate_statistics(current, schema, previous_statistics=previous)
 
 
-def _train_stats(statistics):
-    import tensorflow_data_validation as tfdv
-    # By path: a resolved artifact may come without its split_names property.
-    return tfdv.load_stats_binary(os.path.join(statistics.uri, "Split-train",
-                                               "FeatureStats.pb"))
+def _train_stats_path(statistics) -> str:
+    return os.path.join(statistics.uri, TRAIN_STATISTICS)
 
 
 @component
@@ -106,9 +106,11 @@ def AnomalyGate(
     found = read_anomalies(anomalies.uri,
                            artifact_utils.decode_split_names(anomalies.split_names))
     drift = json.loads(drift_config)
-    if previous_statistics is not None and previous_statistics.uri != statistics.uri and drift:
+    if drift and previous_statistics is not None and \
+            fileio.exists(_train_stats_path(previous_statistics)):
         import tensorflow_data_validation as tfdv
-        found += describe("train vs previous run", drift_anomalies(
-            _train_stats(statistics), _train_stats(previous_statistics),
+        found += describe("train vs the served model's training data", drift_anomalies(
+            *(tfdv.load_stats_binary(_train_stats_path(s)) for s in (statistics,
+                                                                     previous_statistics)),
             tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt")), **drift))
     check(found, {t.strip() for t in allowed_types.split(",") if t.strip()})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
+from google.protobuf import json_format
 from tensorflow_model_analysis.proto import config_pb2
 
 from modules.features import LABEL_XF, PROBABILITIES, TRANSFORM_SIGNATURE
@@ -46,6 +47,21 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"), accuracy,
             tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")])])
+
+
+def with_min_accuracy(eval_config_json: str, min_accuracy: float) -> str:
+    """``eval_config`` (JSON) with the overall accuracy bound set to ``min_accuracy``: the
+    bound is a run-time parameter, the rest of the gate is compiled in."""
+    if min_accuracy < 0:  # above 1 is allowed: a gate nothing passes
+        raise ValueError(f"run-time parameter min_accuracy must be >= 0, got {min_accuracy}")
+    config = json_format.Parse(eval_config_json, tfma.EvalConfig())
+    for spec in config.metrics_specs:
+        for metric in spec.metrics:
+            for per_slice in metric.per_slice_thresholds:
+                if list(per_slice.slicing_specs) == [tfma.SlicingSpec()] and \
+                        metric.class_name == "SparseCategoricalAccuracy":
+                    per_slice.threshold.value_threshold.lower_bound.value = min_accuracy
+    return json_format.MessageToJson(config, sort_keys=True)
 
 
 def sliced_metric(evaluation_uri: str, name: str = ACCURACY_METRIC,

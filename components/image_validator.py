@@ -92,6 +92,9 @@ def check_fractions(reports: dict[str, dict], max_bad_fraction: float) -> None:
                 + (f"\n  ... and {more} more" if more > 0 else ""))
 
 
+FINGERPRINT = "input_fingerprint"  # ExampleGen's fingerprint of the files it read
+
+
 @component(use_beam=True)
 def ImageValidator(
     examples: InputArtifact[standard_artifacts.Examples],
@@ -108,6 +111,9 @@ def ImageValidator(
     for key in ("span", "version"):  # ExampleGen's, kept for lineage and the pusher's record
         if examples.has_custom_property(key):
             valid_examples.set_int_custom_property(key, examples.get_int_custom_property(key))
+    if examples.has_custom_property(FINGERPRINT):
+        valid_examples.set_string_custom_property(
+            FINGERPRINT, examples.get_string_custom_property(FINGERPRINT))
     with beam_pipeline as pipeline:
         for split in splits:
             pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*")

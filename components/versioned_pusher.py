@@ -10,15 +10,21 @@ time.)
 """
 import json
 import os
+import tempfile
 
 from tfx.components.evaluator import constants as evaluator_constants
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
-from tfx.utils import path_utils
+from tfx.utils import io_utils, path_utils
 
 from components import serving_dir
 from components.gate import overall_metric
+from components.image_validator import FINGERPRINT
+from components.live_inputs import (SERVED_VERSION, SOURCE_MODEL_ID, STATISTICS_PATH,
+                                    TRAIN_STATISTICS)
+from modules.features import TRAINING_FILE
 
 
 BASELINE_ID = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
@@ -29,35 +35,66 @@ def _spans(examples) -> list[int]:
             else [])
 
 
+def _training(model_dir: str):
+    path = os.path.join(model_dir, TRAINING_FILE)
+    return json.loads(io_utils.read_string_file(path)) if fileio.exists(path) else None
+
+
+def _why_not(model, blessing, examples, manifest: list[dict], base: str) -> str:
+    """Why ``model`` is not pushed, or "" to push it."""
+    if not blessing.get_int_custom_property("blessed"):
+        return "not blessed"
+    earlier = [e["version"] for e in manifest
+               if e.get("model_uri") == model.uri and e.get("action") == "push"]
+    if earlier:
+        return f"already pushed as version {earlier[0]}"
+    served = max(manifest, key=lambda e: e["version"], default=None)
+    # A warm-started retrain on the data and settings of the served version is no news.
+    if served and served.get("examples_uri") == examples.uri and served.get("retained") and \
+            _training(path_utils.serving_model_path(model.uri)) == \
+            _training(os.path.join(base, str(served["version"]))):
+        return (f"no new data: served version {served['version']} was trained on the same "
+                "examples with the same settings")
+    return ""
+
+
 @component
 def VersionedPusher(
     model: InputArtifact[standard_artifacts.Model],
     model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
     evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
     examples: InputArtifact[standard_artifacts.Examples],
+    baseline_model: InputArtifact[standard_artifacts.Model],
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
     pushed_model: OutputArtifact[standard_artifacts.PushedModel],
     base_directory: Parameter[str],
     keep_versions: Parameter[int] = 5,
 ) -> None:
-    """Publishes ``model`` under ``base_directory`` if ``model_blessing`` blessed it."""
-    blessed = bool(model_blessing.get_int_custom_property("blessed"))
-    earlier = [e["version"] for e in serving_dir.read_manifest(base_directory)
-               if e.get("model_uri") == model.uri and e.get("action") == "push"]
-    if not blessed or earlier:
+    """Publishes ``model`` under ``base_directory`` if ``model_blessing`` blessed it, with
+    the training data's statistics (the next runs' drift baseline) in ``assets.extra``."""
+    manifest = serving_dir.read_manifest(base_directory)
+    reason = _why_not(model, model_blessing, examples, manifest, base_directory)
+    if reason:
         pushed_model.set_int_custom_property("pushed", 0)
-        pushed_model.set_string_custom_property(
-            "reason", "not blessed" if not blessed else f"already pushed as version {earlier[0]}")
+        pushed_model.set_string_custom_property("reason", reason)
         return
     accuracy = overall_metric(evaluation.uri)
     record = {
         "action": "push", "model_uri": model.uri, "model_id": model.id,
         "blessing_id": model_blessing.id, "evaluation_uri": evaluation.uri,
-        "accuracy": accuracy, "spans": _spans(examples),
-        "baseline_model_id": (model_blessing.get_int_custom_property(BASELINE_ID)
+        "accuracy": accuracy, "spans": _spans(examples), "examples_uri": examples.uri,
+        "data_fingerprint": (examples.get_string_custom_property(FINGERPRINT)
+                             if examples.has_custom_property(FINGERPRINT) else None),
+        "baseline_version": baseline_model.get_int_custom_property(SERVED_VERSION) or None,
+        "baseline_model_id": (baseline_model.get_int_custom_property(SOURCE_MODEL_ID)
                               if model_blessing.has_custom_property(BASELINE_ID) else None),
     }
-    version = serving_dir.publish(path_utils.serving_model_path(model.uri), base_directory,
-                                  record, keep_versions)
+    with tempfile.TemporaryDirectory() as tmp:  # the pipeline root may be an object store
+        source = os.path.join(tmp, "model")
+        io_utils.copy_dir(path_utils.serving_model_path(model.uri), source)
+        io_utils.copy_file(os.path.join(statistics.uri, TRAIN_STATISTICS),
+                           os.path.join(source, STATISTICS_PATH, TRAIN_STATISTICS))
+        version = serving_dir.publish(source, base_directory, record, keep_versions)
     destination = os.path.join(base_directory, str(version))
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_int_custom_property("pushed_version", version)

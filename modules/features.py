@@ -52,3 +52,8 @@ class ImageSpec:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.height, self.width, self.channels
+
+
+# The training options a model was made with, exported beside it (TF Serving ignores
+# assets.extra): the pusher compares them with the served version's.
+TRAINING_FILE = "assets.extra/training.json"

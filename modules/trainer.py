@@ -13,7 +13,7 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import LABEL_XF, ImageSpec
+from modules.features import LABEL_XF, TRAINING_FILE, ImageSpec
 from modules.model import build_model, unfreeze_top
 
 
@@ -80,6 +80,72 @@ def fits_in_memory(files: list[str], limit_mb: int) -> bool:
     return size < limit_mb * 2**20
 
 
+WARM_START_DIR = os.path.join("assets.extra", "warm_start")
+WEIGHTS_FILE, ARCHITECTURE_FILE, RESULT_FILE = (
+    "model.weights.h5", "architecture.json", "warm_start.json")
+
+# The options that shape the weights: equal values, loadable weights.
+ARCHITECTURE_KEYS = ("backbone", "image_height", "image_width", "image_channels", "num_classes",
+                     "augmentation")
+
+
+def architecture(config: dict) -> dict:
+    return {key: config[key] for key in ARCHITECTURE_KEYS}
+
+
+def _read_json(path: str) -> dict:
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value: dict) -> None:
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+
+
+def warm_start(model, served_dir: str | None, config: dict) -> dict:
+    """Loads the served model's weights into ``model`` when its architecture matches;
+    returns ``{"warm_started": bool, "reason": ...}`` (logged and exported with the model)."""
+    source = os.path.join(served_dir or "", WARM_START_DIR)
+    if not served_dir or not tf.io.gfile.exists(served_dir):
+        result = {"warm_started": False, "reason": "nothing is served yet: trained from scratch"}
+    elif not tf.io.gfile.exists(os.path.join(source, WEIGHTS_FILE)):
+        result = {"warm_started": False, "reason": "the served model carries no warm-start "
+                                                   "weights: trained from scratch"}
+    else:
+        served = _read_json(os.path.join(source, ARCHITECTURE_FILE))
+        differences = {k: (served.get(k), v) for k, v in architecture(config).items()
+                       if served.get(k) != v}
+        if differences:
+            result = {"warm_started": False, "reason": "the served model's architecture differs ("
+                      + ", ".join(f"{k}: served {a!r}, now {b!r}"
+                                  for k, (a, b) in differences.items())
+                      + "): trained from scratch"}
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, WEIGHTS_FILE)
+                tf.io.gfile.copy(os.path.join(source, WEIGHTS_FILE), local)
+                model.load_weights(local)
+            result = {"warm_started": True, "reason": f"initialised from {served_dir}"}
+    absl.logging.log(absl.logging.INFO if result["warm_started"] else absl.logging.WARNING,
+                     "Warm start: %s", result["reason"])
+    return result
+
+
+def export_warm_start(model, out_dir: str, config: dict, result: dict | None) -> None:
+    """The weights and architecture a later warm start needs, and how this one went."""
+    target = os.path.join(out_dir, WARM_START_DIR)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, WEIGHTS_FILE)
+        model.save_weights(local)
+        tf.io.gfile.makedirs(target)
+        tf.io.gfile.copy(local, os.path.join(target, WEIGHTS_FILE), overwrite=True)
+    _write_json(os.path.join(target, ARCHITECTURE_FILE), architecture(config))
+    if result is not None:
+        _write_json(os.path.join(target, RESULT_FILE), result)
+
+
 def run_fn(fn_args: FnArgs) -> None:
     config = fn_args.custom_config
     spec = ImageSpec.from_custom_config(config)
@@ -106,6 +172,7 @@ def run_fn(fn_args: FnArgs) -> None:
     with strategy.scope():
         model = build_model(spec, config["learning_rate"], tuple(config["augmentation"]),
                             config["backbone"], config["pretrained_weights"], api)
+        warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None
     fit = dict(validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
                steps_per_epoch=max(1, fn_args.train_steps // config["epochs"]),
                callbacks=[api.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
@@ -121,6 +188,8 @@ def run_fn(fn_args: FnArgs) -> None:
     # Every worker saves (collective ops need all of them); only the chief's copy is the model.
     out_dir = fn_args.serving_model_dir if is_chief(tf_config) else tempfile.mkdtemp()
     ServingModule(model, tf_transform_output, spec, names).save(out_dir)
+    export_warm_start(model, out_dir, config, warm)
+    _write_json(os.path.join(out_dir, TRAINING_FILE), dict(config, train_steps=fn_args.train_steps))
     if config["tflite"]:
         path = os.path.join(out_dir, TFLITE_PATH)
         tf.io.gfile.makedirs(os.path.dirname(path))

@@ -13,6 +13,9 @@ from modules.features import (BACKBONES, IMAGE_FORMATS, LABEL_FORMATS, RESIZE_MO
 
 ENV_PREFIX = "TFX_IMAGE_"
 BEAM_MODES = ("in_process", "multi_processing")
+# URI schemes TensorFlow's file system reads and writes in this image (s3:// would need
+# tensorflow-io's plugins, which TensorFlow 2.21 has no release of: use a mounted volume).
+OBJECT_STORES = ("gs",)
 RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metadata_path",
                "serving_dir", "model_name", "train_steps", "eval_steps", "min_accuracy",
                "beam_mode", "beam_workers", "beam_args", "enable_cache", "id_key",
@@ -20,7 +23,9 @@ RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metad
                "keep_versions", "spans", "schema_path", "allowed_anomalies", "label_drift_threshold",
                "size_drift_threshold", "size_keys", "kfp_image", "kfp_package", "trainer_gpus",
                "gpu_type", "gpu_node_selector", "trainer_cpu", "trainer_memory", "data_cpu",
-               "data_memory", "pvc_name", "pvc_mount_path"}
+               "data_memory", "pvc_name", "pvc_mount_path", "span",
+               # run-time parameters: the extended Trainer passes them to run_fn
+               "epochs", "learning_rate", "batch_size"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
                     "raw_channels", "raw_max_value", "label_format", "image_height",
                     "image_width", "image_channels", "num_classes", "resize_mode", "max_pixels"}
@@ -87,6 +92,8 @@ class PipelineConfig:
     min_class_recall: float = 0.0
     keep_versions: int = 5
     spans: bool = False
+    span: int = 0
+    warm_start: bool = False
     beam_mode: str = "in_process"
     beam_workers: int = 0
     beam_args: tuple[str, ...] = ()
@@ -140,6 +147,19 @@ class PipelineConfig:
             raise ValueError(f"min_accuracy must be >= 0, got {self.min_accuracy}")
         if self.train_steps < self.epochs:
             raise ValueError("train_steps must be >= epochs")
+        if self.span < 0 or (self.span and not self.spans):
+            raise ValueError(f"span must be >= 0 and needs spans=true, got {self.span}")
+        for name in ("serving_dir", "pipeline_root", "data_root"):
+            scheme = getattr(self, name).partition("://")[0]
+            if "://" in getattr(self, name) and scheme not in OBJECT_STORES:
+                raise ValueError(f"{name} {getattr(self, name)}: {scheme}:// is not readable "
+                                 f"here (supported: {', '.join(OBJECT_STORES)}:// or a mounted "
+                                 "volume path)")
+        if "://" in self.serving_dir:
+            raise ValueError(
+                f"serving_dir {self.serving_dir}: TF Serving must never see a half-written "
+                "version, and object stores have no atomic rename; use a mounted volume "
+                "(for example a PVC, --pvc-name) that TF Serving mounts too")
         work = Path(self.work_dir).absolute()
         derived = {
             "pipeline_root": work / "pipelines" / self.pipeline_name,

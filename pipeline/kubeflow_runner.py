@@ -22,10 +22,11 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
 from pipeline.config import PipelineConfig
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import OBSERVERS, create_pipeline
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 TRAINER = "Trainer"
+OPEN_SOURCE_EXECUTORS = ("container", "importer")
 BEAM_COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "Transform",
                    "Evaluator")
 
@@ -74,15 +75,24 @@ def compile_pipeline(config: PipelineConfig, output: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tfx.orchestration.experimental.KubeflowV2DagRunner(
             config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-                default_image=config.kfp_image),
+                default_image=config.kfp_image, use_pipeline_spec_2_1=True),
             output_dir=tmp, output_filename="pipeline.json").run(pipeline)
         with open(os.path.join(tmp, "pipeline.json")) as f:
             job = json.load(f)
     spec = job["pipelineSpec"]
     spec["defaultPipelineRoot"] = config.pipeline_root
+    for name, parameter in spec["root"]["inputDefinitions"]["parameters"].items():
+        parameter.update(defaultValue=getattr(config, name), isOptional=True)
+    for task in OBSERVERS:  # they read the world: a cached answer would be stale
+        spec["root"]["dag"]["tasks"][task]["cachingOptions"] = {"enableCache": False}
     executors = {}
     for executor, executor_spec in spec["deploymentSpec"]["executors"].items():
-        if "container" not in executor_spec:  # resolvers run in KFP's driver, not in pods
+        kinds = set(executor_spec) - set(OPEN_SOURCE_EXECUTORS)
+        if kinds:
+            raise ValueError(f"executor {executor} is a {', '.join(sorted(kinds))} executor: "
+                             f"open-source Kubeflow Pipelines runs only "
+                             f"{' and '.join(OPEN_SOURCE_EXECUTORS)} executors")
+        if "container" not in executor_spec:
             continue
         k8s_config = kubernetes_config(config, executor)
         if k8s_config.ByteSize():

@@ -21,6 +21,15 @@ def resolve_data(config: PipelineConfig) -> PipelineConfig:
     return dataclasses.replace(config, data_root=root)
 
 
+def observe(config: PipelineConfig):
+    """The data span's fingerprint and the served version, as the pipeline's observers will
+    see them: their cache keys, so that they rerun exactly when the world changed."""
+    from components.live_inputs import resolve_span, served_version
+    from pipeline.pipeline import Observed, input_config
+    _, fingerprint = resolve_span(config.data_root, input_config(config), config.span)
+    return Observed(data_fingerprint=fingerprint, served_version=served_version(config.push_dir))
+
+
 def run(config: PipelineConfig) -> dict:
     """Runs the pipeline once; returns its outcome (see ``pipeline.outcome``) and the path of
     its HTML report (``report``)."""
@@ -35,7 +44,7 @@ def run(config: PipelineConfig) -> dict:
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         config.metadata_path)
     before = last_execution_id(config)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection, observe(config)))
     outcome = latest_outcome(config, before)
     outcome["report"] = write_report(config, outcome, before)
     return outcome

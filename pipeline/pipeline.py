@@ -1,34 +1,82 @@
 """``create_pipeline(config)``: the one pipeline definition every runner uses."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Any
 
+from google.protobuf import json_format
 from tfx import v1 as tfx
 
 from components.anomaly_gate import AnomalyGate
 from components.gate import eval_config
 from components.image_validator import ImageValidator
+from components.live_inputs import DataSpan, ServedModel, ServedVersion
+from components.standard import TRAINER_PARAMETERS, Evaluator, ImportExampleGen, Trainer
 from components.versioned_pusher import VersionedPusher
 from pipeline.config import PipelineConfig
+from pipeline.default_data import SPLITS
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
+# Run-time parameters of the compiled Kubeflow pipeline (per run and per recurring run).
+RUN_TIME_PARAMETERS = {"span": int, "train_steps": int, "epochs": int, "learning_rate": float,
+                       "batch_size": int, "min_accuracy": float}
+# Steps that look at the world (data, serving dir): Kubeflow must never serve them from cache.
+OBSERVERS = ("DataSpan", "ServedVersion")
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    """ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen (or ImportSchemaGen of
-    a curated schema) -> ExampleValidator -> AnomalyGate -> Transform -> Trainer -> Evaluator
-    (vs the latest blessed model) -> VersionedPusher, over TFRecords under
-    ``config.data_root``/[span-N/]{train,eval}/.
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What the local runner saw just before a run: the observers' cache keys."""
+    data_fingerprint: str
+    served_version: int
 
-    ``metadata_connection_config`` is the local runner's MLMD; orchestrators bring their own.
-    """
+
+def input_config(config: PipelineConfig) -> str:
+    """ImportExampleGen's input config (JSON): ``[span-{SPAN}/]{train,eval}/*``."""
     prefix = "span-{SPAN}/" if config.spans else ""
-    example_gen = tfx.components.ImportExampleGen(
+    return json_format.MessageToJson(tfx.proto.Input(splits=[
+        tfx.proto.Input.Split(name=split, pattern=f"{prefix}{split}/*") for split in SPLITS]),
+        sort_keys=True)
+
+
+def run_time_values(config: PipelineConfig, observed: Observed | None) -> dict[str, Any]:
+    """The run-time options: the config's values for a local run (``observed`` given), else
+    Kubeflow run-time parameters defaulting to them."""
+    values = {name: getattr(config, name) for name in RUN_TIME_PARAMETERS}
+    if observed is not None:
+        return values
+    return {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=ptype,
+                                                        default=values[name])
+            for name, ptype in RUN_TIME_PARAMETERS.items()}
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
+                    observed: Observed | None = None) -> tfx.dsl.Pipeline:
+    """DataSpan -> ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen (or
+    ImportSchemaGen of a curated schema) -> ExampleValidator -> AnomalyGate -> Transform ->
+    Trainer -> Evaluator (vs the served model: ServedVersion -> ServedModel) ->
+    VersionedPusher, over TFRecords under ``config.data_root``/[span-N/]{train,eval}/.
+
+    ``metadata_connection_config`` and ``observed`` come from the local runner; Kubeflow
+    brings its own MLMD, runs the observers every time and takes the run-time options as
+    pipeline parameters (``RUN_TIME_PARAMETERS``). No Resolver nodes: open-source Kubeflow
+    Pipelines cannot run them.
+    """
+    run_time = run_time_values(config, observed)
+    data_span = DataSpan(data_root=config.data_root, input_config=input_config(config),
+                         span=run_time["span"],
+                         observed=observed.data_fingerprint if observed else "")
+    example_gen = ImportExampleGen(
         input_base=config.data_root,
-        input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name=split, pattern=f"{prefix}{split}/*")
-            for split in ("train", "eval")]))
+        input_config=json_format.Parse(input_config(config), tfx.proto.Input()),
+        range_config=data_span.outputs["range_config"].future()[0].value,
+        data_fingerprint=data_span.outputs["fingerprint"].future()[0].value)
+    served_version = ServedVersion(base_directory=config.push_dir,
+                                   observed=str(observed.served_version) if observed else "")
+    served = ServedModel(base_directory=config.push_dir,
+                         version=served_version.outputs["version"].future()[0].value)
     image_validator = ImageValidator(
         examples=example_gen.outputs["examples"],
         image_config=json.dumps(config.transform_config(), sort_keys=True),
@@ -42,16 +90,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
                                               infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    drift, extra_nodes = {}, []
-    if config.drift_config:  # the previous run's statistics, resolved before this run's exist
-        previous = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-            statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics,
-                                       producer_component_id=statistics_gen.id,
-                                       output_key="statistics"),
-        ).with_id("previous_statistics_resolver")
-        statistics_gen.add_upstream_node(previous)
-        drift, extra_nodes = {"previous_statistics": previous.outputs["statistics"]}, [previous]
+    # Drift: against the statistics of the data the served model was trained on.
+    drift = {"previous_statistics": served.outputs["statistics"]} if config.drift_config else {}
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"],
                                statistics=statistics_gen.outputs["statistics"],
                                schema=schema_gen.outputs["schema"],
@@ -61,33 +101,32 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         examples=examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config())
     transform.add_upstream_node(anomaly_gate)
-    trainer = tfx.components.Trainer(
+    warm_start = {"base_model": served.outputs["model"]} if config.warm_start else {}
+    trainer = Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-        custom_config=config.trainer_config())
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
-    evaluator = tfx.components.Evaluator(
+        custom_config=config.trainer_config(),
+        run_time={name: run_time[name] for name in TRAINER_PARAMETERS}, **warm_start)
+    evaluator = Evaluator(
         examples=examples, model=trainer.outputs["model"],
-        baseline_model=baseline.outputs["model"],
+        baseline_model=served.outputs["model"],
         eval_config=eval_config(config.label_key, config.min_accuracy, config.max_regression,
-                                config.min_class_recall))
+                                config.min_class_recall),
+        min_accuracy=run_time["min_accuracy"])
     pusher = VersionedPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"], examples=examples,
+        baseline_model=served.outputs["model"], statistics=statistics_gen.outputs["statistics"],
         base_directory=config.push_dir, keep_versions=config.keep_versions)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[example_gen, image_validator, statistics_gen, schema_gen, example_validator,
-                    anomaly_gate, transform, trainer, baseline, evaluator, pusher] + extra_nodes,
+        components=[data_span, example_gen, image_validator, statistics_gen, schema_gen,
+                    example_validator, anomaly_gate, transform, trainer, served_version, served,
+                    evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_pipeline_args)

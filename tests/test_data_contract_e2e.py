@@ -76,7 +76,8 @@ def test_ingested_data_trains_and_a_curated_schema_stops_bad_spans(tmp_path):
 
     _derive_span(data, 1, 2, bad_label=True, new_feature=True)
     drift = PipelineConfig.from_args(base + ["--label-drift-threshold", "0.001"], {})
-    with pytest.raises(DataAnomalyError, match="train vs previous run', feature 'label': "
+    with pytest.raises(DataAnomalyError, match="train vs the served model's training data', "
+                                               "feature 'label': "
                                                "COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH"):
         local_runner.run(drift)  # inferred schema: only the label drift vs span-1 stops it
     assert _snapshot(config.push_dir) == served

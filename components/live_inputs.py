@@ -1,0 +1,109 @@
+"""What changes outside the pipeline, read at run time instead of by TFX Resolvers.
+
+Open-source Kubeflow Pipelines runs container and importer executors only (no Resolver
+nodes), and its cache key is a task's parameters and input artifacts: it cannot see a new
+data span or a rollback. Two small steps look at the world at run time and pass what they see
+on as parameters, so every downstream cache key changes exactly when the world did:
+
+* ``DataSpan``: the span to read (the ``span`` run-time parameter, or the latest) and TFX's
+  fingerprint of its files (names, sizes, modification times);
+* ``ServedVersion``: the version TF Serving serves (the highest under the model base dir).
+
+``ServedModel`` turns that version into artifacts: a copy of the served SavedModel (the
+Evaluator's baseline and the warm-start source) and the statistics of the data it was trained
+on (the drift baseline). With nothing served, both are empty and ``served_version`` is 0.
+
+On Kubeflow the two observers run every time (the compiled spec turns their cache off). The
+local runner observes the same facts just before the run and passes them as ``observed``, so
+they are cached exactly while nothing changed. (No ``from __future__ import annotations``:
+TFX reads the annotations at run time.)
+"""
+import json
+import os
+
+from tfx.components.example_gen import input_processor
+from tfx.dsl.component.experimental.annotations import OutputArtifact, OutputDict, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import io_utils, proto_utils
+
+from components import serving_dir
+
+SERVED_VERSION = "served_version"
+SOURCE_MODEL_ID = "source_model_id"
+# Where a pushed version keeps the statistics of its training data (TF Serving ignores it).
+STATISTICS_PATH = os.path.join("assets.extra", "statistics")
+TRAIN_STATISTICS = os.path.join("Split-train", "FeatureStats.pb")
+
+
+def resolve_span(data_root: str, input_config: str, span: int) -> tuple[str, str]:
+    """``(range_config, fingerprint)`` of the data ImportExampleGen will read.
+
+    With ``{SPAN}`` patterns, the span is ``span`` (or the latest when 0) and ``range_config``
+    pins it (JSON); without, ``range_config`` is empty. Raises ``ValueError`` naming the
+    data root when the span or its files are missing.
+    """
+    config = proto_utils.json_to_proto(input_config, example_gen_pb2.Input())
+    pinned = range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
+        start_span_number=span, end_span_number=span)) if span else None
+    processor = input_processor.FileBasedInputProcessor(data_root, config.splits, pinned)
+    try:
+        resolved, version = processor.resolve_span_and_version()
+        fingerprint = processor.get_input_fingerprint(resolved, version)
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"data root {data_root}: {err}") from err
+    if not any("{SPAN}" in split.pattern for split in config.splits):
+        return "", fingerprint
+    return proto_utils.proto_to_json(range_config_pb2.RangeConfig(
+        static_range=range_config_pb2.StaticRange(start_span_number=resolved,
+                                                  end_span_number=resolved))), fingerprint
+
+
+def served_version(base: str) -> int:
+    """The version TF Serving serves from ``base`` (the highest), 0 when none."""
+    return max(serving_dir.versions(base), default=0)
+
+
+@component
+def DataSpan(data_root: Parameter[str], input_config: Parameter[str], span: Parameter[int],
+             observed: Parameter[str] = "") -> OutputDict(range_config=str, fingerprint=str):
+    """The span ImportExampleGen reads, pinned, and its fingerprint (see ``resolve_span``)."""
+    del observed  # the local runner's copy of ``fingerprint``: only part of the cache key
+    range_config, fingerprint = resolve_span(data_root, input_config, span)
+    return {"range_config": range_config, "fingerprint": fingerprint}
+
+
+@component
+def ServedVersion(base_directory: Parameter[str],
+                  observed: Parameter[str] = "") -> OutputDict(version=int):
+    """The served version under ``base_directory`` (0: nothing served)."""
+    del observed  # the local runner's copy of ``version``: only part of the cache key
+    return {"version": served_version(base_directory)}
+
+
+@component
+def ServedModel(
+    model: OutputArtifact[standard_artifacts.Model],
+    statistics: OutputArtifact[standard_artifacts.ExampleStatistics],
+    base_directory: Parameter[str],
+    version: Parameter[int],
+) -> None:
+    """Copies served ``version`` into ``model`` (TFX layout: ``Format-Serving/``) and its
+    training statistics into ``statistics``; with version 0 both stay empty."""
+    model.set_int_custom_property(SERVED_VERSION, version)
+    statistics.split_names = json.dumps(["train"])
+    if not version:
+        return
+    source = os.path.join(base_directory, str(version))
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"served version {version} vanished from {base_directory} "
+                                f"(present: {serving_dir.versions(base_directory)})")
+    io_utils.copy_dir(source, os.path.join(model.uri, "Format-Serving"))
+    entry = next((e for e in serving_dir.read_manifest(base_directory)
+                  if e["version"] == version), {})
+    if entry.get("model_id") is not None:
+        model.set_int_custom_property(SOURCE_MODEL_ID, entry["model_id"])
+    stats = os.path.join(source, STATISTICS_PATH)
+    if os.path.isdir(stats):
+        io_utils.copy_dir(stats, statistics.uri)

@@ -1,0 +1,118 @@
+"""TFX's ImportExampleGen, Trainer and Evaluator with run-time inputs, for every orchestrator.
+
+Each subclass keeps TFX's component (its spec, driver and id) and wraps its executor:
+
+* ``ImportExampleGen`` resolves ``{SPAN}`` patterns itself when no driver ran before it (on
+  open-source Kubeflow Pipelines no ExampleGen driver runs: only Vertex honours TFX's
+  pre-cache check), and takes ``data_fingerprint`` so that its cache key changes with the data;
+* ``Trainer`` takes ``train_steps``, ``epochs``, ``learning_rate`` and ``batch_size`` as
+  execution properties (Kubeflow run-time parameters) and hands them to ``run_fn``;
+* ``Evaluator`` takes ``min_accuracy`` likewise, and evaluates without a baseline when the
+  served-model input is empty (nothing served yet: only the absolute bound applies).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tfx import v1 as tfx
+from tfx.components.evaluator import executor as evaluator_executor
+from tfx.components.example_gen import driver as example_gen_driver
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen.import_example_gen import executor as import_executor
+from tfx.components.trainer import executor as trainer_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.dsl.io import fileio
+from tfx.proto import trainer_pb2
+from tfx.types import artifact_utils, standard_component_specs as keys
+from tfx.utils import path_utils, proto_utils
+
+from components.gate import with_min_accuracy
+
+TRAINER_PARAMETERS = ("train_steps", "epochs", "learning_rate", "batch_size")
+
+
+def _add_exec_properties(component, values: dict[str, Any]):
+    """Extra execution properties (constants or run-time parameters) of a TFX component."""
+    component.exec_properties.update(values)
+    return component
+
+
+class _SpanResolvingExecutor(import_executor.Executor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        if exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME) is None:  # no driver ran
+            exec_properties = example_gen_driver.FileBasedDriver(None).resolve_exec_properties(
+                dict(exec_properties), None, None)
+            examples = artifact_utils.get_single_instance(output_dict[keys.EXAMPLES_KEY])
+            example_gen_driver.update_output_artifact(exec_properties, examples.mlmd_artifact)
+        super().Do(input_dict, output_dict, exec_properties)
+
+
+class ImportExampleGen(tfx.components.ImportExampleGen):
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(_SpanResolvingExecutor)
+
+    def __init__(self, *, data_fingerprint, **kwargs):
+        super().__init__(**kwargs)
+        _add_exec_properties(self, {"data_fingerprint": data_fingerprint})
+
+
+class _RunTimeTrainerExecutor(trainer_executor.GenericExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        values = {name: exec_properties[name] for name in TRAINER_PARAMETERS}
+        check_trainer_parameters(**values)
+        config = json.loads(exec_properties[keys.CUSTOM_CONFIG_KEY])
+        config.update({k: v for k, v in values.items() if k != "train_steps"})
+        train_args = proto_utils.json_to_proto(exec_properties[keys.TRAIN_ARGS_KEY],
+                                               trainer_pb2.TrainArgs())
+        train_args.num_steps = int(values["train_steps"])
+        super().Do(input_dict, output_dict, dict(
+            exec_properties, **{keys.CUSTOM_CONFIG_KEY: json.dumps(config),
+                                keys.TRAIN_ARGS_KEY: proto_utils.proto_to_json(train_args)}))
+
+
+def check_trainer_parameters(train_steps: int, epochs: int, learning_rate: float,
+                             batch_size: int) -> None:
+    """Raises ``ValueError`` naming the first invalid run-time training parameter."""
+    for name, value in (("train_steps", train_steps), ("epochs", epochs),
+                        ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise ValueError(f"run-time parameter {name} must be >= 1, got {value}")
+    if int(train_steps) < int(epochs):
+        raise ValueError(f"run-time parameter train_steps ({train_steps}) must be >= epochs "
+                         f"({epochs})")
+    if not float(learning_rate) > 0:
+        raise ValueError(f"run-time parameter learning_rate must be > 0, got {learning_rate}")
+
+
+class Trainer(tfx.components.Trainer):
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(_RunTimeTrainerExecutor)
+
+    def __init__(self, *, run_time: dict[str, Any], **kwargs):
+        """``run_time``: a value (or run-time parameter) for each of ``TRAINER_PARAMETERS``."""
+        if set(run_time) != set(TRAINER_PARAMETERS):
+            raise ValueError(f"run_time needs exactly {TRAINER_PARAMETERS}")
+        super().__init__(train_args=tfx.proto.TrainArgs(), **kwargs)
+        _add_exec_properties(self, run_time)
+
+
+def has_served_model(baseline) -> bool:
+    """Whether a ``ServedModel`` artifact holds a model (nothing served: an empty one)."""
+    return fileio.isdir(path_utils.serving_model_path(baseline.uri))
+
+
+class _ServedBaselineEvaluatorExecutor(evaluator_executor.Executor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        input_dict = dict(input_dict)
+        if not all(has_served_model(b) for b in input_dict.get(keys.BASELINE_MODEL_KEY, [])):
+            del input_dict[keys.BASELINE_MODEL_KEY]  # nothing served: absolute bound only
+        exec_properties = dict(exec_properties, **{keys.EVAL_CONFIG_KEY: with_min_accuracy(
+            exec_properties[keys.EVAL_CONFIG_KEY], float(exec_properties["min_accuracy"]))})
+        super().Do(input_dict, output_dict, exec_properties)
+
+
+class Evaluator(tfx.components.Evaluator):
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(_ServedBaselineEvaluatorExecutor)
+
+    def __init__(self, *, min_accuracy, **kwargs):
+        super().__init__(**kwargs)
+        _add_exec_properties(self, {"min_accuracy": min_accuracy})
