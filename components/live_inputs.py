@@ -22,7 +22,9 @@ import json
 import os
 
 from tfx.components.example_gen import input_processor
-from tfx.dsl.component.experimental.annotations import OutputArtifact, OutputDict, Parameter
+from typing import TypedDict
+
+from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import standard_artifacts
@@ -65,9 +67,18 @@ def served_version(base: str) -> int:
     return max(serving_dir.versions(base), default=0)
 
 
+class DataSpanOutputs(TypedDict):
+    range_config: str
+    fingerprint: str
+
+
+class ServedVersionOutputs(TypedDict):
+    version: int
+
+
 @component
 def DataSpan(data_root: Parameter[str], input_config: Parameter[str], span: Parameter[int],
-             observed: Parameter[str] = "") -> OutputDict(range_config=str, fingerprint=str):
+             observed: Parameter[str] = "") -> DataSpanOutputs:
     """The span ImportExampleGen reads, pinned, and its fingerprint (see ``resolve_span``)."""
     del observed  # the local runner's copy of ``fingerprint``: only part of the cache key
     range_config, fingerprint = resolve_span(data_root, input_config, span)
@@ -76,7 +87,7 @@ def DataSpan(data_root: Parameter[str], input_config: Parameter[str], span: Para
 
 @component
 def ServedVersion(base_directory: Parameter[str],
-                  observed: Parameter[str] = "") -> OutputDict(version=int):
+                  observed: Parameter[str] = "") -> ServedVersionOutputs:
     """The served version under ``base_directory`` (0: nothing served)."""
     del observed  # the local runner's copy of ``version``: only part of the cache key
     return {"version": served_version(base_directory)}

@@ -13,7 +13,8 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import LABEL_XF, TRAINING_FILE, ImageSpec
+from modules.features import (LABEL_XF, RESULT_FILE, TRAINING_FILE, WARM_START_DIR,
+                               ImageSpec)
 from modules.model import build_model, unfreeze_top
 
 
@@ -80,9 +81,7 @@ def fits_in_memory(files: list[str], limit_mb: int) -> bool:
     return size < limit_mb * 2**20
 
 
-WARM_START_DIR = os.path.join("assets.extra", "warm_start")
-WEIGHTS_FILE, ARCHITECTURE_FILE, RESULT_FILE = (
-    "model.weights.h5", "architecture.json", "warm_start.json")
+WEIGHTS_FILE, ARCHITECTURE_FILE = "model.weights.h5", "architecture.json"
 
 # The options that shape the weights: equal values, loadable weights.
 ARCHITECTURE_KEYS = ("backbone", "image_height", "image_width", "image_channels", "num_classes",

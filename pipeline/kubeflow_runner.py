@@ -65,6 +65,16 @@ def kubernetes_config(config: PipelineConfig, executor: str) -> k8s.KubernetesEx
     return result
 
 
+def check_executors(spec: dict) -> None:
+    """Raises ``ValueError`` unless open-source Kubeflow Pipelines can run every executor."""
+    for executor, executor_spec in spec["deploymentSpec"]["executors"].items():
+        kinds = set(executor_spec) - set(OPEN_SOURCE_EXECUTORS)
+        if kinds:
+            raise ValueError(f"executor {executor} is a {', '.join(sorted(kinds))} executor: "
+                             f"open-source Kubeflow Pipelines runs only "
+                             f"{' and '.join(OPEN_SOURCE_EXECUTORS)} executors")
+
+
 def compile_pipeline(config: PipelineConfig, output: str) -> str:
     """Writes the KFP package for ``config`` to ``output``; returns its path."""
     pipeline = create_pipeline(config)
@@ -85,13 +95,9 @@ def compile_pipeline(config: PipelineConfig, output: str) -> str:
         parameter.update(defaultValue=getattr(config, name), isOptional=True)
     for task in OBSERVERS:  # they read the world: a cached answer would be stale
         spec["root"]["dag"]["tasks"][task]["cachingOptions"] = {"enableCache": False}
+    check_executors(spec)
     executors = {}
     for executor, executor_spec in spec["deploymentSpec"]["executors"].items():
-        kinds = set(executor_spec) - set(OPEN_SOURCE_EXECUTORS)
-        if kinds:
-            raise ValueError(f"executor {executor} is a {', '.join(sorted(kinds))} executor: "
-                             f"open-source Kubeflow Pipelines runs only "
-                             f"{' and '.join(OPEN_SOURCE_EXECUTORS)} executors")
         if "container" not in executor_spec:
             continue
         k8s_config = kubernetes_config(config, executor)

@@ -64,10 +64,12 @@ def describe(outcome: dict, config: PipelineConfig) -> str:
     """The gate decision and the push, in words."""
     gate = f"accuracy {outcome['accuracy']:.4f} (gate: >= {config.min_accuracy}"
     if outcome["baseline_accuracy"] is None:
-        gate += "; no blessed baseline yet: absolute bound only)"
+        gate += "; nothing served yet: absolute bound only)"
     else:
-        gate += (f" and >= baseline {outcome['baseline_accuracy']:.4f} - "
-                 f"{config.max_regression})")
+        gate += (f" and >= served version {outcome['baseline_version']}'s "
+                 f"{outcome['baseline_accuracy']:.4f} - {config.max_regression})")
+    if outcome["warm_start"]:
+        gate += f"\nWarm start: {outcome['warm_start']}"
     if outcome["pushed"]:
         return f"Model BLESSED, {gate}\nPushed version {outcome['pushed_version']}: " \
                f"{outcome['pushed_path']}"

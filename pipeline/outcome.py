@@ -1,12 +1,16 @@
 """What the latest run produced, read back from MLMD and its artifacts."""
 from __future__ import annotations
 
+import json
 import os
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
+from tfx.utils import path_utils
 
 from components.gate import BASELINE, overall_metric
+from components.live_inputs import SERVED_VERSION
+from modules.features import RESULT_FILE, WARM_START_DIR
 from pipeline.config import PipelineConfig
 
 
@@ -37,7 +41,8 @@ def last_execution_id(config: PipelineConfig) -> int:
 
 
 def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> dict:
-    """The newest evaluation and push: accuracy (and the baseline's, if there was one),
+    """The newest evaluation and push: accuracy (and the served baseline's version and
+    accuracy, if something was served), how the warm start went (if on),
     blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and whether every
     execution after ``since_execution_id`` was a cache hit (no new data, no new config)."""
     store = metadata_store(config)
@@ -48,9 +53,8 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> dict:
     props = pushed.custom_properties
     is_pushed = bool(props["pushed"].int_value)
     has_baseline = "baseline_model_id" in blessing.custom_properties
-    resolvers = {i for i, name in component_names(store).items() if name == "Resolver"}
-    states = {e.last_known_state for e in store.get_executions()  # resolvers always resolve
-              if e.id > since_execution_id and e.type_id not in resolvers}
+    served = latest_artifact(store, "Model", "ServedModel")
+    states = {e.last_known_state for e in store.get_executions() if e.id > since_execution_id}
     return {
         "cached": states == {metadata_store_pb2.Execution.CACHED},
         "accuracy": overall_metric(evaluation.uri),
@@ -61,4 +65,16 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> dict:
         "pushed_path": props["pushed_destination"].string_value if is_pushed else None,
         "pushed_version": props["pushed_version"].int_value if is_pushed else None,
         "reason": None if is_pushed else props["reason"].string_value,
+        "baseline_version": served.custom_properties[SERVED_VERSION].int_value
+        if has_baseline and served is not None else None,
+        "warm_start": _warm_start(latest_artifact(store, "Model", "Trainer")),
     }
+
+
+def _warm_start(model) -> str | None:
+    """How the trained model's warm start went (None when it was off)."""
+    path = os.path.join(path_utils.serving_model_path(model.uri), WARM_START_DIR, RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["reason"]

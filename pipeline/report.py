@@ -193,9 +193,10 @@ class RunReport:
             '<span class="bad">NOT BLESSED</span>'
         rows = [["accuracy (eval split)", f"{o['accuracy']:.4f}", f">= {c.min_accuracy}"]]
         if o["baseline_accuracy"] is None:
-            rows.append(["baseline", "none (first blessed model)", "absolute bound only"])
+            rows.append(["baseline", "none (nothing served yet)", "absolute bound only"])
         else:
-            rows.append(["baseline accuracy", f"{o['baseline_accuracy']:.4f}",
+            rows.append([f"baseline accuracy (served version {o['baseline_version']})",
+                         f"{o['baseline_accuracy']:.4f}",
                          f"candidate >= baseline - {c.max_regression}"])
         if c.min_class_recall:
             rows.append(["per-class recall", "see below", f">= {c.min_class_recall}"])

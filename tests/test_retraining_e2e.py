@@ -2,7 +2,8 @@
 
 span-1 (good) -> v1 pushed; span-2 (labels shuffled: a worse model) -> not blessed, v1 still
 the highest and byte-identical; rerun with no new span -> nothing pushed; span-3 (good) ->
-v2 pushed, gated against v1 as baseline.
+v2 pushed, gated against v1 as baseline. Rollback to v1 (served as v3) -> the next run's
+baseline is v3, v1's model, and the rolled-back model is not pushed again.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
 from components import serving_dir
-from pipeline import retrain
+from pipeline import retrain, rollback
 from pipeline.config import PipelineConfig
 from pipeline.default_data import digits_examples
-from pipeline.outcome import metadata_store
+from pipeline.outcome import latest_artifact, metadata_store
 
 FLAGS = ["--spans", "true", "--train-steps", "150", "--epochs", "3", "--eval-steps", "5",
          "--min-accuracy", "0.8", "--max-regression", "0.05"]
@@ -76,17 +77,15 @@ def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
     last_id = max(e.id for e in metadata_store(config).get_executions())
     assert run() == 0  # no new span
     assert "RETRAIN STATUS: unchanged" in capsys.readouterr().out
-    store = metadata_store(config)
-    resolvers = {t.id for t in store.get_execution_types() if t.name.endswith("Resolver")}
-    states = {e.last_known_state for e in store.get_executions()
-              if e.id > last_id and e.type_id not in resolvers}
-    assert states == {metadata_store_pb2.Execution.CACHED}
+    states = {e.last_known_state for e in metadata_store(config).get_executions()
+              if e.id > last_id}
+    assert states == {metadata_store_pb2.Execution.CACHED}  # observers included
     assert _snapshot(config.push_dir) == v1
 
     _write_span(data, 3, shuffle_labels=False)
     assert run() == 0
     out = capsys.readouterr().out
-    assert "RETRAIN STATUS: pushed" in out and ">= baseline" in out
+    assert "RETRAIN STATUS: pushed" in out and ">= served version 1's" in out
     assert serving_dir.versions(config.push_dir) == [1, 2]
     manifest = serving_dir.read_manifest(config.push_dir)
     assert [(e["version"], e["spans"]) for e in manifest] == [(1, [1]), (2, [3])]
@@ -112,3 +111,25 @@ def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
     assert [r["pushed_version"] for r in runs] == [1, None, None, 2]
     assert v2["run"] == runs[3]["run"] and lineage.version_lineage(config, 1)["run"] == \
         runs[0]["run"]
+
+
+def test_after_a_rollback_the_baseline_is_the_rolled_back_version(cycle, capsys):
+    config, data, run = cycle
+    if serving_dir.versions(config.push_dir) != [1, 2]:
+        pytest.skip("needs the pushes of test_only_blessed_models_are_pushed_across_spans")
+    v1_model = serving_dir.read_manifest(config.push_dir)[0]["model_id"]
+    assert rollback.main(["--push-dir", config.push_dir, "--to-version", "1",
+                          "--reason", "v2 misbehaves"]) == 0
+    assert serving_dir.versions(config.push_dir) == [1, 2, 3]
+    capsys.readouterr()
+    assert run() == 0
+    out = capsys.readouterr().out
+    assert "served version 3's" in out and "RETRAIN STATUS: unchanged" in out
+    assert "already pushed as version 2" in out
+    store = metadata_store(config)
+    baseline = latest_artifact(store, "Model", "ServedModel")
+    assert baseline.custom_properties["served_version"].int_value == 3
+    assert baseline.custom_properties["source_model_id"].int_value == v1_model
+    blessing = latest_artifact(store, "ModelBlessing")
+    assert blessing.custom_properties["baseline_model_id"].int_value == baseline.id
+    assert serving_dir.versions(config.push_dir) == [1, 2, 3]  # the rollback sticks
