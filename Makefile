@@ -31,8 +31,9 @@ test: setup ## run the test suite
 bench: setup ## run the benchmarks (about 10 min); results in bench/results.md
 	$(PY) bench/bench_pipeline.py --out bench/results-pipeline.md
 	$(PY) bench/bench_model.py --out bench/results-model.md
-	cat bench/results-pipeline.md bench/results-model.md > bench/results.md
-	rm bench/results-pipeline.md bench/results-model.md
+	$(PY) bench/bench_warm_start.py --out bench/results-warm-start.md
+	cat bench/results-pipeline.md bench/results-model.md bench/results-warm-start.md > bench/results.md
+	rm bench/results-pipeline.md bench/results-model.md bench/results-warm-start.md
 
 compile: setup ## compile the Kubeflow Pipelines v2 package (ARGS="--pipeline-root gs://... ...")
 	$(PY) -m pipeline.kubeflow_runner --kfp-image $(IMAGE) $(ARGS)

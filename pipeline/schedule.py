@@ -5,8 +5,11 @@ options]`` compiles the pipeline (as ``pipeline.kubeflow_runner`` does) unless `
 names a compiled one, uploads it as a new version of the pipeline, named by its content (an
 identical package reuses its version; creating the pipeline also makes KFP's initial version,
 named after the pipeline), and creates the recurring run, or
-replaces it when its version or cron changed: max concurrency 1, no catch-up. Re-running it
-never duplicates anything. ``--dry-run`` prints the requests instead of sending them.
+replaces it when its version, cron or parameters changed: max concurrency 1, no catch-up.
+Re-running it never duplicates anything. ``--param NAME=VALUE`` (repeatable) sets a run-time
+parameter of the package (``span``, ``train_steps``, ``epochs``, ``learning_rate``,
+``batch_size``, ``min_accuracy``) for its runs; ``--run-now`` also starts one run at once
+(CI does, on every commit to main). ``--dry-run`` prints the requests instead of sending them.
 """
 from __future__ import annotations
 
@@ -34,14 +37,43 @@ def version_name(pipeline_name: str, package: str) -> str:
         return f"{pipeline_name}-{hashlib.sha256(f.read()).hexdigest()[:12]}"
 
 
+def run_time_parameters(package: str) -> dict[str, dict]:
+    """The package's root input parameters: ``{name: {"parameterType", "defaultValue"}}``."""
+    import yaml
+    with open(package, encoding="utf-8") as f:
+        spec = next(yaml.safe_load_all(f))
+    return spec["root"].get("inputDefinitions", {}).get("parameters", {})
+
+
+def parse_params(assignments: list[str], package: str) -> dict[str, Any]:
+    """``["train_steps=800", ...]`` -> typed values; ``ValueError`` names a bad assignment."""
+    declared = run_time_parameters(package)
+    kinds = {"NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "STRING": str}
+    values = {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        if not sep or name not in declared:
+            raise ValueError(f"--param {assignment!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(sorted(declared))}")
+        try:
+            values[name] = kinds[declared[name]["parameterType"]](text)
+        except ValueError:
+            raise ValueError(f"--param {assignment!r}: {name} takes a "
+                             f"{declared[name]['parameterType'].lower()}") from None
+    return values
+
+
 def _first(items, **match):
     return next((i for i in items or [] if all(getattr(i, k) == v for k, v in match.items())),
                 None)
 
 
 def schedule(client, package: str, pipeline_name: str, experiment: str, job_name: str,
-             cron: str) -> dict[str, Any]:
-    """Idempotently uploads ``package`` and points the recurring run ``job_name`` at it."""
+             cron: str, params: dict[str, Any] | None = None,
+             run_now: bool = False) -> dict[str, Any]:
+    """Idempotently uploads ``package`` and points the recurring run ``job_name`` at it, with
+    run-time ``params``; with ``run_now``, also starts one run of that version."""
+    params = params or {}
     version = version_name(pipeline_name, package)
     pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:
@@ -53,24 +85,30 @@ def schedule(client, package: str, pipeline_name: str, experiment: str, job_name
     experiment_id = client.create_experiment(experiment).experiment_id
     runs = client.list_recurring_runs(experiment_id=experiment_id, page_size=100).recurring_runs
     current = _first(runs, display_name=job_name)
+    result = {"pipeline_id": pipeline_id, "version_id": version_id}
+    if run_now:
+        result["run_id"] = client.run_pipeline(
+            experiment_id, f"{version}-run", pipeline_id=pipeline_id, version_id=version_id,
+            params=params).run_id
     if (current is not None and current.pipeline_version_reference.pipeline_version_id
-            == version_id and current.trigger.cron_schedule.cron == cron):
-        return {"action": "unchanged", "recurring_run_id": current.recurring_run_id,
-                "pipeline_id": pipeline_id, "version_id": version_id}
+            == version_id and current.trigger.cron_schedule.cron == cron
+            and ((current.runtime_config and current.runtime_config.parameters) or {})
+            == params):
+        return dict(result, action="unchanged", recurring_run_id=current.recurring_run_id)
     if current is not None:
         client.delete_recurring_run(current.recurring_run_id)
     run = client.create_recurring_run(
         experiment_id, job_name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-        pipeline_id=pipeline_id, version_id=version_id, enabled=True)
-    return {"action": "replaced" if current else "created",
-            "recurring_run_id": run.recurring_run_id, "pipeline_id": pipeline_id,
-            "version_id": version_id}
+        pipeline_id=pipeline_id, version_id=version_id, enabled=True, params=params)
+    return dict(result, action="replaced" if current else "created",
+                recurring_run_id=run.recurring_run_id)
 
 
 def plan(package: str, pipeline_name: str, experiment: str, job_name: str,
-         cron: str) -> list[dict]:
+         cron: str, params: dict[str, Any] | None = None, run_now: bool = False) -> list[dict]:
     """The requests ``schedule`` sends, for ``--dry-run``."""
     version = version_name(pipeline_name, package)
+    now = [{"call": "run_pipeline", "job_name": f"{version}-run", "params": params or {}}]
     return [
         {"call": "get_pipeline_id", "name": pipeline_name},
         {"call": "upload_pipeline", "if": "no pipeline of that name",
@@ -78,11 +116,12 @@ def plan(package: str, pipeline_name: str, experiment: str, job_name: str,
         {"call": "upload_pipeline_version", "if": f"no version named {version}",
          "pipeline_package_path": package, "pipeline_version_name": version},
         {"call": "create_experiment", "name": experiment, "note": "returns it if it exists"},
-        {"call": "delete_recurring_run", "if": f"'{job_name}' exists with another version or "
-                                               "cron"},
+    ] + (now if run_now else []) + [
+        {"call": "delete_recurring_run", "if": f"'{job_name}' exists with another version, "
+                                               "cron or parameters"},
         {"call": "create_recurring_run", "if": f"'{job_name}' is absent or was deleted",
          "job_name": job_name, "cron_expression": cron, "max_concurrency": 1,
-         "no_catchup": True, "enabled": True},
+         "no_catchup": True, "enabled": True, "params": params or {}},
     ]
 
 
@@ -90,11 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.schedule", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=os.environ.get("KFP_HOST", ""),
-                        help="KFP API endpoint (default: $KFP_HOST)")
+                        help="KFP API endpoint (default: $KFP_HOST; a bearer token, if the "
+                             "endpoint needs one, in $KFP_TOKEN)")
     parser.add_argument("--cron", default="0 2 * * *", help="5- or 6-field cron (UTC)")
     parser.add_argument("--experiment", default="retraining")
     parser.add_argument("--job-name", default="")
     parser.add_argument("--package", default="", help="a compiled package (else compiled now)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a run-time parameter of the runs (repeatable)")
+    parser.add_argument("--run-now", action="store_true", help="also start one run now")
     parser.add_argument("--dry-run", action="store_true")
     args, rest = parser.parse_known_args(argv)
     config = PipelineConfig.from_args(rest, prog="python -m pipeline.schedule")
@@ -104,15 +147,21 @@ def main(argv: list[str] | None = None) -> int:
         package = compile_pipeline(config, os.path.join(config.work_dir, "kfp",
                                                         f"{config.pipeline_name}.yaml"))
     job_name = args.job_name or f"{config.pipeline_name}-retraining"
+    try:
+        params = parse_params(args.param, package)
+    except ValueError as err:
+        parser.error(str(err))
     request = dict(package=package, pipeline_name=config.pipeline_name,
-                   experiment=args.experiment, job_name=job_name, cron=kfp_cron(args.cron))
+                   experiment=args.experiment, job_name=job_name, cron=kfp_cron(args.cron),
+                   params=params, run_now=args.run_now)
     if args.dry_run:
         print(json.dumps(plan(**request), indent=1))
         return 0
     if not args.host:
         parser.error("--host (or KFP_HOST) is required unless --dry-run")
     import kfp
-    result = schedule(kfp.Client(host=args.host), **request)
+    client = kfp.Client(host=args.host, existing_token=os.environ.get("KFP_TOKEN") or None)
+    result = schedule(client, **request)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -22,6 +22,7 @@ class KfpContractServer:
         self.versions: dict[str, list[dict]] = {}
         self.experiments: dict[str, dict] = {}
         self.recurring_runs: dict[str, dict] = {}
+        self.runs: dict[str, dict] = {}
         self._ids = (f"id-{n}" for n in itertools.count(1))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -83,6 +84,10 @@ class KfpContractServer:
         if parts == ["recurringruns"] and method == "POST":
             run = dict(body, recurring_run_id=next(self._ids))
             self.recurring_runs[run["recurring_run_id"]] = run
+            return run
+        if parts == ["runs"] and method == "POST":
+            run = dict(body, run_id=next(self._ids))
+            self.runs[run["run_id"]] = run
             return run
         if parts[0] == "recurringruns" and method == "DELETE":
             del self.recurring_runs[parts[1]]

@@ -57,9 +57,39 @@ def test_module_configs_are_what_the_tfx_modules_read():
     trainer, transform = config.trainer_config(), config.transform_config()
     assert trainer["image_height"] == 32 and transform["image_width"] == 24
     assert trainer["class_names"] == [str(i) for i in range(10)]
-    assert trainer["epochs"] == 3 and "epochs" not in transform  # no Transform rerun
+    assert "epochs" not in transform  # no Transform rerun
     assert "min_accuracy" not in trainer and "data_root" not in trainer
     json.dumps(trainer)
+
+
+def test_run_time_options_are_execution_properties_locally_and_parameters_on_kubeflow():
+    from tfx import v1 as tfx
+
+    from components.standard import check_trainer_parameters
+    from pipeline.pipeline import RUN_TIME_PARAMETERS, Observed, create_pipeline
+    config = PipelineConfig(epochs=3, learning_rate=0.01, min_accuracy=0.7)
+    assert "epochs" not in config.trainer_config()  # the Trainer takes it at run time
+    local = {n.id: n for n in create_pipeline(config, None, Observed("f", 0)).components}
+    assert (local["Trainer"].exec_properties["epochs"],
+            local["Trainer"].exec_properties["learning_rate"],
+            local["Evaluator"].exec_properties["min_accuracy"],
+            local["DataSpan"].exec_properties["span"]) == (3, 0.01, 0.7, 0)
+    kubeflow = {n.id: n for n in create_pipeline(config).components}
+    parameter = kubeflow["Trainer"].exec_properties["epochs"]
+    assert isinstance(parameter, tfx.dsl.experimental.RuntimeParameter)
+    assert (parameter.name, parameter.default) == ("epochs", 3)
+    assert set(RUN_TIME_PARAMETERS) == {"span", "train_steps", "epochs", "learning_rate",
+                                        "batch_size", "min_accuracy"}
+    with pytest.raises(ValueError, match="train_steps .2. must be >= epochs .3."):
+        check_trainer_parameters(train_steps=2, epochs=3, learning_rate=0.1, batch_size=8)
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        check_trainer_parameters(train_steps=20, epochs=3, learning_rate=0.0, batch_size=8)
+
+
+def test_span_needs_spans():
+    with pytest.raises(ValueError, match="needs spans=true"):
+        PipelineConfig(span=2)
+    assert PipelineConfig(span=2, spans=True).span == 2
 
 
 def test_runner_help_lists_every_option():

@@ -75,3 +75,32 @@ def test_schedule_is_idempotent_and_updates_in_place(packages, capsys):
             scheduled[1]["pipeline_version_id"]
         assert run["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * *"
         assert '"action": "replaced"' in capsys.readouterr().out
+
+
+def test_run_time_parameters_reach_the_recurring_run_and_a_run_now(packages, capsys):
+    with KfpContractServer() as server:
+        args = ["--host", server.url, "--package", packages[0], "--param", "train_steps=800",
+                "--param", "learning_rate=0.001", "--param", "span=3"]
+        assert schedule.main(args + ["--run-now"]) == 0
+        [run] = server.recurring_runs.values()
+        assert run["runtime_config"]["parameters"] == {
+            "train_steps": 800, "learning_rate": 0.001, "span": 3}
+        [now] = server.runs.values()
+        assert now["runtime_config"]["parameters"] == run["runtime_config"]["parameters"]
+        assert now["pipeline_version_reference"] == run["pipeline_version_reference"]
+        capsys.readouterr()
+
+        assert schedule.main(args) == 0  # same parameters: unchanged
+        assert '"action": "unchanged"' in capsys.readouterr().out
+        assert schedule.main(args[:-2]) == 0  # a parameter dropped: the run is replaced
+        assert '"action": "replaced"' in capsys.readouterr().out
+        [run] = server.recurring_runs.values()
+        assert "span" not in run["runtime_config"]["parameters"]
+
+
+@pytest.mark.parametrize("param, message", [("steps=3", "NAME one of batch_size, epochs"),
+                                            ("epochs=many", "epochs takes a number_integer")])
+def test_a_bad_parameter_is_a_usage_error(packages, capsys, param, message):
+    with pytest.raises(SystemExit) as exit_:
+        schedule.main(["--dry-run", "--package", packages[0], "--param", param])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

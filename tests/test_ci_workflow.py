@@ -1,0 +1,60 @@
+"""The GitHub Actions workflow: tests on every push; on main, image -> compile -> upload -> run."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+
+import yaml
+
+from pipeline import schedule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOW = os.path.join(ROOT, ".github", "workflows", "ci.yml")
+
+
+def _workflow() -> dict:
+    with open(WORKFLOW, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _runs(job: dict) -> list[str]:
+    return [step["run"] for step in job["steps"] if "run" in step]
+
+
+def test_every_push_runs_the_test_suite():
+    workflow = _workflow()
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
+    assert "push" in triggers and "pull_request" in triggers
+    assert _runs(workflow["jobs"]["test"]) == ["make test"]
+    assert workflow["jobs"]["test"]["timeout-minutes"] <= 90
+
+
+def test_main_builds_compiles_uploads_and_runs_after_the_tests():
+    deploy = _workflow()["jobs"]["deploy"]
+    assert deploy["needs"] == "test"
+    assert "refs/heads/main" in deploy["if"] and "push" in deploy["if"]
+    runs = " && ".join(_runs(deploy))
+    order = [runs.index(step) for step in ("make image", "docker push", "make compile",
+                                           "pipeline.schedule")]
+    assert order == sorted(order)
+    assert "--run-now" in runs and "${{ secrets.KFP_HOST }}" == deploy["env"]["KFP_HOST"]
+    makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
+    for target in re.findall(r"make (\w+)", runs):
+        assert re.search(rf"^{target}:", makefile, re.M), target
+
+
+def test_the_deploy_command_is_one_the_schedule_command_accepts(tmp_path, capsys):
+    """The workflow's schedule step, with a package compiled here, as a dry run."""
+    from pipeline.config import PipelineConfig
+    from pipeline.kubeflow_runner import compile_pipeline
+
+    step = next(r for r in _runs(_workflow()["jobs"]["deploy"]) if "pipeline.schedule" in r)
+    argv = shlex.split(step.replace("${{ vars.KFP_COMPILE_ARGS }}", "--spans true"))
+    argv = argv[argv.index("pipeline.schedule") + 1:]
+    package = compile_pipeline(PipelineConfig(spans=True), str(tmp_path / "ci.yaml"))
+    argv[argv.index("--package") + 1] = package
+    assert schedule.main(argv + ["--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert "run_pipeline" in [step["call"] for step in plan]
