@@ -32,10 +32,9 @@ from components.gate import with_min_accuracy
 TRAINER_PARAMETERS = ("train_steps", "epochs", "learning_rate", "batch_size")
 
 
-def _add_exec_properties(component, values: dict[str, Any]):
+def _add_exec_properties(component, values: dict[str, Any]) -> None:
     """Extra execution properties (constants or run-time parameters) of a TFX component."""
     component.exec_properties.update(values)
-    return component
 
 
 class _SpanResolvingExecutor(import_executor.Executor):
