@@ -28,6 +28,7 @@ from modules.features import TRAINING_FILE
 
 
 BASELINE_ID = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
+NO_NEW_DATA = "no new data"  # the start of the reason when a rerun brought nothing new
 
 
 def _spans(examples) -> list[int]:
@@ -42,8 +43,6 @@ def _training(model_dir: str):
 
 def _why_not(model, blessing, examples, manifest: list[dict], base: str) -> str:
     """Why ``model`` is not pushed, or "" to push it."""
-    if not blessing.get_int_custom_property("blessed"):
-        return "not blessed"
     earlier = [e["version"] for e in manifest
                if e.get("model_uri") == model.uri and e.get("action") == "push"]
     if earlier:
@@ -53,9 +52,9 @@ def _why_not(model, blessing, examples, manifest: list[dict], base: str) -> str:
     if served and served.get("examples_uri") == examples.uri and served.get("retained") and \
             _training(path_utils.serving_model_path(model.uri)) == \
             _training(os.path.join(base, str(served["version"]))):
-        return (f"no new data: served version {served['version']} was trained on the same "
+        return (f"{NO_NEW_DATA}: served version {served['version']} was trained on the same "
                 "examples with the same settings")
-    return ""
+    return "" if blessing.get_int_custom_property("blessed") else "not blessed"
 
 
 @component

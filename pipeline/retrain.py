@@ -4,8 +4,9 @@
 ``pipeline.local_runner``) runs the pipeline once on the latest span and exits with:
 
 * 0 ``pushed``: a new model was blessed and published as the next version;
-* 0 ``unchanged``: nothing new (no new data: served from cache, whatever the earlier verdict;
-  or the blessed model is already published);
+* 0 ``unchanged``: nothing new (no new data: served from cache, whatever the earlier verdict,
+  or a warm-started retrain on the served version's data and settings; or the blessed model
+  is already published);
 * 2 ``not_blessed``: the new model failed the gate; the served version is untouched;
 * 1 ``failed``: the run failed (bad data, an error); the served version is untouched.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import sys
 import traceback
 
+from components.versioned_pusher import NO_NEW_DATA
 from pipeline.config import PipelineConfig
 from pipeline.local_runner import describe, run
 
@@ -23,7 +25,9 @@ EXIT_CODES = {"pushed": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
 def status(outcome: dict) -> str:
     if outcome["pushed"]:
         return "pushed"
-    return "unchanged" if outcome["blessed"] or outcome["cached"] else "not_blessed"
+    unchanged = outcome["blessed"] or outcome["cached"] or outcome["reason"].startswith(
+        NO_NEW_DATA)
+    return "unchanged" if unchanged else "not_blessed"
 
 
 def main(argv: list[str] | None = None) -> int:

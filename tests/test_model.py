@@ -201,3 +201,34 @@ def test_multi_worker_training_with_two_local_workers_on_loopback():
     for result in results:
         assert result[1:4] == ["multi_worker", "CollectiveAllReduceStrategy", "2"]  # = MWMS
     assert results[0][4] == results[1][4]  # one synchronised model: the same loss on both
+
+
+def _trainer_config(**overrides) -> dict:
+    from pipeline.config import PipelineConfig
+    return PipelineConfig(image_height=8, image_width=8, image_channels=1,
+                          **overrides).trainer_config()
+
+
+def test_warm_start_loads_the_served_weights_only_when_the_architecture_matches(tmp_path):
+    from modules.trainer import export_warm_start, warm_start
+    config = _trainer_config()
+    spec = ImageSpec.from_custom_config(config)
+    served = build_model(spec)
+    served.fit(np.random.default_rng(0).random((32, 8, 8, 1)), np.arange(32) % 10, epochs=1,
+               verbose=0)
+    export_warm_start(served, str(tmp_path / "v1"), config, None)
+    pixels = np.random.default_rng(1).random((4, 8, 8, 1)).astype("float32")
+
+    fresh = build_model(spec)
+    assert not np.allclose(fresh.predict(pixels, verbose=0), served.predict(pixels, verbose=0))
+    result = warm_start(fresh, str(tmp_path / "v1"), config)
+    assert result["warm_started"]
+    np.testing.assert_allclose(fresh.predict(pixels, verbose=0),
+                               served.predict(pixels, verbose=0), rtol=1e-5)
+
+    wider = _trainer_config(num_classes=12)
+    other = build_model(ImageSpec.from_custom_config(wider))
+    result = warm_start(other, str(tmp_path / "v1"), wider)
+    assert not result["warm_started"]
+    assert "num_classes: served 10, now 12" in result["reason"]
+    assert "nothing is served" in warm_start(other, str(tmp_path / "absent"), wider)["reason"]

@@ -210,7 +210,7 @@ def test_run_report_shows_what_mlmd_and_the_artifacts_say(first_run):
         assert f"<h2>{section}" in report
     assert f"{outcome['accuracy']:.4f}" in report
     assert 'class="ok">BLESSED' in report  # the blessing of the first run
-    assert "none (first blessed model)" in report
+    assert "none (nothing served yet)" in report
     assert f"Pushed version 1: {outcome['pushed_path']}" in report
     assert "<tr><td>train</td><td>1437</td></tr>" in report  # 4 of every 5 digits
     assert "<tr><td>eval</td><td>360</td></tr>" in report

@@ -133,3 +133,21 @@ def test_after_a_rollback_the_baseline_is_the_rolled_back_version(cycle, capsys)
     blessing = latest_artifact(store, "ModelBlessing")
     assert blessing.custom_properties["baseline_model_id"].int_value == baseline.id
     assert serving_dir.versions(config.push_dir) == [1, 2, 3]  # the rollback sticks
+
+
+def test_a_warm_started_retrain_pushes_new_data_only(cycle, capsys):
+    config, data, run = cycle
+    if serving_dir.versions(config.push_dir) != [1, 2, 3]:
+        pytest.skip("needs the versions of the tests above")
+    warm = ["--data-root", data, "--work-dir", config.work_dir, "--warm-start", "true"] + FLAGS
+    _write_span(data, 4, shuffle_labels=False)
+    capsys.readouterr()
+    assert retrain.main(warm) == 0
+    out = capsys.readouterr().out
+    assert "Warm start: initialised from" in out and "RETRAIN STATUS: pushed" in out
+    assert serving_dir.versions(config.push_dir)[-1] == 4
+    # v4 is served now, so the warm-started Trainer reruns; same examples, same settings.
+    assert retrain.main(warm) == 0
+    out = capsys.readouterr().out
+    assert "no new data: served version 4 was trained on the same examples" in out
+    assert "RETRAIN STATUS: unchanged" in out and serving_dir.versions(config.push_dir)[-1] == 4
