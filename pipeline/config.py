@@ -233,7 +233,10 @@ class PipelineConfig:
             parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
                                 type=lambda v, t=hints[field.name]: _parse(t, v), default=default,
                                 help=f"(default: {_show(default)!s})")
-        return cls(**vars(parser.parse_args(argv)))
+        try:
+            return cls(**vars(parser.parse_args(argv)))
+        except ValueError as err:  # an invalid combination: a usage error (exit code 2)
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
 def code_version() -> str:

@@ -5,8 +5,13 @@ KubeflowV2DagRunner into a KFP package (YAML: the pipeline spec, then the Kubern
 spec). Per-task resources come from TFX's platform config (the Trainer's GPUs, CPU and memory;
 CPU and memory for the Beam components); node selector, GPU tolerations and an optional volume
 mount from the kfp-kubernetes executor config. Paths (``--data-root``, ``--pipeline-root``,
-``--serving-dir``) are the cluster's (GCS/S3 or the mounted volume), and
-``--beam-mode``/``--beam-args`` pick the Beam runner of the data components.
+``--serving-dir``) are the cluster's (GCS or the mounted volume; the serving dir always a
+volume), and ``--beam-mode``/``--beam-args`` pick the Beam runner of the data components.
+
+The package runs on open-source Kubeflow Pipelines: only container executors (compiling
+fails on any other kind), the observer steps never cached, and the run-time parameters
+(``pipeline.pipeline.RUN_TIME_PARAMETERS``) declared as root inputs defaulting to the
+config's values.
 """
 from __future__ import annotations
 

@@ -253,6 +253,8 @@ def test_a_new_span_changes_what_the_compiled_steps_read(tmp_path):
     (["--serving-dir", "gs://bucket/serving"], "object stores have no atomic rename"),
     (["--pipeline-root", "s3://bucket/root"], "s3:// is not readable here"),
 ])
-def test_object_store_paths_fail_at_compile_time(flags, message):
-    with pytest.raises(ValueError, match=message):
-        PipelineConfig.from_args(flags, {})
+def test_object_store_paths_fail_at_compile_time(flags, message, capsys):
+    from pipeline import kubeflow_runner
+    with pytest.raises(SystemExit) as exit_:
+        kubeflow_runner.main(flags)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
