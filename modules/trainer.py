@@ -122,14 +122,22 @@ def warm_start(model, served_dir: str | None, config: dict) -> dict:
                                   for k, (a, b) in differences.items())
                       + "): trained from scratch"}
         else:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = os.path.join(tmp, WEIGHTS_FILE)
-                tf.io.gfile.copy(os.path.join(source, WEIGHTS_FILE), local)
-                model.load_weights(local)
-            result = {"warm_started": True, "reason": f"initialised from {served_dir}"}
+            result = _load_weights(model, os.path.join(source, WEIGHTS_FILE), served_dir)
     absl.logging.log(absl.logging.INFO if result["warm_started"] else absl.logging.WARNING,
                      "Warm start: %s", result["reason"])
     return result
+
+
+def _load_weights(model, path: str, served_dir: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, WEIGHTS_FILE)
+        tf.io.gfile.copy(path, local)
+        try:
+            model.load_weights(local)
+        except ValueError as err:  # same options, other layers (e.g. a new release's model)
+            return {"warm_started": False, "reason": "the served model's weights do not fit "
+                    f"this model ({str(err).splitlines()[0]}): trained from scratch"}
+    return {"warm_started": True, "reason": f"initialised from {served_dir}"}
 
 
 def export_warm_start(model, out_dir: str, config: dict, result: dict | None) -> None:

@@ -232,3 +232,13 @@ def test_warm_start_loads_the_served_weights_only_when_the_architecture_matches(
     assert not result["warm_started"]
     assert "num_classes: served 10, now 12" in result["reason"]
     assert "nothing is served" in warm_start(other, str(tmp_path / "absent"), wider)["reason"]
+
+
+def test_warm_start_says_so_when_weights_do_not_fit_despite_equal_options(tmp_path):
+    from modules.trainer import export_warm_start, warm_start
+    config, other = _trainer_config(), _trainer_config(num_classes=12)
+    # Weights of another model recorded under this config's options (e.g. an older release).
+    export_warm_start(build_model(ImageSpec.from_custom_config(other)), str(tmp_path), config,
+                      None)
+    result = warm_start(build_model(ImageSpec.from_custom_config(config)), str(tmp_path), config)
+    assert not result["warm_started"] and "weights do not fit this model" in result["reason"]
