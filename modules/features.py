@@ -36,6 +36,7 @@ class ImageSpec:
     image_format: str = "encoded"
     label_format: str = "int"
     raw_shape: tuple[int, int, int] = (0, 0, 0)
+    raw_min_value: float = 0.0
     raw_max_value: float = 255.0
 
     @classmethod
@@ -47,6 +48,7 @@ class ImageSpec:
                    image_format=config["image_format"], label_format=config["label_format"],
                    raw_shape=tuple(int(config[f"raw_{d}"]) for d in ("height", "width",
                                                                       "channels")),
+                   raw_min_value=float(config["raw_min_value"]),
                    raw_max_value=float(config["raw_max_value"]))
 
     @property

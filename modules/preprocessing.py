@@ -95,8 +95,11 @@ def _to_channels(images: tf.Tensor, have: int, want: int) -> tf.Tensor:
 
 
 def pixels_from_values(values: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
-    """Raw numeric pixel lists ``[batch, rh*rw*rc]`` (0..raw_max_value) -> ``[batch, h, w, c]``."""
-    images = tf.reshape(tf.cast(values, tf.float32) / spec.raw_max_value, (-1,) + spec.raw_shape)
+    """Raw numeric pixel lists ``[batch, rh*rw*rc]`` (raw_min_value..raw_max_value, e.g. 0..255
+    or a centred -0.5..0.5) -> ``[batch, h, w, c]`` in [0, 1]."""
+    scaled = ((tf.cast(values, tf.float32) - spec.raw_min_value)
+              / (spec.raw_max_value - spec.raw_min_value))
+    images = tf.reshape(tf.clip_by_value(scaled, 0.0, 1.0), (-1,) + spec.raw_shape)
     images = _to_channels(images, spec.raw_shape[2], spec.channels)
     return tf.map_fn(lambda image: _fit(image, spec), images,
                      fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))

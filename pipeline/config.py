@@ -27,7 +27,7 @@ RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metad
                # run-time parameters: the extended Trainer passes them to run_fn
                "epochs", "learning_rate", "batch_size"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
-                    "raw_channels", "raw_max_value", "label_format", "image_height",
+                    "raw_channels", "raw_min_value", "raw_max_value", "label_format", "image_height",
                     "image_width", "image_channels", "num_classes", "resize_mode", "max_pixels"}
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 AUGMENTATIONS = ("flip", "rotate", "zoom")
@@ -55,6 +55,7 @@ class PipelineConfig:
     raw_height: int = 0
     raw_width: int = 0
     raw_channels: int = 0
+    raw_min_value: float = 0.0
     raw_max_value: float = 255.0
     label_format: str = "int"
     id_key: str = ""
@@ -130,8 +131,9 @@ class PipelineConfig:
                      "label_drift_threshold", "size_drift_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.raw_max_value <= 0:
-            raise ValueError(f"raw_max_value must be > 0, got {self.raw_max_value}")
+        if self.raw_max_value <= self.raw_min_value:
+            raise ValueError(f"raw_max_value ({self.raw_max_value}) must be > raw_min_value "
+                             f"({self.raw_min_value})")
         if self.label_format == "string" and self.class_names:
             raise ValueError("class_names come from the label vocabulary when label_format=string")
         if self.class_names and len(self.class_names) != self.num_classes:

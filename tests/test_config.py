@@ -40,7 +40,8 @@ def test_multi_processing_beam_mode():
 
 @pytest.mark.parametrize("bad", [{"beam_mode": "spark"}, {"image_channels": 2},
                                  {"batch_size": 0}, {"min_accuracy": -0.1},
-                                 {"train_steps": 2, "epochs": 3}])
+                                 {"train_steps": 2, "epochs": 3},
+                                 {"raw_min_value": 1.0, "raw_max_value": 1.0}])
 def test_invalid_values_are_rejected(bad):
     with pytest.raises(ValueError):
         PipelineConfig(**bad)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from modules.features import IMAGE_XF, LABEL_XF, ImageSpec
-from modules.preprocessing import decode_images, image_dims, preprocessing_fn
+from modules.preprocessing import decode_images, image_dims, pixels_from_values, preprocessing_fn
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
 
@@ -120,3 +120,15 @@ def test_raw_pixel_lists_and_string_labels_through_tf_transform(tmp_path):
     np.testing.assert_allclose(pixels[0], 1.0)
     np.testing.assert_allclose(pixels[1], 0.0)
     np.testing.assert_allclose(pixels[2], 0.5)
+
+
+@pytest.mark.parametrize("low, high, values, expected", [
+    (-0.5, 0.5, [-0.5, 0.0, 0.5, 0.7], [0.0, 0.5, 1.0, 1.0]),  # centred floats; out of range
+    (0.0, 255.0, [0, 51, 255, -3], [0.0, 0.2, 1.0, 0.0]),       # clipped to [0, 1]
+])
+def test_raw_pixel_ranges_map_to_unit_pixels(low, high, values, expected):
+    spec = ImageSpec.from_custom_config(PipelineConfig(
+        image_format="raw", raw_height=2, raw_width=2, raw_channels=1, raw_min_value=low,
+        raw_max_value=high, image_height=2, image_width=2).transform_config())
+    pixels = pixels_from_values(tf.constant([values], tf.float32), spec).numpy()
+    np.testing.assert_allclose(pixels.reshape(-1), expected, atol=1e-6)
