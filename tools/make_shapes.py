@@ -2,7 +2,8 @@
 
 Writes ``OUT/<class>/<n>.<jpg|png>``: one simple shape per image (circle, square, triangle,
 and more with ``--classes``) in a random colour, size, position and rotation, on a random
-background (flat colour, linear gradient, or noise with blotches), 40-300 px wide and high,
+background (flat colour, linear gradient, or noise with blotches), 40-300 px wide and high
+(aspect ratios from 3:5 to 5:3),
 JPEG or PNG, RGB, grayscale or RGBA. Colours are drawn independently of the class, so a model
 must learn shapes, not colours. Deterministic for a ``--seed``.
 """
@@ -60,7 +61,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 def draw(rng: np.random.Generator, shape: str):
     """One image (a PIL Image) of ``shape``."""
     from PIL import Image, ImageDraw, ImageFilter
-    height, width = (int(v) for v in rng.integers(40, 301, 2))
+    width = int(rng.integers(40, 301))  # photo-like aspect ratios: 3:5 to 5:3
+    height = int(np.clip(width * rng.uniform(0.6, 1.67), 40, 300))
     background = np.clip(_background(rng, height, width), 0, 255)
     image = Image.fromarray(background.astype(np.uint8))
     side = min(height, width)
