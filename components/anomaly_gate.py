@@ -4,10 +4,11 @@ Runs between ExampleValidator and Transform (Transform waits for it), so data th
 schema is neither trained on nor pushed. The error lists each anomaly: split, feature, type,
 description. ``allowed_types`` (comma-separated anomaly type names, e.g.
 ``SCHEMA_NEW_COLUMN``) only log a warning. Given the statistics of the data the served model
-was trained on (``ServedModel``; empty while nothing is served), it also compares the training split's label distribution (L-infinity distance for string labels,
-Jensen-Shannon divergence for ids) and image size features (Jensen-Shannon divergence) with
-TFDV's drift comparators. (No ``from __future__
-import annotations``: TFX reads the annotations at run time.)
+was trained on (``ServedModel``; empty while nothing is served), it also compares the
+training split's label distribution (L-infinity distance for string labels, Jensen-Shannon
+divergence for ids) and image size features (Jensen-Shannon divergence) with TFDV's drift
+comparators. (No ``from __future__ import annotations``: TFX reads the annotations at run
+time.)
 """
 import json
 import os

@@ -20,10 +20,9 @@ TFX reads the annotations at run time.)
 """
 import json
 import os
-
-from tfx.components.example_gen import input_processor
 from typing import TypedDict
 
+from tfx.components.example_gen import input_processor
 from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2, range_config_pb2

@@ -27,8 +27,9 @@ RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metad
                # run-time parameters: the extended Trainer passes them to run_fn
                "epochs", "learning_rate", "batch_size"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
-                    "raw_channels", "raw_min_value", "raw_max_value", "label_format", "image_height",
-                    "image_width", "image_channels", "num_classes", "resize_mode", "max_pixels"}
+                    "raw_channels", "raw_min_value", "raw_max_value", "label_format",
+                    "image_height", "image_width", "image_channels", "num_classes",
+                    "resize_mode", "max_pixels"}
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 AUGMENTATIONS = ("flip", "rotate", "zoom")
 

@@ -22,7 +22,7 @@ def metadata_store(config: PipelineConfig) -> mlmd.MetadataStore:
 
 
 def component_names(store) -> dict[int, str]:
-    """Execution type id -> component class name (``Trainer``, ``Resolver``, ...)."""
+    """Execution type id -> component class name (``Trainer``, ``ServedModel``, ...)."""
     return {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
 
 
