@@ -71,14 +71,12 @@ class _RunTimeTrainerExecutor(trainer_executor.GenericExecutor):
 
 def check_trainer_parameters(train_steps: int, epochs: int, learning_rate: float,
                              batch_size: int) -> None:
-    """Raises ``ValueError`` naming the first invalid run-time training parameter."""
-    for name, value in (("train_steps", train_steps), ("epochs", epochs),
-                        ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise ValueError(f"run-time parameter {name} must be >= 1, got {value}")
-    if int(train_steps) < int(epochs):
-        raise ValueError(f"run-time parameter train_steps ({train_steps}) must be >= epochs "
-                         f"({epochs})")
+    """Raises ``ValueError`` naming the first invalid run-time training parameter
+    (``train_steps`` and ``epochs`` 0: derived from the data size)."""
+    for name, value, least in (("train_steps", train_steps, 0), ("epochs", epochs, 0),
+                               ("batch_size", batch_size, 1)):
+        if int(value) < least:
+            raise ValueError(f"run-time parameter {name} must be >= {least}, got {value}")
     if not float(learning_rate) > 0:
         raise ValueError(f"run-time parameter learning_rate must be > 0, got {learning_rate}")
 

@@ -19,6 +19,10 @@ LABEL_FORMATS = ("int", "string")
 RESIZE_MODES = ("pad", "crop", "stretch")
 BACKBONES = ("cnn", "mobilenet_v2", "efficientnet_b0")
 TFLITE_MODES = ("", "float16", "dynamic_int8")
+AUGMENTATIONS = ("flip", "rotate", "zoom", "colour", "invert")
+# Colour-robust by default: a class must not be learnt from its colours or brightness alone.
+DEFAULT_AUGMENTATION = ("colour", "invert")
+LR_SCHEDULES = ("warmup_cosine", "plateau", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,3 +67,7 @@ TRAINING_FILE = "assets.extra/training.json"
 # model's own warm start went.
 WARM_START_DIR = "assets.extra/warm_start"
 RESULT_FILE = "warm_start.json"
+# In the Trainer's ModelRun: step budget, final eval metrics and seconds per phase.
+TRAINER_SUMMARY = "trainer_summary.json"
+# In the Tuner's TunerResults: its trials, best first (the file TFX's Tuner executor writes).
+TUNER_RESULTS = "tuner_results.json"

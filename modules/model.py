@@ -1,6 +1,6 @@
 """The Keras image classifier (built by the Trainer under its distribution strategy).
 
-Backbones: a small CNN (default, fast on CPU) or keras.applications MobileNetV2 /
+Backbones: a small CNN (default, fast on CPU, chosen by the experiments in bench/results.md) or keras.applications MobileNetV2 /
 EfficientNetB0 for transfer learning (frozen first; ``unfreeze_top`` for fine-tuning).
 ``api`` is Keras 3 (``keras``) or Keras 2 (``tf_keras``): Keras 3 cannot ``fit`` under
 MultiWorkerMirroredStrategy (keras-team/keras#20585), so multi-worker training uses tf_keras.
@@ -8,14 +8,44 @@ MultiWorkerMirroredStrategy (keras-team/keras#20585), so multi-worker training u
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
-from modules.features import BACKBONES, IMAGE_XF, ImageSpec
+from modules.features import (AUGMENTATIONS, BACKBONES, DEFAULT_AUGMENTATION, IMAGE_XF,
+                               LR_SCHEDULES, ImageSpec)
+
+def _random_invert(x):
+    """Contrast flip of [0, 1] pixels for half the batch: shapes, not brightness."""
+    flip = tf.random.uniform([tf.shape(x)[0], 1, 1, 1]) < 0.5
+    return tf.where(flip, 1.0 - x, x)
+
+
+def _random_colour(x):
+    """RGB only: a random channel order per image, and grayscale for half the batch, so a
+    class cannot be told by its colours alone."""
+    if x.shape[-1] != 3:
+        return x
+    batch = tf.shape(x)[0]
+    order = tf.argsort(tf.random.uniform([batch, 3]), axis=-1)
+    x = tf.gather(x, order, axis=3, batch_dims=1)
+    gray = tf.random.uniform([batch, 1, 1, 1]) < 0.5
+    return tf.where(gray, tf.reduce_mean(x, axis=-1, keepdims=True), x)
+
+
+def _training_only(api, name: str, fn):
+    """A layer applying ``fn`` in training and passing inputs through at inference."""
+    def call(self, x, training=None):
+        return fn(x) if training else x
+    return type(name, (api.layers.Layer,), {"call": call})(name=name.lower())
+
 
 AUGMENTATION_LAYERS = {
     "flip": lambda api: api.layers.RandomFlip("horizontal"),
     "rotate": lambda api: api.layers.RandomRotation(0.05),
     "zoom": lambda api: api.layers.RandomZoom(0.1),
+    "colour": lambda api: _training_only(api, "RandomColour", _random_colour),
+    "invert": lambda api: _training_only(api, "RandomInvert", _random_invert),
 }
+assert tuple(AUGMENTATION_LAYERS) == AUGMENTATIONS
 # keras.applications constructor, and the (scale, offset) taking pixels in [0, 1] to its input.
 APPLICATIONS = {
     "mobilenet_v2": ("MobileNetV2", 2.0, -1.0),
@@ -23,12 +53,37 @@ APPLICATIONS = {
 }
 
 
-def _small_cnn(x, api):
-    for filters in (32, 64):
-        x = api.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = api.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = api.layers.MaxPooling2D(2, padding="same")(x)
-    return api.layers.Dense(128, activation="relu")(api.layers.Flatten()(x))
+def _standardise(x):
+    """Per image: zero mean, unit variance over all pixels and channels (lighting and
+    exposure invariance; the floor keeps flat images finite)."""
+    mean, variance = tf.nn.moments(x, axes=[1, 2, 3], keepdims=True)
+    return (x - mean) / tf.maximum(tf.sqrt(variance), 1.0 / 255)
+
+
+def stem_stride(spec: ImageSpec) -> int:
+    """The first convolution's stride: 1 below 24 px, 2 up to 127 px, else 4 (CPU-sized)."""
+    side = min(spec.height, spec.width)
+    return 1 if side < 24 else 2 if side < 128 else 4
+
+
+def _cnn(x, spec: ImageSpec, width: int, api):
+    """Standardised input, a strided stem that sees edges of either polarity (the absolute
+    response: a dark shape on light and a light one on dark look alike), three
+    conv-GroupNorm-ReLU-maxpool blocks of ``width``, 2x and 4x filters, and global max pooling
+    ("is the pattern anywhere").
+
+    GroupNorm, not BatchNorm: statistics per image, so training with augmentation and
+    inference without it see the same normalisation."""
+    def conv(x, filters, stride=1, response=None):
+        x = api.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+        x = response(x) if response else x
+        return api.layers.ReLU()(api.layers.GroupNormalization(groups=8)(x))
+
+    x = conv(api.layers.Lambda(_standardise, name="standardise")(x), width, stem_stride(spec),
+             api.layers.Lambda(tf.abs, name="either_polarity"))
+    for filters in (width, 2 * width, 4 * width):
+        x = api.layers.MaxPooling2D(2, padding="same")(conv(x, filters))
+    return api.layers.GlobalMaxPooling2D()(x)
 
 
 def _application(x, backbone: str, spec: ImageSpec, weights: str | None, api):
@@ -42,18 +97,34 @@ def _application(x, backbone: str, spec: ImageSpec, weights: str | None, api):
     return base(api.layers.Rescaling(scale, offset)(x), training=False)
 
 
-def compile_model(model, learning_rate: float, api=keras) -> None:
+def learning_rate(schedule: str, peak: float, steps: int, api=keras):
+    """``warmup_cosine``: linear warm-up over the first tenth of ``steps`` to ``peak``, then
+    cosine decay to 1% of it. ``plateau`` and ``constant``: ``peak`` throughout (for ``plateau``
+    the Trainer's ReduceLROnPlateau callback lowers it)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if schedule != "warmup_cosine":
+        return peak
+    warmup = max(1, steps // 10)
+    return api.optimizers.schedules.CosineDecay(
+        peak / 100, max(1, steps - warmup), alpha=0.01, warmup_target=peak, warmup_steps=warmup)
+
+
+def compile_model(model, learning_rate, api=keras) -> None:
+    """Adam at ``learning_rate`` (a number or a schedule), sparse cross-entropy, accuracy."""
     model.compile(optimizer=api.optimizers.Adam(learning_rate),
                   loss=api.losses.SparseCategoricalCrossentropy(),
                   metrics=[api.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def build_model(spec: ImageSpec, learning_rate: float = 1e-3, augmentation: tuple[str, ...] = (),
-                backbone: str = "cnn", weights: str | None = None, api=keras):
+def build_model(spec: ImageSpec, learning_rate=1e-3, augmentation: tuple[str, ...] = DEFAULT_AUGMENTATION,
+                backbone: str = "cnn", weights: str | None = None, api=keras, width: int = 32,
+                dropout: float = 0.2):
     """``image_xf`` pixels in [0, 1] -> class probabilities (float32 even under mixed precision).
 
-    ``augmentation`` names in-model layers (flip/rotate/zoom) that act only in training;
-    ``weights`` is a local weights file for an application backbone (or ``imagenet``).
+    ``augmentation`` names in-model layers (``AUGMENTATIONS``) that act only in training;
+    ``width`` is the CNN's first filter count; ``weights`` is a local weights file for an
+    application backbone (or ``imagenet``); ``learning_rate`` a number or a schedule.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
@@ -61,8 +132,11 @@ def build_model(spec: ImageSpec, learning_rate: float = 1e-3, augmentation: tupl
     x = inputs
     for name in augmentation:
         x = AUGMENTATION_LAYERS[name](api)(x)
-    x = _small_cnn(x, api) if backbone == "cnn" else _application(x, backbone, spec, weights, api)
-    x = api.layers.Dropout(0.3)(x)
+    if backbone == "cnn":
+        x = _cnn(x, spec, width, api)
+    else:
+        x = _application(x, backbone, spec, weights, api)
+    x = api.layers.Dropout(dropout)(x)
     outputs = api.layers.Dense(spec.num_classes, activation="softmax", dtype="float32",
                                name="probabilities")(x)
     model = api.Model(inputs, outputs, name=f"{backbone}_classifier")

@@ -1,9 +1,12 @@
 """Trainer's ``run_fn``: train under a ``tf.distribute`` strategy, then export (modules.export)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import tempfile
+import time
 
 import absl.logging
 import keras
@@ -13,9 +16,9 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import (LABEL_XF, RESULT_FILE, TRAINING_FILE, WARM_START_DIR,
-                               ImageSpec)
-from modules.model import build_model, unfreeze_top
+from modules.features import (LABEL_XF, RESULT_FILE, TRAINER_SUMMARY, TRAINING_FILE,
+                               WARM_START_DIR, ImageSpec)
+from modules.model import build_model, learning_rate, unfreeze_top
 
 
 def strategy_kind(requested: str, num_gpus: int, tf_config: str | None) -> str:
@@ -84,8 +87,8 @@ def fits_in_memory(files: list[str], limit_mb: int) -> bool:
 WEIGHTS_FILE, ARCHITECTURE_FILE = "model.weights.h5", "architecture.json"
 
 # The options that shape the weights: equal values, loadable weights.
-ARCHITECTURE_KEYS = ("backbone", "image_height", "image_width", "image_channels", "num_classes",
-                     "augmentation")
+ARCHITECTURE_KEYS = ("backbone", "width", "image_height", "image_width", "image_channels",
+                     "num_classes", "augmentation")
 
 
 def architecture(config: dict) -> dict:
@@ -153,11 +156,57 @@ def export_warm_start(model, out_dir: str, config: dict, result: dict | None) ->
         _write_json(os.path.join(target, RESULT_FILE), result)
 
 
-def run_fn(fn_args: FnArgs) -> None:
-    config = fn_args.custom_config
-    spec = ImageSpec.from_custom_config(config)
-    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    names = class_names(config, tf_transform_output)
+# What the Tuner searches; the Trainer takes its best values over the configured ones.
+TUNED = ("learning_rate", "width", "dropout")
+# The derived step budget (train_steps=0): passes over the data to see about AUTO_EXAMPLES
+# images (small datasets need many passes), at least MIN_EPOCHS and at most MAX_EPOCHS of them
+# (epochs=0); the budget is split into VALIDATIONS rounds, each ending in a validation.
+AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS, VALIDATIONS = 32_000, 5, 100, 10
+
+
+def count_examples(patterns: list[str]) -> int:
+    """The number of records in (GZIP'd) TFRecord files matching ``patterns``."""
+    files = [f for pattern in patterns for f in tf.io.gfile.glob(pattern)]
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+
+
+def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -> int:
+    """``train_steps`` if given, else ``epochs`` passes over ``examples`` (derived from their
+    number when 0: see ``AUTO_EXAMPLES``)."""
+    if train_steps:
+        return train_steps
+    passes = epochs or min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(AUTO_EXAMPLES / max(examples, 1))))
+    return passes * max(1, math.ceil(examples / batch_size))
+
+
+def _callbacks(config: dict, log_dir: str, api) -> list:
+    """TensorBoard, early stopping with best-weights restore, and ReduceLROnPlateau when
+    ``lr_schedule=plateau``; patience counts validation rounds."""
+    patience = config["early_stopping_patience"]
+    callbacks = [api.callbacks.TensorBoard(log_dir=log_dir),
+                 api.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                             restore_best_weights=True)]
+    if config["lr_schedule"] == "plateau":
+        callbacks.append(api.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.3, patience=max(1, patience // 2)))
+    return callbacks
+
+
+class _Clock:
+    """Seconds per named phase, in order."""
+
+    def __init__(self):
+        self.seconds, self._last = {}, time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 2)
+        self._last = now
+
+
+def setup_training(config: dict):
+    """The strategy kind, Keras API and strategy for this machine, seeds and precision set."""
     tf_config = os.environ.get("TF_CONFIG")
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     kind = strategy_kind(config["strategy"], len(gpus), tf_config)
@@ -166,39 +215,113 @@ def run_fn(fn_args: FnArgs) -> None:
     if gpus and config["mixed_precision"]:
         api.mixed_precision.set_global_policy("mixed_float16")
     strategy = make_strategy(kind, gpus)
-    batch_size = config["batch_size"] * strategy.num_replicas_in_sync
-    cache = fits_in_memory(fn_args.train_files, config["cache_input_mb"])
-    absl.logging.info("Training with %s on %d replica(s) (GPUs: %s), Keras %s, global batch %d, "
-                      "precision %s, in-memory input cache %s", type(strategy).__name__,
-                      strategy.num_replicas_in_sync, gpus or "none", api.__version__, batch_size,
-                      api.mixed_precision.global_policy().name, cache)
-    train = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-                     batch_size, cache, config["seed"])
-    evaluation = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
-                          batch_size, cache, config["seed"])
-    with strategy.scope():
-        model = build_model(spec, config["learning_rate"], tuple(config["augmentation"]),
-                            config["backbone"], config["pretrained_weights"], api)
-        warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None
+    absl.logging.info("Training with %s on %d replica(s) (GPUs: %s), Keras %s, precision %s",
+                      type(strategy).__name__, strategy.num_replicas_in_sync, gpus or "none",
+                      api.__version__, api.mixed_precision.global_policy().name)
+    return tf_config, api, strategy
+
+
+def _fit(model, train, evaluation, fn_args: FnArgs, config: dict, steps: int, strategy, api):
+    """Fits ``steps`` in validation rounds; fine-tunes an application backbone if asked."""
+    rounds = min(VALIDATIONS, steps)
     fit = dict(validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
-               steps_per_epoch=max(1, fn_args.train_steps // config["epochs"]),
-               callbacks=[api.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
-                          api.callbacks.EarlyStopping(
-                              monitor="val_loss", restore_best_weights=True,
-                              patience=config["early_stopping_patience"])])
-    model.fit(train, epochs=config["epochs"], **fit)
+               steps_per_epoch=steps // rounds,
+               callbacks=_callbacks(config, fn_args.model_run_dir, api))
+    history = model.fit(train, epochs=rounds, **fit).history
     if config["backbone"] != "cnn" and config["fine_tune_layers"] and config["fine_tune_epochs"]:
         absl.logging.info("Fine-tuning the top %d backbone layers", config["fine_tune_layers"])
         with strategy.scope():
             unfreeze_top(model, config["fine_tune_layers"], config["learning_rate"] / 10, api)
         model.fit(train, epochs=config["fine_tune_epochs"], **fit)
-    # Every worker saves (collective ops need all of them); only the chief's copy is the model.
-    out_dir = fn_args.serving_model_dir if is_chief(tf_config) else tempfile.mkdtemp()
+    return history
+
+
+def _export(model, out_dir: str, config: dict, tf_transform_output, spec: ImageSpec,
+            names: list[str], warm: dict | None) -> None:
+    """The serving SavedModel, warm-start weights, effective settings and optional TFLite."""
     ServingModule(model, tf_transform_output, spec, names).save(out_dir)
     export_warm_start(model, out_dir, config, warm)
-    _write_json(os.path.join(out_dir, TRAINING_FILE), dict(config, train_steps=fn_args.train_steps))
+    _write_json(os.path.join(out_dir, TRAINING_FILE), config)
     if config["tflite"]:
         path = os.path.join(out_dir, TFLITE_PATH)
         tf.io.gfile.makedirs(os.path.dirname(path))
         with tf.io.gfile.GFile(path, "wb") as f:
             f.write(tflite_bytes(model, spec, config["tflite"]))
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What training reads: the Transform output, the example count, the step budget, and
+    the repeated train and eval datasets at the global batch size."""
+    tf_transform_output: tft.TFTransformOutput
+    examples: int
+    steps: int
+    train: tf.data.Dataset
+    evaluation: tf.data.Dataset
+
+
+def read_inputs(fn_args: FnArgs, config: dict, batch_size: int, train_steps: int,
+                share: float = 1.0) -> Inputs:
+    """The datasets and ``share`` of a step budget of ``train_steps`` (0: derived, see
+    ``step_budget``)."""
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    examples = count_examples(fn_args.train_files)
+    steps = max(1, round(share * step_budget(train_steps, config["epochs"], examples,
+                                             batch_size)))
+    cache = fits_in_memory(fn_args.train_files, config["cache_input_mb"])
+    absl.logging.info("%d training examples, global batch %d: %d steps; in-memory cache %s",
+                      examples, batch_size, steps, cache)
+    train, evaluation = (input_fn(files, fn_args.data_accessor, tf_transform_output, batch_size,
+                                  cache, config["seed"])
+                         for files in (fn_args.train_files, fn_args.eval_files))
+    return Inputs(tf_transform_output, examples, steps, train, evaluation)
+
+
+def model_for(config: dict, steps: int, api):
+    """The configured model, compiled with its learning-rate schedule over ``steps``."""
+    return build_model(ImageSpec.from_custom_config(config),
+                       learning_rate(config["lr_schedule"], config["learning_rate"], steps, api),
+                       tuple(config["augmentation"]), config["backbone"],
+                       config["pretrained_weights"], api, config["width"], config["dropout"])
+
+
+def run_fn(fn_args: FnArgs) -> None:
+    """Set up the strategy, read the transformed examples, build (and warm-start) the model
+    with the Tuner's best hyperparameters if any, fit within the step budget, evaluate,
+    export; ``TRAINER_SUMMARY`` in the ModelRun records the budget, the final eval metrics and
+    the seconds of each phase."""
+    clock = _Clock()
+    config = dict(fn_args.custom_config, **tuned_values(fn_args.hyperparameters))
+    tf_config, api, strategy = setup_training(config)
+    batch_size = config["batch_size"] * strategy.num_replicas_in_sync
+    inputs = read_inputs(fn_args, config, batch_size, fn_args.train_steps)
+    config["train_steps"] = inputs.steps
+    names = class_names(config, inputs.tf_transform_output)
+    with strategy.scope():
+        model = model_for(config, inputs.steps, api)
+        warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None
+    clock.lap("input_and_compile")
+    history = _fit(model, inputs.train, inputs.evaluation, fn_args, config, inputs.steps,
+                   strategy, api)
+    clock.lap("fit")
+    metrics = model.evaluate(inputs.evaluation, steps=fn_args.eval_steps, verbose=0,
+                             return_dict=True)
+    clock.lap("evaluate")
+    # Every worker saves (collective ops need all of them); only the chief's copy is the model.
+    out_dir = fn_args.serving_model_dir if is_chief(tf_config) else tempfile.mkdtemp()
+    _export(model, out_dir, config, inputs.tf_transform_output,
+            ImageSpec.from_custom_config(config), names, warm)
+    clock.lap("export")
+    _write_json(os.path.join(fn_args.model_run_dir, TRAINER_SUMMARY), {
+        "train_examples": inputs.examples, "batch_size": batch_size, "train_steps": inputs.steps,
+        "rounds_run": len(history.get("loss", [])), "eval_metrics": metrics,
+        "tuned": tuned_values(fn_args.hyperparameters), "seconds": clock.seconds})
+
+
+def tuned_values(hyperparameters: dict | None) -> dict:
+    """The Tuner's best values (``TUNED``) from its KerasTuner config; empty without one."""
+    if not hyperparameters:
+        return {}
+    import keras_tuner
+    values = keras_tuner.HyperParameters.from_config(hyperparameters).values
+    return {name: values[name] for name in TUNED if name in values}

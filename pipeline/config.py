@@ -8,8 +8,8 @@ import shlex
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from modules.features import (BACKBONES, IMAGE_FORMATS, LABEL_FORMATS, RESIZE_MODES,
-                              TFLITE_MODES)
+from modules.features import (AUGMENTATIONS, BACKBONES, DEFAULT_AUGMENTATION, IMAGE_FORMATS,
+                              LABEL_FORMATS, LR_SCHEDULES, RESIZE_MODES, TFLITE_MODES)
 
 ENV_PREFIX = "TFX_IMAGE_"
 BEAM_MODES = ("in_process", "multi_processing")
@@ -23,7 +23,8 @@ RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metad
                "keep_versions", "spans", "schema_path", "allowed_anomalies", "label_drift_threshold",
                "size_drift_threshold", "size_keys", "kfp_image", "kfp_package", "trainer_gpus",
                "gpu_type", "gpu_node_selector", "trainer_cpu", "trainer_memory", "data_cpu",
-               "data_memory", "pvc_name", "pvc_mount_path", "span",
+               "data_memory", "pvc_name", "pvc_mount_path", "span", "tune", "tune_trials",
+               "tune_steps", "tune_minutes",
                # run-time parameters: the extended Trainer passes them to run_fn
                "epochs", "learning_rate", "batch_size"}
 TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
@@ -31,7 +32,6 @@ TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw
                     "image_height", "image_width", "image_channels", "num_classes",
                     "resize_mode", "max_pixels"}
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-AUGMENTATIONS = ("flip", "rotate", "zoom")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,20 +73,27 @@ class PipelineConfig:
     class_names: tuple[str, ...] = ()
     resize_mode: str = "pad"
     max_pixels: int = 50_000_000
-    train_steps: int = 400
+    train_steps: int = 0
     eval_steps: int = 20
-    epochs: int = 8
+    epochs: int = 0
     batch_size: int = 32
     learning_rate: float = 0.003
+    lr_schedule: str = "warmup_cosine"
     backbone: str = "cnn"
+    width: int = 32
+    dropout: float = 0.2
     pretrained_weights: str = ""
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 0
     tflite: str = ""
     strategy: str = "auto"
     mixed_precision: bool = True
-    augmentation: tuple[str, ...] = ()
-    early_stopping_patience: int = 3
+    augmentation: tuple[str, ...] = DEFAULT_AUGMENTATION
+    early_stopping_patience: int = 4
+    tune: bool = False
+    tune_trials: int = 8
+    tune_steps: int = 0
+    tune_minutes: float = 20.0
     cache_input_mb: int = 1024
     seed: int = 42
     min_accuracy: float = 0.9
@@ -117,7 +124,7 @@ class PipelineConfig:
         for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),
                               ("strategy", STRATEGIES), ("backbone", BACKBONES),
                               ("tflite", TFLITE_MODES), ("image_format", IMAGE_FORMATS),
-                              ("label_format", LABEL_FORMATS)):
+                              ("label_format", LABEL_FORMATS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if set(self.augmentation) - set(AUGMENTATIONS):
@@ -140,16 +147,22 @@ class PipelineConfig:
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class_names for num_classes="
                              f"{self.num_classes}")
-        for name in ("image_height", "image_width", "num_classes", "train_steps", "eval_steps",
-                     "epochs", "batch_size", "max_pixels", "keep_versions"):
+        for name in ("image_height", "image_width", "num_classes", "eval_steps", "batch_size",
+                     "max_pixels", "keep_versions", "width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.width % 8:
+            raise ValueError(f"width must be a multiple of 8 (GroupNorm groups), got {self.width}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        if self.tune_trials < 1 or self.tune_steps < 0 or self.tune_minutes <= 0:
+            raise ValueError("tune_trials must be >= 1, tune_steps >= 0 and tune_minutes > 0")
+        if min(self.train_steps, self.epochs) < 0:
+            raise ValueError("train_steps and epochs must be >= 0 (0: derived from the data size)")
         if self.min_accuracy < 0:  # above 1 is allowed: a gate nothing passes
             raise ValueError(f"min_accuracy must be >= 0, got {self.min_accuracy}")
-        if self.train_steps < self.epochs:
-            raise ValueError("train_steps must be >= epochs")
         if self.span < 0 or (self.span and not self.spans):
             raise ValueError(f"span must be >= 0 and needs spans=true, got {self.span}")
         for name in ("serving_dir", "pipeline_root", "data_root"):
@@ -204,6 +217,13 @@ class PipelineConfig:
         config["augmentation"] = list(self.augmentation)
         config["code_version"] = code_version()  # lineage; a new release retrains
         return config
+
+    def tuner_config(self) -> dict[str, Any]:
+        """The Tuner's ``custom_config``: the Trainer's (with the compiled values of its
+        run-time options) and the search budget."""
+        return dict(self.trainer_config(), epochs=self.epochs, learning_rate=self.learning_rate,
+                    batch_size=self.batch_size, tune_trials=self.tune_trials,
+                    tune_steps=self.tune_steps, tune_minutes=self.tune_minutes)
 
     @property
     def drift_config(self) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from pipeline.config import PipelineConfig
 from pipeline.pipeline import OBSERVERS, create_pipeline
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
-TRAINER = "Trainer"
+# They train models: GPUs, CPU and memory of the trainer_* options, on GPU nodes.
+TRAINING_COMPONENTS = ("Trainer", "Tuner")
 OPEN_SOURCE_EXECUTORS = ("container", "importer")
 BEAM_COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "Transform",
                    "Evaluator")
@@ -52,13 +53,14 @@ def resource_specs(config: PipelineConfig) -> dict[str, ResourceSpec]:
         trainer.accelerator.type = config.gpu_type
         trainer.accelerator.count = config.trainer_gpus
     data = ResourceSpec(cpu_limit=config.data_cpu, memory_limit=_memory_gb(config.data_memory))
-    return {TRAINER: trainer, **{name: data for name in BEAM_COMPONENTS}}
+    return {**dict.fromkeys(TRAINING_COMPONENTS, trainer), **dict.fromkeys(BEAM_COMPONENTS, data)}
 
 
 def kubernetes_config(config: PipelineConfig, executor: str) -> k8s.KubernetesExecutorConfig:
-    """Node selector and GPU toleration for the Trainer; the volume mount for every task."""
+    """Node selector and GPU toleration for the Trainer and Tuner; the volume mount for every
+    task."""
     result = k8s.KubernetesExecutorConfig()
-    if executor == f"{TRAINER}_executor" and config.trainer_gpus:
+    if executor in {f"{name}_executor" for name in TRAINING_COMPONENTS} and config.trainer_gpus:
         if config.gpu_node_selector:
             key, _, value = config.gpu_node_selector.partition("=")
             result.node_selector.labels[key] = value

@@ -19,6 +19,7 @@ from pipeline.default_data import SPLITS
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
+TUNER_FN = "modules.tuner.tuner_fn"
 # Run-time parameters of the compiled Kubeflow pipeline (per run and per recurring run).
 RUN_TIME_PARAMETERS = {"span": int, "train_steps": int, "epochs": int, "learning_rate": float,
                        "batch_size": int, "min_accuracy": float}
@@ -56,8 +57,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                     observed: Observed | None = None) -> tfx.dsl.Pipeline:
     """DataSpan -> ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen (or
     ImportSchemaGen of a curated schema) -> ExampleValidator -> AnomalyGate -> Transform ->
-    Trainer -> Evaluator (vs the served model: ServedVersion -> ServedModel) ->
-    VersionedPusher, over TFRecords under ``config.data_root``/[span-N/]{train,eval}/.
+    (Tuner, with ``tune``) -> Trainer -> Evaluator (vs the served model: ServedVersion ->
+    ServedModel) -> VersionedPusher, over TFRecords under ``config.data_root``/[span-N/]{train,eval}/.
 
     ``metadata_connection_config`` and ``observed`` come from the local runner; Kubeflow
     brings its own MLMD, runs the observers every time and takes the run-time options as
@@ -101,7 +102,17 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         examples=examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config())
     transform.add_upstream_node(anomaly_gate)
-    warm_start = {"base_model": served.outputs["model"]} if config.warm_start else {}
+    optional_inputs = {"base_model": served.outputs["model"]} if config.warm_start else {}
+    tuning = []
+    if config.tune:
+        tuning = [tfx.components.Tuner(
+            tuner_fn=TUNER_FN, examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            schema=schema_gen.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
+            eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+            custom_config=config.tuner_config())]
+        optional_inputs["hyperparameters"] = tuning[0].outputs["best_hyperparameters"]
     trainer = Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -109,7 +120,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         schema=schema_gen.outputs["schema"],
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
         custom_config=config.trainer_config(),
-        run_time={name: run_time[name] for name in TRAINER_PARAMETERS}, **warm_start)
+        run_time={name: run_time[name] for name in TRAINER_PARAMETERS}, **optional_inputs)
     evaluator = Evaluator(
         examples=examples, model=trainer.outputs["model"],
         baseline_model=served.outputs["model"],
@@ -125,7 +136,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[data_span, example_gen, image_validator, statistics_gen, schema_gen,
-                    example_validator, anomaly_gate, transform, trainer, served_version, served,
+                    example_validator, anomaly_gate, transform, *tuning, trainer, served_version,
+                    served,
                     evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,

@@ -1,7 +1,8 @@
 """A self-contained HTML report of one run, built from MLMD and the run's artifacts.
 
 Sections: dataset (examples per split and per class, image feature statistics), data checks
-(bad images, anomalies), schema, training curves (the Trainer's TensorBoard logs), metrics
+(bad images, anomalies), schema, the Tuner's trials, the Trainer's budget, tuned values and
+seconds per phase, training curves (the Trainer's TensorBoard logs), metrics
 overall and per class, the confusion matrix, the gate decision with its thresholds and the
 baseline, the push, and component durations. Charts are inline SVG: one file to open or attach.
 """
@@ -15,6 +16,7 @@ import time
 
 from components import serving_dir
 from components.gate import BASELINE, sliced_metric
+from modules.features import TRAINER_SUMMARY, TUNER_RESULTS
 from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, latest_artifact, metadata_store
 
@@ -144,6 +146,34 @@ class RunReport:
                             for e in matrices[0].entries}
         return {}
 
+    def budget(self) -> str:
+        """The Trainer's step budget, tuned values and seconds per phase."""
+        path = os.path.join(self.latest("ModelRun", "Trainer").uri, TRAINER_SUMMARY)
+        if not os.path.exists(path):
+            return ""
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+        rows = [["training examples", summary["train_examples"]],
+                ["global batch", summary["batch_size"]],
+                ["steps (budget)", summary["train_steps"]],
+                ["validation rounds run", summary["rounds_run"]]]
+        rows += [[f"tuned {name}", f"{value:.4g}"] for name, value in summary["tuned"].items()]
+        rows += [[f"seconds: {phase}", f"{seconds:.1f}"]
+                 for phase, seconds in summary["seconds"].items()]
+        return _table(["", ""], rows)
+
+    def tuning(self) -> str:
+        """The Tuner's trials, best first (empty when no Tuner ran in this run)."""
+        if not any(name == "Tuner" for name, _ in self.executions):
+            return "<p>off (<code>--tune true</code> searches learning rate, width, dropout)</p>"
+        results = self.latest("TunerResults", "Tuner")
+        with open(os.path.join(results.uri, TUNER_RESULTS), encoding="utf-8") as f:
+            trials = json.load(f)
+        names = [k for k in (trials[0] if trials else {}) if k not in ("trial_id", "score")]
+        return _table(["trial", "val_accuracy"] + names, [
+            [t["trial_id"], f"{t['score']:.4f}"] + [f"{t[n]:.4g}" for n in names]
+            for t in trials])
+
     def curves(self) -> str:
         trainer = self.latest("ModelRun", "Trainer")
         charts = []
@@ -214,7 +244,8 @@ class RunReport:
             ("Dataset", self.dataset()),
             ("Data checks", self.checks()),
             ("Schema", self.schema()),
-            ("Training", self.curves()),
+            ("Tuning", self.tuning()),
+            ("Training", self.budget() + self.curves()),
             ("Metrics per class (eval split)", _table(["label", "examples", "accuracy"],
                                                       self.per_class())),
             ("Confusion matrix (eval split)", confusion_svg(self.confusion(), names)),

@@ -40,7 +40,9 @@ def test_multi_processing_beam_mode():
 
 @pytest.mark.parametrize("bad", [{"beam_mode": "spark"}, {"image_channels": 2},
                                  {"batch_size": 0}, {"min_accuracy": -0.1},
-                                 {"train_steps": 2, "epochs": 3},
+                                 {"train_steps": -1}, {"epochs": -2}, {"width": 12},
+                                 {"dropout": 1.0}, {"lr_schedule": "step"},
+                                 {"augmentation": ("blur",)},
                                  {"raw_min_value": 1.0, "raw_max_value": 1.0}])
 def test_invalid_values_are_rejected(bad):
     with pytest.raises(ValueError):
@@ -81,8 +83,9 @@ def test_run_time_options_are_execution_properties_locally_and_parameters_on_kub
     assert (parameter.name, parameter.default) == ("epochs", 3)
     assert set(RUN_TIME_PARAMETERS) == {"span", "train_steps", "epochs", "learning_rate",
                                         "batch_size", "min_accuracy"}
-    with pytest.raises(ValueError, match="train_steps .2. must be >= epochs .3."):
-        check_trainer_parameters(train_steps=2, epochs=3, learning_rate=0.1, batch_size=8)
+    with pytest.raises(ValueError, match="train_steps must be >= 0, got -2"):
+        check_trainer_parameters(train_steps=-2, epochs=3, learning_rate=0.1, batch_size=8)
+    check_trainer_parameters(train_steps=0, epochs=0, learning_rate=0.1, batch_size=8)
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         check_trainer_parameters(train_steps=20, epochs=3, learning_rate=0.0, batch_size=8)
 

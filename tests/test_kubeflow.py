@@ -27,7 +27,8 @@ def package_path(tmp_path_factory):
         "--beam-args", DATAFLOW, "--trainer-gpus", "2", "--trainer-cpu", "12",
         "--trainer-memory", "48G", "--gpu-node-selector", "cloud.google.com/gke-accelerator=nvidia-l4",
         "--pvc-name", "datasets", "--spans", "true", "--train-steps", "600", "--epochs", "6",
-        "--learning-rate", "0.002", "--batch-size", "64", "--min-accuracy", "0.85"], environ={})
+        "--learning-rate", "0.002", "--batch-size", "64", "--min-accuracy", "0.85",
+        "--tune", "true"], environ={})
     return compile_pipeline(config, str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml"))
 
 
@@ -40,13 +41,14 @@ def test_all_components_with_their_dependencies(package):
     tasks = package.pipeline_spec.root.dag.tasks
     assert {"DataSpan", "ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
             "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "ServedVersion",
-            "ServedModel", "Evaluator", "VersionedPusher"} == set(tasks)
+            "ServedModel", "Evaluator", "VersionedPusher", "Tuner"} == set(tasks)
     assert set(tasks["ImportExampleGen"].dependent_tasks) == {"DataSpan"}
     assert set(tasks["ImageValidator"].dependent_tasks) == {"ImportExampleGen"}
     assert set(tasks["Transform"].dependent_tasks) == {"ImageValidator", "SchemaGen",
                                                        "AnomalyGate"}  # data checked first
     assert "ExampleValidator" in tasks["AnomalyGate"].dependent_tasks
-    assert {"Transform", "SchemaGen"} <= set(tasks["Trainer"].dependent_tasks)
+    assert {"Transform", "SchemaGen", "Tuner"} <= set(tasks["Trainer"].dependent_tasks)
+    assert {"Transform", "SchemaGen"} == set(tasks["Tuner"].dependent_tasks)
     assert "Trainer" in tasks["Evaluator"].dependent_tasks
     assert set(tasks["ServedModel"].dependent_tasks) == {"ServedVersion"}
     assert "ServedModel" in tasks["Evaluator"].dependent_tasks  # the baseline: what is served
@@ -57,17 +59,19 @@ def _container(package, component):
     return package.pipeline_spec.deployment_spec["executors"][f"{component}_executor"]["container"]
 
 
-def test_trainer_requests_gpus_cpu_and_memory_on_gpu_nodes(package):
-    resources = _container(package, "Trainer")["resources"]
-    assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": "2"}
-    assert resources["cpuLimit"] == 12 and resources["memoryLimit"] == 48
+def test_trainer_and_tuner_request_gpus_cpu_and_memory_on_gpu_nodes(package):
+    for component in ("Trainer", "Tuner"):
+        resources = _container(package, component)["resources"]
+        assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": "2"}
+        assert resources["cpuLimit"] == 12 and resources["memoryLimit"] == 48
     assert _container(package, "Transform")["resources"]["cpuLimit"] == 4
     from google.protobuf import json_format
     kubernetes = json_format.MessageToDict(
         package.platform_spec.platforms["kubernetes"].deployment_spec)["executors"]
-    trainer = kubernetes["Trainer_executor"]
-    assert trainer["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-    assert trainer["tolerations"][0]["key"] == "nvidia.com/gpu"
+    for executor in ("Trainer_executor", "Tuner_executor"):
+        assert kubernetes[executor]["nodeSelector"]["labels"] == {
+            "cloud.google.com/gke-accelerator": "nvidia-l4"}
+        assert kubernetes[executor]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert kubernetes["Transform_executor"]["pvcMount"] == [
         {"constant": "datasets", "mountPath": "/mnt/data"}]
     assert "nodeSelector" not in kubernetes["Transform_executor"]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules.features import IMAGE_XF, ImageSpec
+from modules.features import AUGMENTATIONS, IMAGE_XF, ImageSpec
 from modules.export import tflite_bytes
-from modules.model import backbone_of, build_model, unfreeze_top
-from modules.trainer import is_chief, keras_api, make_strategy, strategy_kind
+from modules.model import backbone_of, build_model, learning_rate, unfreeze_top
+from modules.trainer import is_chief, keras_api, make_strategy, step_budget, strategy_kind
 
 SPEC = ImageSpec("image", "label", 8, 8, 1, 10)
 
@@ -30,11 +30,14 @@ def test_model_maps_pixels_to_class_probabilities():
 
 
 def test_model_learns_a_separable_problem():
+    """A horizontal or a vertical bar anywhere, at any brightness and contrast polarity."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 256)
-    images = (rng.random((256, 8, 8, 1)) * 0.2 + labels[:, None, None, None] * 0.8)
+    images = np.repeat(rng.random((256, 1, 1, 1)), 8, 1).repeat(8, 2)
+    for image, label, at, level in zip(images, labels, rng.integers(0, 8, 256), rng.random(256)):
+        (image[at] if label else image[:, at])[:] = level
     model = build_model(ImageSpec("image", "label", 8, 8, 1, 2))
-    history = model.fit(images.astype("float32"), labels, epochs=3, verbose=0)
+    history = model.fit(images.astype("float32"), labels, epochs=5, verbose=0)
     assert history.history["accuracy"][-1] > 0.95
 
 
@@ -76,10 +79,17 @@ def test_one_device_strategy_on_the_cpu():
 
 
 def test_augmentation_layers_act_only_in_training():
-    model = build_model(SPEC, augmentation=("flip", "rotate", "zoom"))
-    images = np.random.rand(2, 8, 8, 1).astype("float32")
+    model = build_model(ImageSpec("image", "label", 8, 8, 3, 10), augmentation=AUGMENTATIONS)
+    images = np.random.rand(4, 8, 8, 3).astype("float32")
     np.testing.assert_allclose(model(images, training=False), model(images, training=False))
-    assert any("random_flip" in layer.name for layer in model.layers)
+    assert {"random_flip", "randomcolour", "randominvert"} <= {layer.name for layer in model.layers}
+    colour, invert = (model.get_layer(name) for name in ("randomcolour", "randominvert"))
+    trained = [colour(images, training=True).numpy() for _ in range(8)]
+    assert any(not np.allclose(t, images) for t in trained)
+    # Channels are permuted or averaged, never invented: every pixel's sum is kept.
+    np.testing.assert_allclose([t.sum(-1) for t in trained], [images.sum(-1)] * 8, rtol=1e-5)
+    inverted = invert(images, training=True).numpy()
+    assert all(np.allclose(i, x) or np.allclose(i, 1 - x) for i, x in zip(inverted, images))
 
 
 def test_mirrored_strategy_over_several_devices():
@@ -242,3 +252,21 @@ def test_warm_start_says_so_when_weights_do_not_fit_despite_equal_options(tmp_pa
                       None)
     result = warm_start(build_model(ImageSpec.from_custom_config(config)), str(tmp_path), config)
     assert not result["warm_started"] and "weights do not fit this model" in result["reason"]
+
+
+def test_step_budget_is_derived_from_the_data_size():
+    assert step_budget(500, 0, 1000, 32) == 500  # given steps win
+    assert step_budget(0, 3, 1000, 32) == 3 * 32  # given passes over the data
+    assert step_budget(0, 0, 480, 32) == 67 * 15  # small data: about 32,000 images seen
+    assert step_budget(0, 0, 1_000_000, 32) == 5 * 31_250  # large data: at least 5 passes
+    assert step_budget(0, 0, 10, 32) == 100  # tiny data: at most 100 passes
+
+
+def test_warmup_cosine_rises_then_decays_and_plateau_is_constant():
+    schedule = learning_rate("warmup_cosine", 0.01, 100)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 50, 100)]
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(0.01)
+    assert rates[2] > rates[3] > rates[4] == pytest.approx(1e-4, rel=0.1)
+    assert learning_rate("plateau", 0.01, 100) == 0.01
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        learning_rate("step", 0.01, 100)

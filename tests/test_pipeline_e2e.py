@@ -1,6 +1,6 @@
 """The whole pipeline with LocalDagRunner on the embedded digits data, in a temp dir.
 
-One first run is shared: then an identical rerun (all cached) and a rerun whose gate no model
+One first run (with a short KerasTuner search) is shared: then an identical rerun (all cached) and a rerun whose gate no model
 can pass (Evaluator reruns, nothing is pushed, serving is untouched).
 """
 from __future__ import annotations
@@ -20,13 +20,14 @@ from modules.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
 from components import serving_dir
 from pipeline import local_runner, predict
 from pipeline.config import PipelineConfig
-from pipeline.outcome import component_names, metadata_store
+from pipeline.outcome import component_names, latest_artifact, metadata_store
 
 COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
-              "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "Evaluator",
+              "ExampleValidator", "AnomalyGate", "Transform", "Tuner", "Trainer", "Evaluator",
               "VersionedPusher")
 DATA_AND_TRAINING = COMPONENTS[:-2]
-FAST = ["--train-steps", "240", "--epochs", "4", "--eval-steps", "10", "--tflite", "float16"]
+FAST = ["--train-steps", "240", "--eval-steps", "10", "--tflite", "float16", "--tune", "true",
+        "--tune-trials", "2", "--tune-steps", "20"]
 
 
 def _executions_by_component(config, after_id=0):
@@ -200,12 +201,36 @@ def test_per_class_recall_is_computed_and_can_gate(first_run):
     assert min(per_class.values()) < 1.0
 
 
+def test_tuner_best_hyperparameters_are_what_the_pushed_model_was_trained_with(first_run):
+    import json
+
+    import keras_tuner
+
+    from modules.trainer import TUNED
+    config, outcome = first_run
+    store = metadata_store(config)
+    best = latest_artifact(store, "HyperParameters", "Tuner")
+    with open(os.path.join(best.uri, "best_hyperparameters.txt")) as f:
+        values = keras_tuner.HyperParameters.from_config(json.load(f)).values
+    with open(os.path.join(latest_artifact(store, "TunerResults", "Tuner").uri,
+                           "tuner_results.json")) as f:
+        trials = json.load(f)
+    assert len(trials) == 2 and trials[0]["score"] >= trials[1]["score"]
+    assert {k: trials[0][k] for k in TUNED} == {k: values[k] for k in TUNED}
+    with open(os.path.join(outcome["pushed_path"], "assets.extra", "training.json")) as f:
+        trained = json.load(f)
+    assert {k: trained[k] for k in TUNED} == {k: values[k] for k in TUNED}
+    with open(outcome["report"], encoding="utf-8") as f:
+        report = f.read()
+    assert f"<td>{trials[0]['trial_id']}</td><td>{trials[0]['score']:.4f}</td>" in report
+
+
 def test_run_report_shows_what_mlmd_and_the_artifacts_say(first_run):
     import re
     config, outcome = first_run
     with open(outcome["report"], encoding="utf-8") as f:
         report = f.read()
-    for section in ("Decision", "Dataset", "Data checks", "Schema", "Training",
+    for section in ("Decision", "Dataset", "Data checks", "Schema", "Tuning", "Training",
                     "Metrics per class", "Confusion matrix", "Components"):
         assert f"<h2>{section}" in report
     assert f"{outcome['accuracy']:.4f}" in report
@@ -214,6 +239,9 @@ def test_run_report_shows_what_mlmd_and_the_artifacts_say(first_run):
     assert f"Pushed version 1: {outcome['pushed_path']}" in report
     assert "<tr><td>train</td><td>1437</td></tr>" in report  # 4 of every 5 digits
     assert "<tr><td>eval</td><td>360</td></tr>" in report
+    assert "<tr><td>steps (budget)</td><td>240</td></tr>" in report
+    assert "<tr><td>training examples</td><td>1437</td></tr>" in report
+    assert report.count("<tr><td>tuned ") == 3
     assert report.count("<polyline") == 4  # loss and accuracy, train and validation
     assert 'aria-label="confusion matrix"' in report
     cells = [int(n) for n in re.findall(r'<text class="n" [^>]*>(\d+)</text>', report)]

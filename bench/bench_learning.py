@@ -1,0 +1,119 @@
+"""Time-to-accuracy benchmarks (``make bench``): the default model on data like users' data.
+
+(a) Photo-like shapes (``tools/make_shapes.py``: 3 classes, 600 images, 40-300 px, JPEG and
+    PNG, RGB, grey and RGBA), ingested with ``pipeline.ingest`` and trained at 64x64x3, for
+    ``SEEDS`` (each seed makes other images and trains with another seed).
+(b) 1,000 28x28 grayscale digits as float pixels in [-0.5, 0.5] (``tools/make_digits.py``).
+
+Each is a first run of the local runner from a fresh work dir with default training options.
+Reported: the Evaluator's eval accuracy, the Trainer's seconds per phase (its
+``trainer_summary.json``), the Trainer's and the whole run's wall seconds, each target of
+issue 12 met or missed and by how much.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
+
+from bench.bench_model import machine  # noqa: E402
+from bench.bench_pipeline import durations, timed_run  # noqa: E402
+from make_digits import write_digits  # noqa: E402
+from make_shapes import write_shapes  # noqa: E402
+from modules.features import TRAINER_SUMMARY  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.ingest import ingest  # noqa: E402
+from pipeline.outcome import latest_artifact, latest_outcome, metadata_store  # noqa: E402
+
+SEEDS = (42, 1, 2)
+PHASES = ("input_and_compile", "fit", "evaluate", "export")
+
+
+def shapes_flags(work: str, seed: int) -> list[str]:
+    ingest(write_shapes(os.path.join(work, "images"), 200, 3, seed) and
+           os.path.join(work, "images"), os.path.join(work, "data"), progress=False)
+    return ["--image-height", "64", "--image-width", "64", "--image-channels", "3",
+            "--num-classes", "3", "--class-names", "circle square triangle", "--seed", str(seed)]
+
+
+def digits_flags(work: str, seed: int) -> list[str]:
+    write_digits(os.path.join(work, "data"), 1000, 28, -0.5, 0.5, seed)
+    return ["--image-format", "raw", "--raw-height", "28", "--raw-width", "28",
+            "--raw-channels", "1", "--raw-min-value", "-0.5", "--raw-max-value", "0.5",
+            "--image-height", "28", "--image-width", "28", "--image-channels", "1",
+            "--num-classes", "10", "--seed", str(seed)]
+
+
+def first_run(make_flags, seed: int) -> dict:
+    """A first run on fresh data in a fresh work dir: accuracy, seconds, the Trainer's split."""
+    work = tempfile.mkdtemp(prefix="bench-learning-")
+    try:
+        flags = make_flags(work, seed) + ["--work-dir", work,
+                                          "--data-root", os.path.join(work, "data")]
+        wall, _ = timed_run(flags)
+        config = PipelineConfig(work_dir=work, data_root=os.path.join(work, "data"))
+        run = latest_artifact(metadata_store(config), "ModelRun", "Trainer")
+        with open(os.path.join(run.uri, TRAINER_SUMMARY)) as f:
+            summary = json.load(f)
+        return {"seed": seed, "accuracy": latest_outcome(config)["accuracy"], "wall": wall,
+                "trainer": durations(work)["Trainer"], **summary}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def target(value: float, goal: float, higher_is_better: bool, unit: str = "") -> str:
+    met = value >= goal if higher_is_better else value <= goal
+    if met:
+        return f"met ({value:.3g}{unit} {'>=' if higher_is_better else '<='} {goal:g}{unit})"
+    return f"**missed** by {abs(value - goal):.3g}{unit} ({value:.3g}{unit} vs {goal:g}{unit})"
+
+
+def table(runs: list[dict]) -> list[str]:
+    lines = ["| seed | eval accuracy | steps (examples, batch) | " + " | ".join(
+        f"Trainer {p} s" for p in PHASES) + " | Trainer s | whole run s |",
+        "|---:|---:|---|" + "---:|" * (len(PHASES) + 2)]
+    for run in runs:
+        lines.append(f"| {run['seed']} | {run['accuracy']:.3f} | {run['train_steps']} "
+                     f"({run['train_examples']}, {run['batch_size']}; {run['rounds_run']} "
+                     "validation rounds) | " + " | ".join(
+                         f"{run['seconds'][p]:.1f}" for p in PHASES)
+                     + f" | {run['trainer']:.1f} | {run['wall']:.1f} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results-learning.md")
+    args = parser.parse_args(argv)
+    shapes = [first_run(shapes_flags, seed) for seed in SEEDS]
+    digits = first_run(digits_flags, SEEDS[0])
+    worst = min(run["accuracy"] for run in shapes)
+    lines = ["# Time to accuracy: the default model on generated data", "",
+             f"Machine: {machine()}", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; first runs "
+             "from a fresh work dir, default training options.", "",
+             "## (a) Photo-like shapes: 3 classes, 600 images (40-300 px, JPEG/PNG, "
+             "RGB/grey/RGBA, varied backgrounds), trained at 64x64x3", ""] + table(shapes) + [
+             "", f"- Default seed ({SEEDS[0]}) eval accuracy >= 0.95: "
+             f"{target(shapes[0]['accuracy'], 0.95, True)}",
+             f"- Every seed ({', '.join(map(str, SEEDS))}) >= 0.90: {target(worst, 0.90, True)}",
+             "", "## (b) 1,000 28x28 grayscale digits, float pixels in [-0.5, 0.5]", ""
+             ] + table([digits]) + [
+             "", f"- Eval accuracy >= 0.95: {target(digits['accuracy'], 0.95, True)}",
+             f"- Whole first run <= 35 s: {target(digits['wall'], 35, False, ' s')}",
+             f"- Trainer <= 10 s: {target(digits['trainer'], 10, False, ' s')}", ""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
