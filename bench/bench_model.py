@@ -99,7 +99,7 @@ def input_pipeline(config: PipelineConfig) -> dict:
                .prefetch(tf.data.AUTOTUNE))
     results = {"ceiling: raw TFRecord read + parse + decode": best_rate(ceiling, 100)}
     for cache in (False, True):
-        dataset = input_fn(files, accessor, tft_output, BATCH, cache=cache, seed=0)
+        dataset = input_fn(files, accessor, tft_output, spec, BATCH, cache=cache, seed=0)
         results[f"Trainer input_fn (cache={cache})"] = best_rate(dataset, 100)
     return results
 

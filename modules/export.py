@@ -11,7 +11,7 @@ import tensorflow_transform as tft
 from modules.features import (CLASS_IDS, CLASS_NAMES, IMAGE_XF, LABEL_VOCABULARY, LABEL_XF,
                               PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, SERVING_INPUT,
                               TFLITE_MODES, TRANSFORM_SIGNATURE, ImageSpec)
-from modules.preprocessing import decode_images
+from modules.preprocessing import decode_images, model_pixels
 
 TFLITE_PATH = os.path.join("assets.extra", "model.tflite")
 
@@ -41,7 +41,7 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def serve_examples(self, serialized):
         features = self.tft_layer(tf.io.parse_example(serialized, self._raw_spec))
-        return self._predict(features[IMAGE_XF])
+        return self._predict(model_pixels(features[IMAGE_XF], self._spec))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=RAW_INPUT)])
     def serve_image_bytes(self, images):

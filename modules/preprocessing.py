@@ -1,6 +1,8 @@
-"""Transform's ``preprocessing_fn``: decode, resize and normalise images inside the TF graph.
+"""Transform's ``preprocessing_fn`` and the one image path of training and serving.
 
-``decode_images`` is also the serving path of raw image bytes, so both see the same pixels.
+Encoded images stay encoded in Transform's output (compact: about the size of the input, not
+height x width x channels floats); ``model_pixels`` decodes, resizes and scales them in the
+Trainer's input pipeline and inside the exported SavedModel alike, so both see the same pixels.
 """
 from __future__ import annotations
 
@@ -109,19 +111,29 @@ def _dense(tensor) -> tf.Tensor:
     return tf.sparse.to_dense(tensor) if isinstance(tensor, tf.SparseTensor) else tensor
 
 
-def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict:
-    """Raw ``{image, label}`` -> ``{image_xf: [b,h,w,c] float32 in [0,1], label_xf: [b] int64}``.
+def model_pixels(image_xf: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
+    """Transform's ``image_xf`` -> the model's ``[batch, h, w, c]`` pixels in [0, 1]: encoded
+    bytes are decoded (``decode_images``), pixels from raw values pass through."""
+    if image_xf.dtype == tf.string:
+        return decode_images(tf.reshape(image_xf, [-1]), spec)
+    return image_xf
 
-    ``image``: encoded bytes, or raw pixel values (``image_format=raw``). ``label``: int64 class
-    ids, or strings mapped through the vocabulary Transform computes (``label_format=string``).
-    The label is absent at serving time; TFT then drops ``label_xf`` from the output.
+
+def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict:
+    """Raw ``{image, label}`` -> ``{image_xf, label_xf: [b] int64}``.
+
+    ``image``: encoded bytes, kept as ``[b]`` strings (``model_pixels`` decodes them), or raw
+    pixel values (``image_format=raw``), scaled to ``[b,h,w,c]`` float32 in [0, 1]. ``label``:
+    int64 class ids, or strings mapped through the vocabulary Transform computes
+    (``label_format=string``). The label is absent at serving time; TFT then drops
+    ``label_xf`` from the output.
     """
     spec = ImageSpec.from_custom_config(custom_config)
     image = _dense(inputs[spec.image_key])
     if spec.image_format == "raw":
         pixels = pixels_from_values(image, spec)
     else:
-        pixels = decode_images(tf.reshape(image, [-1]), spec)
+        pixels = tf.reshape(image, [-1])
     label = tf.reshape(_dense(inputs[spec.label_key]), [-1])
     if spec.label_format == "string":
         label = tft.compute_and_apply_vocabulary(label, vocab_filename=LABEL_VOCABULARY)

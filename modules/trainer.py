@@ -16,9 +16,10 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import (LABEL_XF, RESULT_FILE, TRAINER_SUMMARY, TRAINING_FILE,
+from modules.features import (IMAGE_XF, LABEL_XF, RESULT_FILE, TRAINER_SUMMARY, TRAINING_FILE,
                                WARM_START_DIR, ImageSpec)
 from modules.model import build_model, learning_rate, unfreeze_top
+from modules.preprocessing import model_pixels
 
 
 def strategy_kind(requested: str, num_gpus: int, tf_config: str | None) -> str:
@@ -61,27 +62,33 @@ def make_strategy(kind: str, devices: list[str]) -> tf.distribute.Strategy:
 
 
 def input_fn(files: list[str], data_accessor: DataAccessor,
-             tf_transform_output: tft.TFTransformOutput, batch_size: int, cache: bool = False,
-             seed: int | None = None) -> tf.data.Dataset:
-    """Shuffled batches of ``({image_xf}, label_xf)`` from transformed examples, repeated.
+             tf_transform_output: tft.TFTransformOutput, spec: ImageSpec, batch_size: int,
+             cache: bool = False, seed: int | None = None) -> tf.data.Dataset:
+    """Shuffled batches of ``({image_xf: pixels}, label_xf)`` from transformed examples, repeated.
 
-    tfxio reads with parallel interleave and parsing (AUTOTUNE) and prefetches; with ``cache``
-    the parsed examples are kept in memory after the first epoch and reshuffled every epoch.
+    tfxio reads with parallel interleave and parsing (AUTOTUNE); images are decoded in parallel
+    (``model_pixels``) and prefetched. With ``cache`` the decoded examples are kept in memory
+    after the first epoch and reshuffled every epoch.
     """
     schema = tf_transform_output.transformed_metadata.schema
+
+    def pixels(features, label):
+        return {IMAGE_XF: model_pixels(features[IMAGE_XF], spec)}, label
+
     if not cache:
-        return data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
+        dataset = data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
             batch_size=batch_size, label_key=LABEL_XF, shuffle_seed=seed), schema)
+        return dataset.map(pixels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE)
     dataset = data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
         batch_size=256, label_key=LABEL_XF, num_epochs=1, shuffle=False), schema)
-    return (dataset.cache().unbatch().shuffle(10_000, seed=seed).batch(batch_size).repeat()
-            .prefetch(tf.data.AUTOTUNE))
+    return (dataset.map(pixels, num_parallel_calls=tf.data.AUTOTUNE).cache().unbatch()
+            .shuffle(10_000, seed=seed).batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE))
 
 
-def fits_in_memory(files: list[str], limit_mb: int) -> bool:
-    """Whether the (compressed) transformed examples are under ``limit_mb`` MiB."""
-    size = sum(tf.io.gfile.stat(f).length for pattern in files for f in tf.io.gfile.glob(pattern))
-    return size < limit_mb * 2**20
+def fits_in_memory(examples: int, spec: ImageSpec, limit_mb: int) -> bool:
+    """Whether ``examples`` decoded float32 images of ``spec`` take under ``limit_mb`` MiB."""
+    return examples * spec.height * spec.width * spec.channels * 4 < limit_mb * 2**20
 
 
 WEIGHTS_FILE, ARCHITECTURE_FILE = "model.weights.h5", "architecture.json"
@@ -268,11 +275,12 @@ def read_inputs(fn_args: FnArgs, config: dict, batch_size: int, train_steps: int
     examples = count_examples(fn_args.train_files)
     steps = max(1, round(share * step_budget(train_steps, config["epochs"], examples,
                                              batch_size)))
-    cache = fits_in_memory(fn_args.train_files, config["cache_input_mb"])
+    spec = ImageSpec.from_custom_config(config)
+    cache = fits_in_memory(examples, spec, config["cache_input_mb"])
     absl.logging.info("%d training examples, global batch %d: %d steps; in-memory cache %s",
                       examples, batch_size, steps, cache)
-    train, evaluation = (input_fn(files, fn_args.data_accessor, tf_transform_output, batch_size,
-                                  cache, config["seed"])
+    train, evaluation = (input_fn(files, fn_args.data_accessor, tf_transform_output, spec,
+                                  batch_size, cache, config["seed"])
                          for files in (fn_args.train_files, fn_args.eval_files))
     return Inputs(tf_transform_output, examples, steps, train, evaluation)
 

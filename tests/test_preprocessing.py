@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from modules.features import IMAGE_XF, LABEL_XF, ImageSpec
-from modules.preprocessing import decode_images, image_dims, pixels_from_values, preprocessing_fn
+from modules.preprocessing import (decode_images, image_dims, model_pixels, pixels_from_values,
+                                   preprocessing_fn)
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
 
@@ -17,7 +18,8 @@ def test_mixed_formats_sizes_and_channels_get_the_configured_shape_and_range(mix
     inputs = {"image": tf.constant([[b] for b in mixed_images]),
               "label": tf.constant([[i] for i in range(len(mixed_images))], tf.int64)}
     out = preprocessing_fn(inputs, CUSTOM)
-    pixels = out[IMAGE_XF].numpy()
+    assert out[IMAGE_XF].numpy().tolist() == mixed_images  # kept encoded: compact
+    pixels = model_pixels(out[IMAGE_XF], ImageSpec.from_custom_config(CUSTOM)).numpy()
     assert pixels.shape == (4, 16, 12, 1) and pixels.dtype == np.float32
     assert pixels.min() >= 0.0 and pixels.max() <= 1.0 and pixels.std() > 0.1
     assert out[LABEL_XF].numpy().tolist() == [0, 1, 2, 3]
@@ -87,9 +89,13 @@ def test_through_tf_transform_with_beam(tmp_path, mixed_images):
             (raw, raw_metadata)
             | tft_beam.AnalyzeAndTransformDataset(lambda x: preprocessing_fn(x, CUSTOM)))
     assert [r[LABEL_XF] for r in transformed] == [0, 1, 2, 3]
-    assert all(np.asarray(r[IMAGE_XF]).size == 16 * 12 for r in transformed)
+    assert [r[IMAGE_XF] for r in transformed] == mixed_images  # encoded bytes, not pixels
     spec = metadata.schema
     assert {f.name for f in spec.feature} == {IMAGE_XF, LABEL_XF}
+    pixels = model_pixels(tf.constant([r[IMAGE_XF] for r in transformed]),
+                          ImageSpec.from_custom_config(CUSTOM))
+    np.testing.assert_array_equal(pixels, decode_images(tf.constant(mixed_images),
+                                                        ImageSpec.from_custom_config(CUSTOM)))
 
 
 def test_raw_pixel_lists_and_string_labels_through_tf_transform(tmp_path):
