@@ -28,12 +28,15 @@ run: setup ## train on the embedded default data (or ARGS="--data-root ...") and
 test: setup ## run the test suite
 	$(PY) -m pytest tests -v $(ARGS)
 
-bench: setup ## run the benchmarks (about 10 min); results in bench/results.md
+BENCHES := pipeline model learning warm-start
+
+bench: setup ## run the benchmarks (about 30 min); results in bench/results.md
 	$(PY) bench/bench_pipeline.py --out bench/results-pipeline.md
 	$(PY) bench/bench_model.py --out bench/results-model.md
+	$(PY) bench/bench_learning.py --out bench/results-learning.md
 	$(PY) bench/bench_warm_start.py --out bench/results-warm-start.md
-	cat bench/results-pipeline.md bench/results-model.md bench/results-warm-start.md > bench/results.md
-	rm bench/results-pipeline.md bench/results-model.md bench/results-warm-start.md
+	cat $(BENCHES:%=bench/results-%.md) > bench/results.md
+	rm $(BENCHES:%=bench/results-%.md)
 
 compile: setup ## compile the Kubeflow Pipelines v2 package (ARGS="--pipeline-root gs://... ...")
 	$(PY) -m pipeline.kubeflow_runner --kfp-image $(IMAGE) $(ARGS)

@@ -1,7 +1,8 @@
 """The Keras image classifier (built by the Trainer under its distribution strategy).
 
-Backbones: a small CNN (default, fast on CPU, chosen by the experiments in bench/results.md) or keras.applications MobileNetV2 /
-EfficientNetB0 for transfer learning (frozen first; ``unfreeze_top`` for fine-tuning).
+Backbones: a small CNN (default, fast on CPU, chosen by experiments on photo-like images;
+see the README) or keras.applications MobileNetV2 / EfficientNetB0 for transfer learning
+(frozen first; ``unfreeze_top`` for fine-tuning).
 ``api`` is Keras 3 (``keras``) or Keras 2 (``tf_keras``): Keras 3 cannot ``fit`` under
 MultiWorkerMirroredStrategy (keras-team/keras#20585), so multi-worker training uses tf_keras.
 """
@@ -117,9 +118,9 @@ def compile_model(model, learning_rate, api=keras) -> None:
                   metrics=[api.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def build_model(spec: ImageSpec, learning_rate=1e-3, augmentation: tuple[str, ...] = DEFAULT_AUGMENTATION,
-                backbone: str = "cnn", weights: str | None = None, api=keras, width: int = 32,
-                dropout: float = 0.2):
+def build_model(spec: ImageSpec, learning_rate=1e-3,
+                augmentation: tuple[str, ...] = DEFAULT_AUGMENTATION, backbone: str = "cnn",
+                weights: str | None = None, api=keras, width: int = 32, dropout: float = 0.2):
     """``image_xf`` pixels in [0, 1] -> class probabilities (float32 even under mixed precision).
 
     ``augmentation`` names in-model layers (``AUGMENTATIONS``) that act only in training;

@@ -183,7 +183,8 @@ def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -
     number when 0: see ``AUTO_EXAMPLES``)."""
     if train_steps:
         return train_steps
-    passes = epochs or min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(AUTO_EXAMPLES / max(examples, 1))))
+    derived = math.ceil(AUTO_EXAMPLES / max(examples, 1))
+    passes = epochs or min(MAX_EPOCHS, max(MIN_EPOCHS, derived))
     return passes * max(1, math.ceil(examples / batch_size))
 
 
@@ -323,6 +324,7 @@ def run_fn(fn_args: FnArgs) -> None:
     _write_json(os.path.join(fn_args.model_run_dir, TRAINER_SUMMARY), {
         "train_examples": inputs.examples, "batch_size": batch_size, "train_steps": inputs.steps,
         "rounds_run": len(history.get("loss", [])), "eval_metrics": metrics,
+        "last_round_train_accuracy": history.get("accuracy", [None])[-1],
         "tuned": tuned_values(fn_args.hyperparameters), "seconds": clock.seconds})
 
 

@@ -58,7 +58,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     """DataSpan -> ImportExampleGen -> ImageValidator -> StatisticsGen -> SchemaGen (or
     ImportSchemaGen of a curated schema) -> ExampleValidator -> AnomalyGate -> Transform ->
     (Tuner, with ``tune``) -> Trainer -> Evaluator (vs the served model: ServedVersion ->
-    ServedModel) -> VersionedPusher, over TFRecords under ``config.data_root``/[span-N/]{train,eval}/.
+    ServedModel) -> VersionedPusher, over TFRecords under
+    ``config.data_root``/[span-N/]{train,eval}/.
 
     ``metadata_connection_config`` and ``observed`` come from the local runner; Kubeflow
     brings its own MLMD, runs the observers every time and takes the run-time options as

@@ -1,7 +1,7 @@
 """The whole pipeline with LocalDagRunner on the embedded digits data, in a temp dir.
 
-One first run (with a short KerasTuner search) is shared: then an identical rerun (all cached) and a rerun whose gate no model
-can pass (Evaluator reruns, nothing is pushed, serving is untouched).
+One first run (with a short KerasTuner search) is shared: then an identical rerun (all cached)
+and a rerun whose gate no model can pass (Evaluator reruns, nothing is pushed, serving is untouched).
 """
 from __future__ import annotations
 
