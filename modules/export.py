@@ -23,6 +23,9 @@ class ServingModule(tf.Module):
                  spec: ImageSpec, class_names: list[str]):
         super().__init__()
         self.model = model
+        # Keras 3's random layers (flip/rotate/zoom) keep seed states that the SavedModel
+        # cannot reach through ``model``: tracked here, they are saved with it.
+        self.keras_variables = list(model.variables)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.Variable(class_names, trainable=False, name=CLASS_NAMES)
         self._spec = spec

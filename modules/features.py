@@ -21,7 +21,7 @@ BACKBONES = ("cnn", "mobilenet_v2", "efficientnet_b0")
 TFLITE_MODES = ("", "float16", "dynamic_int8")
 AUGMENTATIONS = ("flip", "rotate", "zoom", "colour", "invert")
 # Colour-robust by default: a class must not be learnt from its colours or brightness alone.
-DEFAULT_AUGMENTATION = ("colour",)
+DEFAULT_AUGMENTATION = ("colour", "flip")
 LR_SCHEDULES = ("warmup_cosine", "plateau", "constant")
 
 
