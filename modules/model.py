@@ -20,6 +20,12 @@ def _random_invert(x):
     return tf.where(flip, 1.0 - x, x)
 
 
+def _random_mirror(x):
+    """Left-right mirror for half the batch."""
+    mirror = tf.random.uniform([tf.shape(x)[0], 1, 1, 1]) < 0.5
+    return tf.where(mirror, tf.reverse(x, axis=[2]), x)
+
+
 def _random_colour(x):
     """RGB only: a random channel order per image, and grayscale for half the batch, so a
     class cannot be told by its colours alone."""
@@ -33,14 +39,15 @@ def _random_colour(x):
 
 
 def _training_only(api, name: str, fn):
-    """A layer applying ``fn`` in training and passing inputs through at inference."""
+    """A layer applying ``fn`` in training and passing inputs through at inference (no random
+    op in the inference graph, unlike Keras's random layers: TFLite converts it)."""
     def call(self, x, training=None):
         return fn(x) if training else x
     return type(name, (api.layers.Layer,), {"call": call})(name=name.lower())
 
 
 AUGMENTATION_LAYERS = {
-    "flip": lambda api: api.layers.RandomFlip("horizontal"),
+    "flip": lambda api: _training_only(api, "RandomFlip", _random_mirror),
     "rotate": lambda api: api.layers.RandomRotation(0.05),
     "zoom": lambda api: api.layers.RandomZoom(0.1),
     "colour": lambda api: _training_only(api, "RandomColour", _random_colour),

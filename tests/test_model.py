@@ -82,12 +82,16 @@ def test_augmentation_layers_act_only_in_training():
     model = build_model(ImageSpec("image", "label", 8, 8, 3, 10), augmentation=AUGMENTATIONS)
     images = np.random.rand(4, 8, 8, 3).astype("float32")
     np.testing.assert_allclose(model(images, training=False), model(images, training=False))
-    assert {"random_flip", "randomcolour", "randominvert"} <= {layer.name for layer in model.layers}
+    names = [layer.name for layer in model.layers]
+    assert {"randomflip", "randomcolour", "randominvert"} <= set(names)
+    assert any(name.startswith("random_rotation") for name in names)
     colour, invert = (model.get_layer(name) for name in ("randomcolour", "randominvert"))
     trained = [colour(images, training=True).numpy() for _ in range(8)]
     assert any(not np.allclose(t, images) for t in trained)
     # Channels are permuted or averaged, never invented: every pixel's sum is kept.
     np.testing.assert_allclose([t.sum(-1) for t in trained], [images.sum(-1)] * 8, rtol=1e-5)
+    mirrored = model.get_layer("randomflip")(images, training=True).numpy()
+    assert all(np.allclose(m, x) or np.allclose(m, x[:, ::-1]) for m, x in zip(mirrored, images))
     inverted = invert(images, training=True).numpy()
     assert all(np.allclose(i, x) or np.allclose(i, 1 - x) for i, x in zip(inverted, images))
 
