@@ -162,7 +162,7 @@ def transformed_bytes_per_image(config: PipelineConfig) -> float:
 
 
 def main(argv=None) -> int:
-    from pipeline.ingest import ingest
+    from ops.ingest import ingest
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results.md")
     args = parser.parse_args(argv)

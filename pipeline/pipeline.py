@@ -14,8 +14,8 @@ from components.image_validator import ImageValidator
 from components.live_inputs import DataSpan, ServedModel, ServedVersion
 from components.standard import TRAINER_PARAMETERS, Evaluator, ImportExampleGen, Trainer
 from components.versioned_pusher import VersionedPusher
+from modules.features import SPLITS
 from pipeline.config import PipelineConfig
-from pipeline.default_data import SPLITS
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"

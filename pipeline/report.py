@@ -16,7 +16,7 @@ import time
 
 from components import serving_dir
 from components.gate import BASELINE, sliced_metric
-from modules.features import TRAINER_SUMMARY, TUNER_RESULTS
+from modules.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS
 from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, latest_artifact, metadata_store
 
@@ -104,7 +104,7 @@ class RunReport:
         import tensorflow_data_validation as tfdv
         statistics = self.latest("ExampleStatistics", "StatisticsGen")
         rows, features = [], []
-        for split in ("train", "eval"):
+        for split in SPLITS:
             path = os.path.join(statistics.uri, f"Split-{split}", "FeatureStats.pb")
             dataset = tfdv.load_stats_binary(path).datasets[0]
             rows.append([split, dataset.num_examples])

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from components import serving_dir
 from components.anomaly_gate import DataAnomalyError
-from pipeline import ingest, local_runner, schema
+from ops import ingest, schema
+from pipeline import local_runner
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
 

@@ -18,7 +18,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from modules.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
 from components import serving_dir
-from pipeline import local_runner, predict
+from ops import predict
+from pipeline import local_runner
 from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, latest_artifact, metadata_store
 

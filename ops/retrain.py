@@ -1,6 +1,6 @@
 """One scheduled retraining cycle, for cron or a systemd timer.
 
-``python -m pipeline.retrain --spans true --data-root /data/photos ...`` (same options as
+``python -m ops.retrain --spans true --data-root /data/photos ...`` (same options as
 ``pipeline.local_runner``) runs the pipeline once on the latest span and exits with:
 
 * 0 ``pushed``: a new model was blessed and published as the next version;

@@ -1,4 +1,4 @@
-"""Lineage from ML Metadata: ``python -m pipeline.lineage {runs | version N | span N}``.
+"""Lineage from ML Metadata: ``python -m ops.lineage {runs | version N | span N}``.
 
 * ``runs``: every pipeline run, its executions' states and what it pushed;
 * ``version N``: what produced served version N: the data span(s) and examples, schema,
@@ -152,12 +152,12 @@ def span_lineage(config: PipelineConfig, span: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.lineage", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ops.lineage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("runs", "version", "span"))
     parser.add_argument("number", nargs="?", type=int)
     args, rest = parser.parse_known_args(argv)
-    config = PipelineConfig.from_args(rest, prog="python -m pipeline.lineage")
+    config = PipelineConfig.from_args(rest, prog="python -m ops.lineage")
     if args.what != "runs" and args.number is None:
         parser.error(f"'{args.what}' needs a number")
     try:
