@@ -64,7 +64,7 @@ def first_run(make_flags, seed: int, extra: tuple[str, ...] = ()) -> dict:
             summary = json.load(f)
         seconds = durations(work)
         return {"seed": " ".join((str(seed),) + extra),
-                "accuracy": latest_outcome(config)["accuracy"], "wall": wall,
+                "accuracy": latest_outcome(config).accuracy, "wall": wall,
                 "trainer": seconds["Trainer"], "others": sum(seconds.values()) - seconds["Trainer"],
                 **summary}
     finally:

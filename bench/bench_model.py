@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         lines += ["", f"Target (uncached) >= 0.8x the ceiling: "
                   f"{'met' if uncached >= 0.8 else 'MISSED'} ({uncached:.2f}x)."]
         spec = ImageSpec.from_custom_config(config.transform_config())
-        pushed = tf.saved_model.load(outcome["pushed_path"])
+        pushed = tf.saved_model.load(outcome.pushed_path)
         signature = pushed.signatures[RAW_SIGNATURE]
         tables = {f"pushed CNN ({SIDE}x{SIDE}x3 JPEG)": serving_latency(
             spec, build_model(spec), lambda images: signature(image_bytes=images), "JPEG")}

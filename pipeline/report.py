@@ -15,6 +15,7 @@ import os
 import time
 
 from components import serving_dir
+from components.contracts import RunOutcome
 from components.gate import BASELINE, sliced_metric
 from modules.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS
 from pipeline.config import PipelineConfig
@@ -84,7 +85,8 @@ def confusion_svg(matrix: dict[tuple[int, int], float], names: list[str], cell=3
 class RunReport:
     """Collects one run's facts from MLMD; ``html()`` renders them."""
 
-    def __init__(self, config: PipelineConfig, outcome: dict, since_execution_id: int):
+    def __init__(self, config: PipelineConfig, outcome: RunOutcome,
+                 since_execution_id: int):
         self.config, self.outcome = config, outcome
         self.store = metadata_store(config)
         types = component_names(self.store)
@@ -219,19 +221,19 @@ class RunReport:
 
     def gate(self) -> str:
         o, c = self.outcome, self.config
-        verdict = '<span class="ok">BLESSED</span>' if o["blessed"] else \
+        verdict = '<span class="ok">BLESSED</span>' if o.blessed else \
             '<span class="bad">NOT BLESSED</span>'
-        rows = [["accuracy (eval split)", f"{o['accuracy']:.4f}", f">= {c.min_accuracy}"]]
-        if o["baseline_accuracy"] is None:
+        rows = [["accuracy (eval split)", f"{o.accuracy:.4f}", f">= {c.min_accuracy}"]]
+        if o.baseline_accuracy is None:
             rows.append(["baseline", "none (nothing served yet)", "absolute bound only"])
         else:
-            rows.append([f"baseline accuracy (served version {o['baseline_version']})",
-                         f"{o['baseline_accuracy']:.4f}",
+            rows.append([f"baseline accuracy (served version {o.baseline_version})",
+                         f"{o.baseline_accuracy:.4f}",
                          f"candidate >= baseline - {c.max_regression}"])
         if c.min_class_recall:
             rows.append(["per-class recall", "see below", f">= {c.min_class_recall}"])
-        push = (f"Pushed version {o['pushed_version']}: {html.escape(o['pushed_path'])}"
-                if o["pushed"] else f"Nothing pushed: {html.escape(str(o['reason']))}")
+        push = (f"Pushed version {o.pushed_version}: {html.escape(o.pushed_path)}"
+                if o.pushed else f"Nothing pushed: {html.escape(str(o.reason))}")
         versions = serving_dir.versions(c.push_dir)
         return (f"<p>Gate: {verdict}</p>" + _table(["check", "value", "threshold"], rows)
                 + f"<p>{push}. Versions now in {html.escape(c.push_dir)}: "
@@ -275,7 +277,8 @@ def _scalars(files: list[str], tag: str) -> list[float]:
     return values
 
 
-def write_report(config: PipelineConfig, outcome: dict, since_execution_id: int) -> str:
+def write_report(config: PipelineConfig, outcome: RunOutcome,
+                 since_execution_id: int) -> str:
     """Writes ``<pipeline root>/reports/run-<time>.html``; returns its path."""
     path = os.path.join(config.pipeline_root, "reports",
                         time.strftime("run-%Y%m%dT%H%M%S.html", time.gmtime()))
