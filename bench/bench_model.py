@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from make_shapes import write_shapes  # noqa: E402
-from modules.features import RAW_SIGNATURE, ImageSpec  # noqa: E402
+from modules.features import RAW_SIGNATURE, SPLITS, ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from modules.preprocessing import decode_images  # noqa: E402
 from pipeline import local_runner  # noqa: E402
@@ -84,7 +84,7 @@ def input_pipeline(config: PipelineConfig) -> dict:
     transformed = latest_artifact(store, "Examples", "Transform").uri
     artifact = standard_artifacts.Examples()
     artifact.uri = transformed
-    artifact.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    artifact.split_names = artifact_utils.encode_split_names(list(SPLITS))
     accessor = DataAccessor(tfxio_utils.get_tf_dataset_factory_from_artifact([artifact], []),
                             None, None)
     tft_output = tft.TFTransformOutput(

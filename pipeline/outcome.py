@@ -30,6 +30,17 @@ def component_names(store) -> dict[int, str]:
     return {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
 
 
+def executions_since(store, since_execution_id: int = 0) -> list[tuple[str, object]]:
+    """``(component, execution)`` for the executions after ``since_execution_id``, in order."""
+    types = component_names(store)
+    return [(types[e.type_id], e) for e in store.get_executions() if e.id > since_execution_id]
+
+
+def seconds(execution) -> float:
+    """An execution's wall time as MLMD recorded it."""
+    return (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3
+
+
 def produced_by(store, producer: str) -> set[int]:
     """Ids of the artifacts the component ``producer`` (its node id) output: found through its
     MLMD node context, its executions and their OUTPUT events."""

@@ -19,7 +19,7 @@ from components.contracts import RunOutcome
 from components.gate import BASELINE, sliced_metric
 from modules.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS
 from pipeline.config import PipelineConfig
-from pipeline.outcome import component_names, latest_artifact, metadata_store
+from pipeline.outcome import executions_since, latest_artifact, metadata_store, seconds
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
@@ -89,17 +89,14 @@ class RunReport:
                  since_execution_id: int):
         self.config, self.outcome = config, outcome
         self.store = metadata_store(config)
-        types = component_names(self.store)
-        self.executions = [(types[e.type_id], e) for e in self.store.get_executions()
-                           if e.id > since_execution_id]
+        self.executions = executions_since(self.store, since_execution_id)
 
     def latest(self, type_name: str, producer: str):
         return latest_artifact(self.store, type_name, producer)
 
     def durations(self) -> list[list]:
         return [[name, "cached" if e.last_known_state == e.CACHED else
-                 e.State.Name(e.last_known_state).lower(),
-                 f"{(e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000:.1f}"]
+                 e.State.Name(e.last_known_state).lower(), f"{seconds(e):.1f}"]
                 for name, e in self.executions]
 
     def dataset(self) -> str:
