@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.12",
-    packages=["pipeline", "components", "modules"],
+    packages=["pipeline", "components", "modules", "ops"],
     install_requires=[
         "tfx==1.21.0",
         "tensorflow>=2.21,<2.22",

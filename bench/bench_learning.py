@@ -1,7 +1,7 @@
 """Time-to-accuracy benchmarks (``make bench``): the default model on data like users' data.
 
 (a) Photo-like shapes (``tools/make_shapes.py``: 3 classes, 600 images, 40-300 px, JPEG and
-    PNG, RGB, grey and RGBA), ingested with ``pipeline.ingest`` and trained at 64x64x3, for
+    PNG, RGB, grey and RGBA), ingested with ``ops.ingest`` and trained at 64x64x3, for
     ``SEEDS`` (each seed makes other images and trains with another seed).
 (b) 1,000 28x28 grayscale digits as float pixels in [-0.5, 0.5] (``tools/make_digits.py``).
 
@@ -29,7 +29,7 @@ from make_digits import write_digits  # noqa: E402
 from make_shapes import write_shapes  # noqa: E402
 from modules.features import TRAINER_SUMMARY  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.ingest import ingest  # noqa: E402
+from ops.ingest import ingest  # noqa: E402
 from pipeline.outcome import latest_artifact, latest_outcome, metadata_store  # noqa: E402
 
 SEEDS = (42, 1, 2)
@@ -64,7 +64,7 @@ def first_run(make_flags, seed: int, extra: tuple[str, ...] = ()) -> dict:
             summary = json.load(f)
         seconds = durations(work)
         return {"seed": " ".join((str(seed),) + extra),
-                "accuracy": latest_outcome(config)["accuracy"], "wall": wall,
+                "accuracy": latest_outcome(config).accuracy, "wall": wall,
                 "trainer": seconds["Trainer"], "others": sum(seconds.values()) - seconds["Trainer"],
                 **summary}
     finally:

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from make_shapes import write_shapes  # noqa: E402
-from modules.features import RAW_SIGNATURE, ImageSpec  # noqa: E402
+from modules.features import RAW_SIGNATURE, SPLITS, ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from modules.preprocessing import decode_images  # noqa: E402
 from pipeline import local_runner  # noqa: E402
@@ -84,7 +84,7 @@ def input_pipeline(config: PipelineConfig) -> dict:
     transformed = latest_artifact(store, "Examples", "Transform").uri
     artifact = standard_artifacts.Examples()
     artifact.uri = transformed
-    artifact.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    artifact.split_names = artifact_utils.encode_split_names(list(SPLITS))
     accessor = DataAccessor(tfxio_utils.get_tf_dataset_factory_from_artifact([artifact], []),
                             None, None)
     tft_output = tft.TFTransformOutput(
@@ -162,7 +162,7 @@ def transformed_bytes_per_image(config: PipelineConfig) -> float:
 
 
 def main(argv=None) -> int:
-    from pipeline.ingest import ingest
+    from ops.ingest import ingest
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results.md")
     args = parser.parse_args(argv)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         lines += ["", f"Target (uncached) >= 0.8x the ceiling: "
                   f"{'met' if uncached >= 0.8 else 'MISSED'} ({uncached:.2f}x)."]
         spec = ImageSpec.from_custom_config(config.transform_config())
-        pushed = tf.saved_model.load(outcome["pushed_path"])
+        pushed = tf.saved_model.load(outcome.pushed_path)
         signature = pushed.signatures[RAW_SIGNATURE]
         tables = {f"pushed CNN ({SIDE}x{SIDE}x3 JPEG)": serving_latency(
             spec, build_model(spec), lambda images: signature(image_bytes=images), "JPEG")}

@@ -21,8 +21,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_model import machine  # noqa: E402
+from modules.features import SPLITS  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.outcome import component_names, metadata_store  # noqa: E402
+from pipeline.outcome import (executions_since, last_execution_id, metadata_store,  # noqa: E402
+                              seconds)
 
 DATA_COMPONENTS = ("ImageValidator", "StatisticsGen", "Transform")
 GNU_TIME = "/usr/bin/time"
@@ -44,20 +46,14 @@ def timed_run(args: list[str]) -> tuple[float, float]:
 def durations(work_dir: str, since_id: int = 0) -> dict[str, float]:
     """Seconds per component of the executions after ``since_id``."""
     store = metadata_store(PipelineConfig(work_dir=work_dir))
-    types = component_names(store)
-    return {types[e.type_id]: (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1e3
-            for e in store.get_executions() if e.id > since_id}
-
-
-def last_id(work_dir: str) -> int:
-    return max(e.id for e in metadata_store(PipelineConfig(work_dir=work_dir)).get_executions())
+    return {name: seconds(e) for name, e in executions_since(store, since_id)}
 
 
 def replicate(source: str, target: str, times: int) -> int:
     """``times`` copies of every record of ``source`` under ``target``; returns the count."""
     import tensorflow as tf
     count = 0
-    for split in ("train", "eval"):
+    for split in SPLITS:
         os.makedirs(os.path.join(target, split))
         files = sorted(os.listdir(os.path.join(source, split)))
         with tf.io.TFRecordWriter(os.path.join(target, split, "data.tfrecord")) as writer:
@@ -80,7 +76,7 @@ def main(argv=None) -> int:
         base = os.path.join(work, "base")
         first = timed_run(["--work-dir", base])
         first_durations = durations(base)
-        before = last_id(base)
+        before = last_execution_id(PipelineConfig(work_dir=base))
         cached = timed_run(["--work-dir", base])
         cached_states = durations(base, before)
         lines += ["## End to end, default data (1,797 8x8 digits)", "",
@@ -130,7 +126,7 @@ def main(argv=None) -> int:
 
 def _records(root: str):
     import tensorflow as tf
-    for split in ("train", "eval"):
+    for split in SPLITS:
         folder = os.path.join(root, split)
         yield from tf.data.TFRecordDataset([os.path.join(folder, f)
                                             for f in sorted(os.listdir(folder))])

@@ -74,8 +74,7 @@ def VersionedPusher(
     manifest = serving_dir.read_manifest(base_directory)
     reason = _why_not(model, model_blessing, examples, manifest, base_directory)
     if reason:
-        pushed_model.set_int_custom_property("pushed", 0)
-        pushed_model.set_string_custom_property("reason", reason)
+        PushResult(pushed=False, reason=reason).write(pushed_model)
         return
     accuracy = overall_metric(evaluation.uri)
     record = {
@@ -95,8 +94,5 @@ def VersionedPusher(
                            os.path.join(source, STATISTICS_PATH, TRAIN_STATISTICS))
         version = serving_dir.publish(source, base_directory, record, keep_versions)
     destination = os.path.join(base_directory, str(version))
-    pushed_model.set_int_custom_property("pushed", 1)
-    pushed_model.set_int_custom_property("pushed_version", version)
-    pushed_model.set_string_custom_property("pushed_destination", destination)
-    pushed_model.set_string_custom_property("push_record", json.dumps(record, sort_keys=True))
-    pushed_model.set_float_custom_property("accuracy", accuracy)
+    PushResult(pushed=True, version=version, destination=destination, record=record,
+               accuracy=accuracy).write(pushed_model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+SPLITS = ("train", "eval")  # the data's splits: <data root>/[span-N/]<split>/
 IMAGE_XF = "image_xf"
 LABEL_XF = "label_xf"
 PROBABILITIES = "probabilities"
@@ -19,6 +20,7 @@ LABEL_FORMATS = ("int", "string")
 RESIZE_MODES = ("pad", "crop", "stretch")
 BACKBONES = ("cnn", "mobilenet_v2", "efficientnet_b0")
 TFLITE_MODES = ("", "float16", "dynamic_int8")
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
 AUGMENTATIONS = ("flip", "rotate", "zoom", "colour", "invert")
 # Colour-robust by default: a class must not be learnt from its colours or brightness alone.
 DEFAULT_AUGMENTATION = ("colour", "flip")
@@ -36,7 +38,7 @@ class ImageSpec:
     channels: int
     num_classes: int
     resize_mode: str = "pad"
-    max_pixels: int = 50_000_000
+    max_pixels: int = MAX_PIXELS
     image_format: str = "encoded"
     label_format: str = "int"
     raw_shape: tuple[int, int, int] = (0, 0, 0)

@@ -1,4 +1,11 @@
-"""The pipeline's one typed configuration: defaults, environment, then command line."""
+"""The pipeline's one typed configuration: defaults, environment, then command line.
+
+Every field declares its help text, option group and scope next to it (``_option``); the CLI
+(grouped ``--help``) and the components' custom configs (their cache keys) are derived from
+that. The CLI is plain argparse: jsonargparse or tyro would add a dependency for what about 20
+lines do here (``TFX_IMAGE_*`` environment overrides, space-separated lists, exit code 2 on an
+invalid combination).
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,28 +16,35 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from modules.features import (AUGMENTATIONS, BACKBONES, DEFAULT_AUGMENTATION, IMAGE_FORMATS,
-                              LABEL_FORMATS, LR_SCHEDULES, RESIZE_MODES, TFLITE_MODES)
+                              LABEL_FORMATS, LR_SCHEDULES, MAX_PIXELS, RESIZE_MODES,
+                              TFLITE_MODES)
 
 ENV_PREFIX = "TFX_IMAGE_"
 BEAM_MODES = ("in_process", "multi_processing")
 # URI schemes TensorFlow's file system reads and writes in this image (s3:// would need
 # tensorflow-io's plugins, which TensorFlow 2.21 has no release of: use a mounted volume).
 OBJECT_STORES = ("gs",)
-RUNNER_ONLY = {"pipeline_name", "work_dir", "data_root", "pipeline_root", "metadata_path",
-               "serving_dir", "model_name", "train_steps", "eval_steps", "min_accuracy",
-               "beam_mode", "beam_workers", "beam_args", "enable_cache", "id_key",
-               "max_bad_image_fraction", "max_regression", "min_class_recall",
-               "keep_versions", "spans", "schema_path", "allowed_anomalies", "label_drift_threshold",
-               "size_drift_threshold", "size_keys", "kfp_image", "kfp_package", "trainer_gpus",
-               "gpu_type", "gpu_node_selector", "trainer_cpu", "trainer_memory", "data_cpu",
-               "data_memory", "pvc_name", "pvc_mount_path", "span", "tune", "tune_trials",
-               "tune_steps", "tune_minutes",
-               # run-time parameters: the extended Trainer passes them to run_fn
-               "epochs", "learning_rate", "batch_size"}
-TRANSFORM_FIELDS = {"image_key", "label_key", "image_format", "raw_height", "raw_width",
-                    "raw_channels", "raw_min_value", "raw_max_value", "label_format",
-                    "image_height", "image_width", "image_channels", "num_classes",
-                    "resize_mode", "max_pixels"}
+# Option groups (in --help) and scopes: where a field applies. TRANSFORM fields are the image
+# spec (Transform's and the Trainer's custom_config), TRAINER fields only the Trainer's;
+# RUNNER fields reach no custom_config, so they never enter a component's cache key.
+DATA, MODEL, TRAINING, GATE, SERVING, RUNTIME, KUBEFLOW = (
+    "data", "model", "training", "gate", "serving", "runtime", "kubeflow")
+GROUPS = (DATA, MODEL, TRAINING, GATE, SERVING, RUNTIME, KUBEFLOW)
+RUNNER, TRANSFORM, TRAINER = "runner", "transform", "trainer"
+SCOPES = (RUNNER, TRANSFORM, TRAINER)
+
+
+def _option(default, group: str, scope: str, help: str):
+    """A config field with its ``--help`` text, option group and scope."""
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "group": group, "scope": scope})
+
+
+def fields_in(*scopes: str) -> list[str]:
+    """The config fields of ``scopes``, in declaration order."""
+    return [f.name for f in dataclasses.fields(PipelineConfig) if f.metadata["scope"] in scopes]
+
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 
@@ -43,82 +57,155 @@ class PipelineConfig:
     ``data_root`` holds ``span-<N>/{train,eval}/`` and each run takes the latest span.
     """
 
-    pipeline_name: str = "image-classifier"
-    work_dir: str = "outputs"
-    data_root: str = ""
-    pipeline_root: str = ""
-    metadata_path: str = ""
-    serving_dir: str = ""
-    model_name: str = "image_classifier"
-    image_key: str = "image"
-    label_key: str = "label"
-    image_format: str = "encoded"
-    raw_height: int = 0
-    raw_width: int = 0
-    raw_channels: int = 0
-    raw_min_value: float = 0.0
-    raw_max_value: float = 255.0
-    label_format: str = "int"
-    id_key: str = ""
-    max_bad_image_fraction: float = 0.0
-    schema_path: str = ""
-    allowed_anomalies: tuple[str, ...] = ()
-    label_drift_threshold: float = 0.0
-    size_drift_threshold: float = 0.0
-    size_keys: tuple[str, ...] = ("height", "width")
-    image_height: int = 8
-    image_width: int = 8
-    image_channels: int = 1
-    num_classes: int = 10
-    class_names: tuple[str, ...] = ()
-    resize_mode: str = "pad"
-    max_pixels: int = 50_000_000
-    train_steps: int = 0
-    eval_steps: int = 20
-    epochs: int = 0
-    batch_size: int = 32
-    learning_rate: float = 0.003
-    lr_schedule: str = "warmup_cosine"
-    backbone: str = "cnn"
-    width: int = 32
-    dropout: float = 0.2
-    pretrained_weights: str = ""
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 0
-    tflite: str = ""
-    strategy: str = "auto"
-    mixed_precision: bool = True
-    augmentation: tuple[str, ...] = DEFAULT_AUGMENTATION
-    early_stopping_patience: int = 4
-    tune: bool = False
-    tune_trials: int = 8
-    tune_steps: int = 0
-    tune_minutes: float = 20.0
-    cache_input_mb: int = 1024
-    seed: int = 42
-    min_accuracy: float = 0.9
-    max_regression: float = 0.01
-    min_class_recall: float = 0.0
-    keep_versions: int = 5
-    spans: bool = False
-    span: int = 0
-    warm_start: bool = False
-    beam_mode: str = "in_process"
-    beam_workers: int = 0
-    beam_args: tuple[str, ...] = ()
-    enable_cache: bool = True
+    # Paths and names
+    pipeline_name: str = _option("image-classifier", RUNTIME, RUNNER,
+                                 "the pipeline's name in MLMD and under the pipeline root")
+    work_dir: str = _option("outputs", RUNTIME, RUNNER,
+                            "where the derived paths (pipeline root, metadata, serving dir, "
+                            "embedded data) live")
+    data_root: str = _option("", DATA, RUNNER,
+                             "TFRecords of tf.Examples under [span-N/]{train,eval}/ (a local path "
+                             "or gs://); empty: the embedded digits")
+    pipeline_root: str = _option("", RUNTIME, RUNNER,
+                                 "where the artifacts go (empty: <work-dir>/pipelines/<name>)")
+    metadata_path: str = _option("", RUNTIME, RUNNER,
+                                 "the local MLMD SQLite file "
+                                 "(empty: <work-dir>/metadata/<name>.sqlite)")
+    serving_dir: str = _option("", SERVING, RUNNER,
+                               "TF Serving's model root, a mounted path "
+                               "(empty: <work-dir>/serving)")
+    model_name: str = _option("image_classifier", SERVING, RUNNER,
+                              "versions are pushed to <serving-dir>/<model-name>/<version>/")
+    # The data
+    image_key: str = _option("image", DATA, TRANSFORM, "the feature holding the image")
+    label_key: str = _option("label", DATA, TRANSFORM, "the feature holding the label")
+    image_format: str = _option("encoded", DATA, TRANSFORM,
+                                "encoded (JPEG/PNG/GIF/BMP bytes) or raw (a list of pixel values)")
+    raw_height: int = _option(0, DATA, TRANSFORM, "image_format=raw: rows of the stored pixels")
+    raw_width: int = _option(0, DATA, TRANSFORM, "image_format=raw: columns of the stored pixels")
+    raw_channels: int = _option(0, DATA, TRANSFORM,
+                                "image_format=raw: channels of the stored pixels (1, 3 or 4)")
+    raw_min_value: float = _option(0.0, DATA, TRANSFORM,
+                                   "image_format=raw: the value that means black (for example "
+                                   "-0.5)")
+    raw_max_value: float = _option(255.0, DATA, TRANSFORM,
+                                   "image_format=raw: the value that means white (for example 0.5)")
+    label_format: str = _option("int", DATA, TRANSFORM,
+                                "int (class ids) or string (Transform computes the vocabulary)")
+    id_key: str = _option("", DATA, RUNNER,
+                          "a feature naming each record in bad-image reports (for example "
+                          "source_path)")
+    max_bad_image_fraction: float = _option(0.0, DATA, RUNNER,
+                                            "the share of undecodable images a run drops before it"
+                                            " stops")
+    schema_path: str = _option("", DATA, RUNNER,
+                               "a curated schema.pbtxt, the data contract (empty: inferred per "
+                               "run)")
+    allowed_anomalies: tuple[str, ...] = _option((), DATA, RUNNER,
+                                                 "anomaly types that do not stop a run")
+    label_drift_threshold: float = _option(0.0, DATA, RUNNER,
+                                           "max L-infinity distance of the label distribution from"
+                                           " the served model's training data; 0: off")
+    size_drift_threshold: float = _option(0.0, DATA, RUNNER,
+                                          "max Jensen-Shannon divergence of --size-keys from the "
+                                          "served model's training data; 0: off")
+    size_keys: tuple[str, ...] = _option(("height", "width"), DATA, RUNNER,
+                                         "numeric features the size drift check compares")
+    # The model
+    image_height: int = _option(8, MODEL, TRANSFORM, "the model's input height in pixels")
+    image_width: int = _option(8, MODEL, TRANSFORM, "the model's input width in pixels")
+    image_channels: int = _option(1, MODEL, TRANSFORM,
+                                  "the model's input channels: 1 (grey) or 3 (RGB)")
+    num_classes: int = _option(10, MODEL, TRANSFORM, "the number of classes")
+    class_names: tuple[str, ...] = _option((), MODEL, TRAINER,
+                                           "names of the class ids, in order (empty: the ids)")
+    resize_mode: str = _option("pad", MODEL, TRANSFORM,
+                               "pad (keep the aspect ratio), crop (fill, centre-crop) or stretch")
+    max_pixels: int = _option(MAX_PIXELS, MODEL, TRANSFORM,
+                              "images with more pixels are refused before decoding (decompression "
+                              "bombs)")
+    # Training
+    train_steps: int = _option(0, TRAINING, RUNNER,
+                               "training steps; 0: --epochs passes (run-time parameter)")
+    eval_steps: int = _option(20, TRAINING, RUNNER, "validation and evaluation batches")
+    epochs: int = _option(0, TRAINING, RUNNER,
+                          "passes over the training data; 0: derived from its size (run-time "
+                          "parameter)")
+    batch_size: int = _option(32, TRAINING, RUNNER,
+                              "examples per step and replica (run-time parameter)")
+    learning_rate: float = _option(0.003, TRAINING, RUNNER,
+                                   "the peak learning rate (run-time parameter)")
+    lr_schedule: str = _option("warmup_cosine", TRAINING, TRAINER,
+                               "warmup_cosine, plateau (ReduceLROnPlateau) or constant")
+    backbone: str = _option("cnn", MODEL, TRAINER,
+                            "cnn (small, CPU-friendly), mobilenet_v2 or efficientnet_b0")
+    width: int = _option(32, MODEL, TRAINER, "the cnn's first filter count (a multiple of 8)")
+    dropout: float = _option(0.2, MODEL, TRAINER, "dropout before the classifier")
+    pretrained_weights: str = _option("", MODEL, TRAINER,
+                                      "a local .weights.h5 file (or imagenet) for an application "
+                                      "backbone")
+    fine_tune_layers: int = _option(0, TRAINING, TRAINER,
+                                    "application backbones: top layers trained after the frozen "
+                                    "phase")
+    fine_tune_epochs: int = _option(0, TRAINING, TRAINER,
+                                    "application backbones: rounds of fine-tuning at a tenth of "
+                                    "the rate")
+    tflite: str = _option("", MODEL, TRAINER, "also export a TFLite model: float16 or dynamic_int8")
+    strategy: str = _option("auto", TRAINING, TRAINER, "auto, one_device, mirrored or multi_worker")
+    mixed_precision: bool = _option(True, TRAINING, TRAINER, "mixed_float16 on GPUs")
+    augmentation: tuple[str, ...] = _option(DEFAULT_AUGMENTATION, TRAINING, TRAINER,
+                                            "training-only layers: colour, flip, rotate, zoom, "
+                                            "invert")
+    early_stopping_patience: int = _option(4, TRAINING, TRAINER,
+                                           "validation rounds without a better loss before "
+                                           "stopping")
+    tune: bool = _option(False, TRAINING, RUNNER, "run the KerasTuner Tuner before the Trainer")
+    tune_trials: int = _option(8, TRAINING, RUNNER, "the Tuner's most trials")
+    tune_steps: int = _option(0, TRAINING, RUNNER,
+                              "steps per trial; 0: a quarter of the Trainer's budget")
+    tune_minutes: float = _option(20.0, TRAINING, RUNNER, "no trial starts after this many minutes")
+    cache_input_mb: int = _option(1024, TRAINING, TRAINER,
+                                  "keep decoded training images in memory when under this size")
+    seed: int = _option(42, TRAINING, TRAINER, "initialisation and shuffling seed")
+    warm_start: bool = _option(False, TRAINING, TRAINER,
+                               "start from the served model's weights when the architecture "
+                               "matches")
+    # The gate and serving
+    min_accuracy: float = _option(0.9, GATE, RUNNER,
+                                  "the least eval accuracy a model needs to be blessed (run-time "
+                                  "parameter)")
+    max_regression: float = _option(0.01, GATE, RUNNER,
+                                    "the most accuracy a model may lose against the served one")
+    min_class_recall: float = _option(0.0, GATE, RUNNER, "the least recall of every class; 0: off")
+    keep_versions: int = _option(5, SERVING, RUNNER, "pushed versions kept in the serving dir")
+    # Running
+    spans: bool = _option(False, DATA, RUNNER,
+                          "data_root holds span-N/ folders; a run takes the latest span")
+    span: int = _option(0, DATA, RUNNER,
+                        "this span instead of the latest; 0: the latest (run-time parameter)")
+    beam_mode: str = _option("in_process", RUNTIME, RUNNER,
+                             "Beam DirectRunner: in_process (small data) or multi_processing")
+    beam_workers: int = _option(0, RUNTIME, RUNNER, "multi_processing workers; 0: one per core")
+    beam_args: tuple[str, ...] = _option((), RUNTIME, RUNNER,
+                                         "extra Beam pipeline arguments (for example "
+                                         "--runner=DataflowRunner ...)")
+    enable_cache: bool = _option(True, RUNTIME, RUNNER,
+                                 "reuse the results of components whose inputs did not change")
     # Kubeflow (pipeline.kubeflow_runner)
-    kfp_image: str = "tfx-image-pipeline:latest"
-    kfp_package: str = ""
-    trainer_gpus: int = 1
-    gpu_type: str = "nvidia.com/gpu"
-    gpu_node_selector: str = ""
-    trainer_cpu: float = 8.0
-    trainer_memory: str = "32G"
-    data_cpu: float = 4.0
-    data_memory: str = "16G"
-    pvc_name: str = ""
-    pvc_mount_path: str = "/mnt/data"
+    kfp_image: str = _option("tfx-image-pipeline:latest", KUBEFLOW, RUNNER,
+                             "the container image every task runs")
+    kfp_package: str = _option("", KUBEFLOW, RUNNER,
+                               "the compiled package's path (empty: <work-dir>/kfp/<name>.yaml)")
+    trainer_gpus: int = _option(1, KUBEFLOW, RUNNER, "GPUs of the Trainer and Tuner pods")
+    gpu_type: str = _option("nvidia.com/gpu", KUBEFLOW, RUNNER, "the GPU resource name")
+    gpu_node_selector: str = _option("", KUBEFLOW, RUNNER, "label=value of the GPU nodes")
+    trainer_cpu: float = _option(8.0, KUBEFLOW, RUNNER, "CPU limit of the Trainer and Tuner pods")
+    trainer_memory: str = _option("32G", KUBEFLOW, RUNNER,
+                                  "memory limit of the Trainer and Tuner pods")
+    data_cpu: float = _option(4.0, KUBEFLOW, RUNNER, "CPU limit of the Beam components' pods")
+    data_memory: str = _option("16G", KUBEFLOW, RUNNER, "memory limit of the Beam components' pods")
+    pvc_name: str = _option("", KUBEFLOW, RUNNER, "a PersistentVolumeClaim mounted into every task")
+    pvc_mount_path: str = _option("/mnt/data", KUBEFLOW, RUNNER, "where the PVC is mounted")
 
     def __post_init__(self):
         for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),
@@ -194,6 +281,11 @@ class PipelineConfig:
         return str(Path(self.work_dir).absolute() / "data" / "digits")
 
     @property
+    def package_path(self) -> str:
+        """The compiled Kubeflow package: ``kfp_package``, else ``<work_dir>/kfp/<name>.yaml``."""
+        return self.kfp_package or os.path.join(self.work_dir, "kfp", f"{self.pipeline_name}.yaml")
+
+    @property
     def push_dir(self) -> str:
         """TF Serving model base path: versions appear as ``<push_dir>/<version>/``."""
         return os.path.join(self.serving_dir, self.model_name)
@@ -211,8 +303,7 @@ class PipelineConfig:
     def trainer_config(self) -> dict[str, Any]:
         """The Trainer's ``custom_config`` (JSON). It is part of the component's cache key,
         so runner-only fields stay out of it."""
-        config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name not in RUNNER_ONLY}
+        config = {name: getattr(self, name) for name in fields_in(TRANSFORM, TRAINER)}
         config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
         config["augmentation"] = list(self.augmentation)
         config["code_version"] = code_version()  # lineage; a new release retrains
@@ -236,26 +327,31 @@ class PipelineConfig:
     def transform_config(self) -> dict[str, Any]:
         """Transform's ``custom_config``: the image spec alone (training options changing
         must not re-run Transform)."""
-        return {k: v for k, v in self.trainer_config().items() if k in TRANSFORM_FIELDS}
+        return {k: v for k, v in self.trainer_config().items() if k in fields_in(TRANSFORM)}
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None,
                   prog: str = "python -m pipeline.local_runner",
                   description: str = "Run the TFX image-classification pipeline.",
                   ) -> "PipelineConfig":
-        """Defaults, overridden by ``TFX_IMAGE_<FIELD>`` variables, overridden by ``--field``."""
+        """Defaults, overridden by ``TFX_IMAGE_<FIELD>`` variables, overridden by ``--field``;
+        ``--help`` lists the options by group with their help texts (the fields' metadata)."""
         environ = os.environ if environ is None else environ
         hints = get_type_hints(cls)
         parser = argparse.ArgumentParser(
-            prog=prog,
+            prog=prog, usage="%(prog)s [--OPTION VALUE ...]",
             description=f"{description} Every option can also be set as an environment "
                         f"variable {ENV_PREFIX}<OPTION>.")
+        groups = {name: parser.add_argument_group(f"{name} options") for name in GROUPS}
         for field in dataclasses.fields(cls):
             env = environ.get(ENV_PREFIX + field.name.upper())
             default = field.default if env is None else _parse(hints[field.name], env)
-            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
-                                type=lambda v, t=hints[field.name]: _parse(t, v), default=default,
-                                help=f"(default: {_show(default)!s})")
+            groups[field.metadata["group"]].add_argument(
+                f"--{field.name.replace('_', '-')}", dest=field.name,
+                type=lambda v, t=hints[field.name]: _parse(t, v), default=default,
+                metavar=hints[field.name].__name__.upper() if isinstance(
+                    hints[field.name], type) else "WORDS",
+                help=f"{field.metadata['help']} (default: {_show(default)!s})")
         try:
             return cls(**vars(parser.parse_args(argv)))
         except ValueError as err:  # an invalid combination: a usage error (exit code 2)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-SPLITS = ("train", "eval")
+from modules.features import SPLITS
+from pipeline.tfrecords import write_splits
+
 EVAL_EVERY = 5  # every 5th image (by index) is held out: a deterministic 80/20 split
 
 
@@ -42,28 +41,6 @@ def ensure_digits_dataset(root: str, image_key: str = "image", label_key: str = 
     Written to a temporary sibling and renamed, so an interrupted write is never reused (and
     an unchanged dataset keeps ImportExampleGen's fingerprint, so reruns hit the cache).
     """
-    target = Path(root)
-    if target.is_dir():
-        return str(target)
-    import tensorflow as tf
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
-    try:
-        writers = {}
-        for split in SPLITS:
-            (staging / split).mkdir()
-            writers[split] = [tf.io.TFRecordWriter(
-                str(staging / split / f"digits-{i:05d}-of-{shards:05d}.tfrecord"))
-                for i in range(shards)]
-        counts = dict.fromkeys(SPLITS, 0)
-        for split, record in digits_examples(image_key, label_key):
-            writers[split][counts[split] % shards].write(record)
-            counts[split] += 1
-        for shard_writers in writers.values():
-            for writer in shard_writers:
-                writer.close()
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
+    if not os.path.isdir(root):
+        write_splits(root, digits_examples(image_key, label_key), shards, "digits")
+    return root

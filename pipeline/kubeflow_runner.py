@@ -120,9 +120,7 @@ def compile_pipeline(config: PipelineConfig, output: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(argv, prog="python -m pipeline.kubeflow_runner",
                                       description=__doc__.split("\n\n")[0])
-    output = config.kfp_package or os.path.join(config.work_dir, "kfp",
-                                                f"{config.pipeline_name}.yaml")
-    print(f"Kubeflow Pipelines package: {compile_pipeline(config, output)} "
+    print(f"Kubeflow Pipelines package: {compile_pipeline(config, config.package_path)} "
           f"(image {config.kfp_image})")
     return 0
 

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import sys
 
+from components.contracts import RunOutcome
 from pipeline.config import PipelineConfig
 
 
@@ -30,7 +31,7 @@ def observe(config: PipelineConfig):
     return Observed(data_fingerprint=fingerprint, served_version=served_version(config.push_dir))
 
 
-def run(config: PipelineConfig) -> dict:
+def run(config: PipelineConfig) -> RunOutcome:
     """Runs the pipeline once; returns its outcome (see ``pipeline.outcome``) and the path of
     its HTML report (``report``)."""
     from tfx import v1 as tfx
@@ -46,8 +47,7 @@ def run(config: PipelineConfig) -> dict:
     before = last_execution_id(config)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection, observe(config)))
     outcome = latest_outcome(config, before)
-    outcome["report"] = write_report(config, outcome, before)
-    return outcome
+    return dataclasses.replace(outcome, report=write_report(config, outcome, before))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,27 +56,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPipeline root: {config.pipeline_root}")
     print(f"Metadata (MLMD SQLite): {config.metadata_path}")
     print(describe(outcome, config))
-    print(f"Run report: {outcome['report']}")
+    print(f"Run report: {outcome.report}")
     return 0
 
 
-def describe(outcome: dict, config: PipelineConfig) -> str:
+def describe(outcome: RunOutcome, config: PipelineConfig) -> str:
     """The gate decision and the push, in words."""
-    gate = f"accuracy {outcome['accuracy']:.4f} (gate: >= {config.min_accuracy}"
-    if outcome["baseline_accuracy"] is None:
+    gate = f"accuracy {outcome.accuracy:.4f} (gate: >= {config.min_accuracy}"
+    if outcome.baseline_accuracy is None:
         gate += "; nothing served yet: absolute bound only)"
     else:
-        gate += (f" and >= served version {outcome['baseline_version']}'s "
-                 f"{outcome['baseline_accuracy']:.4f} - {config.max_regression})")
-    if outcome["warm_start"]:
-        gate += f"\nWarm start: {outcome['warm_start']}"
-    if outcome["pushed"]:
-        return f"Model BLESSED, {gate}\nPushed version {outcome['pushed_version']}: " \
-               f"{outcome['pushed_path']}"
-    verdict = "BLESSED" if outcome["blessed"] else "NOT blessed"
-    if outcome["cached"]:
+        gate += (f" and >= served version {outcome.baseline_version}'s "
+                 f"{outcome.baseline_accuracy:.4f} - {config.max_regression})")
+    if outcome.warm_start:
+        gate += f"\nWarm start: {outcome.warm_start}"
+    if outcome.pushed:
+        return f"Model BLESSED, {gate}\nPushed version {outcome.pushed_version}: " \
+               f"{outcome.pushed_path}"
+    verdict = "BLESSED" if outcome.blessed else "NOT blessed"
+    if outcome.cached:
         verdict += " (earlier run: no new data, every component served from cache)"
-    return (f"Model {verdict}, {gate}\nNothing pushed ({outcome['reason']}); serving under "
+    return (f"Model {verdict}, {gate}\nNothing pushed ({outcome.reason}); serving under "
             f"{config.push_dir} unchanged")
 
 

@@ -8,10 +8,14 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 from tfx.utils import path_utils
 
+from components.contracts import PushResult, RunOutcome
 from components.gate import BASELINE, overall_metric
 from components.live_inputs import SERVED_VERSION
 from modules.features import RESULT_FILE, WARM_START_DIR
 from pipeline.config import PipelineConfig
+
+
+NODE_CONTEXT = "node"  # TFX's MLMD context of a pipeline node, named <pipeline>.<node id>
 
 
 def metadata_store(config: PipelineConfig) -> mlmd.MetadataStore:
@@ -26,10 +30,33 @@ def component_names(store) -> dict[int, str]:
     return {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
 
 
+def executions_since(store, since_execution_id: int = 0) -> list[tuple[str, object]]:
+    """``(component, execution)`` for the executions after ``since_execution_id``, in order."""
+    types = component_names(store)
+    return [(types[e.type_id], e) for e in store.get_executions() if e.id > since_execution_id]
+
+
+def seconds(execution) -> float:
+    """An execution's wall time as MLMD recorded it."""
+    return (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3
+
+
+def produced_by(store, producer: str) -> set[int]:
+    """Ids of the artifacts the component ``producer`` (its node id) output: found through its
+    MLMD node context, its executions and their OUTPUT events."""
+    executions = [e for context in store.get_contexts_by_type(NODE_CONTEXT)
+                  if context.name.rsplit(".", 1)[-1] == producer
+                  for e in store.get_executions_by_context(context.id)]
+    events = store.get_events_by_execution_ids([e.id for e in executions]) if executions else []
+    return {e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT}
+
+
 def latest_artifact(store, type_name: str, producer: str = ""):
-    """The newest artifact of a type (written by ``producer``'s component, if given), or None."""
-    found = [a for a in store.get_artifacts_by_type(type_name)
-             if not producer or f"/{producer}/" in a.uri]
+    """The newest artifact of a type (output by ``producer``'s component, if given), or None."""
+    found = store.get_artifacts_by_type(type_name)
+    if producer:
+        ids = produced_by(store, producer)
+        found = [a for a in found if a.id in ids]
     return max(found, key=lambda a: a.id) if found else None
 
 
@@ -40,7 +67,7 @@ def last_execution_id(config: PipelineConfig) -> int:
     return max((e.id for e in metadata_store(config).get_executions()), default=0)
 
 
-def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> dict:
+def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOutcome:
     """The newest evaluation and push: accuracy (and the served baseline's version and
     accuracy, if something was served), how the warm start went (if on),
     blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and whether every
@@ -50,25 +77,21 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> dict:
                                     ("ModelEvaluation", "ModelBlessing", "PushedModel"))
     if evaluation is None or blessing is None or pushed is None:
         raise RuntimeError(f"no completed run recorded in {config.metadata_path}")
-    props = pushed.custom_properties
-    is_pushed = bool(props["pushed"].int_value)
+    push = PushResult.read(pushed.custom_properties)
     has_baseline = "baseline_model_id" in blessing.custom_properties
     served = latest_artifact(store, "Model", "ServedModel")
     states = {e.last_known_state for e in store.get_executions() if e.id > since_execution_id}
-    return {
-        "cached": states == {metadata_store_pb2.Execution.CACHED},
-        "accuracy": overall_metric(evaluation.uri),
-        "baseline_accuracy": overall_metric(evaluation.uri, model=BASELINE) if has_baseline
+    return RunOutcome(
+        cached=states == {metadata_store_pb2.Execution.CACHED},
+        accuracy=overall_metric(evaluation.uri),
+        baseline_accuracy=overall_metric(evaluation.uri, model=BASELINE) if has_baseline
         else None,
-        "blessed": bool(blessing.custom_properties["blessed"].int_value),
-        "pushed": is_pushed,
-        "pushed_path": props["pushed_destination"].string_value if is_pushed else None,
-        "pushed_version": props["pushed_version"].int_value if is_pushed else None,
-        "reason": None if is_pushed else props["reason"].string_value,
-        "baseline_version": served.custom_properties[SERVED_VERSION].int_value
+        blessed=bool(blessing.custom_properties["blessed"].int_value),
+        pushed=push.pushed, pushed_path=push.destination, pushed_version=push.version,
+        reason=push.reason,
+        baseline_version=served.custom_properties[SERVED_VERSION].int_value
         if has_baseline and served is not None else None,
-        "warm_start": _warm_start(latest_artifact(store, "Model", "Trainer")),
-    }
+        warm_start=_warm_start(latest_artifact(store, "Model", "Trainer")))
 
 
 def _warm_start(model) -> str | None:

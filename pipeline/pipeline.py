@@ -14,8 +14,8 @@ from components.image_validator import ImageValidator
 from components.live_inputs import DataSpan, ServedModel, ServedVersion
 from components.standard import TRAINER_PARAMETERS, Evaluator, ImportExampleGen, Trainer
 from components.versioned_pusher import VersionedPusher
+from modules.features import SPLITS
 from pipeline.config import PipelineConfig
-from pipeline.default_data import SPLITS
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
@@ -51,6 +51,29 @@ def run_time_values(config: PipelineConfig, observed: Observed | None) -> dict[s
     return {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=ptype,
                                                         default=values[name])
             for name, ptype in RUN_TIME_PARAMETERS.items()}
+
+
+def _anomaly_gate(config: PipelineConfig, example_validator, statistics_gen, schema_gen,
+                  served) -> AnomalyGate:
+    """Stops the run on anomalies and, with a drift threshold set, on drift from the statistics
+    of the data the served model was trained on."""
+    drift = {"previous_statistics": served.outputs["statistics"]} if config.drift_config else {}
+    return AnomalyGate(anomalies=example_validator.outputs["anomalies"],
+                       statistics=statistics_gen.outputs["statistics"],
+                       schema=schema_gen.outputs["schema"],
+                       allowed_types=",".join(config.allowed_anomalies),
+                       drift_config=json.dumps(config.drift_config), **drift)
+
+
+def _tuner(config: PipelineConfig, transform, schema_gen) -> tfx.components.Tuner:
+    """KerasTuner's search on the transformed data (``modules.tuner``)."""
+    return tfx.components.Tuner(
+        tuner_fn=TUNER_FN, examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+        custom_config=config.tuner_config())
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
@@ -92,27 +115,14 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                                               infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    # Drift: against the statistics of the data the served model was trained on.
-    drift = {"previous_statistics": served.outputs["statistics"]} if config.drift_config else {}
-    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"],
-                               statistics=statistics_gen.outputs["statistics"],
-                               schema=schema_gen.outputs["schema"],
-                               allowed_types=",".join(config.allowed_anomalies),
-                               drift_config=json.dumps(config.drift_config), **drift)
+    anomaly_gate = _anomaly_gate(config, example_validator, statistics_gen, schema_gen, served)
     transform = tfx.components.Transform(
         examples=examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config())
     transform.add_upstream_node(anomaly_gate)
     optional_inputs = {"base_model": served.outputs["model"]} if config.warm_start else {}
-    tuning = []
-    if config.tune:
-        tuning = [tfx.components.Tuner(
-            tuner_fn=TUNER_FN, examples=transform.outputs["transformed_examples"],
-            transform_graph=transform.outputs["transform_graph"],
-            schema=schema_gen.outputs["schema"],
-            train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
-            eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-            custom_config=config.tuner_config())]
+    tuning = [_tuner(config, transform, schema_gen)] if config.tune else []
+    if tuning:
         optional_inputs["hyperparameters"] = tuning[0].outputs["best_hyperparameters"]
     trainer = Trainer(
         run_fn=RUN_FN,

@@ -15,10 +15,11 @@ import os
 import time
 
 from components import serving_dir
+from components.contracts import RunOutcome
 from components.gate import BASELINE, sliced_metric
-from modules.features import TRAINER_SUMMARY, TUNER_RESULTS
+from modules.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS
 from pipeline.config import PipelineConfig
-from pipeline.outcome import component_names, latest_artifact, metadata_store
+from pipeline.outcome import executions_since, latest_artifact, metadata_store, seconds
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
@@ -84,27 +85,25 @@ def confusion_svg(matrix: dict[tuple[int, int], float], names: list[str], cell=3
 class RunReport:
     """Collects one run's facts from MLMD; ``html()`` renders them."""
 
-    def __init__(self, config: PipelineConfig, outcome: dict, since_execution_id: int):
+    def __init__(self, config: PipelineConfig, outcome: RunOutcome,
+                 since_execution_id: int):
         self.config, self.outcome = config, outcome
         self.store = metadata_store(config)
-        types = component_names(self.store)
-        self.executions = [(types[e.type_id], e) for e in self.store.get_executions()
-                           if e.id > since_execution_id]
+        self.executions = executions_since(self.store, since_execution_id)
 
     def latest(self, type_name: str, producer: str):
         return latest_artifact(self.store, type_name, producer)
 
     def durations(self) -> list[list]:
         return [[name, "cached" if e.last_known_state == e.CACHED else
-                 e.State.Name(e.last_known_state).lower(),
-                 f"{(e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000:.1f}"]
+                 e.State.Name(e.last_known_state).lower(), f"{seconds(e):.1f}"]
                 for name, e in self.executions]
 
     def dataset(self) -> str:
         import tensorflow_data_validation as tfdv
         statistics = self.latest("ExampleStatistics", "StatisticsGen")
         rows, features = [], []
-        for split in ("train", "eval"):
+        for split in SPLITS:
             path = os.path.join(statistics.uri, f"Split-{split}", "FeatureStats.pb")
             dataset = tfdv.load_stats_binary(path).datasets[0]
             rows.append([split, dataset.num_examples])
@@ -219,19 +218,19 @@ class RunReport:
 
     def gate(self) -> str:
         o, c = self.outcome, self.config
-        verdict = '<span class="ok">BLESSED</span>' if o["blessed"] else \
+        verdict = '<span class="ok">BLESSED</span>' if o.blessed else \
             '<span class="bad">NOT BLESSED</span>'
-        rows = [["accuracy (eval split)", f"{o['accuracy']:.4f}", f">= {c.min_accuracy}"]]
-        if o["baseline_accuracy"] is None:
+        rows = [["accuracy (eval split)", f"{o.accuracy:.4f}", f">= {c.min_accuracy}"]]
+        if o.baseline_accuracy is None:
             rows.append(["baseline", "none (nothing served yet)", "absolute bound only"])
         else:
-            rows.append([f"baseline accuracy (served version {o['baseline_version']})",
-                         f"{o['baseline_accuracy']:.4f}",
+            rows.append([f"baseline accuracy (served version {o.baseline_version})",
+                         f"{o.baseline_accuracy:.4f}",
                          f"candidate >= baseline - {c.max_regression}"])
         if c.min_class_recall:
             rows.append(["per-class recall", "see below", f">= {c.min_class_recall}"])
-        push = (f"Pushed version {o['pushed_version']}: {html.escape(o['pushed_path'])}"
-                if o["pushed"] else f"Nothing pushed: {html.escape(str(o['reason']))}")
+        push = (f"Pushed version {o.pushed_version}: {html.escape(o.pushed_path)}"
+                if o.pushed else f"Nothing pushed: {html.escape(str(o.reason))}")
         versions = serving_dir.versions(c.push_dir)
         return (f"<p>Gate: {verdict}</p>" + _table(["check", "value", "threshold"], rows)
                 + f"<p>{push}. Versions now in {html.escape(c.push_dir)}: "
@@ -275,7 +274,8 @@ def _scalars(files: list[str], tag: str) -> list[float]:
     return values
 
 
-def write_report(config: PipelineConfig, outcome: dict, since_execution_id: int) -> str:
+def write_report(config: PipelineConfig, outcome: RunOutcome,
+                 since_execution_id: int) -> str:
     """Writes ``<pipeline root>/reports/run-<time>.html``; returns its path."""
     path = os.path.join(config.pipeline_root, "reports",
                         time.strftime("run-%Y%m%dT%H%M%S.html", time.gmtime()))

@@ -8,7 +8,7 @@ import shlex
 
 import yaml
 
-from pipeline import schedule
+from ops import schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(ROOT, ".github", "workflows", "ci.yml")
@@ -37,7 +37,7 @@ def test_main_builds_compiles_uploads_and_runs_after_the_tests():
     assert "refs/heads/main" in deploy["if"] and "push" in deploy["if"]
     runs = " && ".join(_runs(deploy))
     order = [runs.index(step) for step in ("make image", "docker push", "make compile",
-                                           "pipeline.schedule")]
+                                           "ops.schedule")]
     assert order == sorted(order)
     assert "--run-now" in runs and "${{ secrets.KFP_HOST }}" == deploy["env"]["KFP_HOST"]
     makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
@@ -50,9 +50,9 @@ def test_the_deploy_command_is_one_the_schedule_command_accepts(tmp_path, capsys
     from pipeline.config import PipelineConfig
     from pipeline.kubeflow_runner import compile_pipeline
 
-    step = next(r for r in _runs(_workflow()["jobs"]["deploy"]) if "pipeline.schedule" in r)
+    step = next(r for r in _runs(_workflow()["jobs"]["deploy"]) if "ops.schedule" in r)
     argv = shlex.split(step.replace("${{ vars.KFP_COMPILE_ARGS }}", "--spans true"))
-    argv = argv[argv.index("pipeline.schedule") + 1:]
+    argv = argv[argv.index("ops.schedule") + 1:]
     package = compile_pipeline(PipelineConfig(spans=True), str(tmp_path / "ci.yaml"))
     argv[argv.index("--package") + 1] = package
     assert schedule.main(argv + ["--dry-run"]) == 0

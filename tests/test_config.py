@@ -1,6 +1,7 @@
 """The typed configuration: defaults, environment and command-line overrides, validation."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,7 +9,8 @@ import sys
 
 import pytest
 
-from pipeline.config import PipelineConfig
+from pipeline.config import (GROUPS, RUNNER, SCOPES, TRAINER, TRANSFORM, PipelineConfig,
+                             fields_in)
 
 
 def test_defaults_work_out_of_the_box(tmp_path):
@@ -104,3 +106,27 @@ def test_runner_help_lists_every_option():
                    "--model-name", "--train-steps", "--batch-size", "--min-accuracy",
                    "--beam-mode", "--beam-args"):
         assert option in result.stdout
+
+
+def test_every_field_describes_itself_with_help_group_and_scope():
+    for field in dataclasses.fields(PipelineConfig):
+        assert field.metadata.get("help"), f"{field.name} has no help text"
+        assert field.metadata.get("group") in GROUPS, f"{field.name} has no option group"
+        assert field.metadata.get("scope") in SCOPES, f"{field.name} has no scope"
+
+
+def test_scopes_decide_the_custom_configs():
+    config = PipelineConfig()
+    transform = set(fields_in(TRANSFORM))
+    assert set(config.transform_config()) == transform
+    assert set(config.trainer_config()) == transform | set(fields_in(TRAINER)) | {"code_version"}
+    assert not set(fields_in(RUNNER)) & set(config.trainer_config())  # no cache-key noise
+
+
+def test_help_lists_the_options_by_group_with_their_descriptions(capsys):
+    with pytest.raises(SystemExit):
+        PipelineConfig.from_args(["--help"], environ={})
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.endswith(" options:")] == [
+        f"{group} options:" for group in GROUPS]
+    assert "the model's input height in pixels (default: 8)" in " ".join(out.split())

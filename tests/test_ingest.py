@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import ingest
+from ops import ingest
 from tests.conftest import encode
 
 

@@ -12,7 +12,7 @@ from make_shapes import write_shapes  # noqa: E402
 
 
 def test_varied_sizes_formats_and_colour_modes_that_ingest_accepts(tmp_path):
-    from pipeline import ingest
+    from ops import ingest
     paths = write_shapes(str(tmp_path / "images"), per_class=12, classes=3, seed=3)
     assert len(paths) == 36
     assert sorted(os.listdir(tmp_path / "images")) == ["circle", "square", "triangle"]

@@ -1,7 +1,8 @@
 """The whole pipeline with LocalDagRunner on the embedded digits data, in a temp dir.
 
 One first run (with a short KerasTuner search) is shared: then an identical rerun (all cached)
-and a rerun whose gate no model can pass (Evaluator reruns, nothing is pushed, serving is untouched).
+and a rerun whose gate no model can pass (Evaluator reruns, nothing is pushed, serving is
+untouched).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from modules.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
 from components import serving_dir
-from pipeline import local_runner, predict
+from ops import predict
+from pipeline import local_runner
 from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, latest_artifact, metadata_store
 
@@ -68,8 +70,7 @@ def test_every_component_succeeded_in_mlmd(first_run):
 def test_schema_has_the_image_and_label_features(first_run):
     import tensorflow_data_validation as tfdv
     config, _ = first_run
-    [schema_artifact] = [a for a in metadata_store(config).get_artifacts_by_type("Schema")
-                         if "/SchemaGen/" in a.uri]
+    schema_artifact = latest_artifact(metadata_store(config), "Schema", "SchemaGen")
     schema = tfdv.load_schema_text(os.path.join(schema_artifact.uri, "schema.pbtxt"))
     kinds = {f.name: f.type for f in schema.feature}
     assert kinds == {"image": schema_pb2.BYTES, "label": schema_pb2.INT}
@@ -77,17 +78,17 @@ def test_schema_has_the_image_and_label_features(first_run):
 
 def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
     config, outcome = first_run
-    assert outcome["blessed"] and outcome["pushed"]
-    assert serving_dir.versions(config.push_dir) == [1] and outcome["pushed_version"] == 1
-    assert outcome["pushed_path"] == os.path.join(config.push_dir, "1")
-    assert outcome["baseline_accuracy"] is None  # first run: absolute bound only
-    model = tf.saved_model.load(outcome["pushed_path"])
+    assert outcome.blessed and outcome.pushed
+    assert serving_dir.versions(config.push_dir) == [1] and outcome.pushed_version == 1
+    assert outcome.pushed_path == os.path.join(config.push_dir, "1")
+    assert outcome.baseline_accuracy is None  # first run: absolute bound only
+    model = tf.saved_model.load(outcome.pushed_path)
     records, labels = _held_out_examples(config)
     out = model.signatures["serving_default"](examples=tf.constant(records))
     accuracy = float(np.mean(out[CLASS_IDS].numpy() == labels))
     assert out[PROBABILITIES].shape == (len(records), config.num_classes)
     assert accuracy >= max(config.min_accuracy, 0.95)  # the default CNN's bar
-    assert accuracy == pytest.approx(outcome["accuracy"], abs=1e-6)
+    assert accuracy == pytest.approx(outcome.accuracy, abs=1e-6)
 
 
 def test_identical_reruns_push_nothing_and_are_then_served_from_cache(first_run, capsys):
@@ -115,10 +116,10 @@ def test_unreachable_gate_blesses_nothing_and_pushes_nothing(first_run):
     before = _serving_snapshot(config)
     last_id = max(e.id for e in metadata_store(config).get_executions())
     outcome = local_runner.run(dataclasses.replace(config, min_accuracy=1.5))
-    assert not outcome["blessed"] and not outcome["pushed"]
+    assert not outcome.blessed and not outcome.pushed
     rerun = _executions_by_component(config, last_id)
-    assert rerun["Evaluator"].last_known_state == metadata_store_pb2.Execution.COMPLETE
-    assert rerun["Trainer"].last_known_state == metadata_store_pb2.Execution.CACHED
+    assert rerun.Evaluator.last_known_state == metadata_store_pb2.Execution.COMPLETE
+    assert rerun.Trainer.last_known_state == metadata_store_pb2.Execution.CACHED
     assert _serving_snapshot(config) == before
 
 
@@ -129,7 +130,7 @@ def _png_images(records):
 
 def test_raw_bytes_signature_agrees_with_the_example_signature(first_run):
     config, outcome = first_run
-    model = tf.saved_model.load(outcome["pushed_path"])
+    model = tf.saved_model.load(outcome.pushed_path)
     records, _ = _held_out_examples(config)
     by_example = model.signatures["serving_default"](examples=tf.constant(records))
     by_bytes = model.signatures[RAW_SIGNATURE](image_bytes=tf.constant(_png_images(records)))
@@ -145,14 +146,14 @@ def test_tflite_artifact_agrees_with_the_pushed_saved_model(first_run):
     from modules.features import ImageSpec
     from modules.preprocessing import decode_images
     config, outcome = first_run
-    model = tf.saved_model.load(outcome["pushed_path"])
+    model = tf.saved_model.load(outcome.pushed_path)
     records, _ = _held_out_examples(config)
     images = _png_images(records)
     served = model.signatures[RAW_SIGNATURE](image_bytes=tf.constant(images))[CLASS_IDS].numpy()
     pixels = decode_images(tf.constant(images),
                            ImageSpec.from_custom_config(config.transform_config())).numpy()
     interpreter = tf.lite.Interpreter(
-        model_path=os.path.join(outcome["pushed_path"], TFLITE_PATH))
+        model_path=os.path.join(outcome.pushed_path, TFLITE_PATH))
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     lite = []
@@ -166,7 +167,7 @@ def test_tflite_artifact_agrees_with_the_pushed_saved_model(first_run):
 def test_raw_bytes_signature_rejects_oversized_images(first_run):
     from tests.conftest import encode
     _, outcome = first_run
-    model = tf.saved_model.load(outcome["pushed_path"])
+    model = tf.saved_model.load(outcome.pushed_path)
     huge = encode(np.zeros((8000, 7000), np.uint8), "PNG")  # 56 Mpx > default 50 Mpx
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_pixels=50000000"):
         model.signatures[RAW_SIGNATURE](image_bytes=tf.constant([huge]))
@@ -192,8 +193,8 @@ def test_per_class_recall_is_computed_and_can_gate(first_run):
     from components.gate import sliced_metric
     config, _ = first_run
     outcome = local_runner.run(dataclasses.replace(config, min_class_recall=1.0))
-    assert outcome["accuracy"] < 1.0  # so some class is below a recall of 1.0
-    assert not outcome["blessed"] and not outcome["pushed"]
+    assert outcome.accuracy < 1.0  # so some class is below a recall of 1.0
+    assert not outcome.blessed and not outcome.pushed
     evaluation = max(metadata_store(config).get_artifacts_by_type("ModelEvaluation"),
                      key=lambda a: a.id)
     per_class = {k: v for k, v in sliced_metric(evaluation.uri).items() if k}
@@ -217,10 +218,10 @@ def test_tuner_best_hyperparameters_are_what_the_pushed_model_was_trained_with(f
         trials = json.load(f)
     assert len(trials) == 2 and trials[0]["score"] >= trials[1]["score"]
     assert {k: trials[0][k] for k in TUNED} == {k: values[k] for k in TUNED}
-    with open(os.path.join(outcome["pushed_path"], "assets.extra", "training.json")) as f:
+    with open(os.path.join(outcome.pushed_path, "assets.extra", "training.json")) as f:
         trained = json.load(f)
     assert {k: trained[k] for k in TUNED} == {k: values[k] for k in TUNED}
-    with open(outcome["report"], encoding="utf-8") as f:
+    with open(outcome.report, encoding="utf-8") as f:
         report = f.read()
     assert f"<td>{trials[0]['trial_id']}</td><td>{trials[0]['score']:.4f}</td>" in report
 
@@ -228,15 +229,15 @@ def test_tuner_best_hyperparameters_are_what_the_pushed_model_was_trained_with(f
 def test_run_report_shows_what_mlmd_and_the_artifacts_say(first_run):
     import re
     config, outcome = first_run
-    with open(outcome["report"], encoding="utf-8") as f:
+    with open(outcome.report, encoding="utf-8") as f:
         report = f.read()
     for section in ("Decision", "Dataset", "Data checks", "Schema", "Tuning", "Training",
                     "Metrics per class", "Confusion matrix", "Components"):
         assert f"<h2>{section}" in report
-    assert f"{outcome['accuracy']:.4f}" in report
+    assert f"{outcome.accuracy:.4f}" in report
     assert 'class="ok">BLESSED' in report  # the blessing of the first run
     assert "none (nothing served yet)" in report
-    assert f"Pushed version 1: {outcome['pushed_path']}" in report
+    assert f"Pushed version 1: {outcome.pushed_path}" in report
     assert "<tr><td>train</td><td>1437</td></tr>" in report  # 4 of every 5 digits
     assert "<tr><td>eval</td><td>360</td></tr>" in report
     assert "<tr><td>steps (budget)</td><td>240</td></tr>" in report

@@ -47,11 +47,11 @@ def test_raw_pixels_with_string_labels_train_gate_and_serve_class_names(tmp_path
         raw_channels=1, raw_max_value=16, label_format="string", image_height=16,
         image_width=16, train_steps=150, epochs=3, eval_steps=5, min_accuracy=0.6)
     outcome = local_runner.run(config)
-    assert outcome["blessed"] and outcome["pushed"] and outcome["accuracy"] >= 0.6
+    assert outcome.blessed and outcome.pushed and outcome.accuracy >= 0.6
 
-    model = tf.saved_model.load(outcome["pushed_path"])
+    model = tf.saved_model.load(outcome.pushed_path)
     assert sorted(n.decode() for n in model.class_names.numpy()) == sorted(NAMES)
     records = tf.constant([_example(p).SerializeToString() for p, _ in held_out])
     predicted = model.signatures["serving_default"](examples=records)[CLASS_NAMES].numpy()
     accuracy = np.mean([p.decode() == name for p, (_, name) in zip(predicted, held_out)])
-    assert accuracy == pytest.approx(outcome["accuracy"], abs=1e-6)
+    assert accuracy == pytest.approx(outcome.accuracy, abs=1e-6)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
 from components import serving_dir
-from pipeline import retrain, rollback
+from ops import retrain, rollback
 from pipeline.config import PipelineConfig
 from pipeline.default_data import digits_examples
 from pipeline.outcome import latest_artifact, metadata_store
@@ -94,7 +94,7 @@ def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
     assert manifest[1]["accuracy"] >= 0.8
 
     # Lineage: what produced each version, and what each span fed.
-    from pipeline import lineage
+    from ops import lineage
     v2 = lineage.version_lineage(config, 2)
     assert v2["spans"] == [3]
     trainer = v2["model"]["produced_by"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline import schedule
+from ops import schedule
 from tests.kfp_contract_server import KfpContractServer
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from components import serving_dir
-from pipeline import rollback
+from ops import rollback
 
 
 def _model(tmp_path, name: str) -> str:

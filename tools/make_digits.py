@@ -1,6 +1,6 @@
 """MNIST-like float digits for benchmarks: ``python tools/make_digits.py OUT``.
 
-Writes ``OUT/{train,eval}/digits.tfrecord``: scikit-learn's 8x8 handwritten digits scaled to
+Writes ``OUT/{train,eval}/digits-00000-of-00001.tfrecord``: scikit-learn's 8x8 handwritten digits scaled to
 20x20 at a random place on a ``size`` x ``size`` canvas, as raw float pixels in
 ``[low, high]`` (``image`` float list, ``label`` int64), every 5th image held out. Read them
 with ``--image-format raw --raw-height 28 --raw-width 28 --raw-channels 1 --raw-min-value
@@ -9,12 +9,12 @@ with ``--image-format raw --raw-height 28 --raw-width 28 --raw-channels 1 --raw-
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
 
-EVAL_EVERY = 5
+from pipeline.default_data import EVAL_EVERY
+from pipeline.tfrecords import write_splits
 
 
 def digit_images(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,26 +36,22 @@ def digit_images(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 def write_digits(out: str, count: int = 1000, size: int = 28, low: float = -0.5,
                  high: float = 0.5, seed: int = 0) -> dict[str, int]:
-    """Writes the two splits; returns the number of examples in each."""
+    """Writes the two splits (``out`` must not exist or be empty); returns the number of
+    examples in each."""
     import tensorflow as tf
 
     images, labels = digit_images(count, size, seed)
-    counts = {"train": 0, "eval": 0}
-    writers = {}
-    for split in counts:
-        os.makedirs(os.path.join(out, split), exist_ok=True)
-        writers[split] = tf.io.TFRecordWriter(os.path.join(out, split, "digits.tfrecord"))
-    for index, (image, label) in enumerate(zip(images, labels)):
-        split = "eval" if index % EVAL_EVERY == 0 else "train"
-        writers[split].write(tf.train.Example(features=tf.train.Features(feature={
-            "image": tf.train.Feature(float_list=tf.train.FloatList(
-                value=(low + image.ravel() * (high - low)).tolist())),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-        })).SerializeToString())
-        counts[split] += 1
-    for writer in writers.values():
-        writer.close()
-    return counts
+
+    def records():
+        for index, (image, label) in enumerate(zip(images, labels)):
+            yield ("eval" if index % EVAL_EVERY == 0 else "train"), tf.train.Example(
+                features=tf.train.Features(feature={
+                    "image": tf.train.Feature(float_list=tf.train.FloatList(
+                        value=(low + image.ravel() * (high - low)).tolist())),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                })).SerializeToString()
+
+    return write_splits(out, records(), 1, "digits")
 
 
 def main(argv: list[str] | None = None) -> int:

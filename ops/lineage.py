@@ -1,4 +1,4 @@
-"""Lineage from ML Metadata: ``python -m pipeline.lineage {runs | version N | span N}``.
+"""Lineage from ML Metadata: ``python -m ops.lineage {runs | version N | span N}``.
 
 * ``runs``: every pipeline run, its executions' states and what it pushed;
 * ``version N``: what produced served version N: the data span(s) and examples, schema,
@@ -17,8 +17,9 @@ from collections import defaultdict
 from ml_metadata.proto import metadata_store_pb2
 
 from components import serving_dir
+from components.contracts import PushResult
 from pipeline.config import PipelineConfig
-from pipeline.outcome import component_names, metadata_store
+from pipeline.outcome import component_names, metadata_store, produced_by
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -91,8 +92,7 @@ class Lineage:
                 states[metadata_store_pb2.Execution.State.Name(execution.last_known_state)] += 1
                 if self.execution_types[execution.type_id] == "VersionedPusher":
                     for artifact in self.io(execution.id, OUTPUT_EVENTS).get("pushed_model", []):
-                        if artifact.custom_properties["pushed"].int_value:
-                            pushed = artifact.custom_properties["pushed_version"].int_value
+                        pushed = PushResult.read(artifact.custom_properties).version
             result.append({"run": context.name, "executions": dict(states),
                            "pushed_version": pushed,
                            "started": min((e.create_time_since_epoch for e in executions),
@@ -108,10 +108,10 @@ class Lineage:
 
     def models_fed_by_span(self, span: int) -> list[int]:
         """Model artifact ids downstream of ExampleGen output(s) of ``span``."""
+        examples = produced_by(self.store, "ImportExampleGen")
         seeds = [a.id for a in self.store.get_artifacts_by_type("Examples")
                  if a.custom_properties.get("span") is not None
-                 and a.custom_properties["span"].int_value == span
-                 and "/ImportExampleGen/" in a.uri]
+                 and a.custom_properties["span"].int_value == span and a.id in examples]
         seen, frontier, models = set(), list(seeds), set()
         while frontier:
             artifact_id = frontier.pop()
@@ -152,12 +152,12 @@ def span_lineage(config: PipelineConfig, span: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.lineage", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ops.lineage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("runs", "version", "span"))
     parser.add_argument("number", nargs="?", type=int)
     args, rest = parser.parse_known_args(argv)
-    config = PipelineConfig.from_args(rest, prog="python -m pipeline.lineage")
+    config = PipelineConfig.from_args(rest, prog="python -m ops.lineage")
     if args.what != "runs" and args.number is None:
         parser.error(f"'{args.what}' needs a number")
     try:

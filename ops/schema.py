@@ -1,4 +1,4 @@
-"""Export the inferred schema for curation: ``python -m pipeline.schema --out schema/schema.pbtxt``.
+"""Export the inferred schema for curation: ``python -m ops.schema --out schema/schema.pbtxt``.
 
 Takes the latest schema SchemaGen inferred in a run (same options as the local runner, e.g.
 ``--work-dir``), makes the image and label features required (one value in every example),
@@ -37,11 +37,11 @@ def curate(schema, config: PipelineConfig):
 
 def main(argv: list[str] | None = None) -> int:
     import tensorflow_data_validation as tfdv
-    parser = argparse.ArgumentParser(prog="python -m pipeline.schema", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ops.schema", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="schema/schema.pbtxt")
     args, rest = parser.parse_known_args(argv)
-    config = PipelineConfig.from_args(rest, prog="python -m pipeline.schema")
+    config = PipelineConfig.from_args(rest, prog="python -m ops.schema")
     latest = latest_artifact(metadata_store(config), "Schema", "SchemaGen")
     if latest is None:
         print(f"schema: no SchemaGen schema in {config.metadata_path}: run the pipeline first",

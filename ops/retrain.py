@@ -1,6 +1,6 @@
 """One scheduled retraining cycle, for cron or a systemd timer.
 
-``python -m pipeline.retrain --spans true --data-root /data/photos ...`` (same options as
+``python -m ops.retrain --spans true --data-root /data/photos ...`` (same options as
 ``pipeline.local_runner``) runs the pipeline once on the latest span and exits with:
 
 * 0 ``pushed``: a new model was blessed and published as the next version;
@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import traceback
 
+from components.contracts import RunOutcome
 from components.versioned_pusher import NO_NEW_DATA
 from pipeline.config import PipelineConfig
 from pipeline.local_runner import describe, run
@@ -22,10 +23,10 @@ from pipeline.local_runner import describe, run
 EXIT_CODES = {"pushed": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
 
 
-def status(outcome: dict) -> str:
-    if outcome["pushed"]:
+def status(outcome: RunOutcome) -> str:
+    if outcome.pushed:
         return "pushed"
-    unchanged = outcome["blessed"] or outcome["cached"] or outcome["reason"].startswith(
+    unchanged = outcome.blessed or outcome.cached or outcome.reason.startswith(
         NO_NEW_DATA)
     return "unchanged" if unchanged else "not_blessed"
 

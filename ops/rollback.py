@@ -1,4 +1,4 @@
-"""Serve an earlier version again: ``python -m pipeline.rollback --to-version N --reason ...``.
+"""Serve an earlier version again: ``python -m ops.rollback --to-version N --reason ...``.
 
 TF Serving serves the highest version, so the chosen version is re-published, atomically, as
 a new highest version; the manifest records the rollback and its reason.
@@ -15,7 +15,7 @@ from pipeline.config import PipelineConfig
 
 def main(argv: list[str] | None = None) -> int:
     defaults = PipelineConfig.from_args([])
-    parser = argparse.ArgumentParser(prog="python -m pipeline.rollback", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ops.rollback", description=__doc__)
     parser.add_argument("--push-dir", default=defaults.push_dir,
                         help="TF Serving model base directory (default: %(default)s)")
     parser.add_argument("--to-version", type=int, required=True)

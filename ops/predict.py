@@ -1,4 +1,4 @@
-"""Query a pushed model locally: ``python -m pipeline.predict --model DIR image.jpg ...``.
+"""Query a pushed model locally: ``python -m ops.predict --model DIR image.jpg ...``.
 
 ``DIR`` is a SavedModel or a TF Serving model base (its highest version is used). Prints the
 top-k classes of each image, through the model's raw-image-bytes signature.
@@ -36,7 +36,7 @@ def predict(model_dir: str, images: list[bytes], top_k: int = 3) -> list[list[tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ops.predict", description=__doc__)
     parser.add_argument("--model", required=True, help="SavedModel or TF Serving model base dir")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("images", nargs="+", help="JPEG/PNG/GIF/BMP files")

@@ -1,6 +1,6 @@
 """Scheduled retraining on Kubeflow Pipelines: upload the compiled pipeline, set its schedule.
 
-``python -m pipeline.schedule --host https://kfp.example.com --cron "0 2 * * *" [pipeline
+``python -m ops.schedule --host https://kfp.example.com --cron "0 2 * * *" [pipeline
 options]`` compiles the pipeline (as ``pipeline.kubeflow_runner`` does) unless ``--package``
 names a compiled one, uploads it as a new version of the pipeline, named by its content (an
 identical package reuses its version; creating the pipeline also makes KFP's initial version,
@@ -126,7 +126,7 @@ def plan(package: str, pipeline_name: str, experiment: str, job_name: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.schedule", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ops.schedule", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=os.environ.get("KFP_HOST", ""),
                         help="KFP API endpoint (default: $KFP_HOST; a bearer token, if the "
@@ -140,12 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-now", action="store_true", help="also start one run now")
     parser.add_argument("--dry-run", action="store_true")
     args, rest = parser.parse_known_args(argv)
-    config = PipelineConfig.from_args(rest, prog="python -m pipeline.schedule")
+    config = PipelineConfig.from_args(rest, prog="python -m ops.schedule")
     package = args.package
     if not package:
         from pipeline.kubeflow_runner import compile_pipeline
-        package = compile_pipeline(config, os.path.join(config.work_dir, "kfp",
-                                                        f"{config.pipeline_name}.yaml"))
+        package = compile_pipeline(config, config.package_path)
     job_name = args.job_name or f"{config.pipeline_name}-retraining"
     try:
         params = parse_params(args.param, package)

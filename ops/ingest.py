@@ -1,4 +1,4 @@
-"""Image folders to TFRecords: ``python -m pipeline.ingest <image dir> <out dir>``.
+"""Image folders to TFRecords: ``python -m ops.ingest <image dir> <out dir>``.
 
 ``<image dir>/<class name>/**/<image>`` becomes sharded TFRecords of tf.Examples (``image``
 bytes, ``label`` id by sorted class name, ``label_name``, ``height``, ``width``,
@@ -17,15 +17,15 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from modules.features import MAX_PIXELS, SPLITS
+from pipeline.tfrecords import write_splits
+
 KEEP_FORMATS = {"JPEG": ("L", "RGB"), "PNG": ("L", "RGB", "RGBA", "LA"), "GIF": ("L", "P"),
                 "BMP": ("L", "RGB")}
-SPLITS = ("train", "eval")
 
 
 class IngestError(ValueError):
@@ -110,7 +110,7 @@ def scan(image_dir: str) -> dict[str, list[str]]:
 
 def ingest(image_dir: str, out_dir: str, shards: int = 4, compress: bool = False,
            eval_fraction: float = 0.2, span: int | None = None, workers: int | None = None,
-           max_skipped_fraction: float = 0.05, max_pixels: int = 50_000_000,
+           max_skipped_fraction: float = 0.05, max_pixels: int = MAX_PIXELS,
            progress: bool = True) -> dict:
     """Converts ``image_dir``; returns the manifest (also written as ``manifest.json``)."""
     from tqdm import tqdm
@@ -151,40 +151,23 @@ def ingest(image_dir: str, out_dir: str, shards: int = 4, compress: bool = False
 
 def _write(kept, labels, out_dir, span, shards, compress, eval_fraction) -> dict:
     """Writes the records into a staging folder renamed into place: all or nothing."""
-    import tensorflow as tf
-
     root = os.path.join(out_dir, f"span-{span}") if span is not None else out_dir
     if os.path.exists(root) and os.listdir(root):
         raise IngestError(f"{root} exists and is not empty")
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".ingest-", dir=os.path.dirname(os.path.abspath(root)))
     counts = {split: {name: 0 for name in labels} for split in SPLITS}
-    suffix = ".tfrecord.gz" if compress else ".tfrecord"
-    try:
-        writers = {}
-        for split in SPLITS:
-            os.makedirs(os.path.join(staging, split))
-            writers[split] = [tf.io.TFRecordWriter(
-                os.path.join(staging, split, f"data-{i:05d}-of-{shards:05d}{suffix}"),
-                "GZIP" if compress else None) for i in range(shards)]
+
+    def records():
         for item in kept:
             split = split_of(item.sha256, eval_fraction)
-            writers[split][int(item.sha256[8:16], 16) % shards].write(
-                _example(item, labels[item.label_name]))
             counts[split][item.label_name] += 1
-        for split_writers in writers.values():
-            for writer in split_writers:
-                writer.close()
-        if os.path.exists(root):
-            os.rmdir(root)
-        os.rename(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            yield split, _example(item, labels[item.label_name])
+
+    write_splits(root, records(), shards, "data", compress)
     return {"root": root, "classes": list(labels), "counts": counts, "span": span}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ops.ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image_dir")
     parser.add_argument("out_dir")
@@ -194,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--span", type=int, help="write <out dir>/span-N/ (for retraining)")
     parser.add_argument("--workers", type=int, help="processes (default: one per core)")
     parser.add_argument("--max-skipped-fraction", type=float, default=0.05)
-    parser.add_argument("--max-pixels", type=int, default=50_000_000)
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
     args = parser.parse_args(argv)
     try:
         manifest = ingest(args.image_dir, args.out_dir, args.shards, args.compress,

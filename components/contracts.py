@@ -1,0 +1,62 @@
+"""Typed contracts between components and the tools that read their results.
+
+``PushResult`` is what VersionedPusher records on its PushedModel artifact (MLMD custom
+properties), read back by ``pipeline.outcome`` and ``ops.lineage``; ``RunOutcome`` is a run's
+result as the runners, ``ops.retrain``, the run report and the benchmarks use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResult:
+    """Whether a model was pushed: as which version, where, with which record; else why not."""
+
+    pushed: bool
+    version: int | None = None
+    destination: str | None = None
+    record: dict | None = None
+    accuracy: float | None = None
+    reason: str | None = None
+
+    def write(self, artifact) -> None:
+        """Sets the custom properties of a PushedModel artifact."""
+        artifact.set_int_custom_property("pushed", int(self.pushed))
+        if not self.pushed:
+            artifact.set_string_custom_property("reason", self.reason or "")
+            return
+        artifact.set_int_custom_property("pushed_version", self.version)
+        artifact.set_string_custom_property("pushed_destination", self.destination)
+        artifact.set_string_custom_property("push_record", json.dumps(self.record,
+                                                                      sort_keys=True))
+        artifact.set_float_custom_property("accuracy", self.accuracy)
+
+    @classmethod
+    def read(cls, properties) -> "PushResult":
+        """From an MLMD artifact's ``custom_properties``."""
+        if not properties["pushed"].int_value:
+            return cls(pushed=False, reason=properties["reason"].string_value)
+        return cls(pushed=True, version=properties["pushed_version"].int_value,
+                   destination=properties["pushed_destination"].string_value,
+                   record=json.loads(properties["push_record"].string_value),
+                   accuracy=properties["accuracy"].double_value)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """A run's result: the evaluated accuracy (and the served baseline's), the gate decision,
+    the push or why there was none, the warm start and the run report."""
+
+    cached: bool  # every execution of the run was a cache hit
+    accuracy: float
+    baseline_accuracy: float | None  # None: nothing was served, only the absolute bound
+    blessed: bool
+    pushed: bool
+    pushed_path: str | None
+    pushed_version: int | None
+    reason: str | None  # why nothing was pushed
+    baseline_version: int | None
+    warm_start: str | None  # how the warm start went; None when it was off
+    report: str | None = None  # the HTML run report

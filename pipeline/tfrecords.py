@@ -1,0 +1,45 @@
+"""Sharded TFRecord splits, written all or nothing (the embedded data, ingest, generators)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Iterable
+
+from modules.features import SPLITS
+
+
+def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int = 1,
+                 name: str = "data", compress: bool = False) -> dict[str, int]:
+    """Writes ``(split, serialized record)`` pairs round-robin into ``shards`` files per split,
+    ``<target>/<split>/<name>-0000i-of-0000N.tfrecord[.gz]``; returns the records per split.
+
+    The files go to a staging sibling renamed to ``target`` at the end (an empty ``target`` is
+    replaced), so a crash or error leaves nothing half-written.
+    """
+    import tensorflow as tf
+
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
+    suffix = ".tfrecord.gz" if compress else ".tfrecord"
+    counts = dict.fromkeys(SPLITS, 0)
+    try:
+        writers = {}
+        for split in SPLITS:
+            os.makedirs(os.path.join(staging, split))
+            writers[split] = [tf.io.TFRecordWriter(
+                os.path.join(staging, split, f"{name}-{i:05d}-of-{shards:05d}{suffix}"),
+                "GZIP" if compress else None) for i in range(shards)]
+        for split, record in records:
+            writers[split][counts[split] % shards].write(record)
+            counts[split] += 1
+        for split_writers in writers.values():
+            for writer in split_writers:
+                writer.close()
+        if os.path.isdir(target):
+            os.rmdir(target)  # only ever an empty one
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return counts
