@@ -1,8 +1,8 @@
 """MNIST-like float digits for benchmarks: ``python tools/make_digits.py OUT``.
 
-Writes ``OUT/{train,eval}/digits-00000-of-00001.tfrecord``: scikit-learn's 8x8 handwritten digits scaled to
-20x20 at a random place on a ``size`` x ``size`` canvas, as raw float pixels in
-``[low, high]`` (``image`` float list, ``label`` int64), every 5th image held out. Read them
+Writes ``OUT/{train,eval}/digits-00000-of-00001.tfrecord``: scikit-learn's 8x8 handwritten
+digits scaled to 20x20 at a random place on a ``size`` x ``size`` canvas, as raw float pixels
+in ``[low, high]`` (``image`` float list, ``label`` int64), every 5th image held out. Read them
 with ``--image-format raw --raw-height 28 --raw-width 28 --raw-channels 1 --raw-min-value
 -0.5 --raw-max-value 0.5``. Deterministic for a ``--seed``.
 """
