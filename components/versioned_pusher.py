@@ -20,6 +20,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils
 
 from components import serving_dir
+from components.contracts import PushResult
 from components.gate import overall_metric
 from components.image_validator import FINGERPRINT
 from components.live_inputs import (SERVED_VERSION, SOURCE_MODEL_ID, STATISTICS_PATH,
