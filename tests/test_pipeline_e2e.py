@@ -118,8 +118,8 @@ def test_unreachable_gate_blesses_nothing_and_pushes_nothing(first_run):
     outcome = local_runner.run(dataclasses.replace(config, min_accuracy=1.5))
     assert not outcome.blessed and not outcome.pushed
     rerun = _executions_by_component(config, last_id)
-    assert rerun.Evaluator.last_known_state == metadata_store_pb2.Execution.COMPLETE
-    assert rerun.Trainer.last_known_state == metadata_store_pb2.Execution.CACHED
+    assert rerun["Evaluator"].last_known_state == metadata_store_pb2.Execution.COMPLETE
+    assert rerun["Trainer"].last_known_state == metadata_store_pb2.Execution.CACHED
     assert _serving_snapshot(config) == before
 
 
