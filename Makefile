@@ -6,7 +6,7 @@ ARGS ?=
 IMAGE ?= tfx-image-pipeline:latest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench compile image lock clean
+.PHONY: help setup run serve test bench compile image lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ $(STAMP): requirements.lock setup.py tools/manylinux_repair.py
 
 run: setup ## train on the embedded default data (or ARGS="--data-root ...") and push if blessed
 	$(PY) -m pipeline.local_runner $(ARGS)
+
+serve: setup ## the prediction gateway on the newest pushed version (ARGS="--no-auth" locally)
+	$(PY) -m serving --serving-dir outputs/serving $(ARGS)
 
 test: setup ## run the test suite
 	$(PY) -m pytest tests -v $(ARGS)
