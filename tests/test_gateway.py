@@ -129,3 +129,12 @@ def test_token_bucket_refills_at_its_rate():
     assert buckets.take("c") == pytest.approx(0.5)
     now[0] = 0.5
     assert buckets.take("c") == 0.0
+
+
+def test_the_command_refuses_to_start_without_a_key_unless_told(monkeypatch, capsys):
+    from serving.__main__ import main
+    monkeypatch.delenv("GATEWAY_JWT_KEY", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--serving-dir", "nowhere"])
+    assert exit_info.value.code == 2
+    assert "--jwt-key-file or GATEWAY_JWT_KEY, or --no-auth" in capsys.readouterr().err
