@@ -214,8 +214,11 @@ def create_app(config: GatewayConfig, backend, metrics: Metrics | None = None,
         except (ValueError, KeyError, TypeError) as err:
             raise Rejected(400, "bad_request", f'expected {{"instances": [{{"b64": ...}}]}}: '
                            f"{err}") from None
-        for image in images:
+        for index, image in enumerate(images):
             kind = next((k for k, magics in MAGIC.items() if image.startswith(magics)), "")
+            if not kind:
+                raise Rejected(415, "magic", f"instance {index} is not a "
+                               f"{'/'.join(k.split('/')[1] for k in MAGIC)} image")
             check_image(image, kind, config.max_pixels)
         return {"predictions": answer(images)}
 

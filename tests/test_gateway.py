@@ -106,6 +106,15 @@ def test_predict_takes_b64_instances(server):
     assert response.status_code == 200 and len(response.json()["predictions"]) == 2
 
 
+def test_predict_names_the_instance_that_is_no_image(server):
+    body = json.dumps({"instances": [{"b64": base64.b64encode(_png()).decode()},
+                                     {"b64": base64.b64encode(b"plain text").decode()}]})
+    response = httpx.post(f"{server}/v1/models/image_classifier:predict", content=body,
+                          headers={"Authorization": f"Bearer {_token(sub='no-image')}"})
+    assert response.status_code == 415
+    assert response.json()["error"] == "instance 1 is not a jpeg/png/gif/bmp image"
+
+
 def test_rate_limit_answers_429_with_retry_after_and_metrics_count_it(server):
     headers = {"Content-Type": "image/png", "Authorization": f"Bearer {_token(sub='burst')}"}
     statuses = [httpx.post(f"{server}/v1/models/image_classifier:classify", content=_png(),
