@@ -233,18 +233,25 @@ def setup_training(config: dict):
     return tf_config, api, strategy
 
 
-def _fit(model, train, evaluation, fn_args: FnArgs, config: dict, steps: int, strategy, api):
-    """Fits ``steps`` in validation rounds; fine-tunes an application backbone if asked."""
-    rounds = min(VALIDATIONS, steps)
-    fit = dict(validation_data=evaluation, validation_steps=fn_args.eval_steps, verbose=2,
-               steps_per_epoch=steps // rounds,
+def fit_arguments(inputs: Inputs, eval_steps: int) -> dict:
+    """``model.fit`` arguments for ``inputs.steps`` in ``VALIDATIONS`` rounds (Keras epochs),
+    each ending in a validation of ``eval_steps`` batches."""
+    rounds = min(VALIDATIONS, inputs.steps)
+    return dict(x=inputs.train, validation_data=inputs.evaluation, epochs=rounds,
+                steps_per_epoch=inputs.steps // rounds, validation_steps=eval_steps, verbose=2)
+
+
+def _fit(model, inputs: Inputs, fn_args: FnArgs, config: dict, strategy, api):
+    """Fits the step budget in validation rounds; fine-tunes an application backbone if
+    asked."""
+    fit = dict(fit_arguments(inputs, fn_args.eval_steps),
                callbacks=_callbacks(config, fn_args.model_run_dir, api))
-    history = model.fit(train, epochs=rounds, **fit).history
+    history = model.fit(**fit).history
     if config["backbone"] != "cnn" and config["fine_tune_layers"] and config["fine_tune_epochs"]:
         absl.logging.info("Fine-tuning the top %d backbone layers", config["fine_tune_layers"])
         with strategy.scope():
             unfreeze_top(model, config["fine_tune_layers"], config["learning_rate"] / 10, api)
-        model.fit(train, epochs=config["fine_tune_epochs"], **fit)
+        model.fit(**dict(fit, epochs=config["fine_tune_epochs"]))
     return history
 
 
@@ -304,7 +311,8 @@ def run_fn(fn_args: FnArgs) -> None:
     export; ``TRAINER_SUMMARY`` in the ModelRun records the budget, the final eval metrics and
     the seconds of each phase."""
     clock = _Clock()
-    config = dict(fn_args.custom_config, **tuned_values(fn_args.hyperparameters))
+    tuned = tuned_values(fn_args.hyperparameters)
+    config = dict(fn_args.custom_config, **tuned)
     tf_config, api, strategy = setup_training(config)
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
     inputs = read_inputs(fn_args, config, batch_size, fn_args.train_steps)
@@ -314,8 +322,7 @@ def run_fn(fn_args: FnArgs) -> None:
         model = model_for(config, inputs.steps, api)
         warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None
     clock.lap("input_and_compile")
-    history = _fit(model, inputs.train, inputs.evaluation, fn_args, config, inputs.steps,
-                   strategy, api)
+    history = _fit(model, inputs, fn_args, config, strategy, api)
     clock.lap("fit")
     metrics = model.evaluate(inputs.evaluation, steps=fn_args.eval_steps, verbose=0,
                              return_dict=True)
@@ -329,7 +336,7 @@ def run_fn(fn_args: FnArgs) -> None:
         "train_examples": inputs.examples, "batch_size": batch_size, "train_steps": inputs.steps,
         "rounds_run": len(history.get("loss", [])), "eval_metrics": metrics,
         "last_round_train_accuracy": history.get("accuracy", [None])[-1],
-        "tuned": tuned_values(fn_args.hyperparameters), "seconds": clock.seconds})
+        "tuned": tuned, "seconds": clock.seconds})
 
 
 def tuned_values(hyperparameters: dict | None) -> dict:

@@ -13,7 +13,7 @@ import keras_tuner
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.v1.components import TunerFnResult
 
-from modules.trainer import VALIDATIONS, model_for, read_inputs, setup_training
+from modules.trainer import fit_arguments, model_for, read_inputs, setup_training
 
 WIDTHS = (16, 32, 48, 64)  # multiples of 8 (GroupNorm groups)
 
@@ -60,7 +60,4 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     tuner = keras_tuner.Tuner(oracle=oracle, hypermodel=build, directory=fn_args.working_dir,
                               project_name="search", overwrite=True,
                               distribution_strategy=strategy)
-    rounds = min(VALIDATIONS, inputs.steps)
-    return TunerFnResult(tuner=tuner, fit_kwargs=dict(
-        x=inputs.train, validation_data=inputs.evaluation, epochs=rounds,
-        steps_per_epoch=inputs.steps // rounds, validation_steps=fn_args.eval_steps, verbose=2))
+    return TunerFnResult(tuner=tuner, fit_kwargs=fit_arguments(inputs, fn_args.eval_steps))
