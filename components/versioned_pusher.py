@@ -48,7 +48,8 @@ def _why_not(model, blessing, examples, manifest: list[dict], base: str) -> str:
                if e.get("model_uri") == model.uri and e.get("action") == "push"]
     if earlier:
         return f"already pushed as version {earlier[0]}"
-    served = max(manifest, key=lambda e: e["version"], default=None)
+    served = next((e for e in manifest if e["version"] == serving_dir.served_version(base)),
+                  None)
     # A warm-started retrain on the data and settings of the served version is no news.
     if served and served.get("examples_uri") == examples.uri and served.get("retained") and \
             _training(path_utils.serving_model_path(model.uri)) == \

@@ -8,8 +8,8 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from modules.features import (CLASS_IDS, CLASS_NAMES, IMAGE_XF, LABEL_VOCABULARY, LABEL_XF,
-                              PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, SERVING_INPUT,
+from modules.features import (CLASS_IDS, CLASS_NAMES, CLASSES, IMAGE_XF, LABEL_VOCABULARY,
+                              LABEL_XF, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, SERVING_INPUT,
                               TFLITE_MODES, TRANSFORM_SIGNATURE, ImageSpec)
 from modules.preprocessing import decode_images, model_pixels
 
@@ -48,7 +48,11 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=RAW_INPUT)])
     def serve_image_bytes(self, images):
-        return self._predict(decode_images(images, self._spec))
+        """Also every image's row of class names (``CLASSES``, as TF Serving's Classify API
+        answers), so that a REST client gets names with the probabilities."""
+        outputs = self._predict(decode_images(images, self._spec))
+        outputs[CLASSES] = tf.tile(self.class_names[tf.newaxis], [tf.shape(images)[0], 1])
+        return outputs
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def transform_labels(self, serialized):

@@ -10,6 +10,7 @@ LABEL_XF = "label_xf"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
 CLASS_NAMES = "class_names"
+CLASSES = "classes"  # the raw-bytes signature's names of all classes, one row per image
 SERVING_INPUT = "examples"
 RAW_INPUT = "image_bytes"
 RAW_SIGNATURE = "serving_image_bytes"

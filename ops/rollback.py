@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         version = serving_dir.rollback(args.push_dir, args.to_version, args.reason,
                                        args.keep_versions)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"rollback: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"Version {args.to_version} re-published as version {version}, now served: "
           f"{os.path.join(args.push_dir, str(version))}")
     return 0

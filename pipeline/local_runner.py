@@ -25,7 +25,8 @@ def resolve_data(config: PipelineConfig) -> PipelineConfig:
 def observe(config: PipelineConfig):
     """The data span's fingerprint and the served version, as the pipeline's observers will
     see them: their cache keys, so that they rerun exactly when the world changed."""
-    from components.live_inputs import resolve_span, served_version
+    from components.live_inputs import resolve_span
+    from components.serving_dir import served_version
     from pipeline.pipeline import Observed, input_config
     _, fingerprint = resolve_span(config.data_root, input_config(config), config.span)
     return Observed(data_fingerprint=fingerprint, served_version=served_version(config.push_dir))

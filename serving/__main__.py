@@ -1,5 +1,6 @@
-"""``python -m serving --serving-dir DIR``: the gateway on the newest pushed version (in-process),
-or ``--backend http://tf-serving:8501`` to forward to TF Serving."""
+"""``python -m serving --serving-dir DIR``: the gateway on the pushed versions (in-process), or
+``--backend http://tf-serving:8501`` to forward to TF Serving. It routes by the serving dir's
+labels (``python -m ops.labels``), and serves the try-it page at ``/``."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,9 @@ import os
 import sys
 
 from serving.backends import HttpBackend, LocalBackend
+from serving.feedback import FEEDBACK, Answers
 from serving.gateway import GatewayConfig, create_app
+from serving.routing import Router
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serving-dir", default="outputs/serving")
     parser.add_argument("--model-name", default="image_classifier")
     parser.add_argument("--backend", default="", help="TF Serving REST URL; empty: in-process")
+    parser.add_argument("--feedback-dir", default="",
+                        help="where true classes are logged (default: <model dir>/feedback)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-bytes", type=int, default=GatewayConfig.max_bytes)
@@ -35,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     config = GatewayConfig(model_name=args.model_name, max_bytes=args.max_bytes,
                            auth=not args.no_auth, jwt_key=key, rate_per_second=args.rate,
                            burst=args.burst)
-    backend = (HttpBackend(args.backend, args.model_name) if args.backend
-               else LocalBackend(os.path.join(args.serving_dir, args.model_name)))
+    push_dir = os.path.join(args.serving_dir, args.model_name)
+    backend = HttpBackend(args.backend, args.model_name) if args.backend else LocalBackend(
+        push_dir)
+    answers = Answers(args.feedback_dir or os.path.join(push_dir, FEEDBACK))
     import uvicorn
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    uvicorn.run(create_app(config, backend), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(create_app(config, Router(push_dir, backend), answers), host=args.host,
+                port=args.port, log_level="info")
     return 0
 
 

@@ -1,77 +1,125 @@
-"""Where the gateway's predictions come from: the newest pushed SavedModel loaded in-process
-(no TF Serving binary installs here), or a TF Serving REST endpoint in a cluster."""
+"""Where the gateway's predictions come from: pushed SavedModels loaded in-process (no TF Serving
+binary installs here), or a TF Serving REST endpoint in a cluster. Both answer for an explicit
+version, chosen by the gateway's ``Router``."""
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import os
 import threading
+import time
+import urllib.error
 import urllib.request
 
 from components import serving_dir
-from modules.features import PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
+from modules.features import CLASSES, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
+
+
+def _cause(message: str) -> str:
+    """The first line of a TensorFlow error, without its graph-node prefix."""
+    line = message.strip().splitlines()[0] if message.strip() else "undecodable image"
+    return "the image does not decode: " + line.split("}}")[-1].strip()
+
+
+class Unavailable(Exception):
+    """The backend cannot answer for that version now (not loaded yet, or unreachable)."""
+
+
+class BadImage(Exception):
+    """An image whose header passed the gateway's checks but whose pixels do not decode."""
 
 
 class LocalBackend:
-    """The highest version under ``push_dir``, reloaded when a newer one (or a rollback) shows."""
+    """The versions under ``push_dir``, each loaded on first use; the ``keep`` most recently
+    used stay in memory (stable and canary at once, plus one being rolled to)."""
 
-    def __init__(self, push_dir: str):
-        self.push_dir = push_dir
+    def __init__(self, push_dir: str, keep: int = 3):
+        self.push_dir, self.keep = push_dir, keep
         self._lock = threading.Lock()
-        self._loaded: tuple[int, object, list[str]] | None = None
+        self._loaded: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 
-    def _current(self):
-        versions = serving_dir.versions(self.push_dir)
-        if not versions:
-            raise RuntimeError(f"no model version under {self.push_dir}")
+    def versions(self) -> list[int]:
+        return serving_dir.versions(self.push_dir)
+
+    def _model(self, version: int):
         with self._lock:
-            if self._loaded is None or self._loaded[0] != versions[-1]:
+            if version not in self._loaded:
                 import tensorflow as tf
-                model = tf.saved_model.load(os.path.join(self.push_dir, str(versions[-1])))
+                path = os.path.join(self.push_dir, str(version))
+                try:
+                    model = tf.saved_model.load(path)
+                except (OSError, ValueError) as err:
+                    raise Unavailable(f"version {version} does not load from {path}: "
+                                      f"{err}") from None
                 names = [n.decode() for n in model.class_names.numpy()]
-                self._loaded = (versions[-1], model, names)
-            return self._loaded
+                self._loaded[version] = (model, names)
+                while len(self._loaded) > self.keep:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(version)
+            return self._loaded[version]
 
-    def ready(self) -> bool:
+    def ready(self, version: int) -> bool:
         try:
-            self._current()
+            self._model(version)
             return True
-        except (RuntimeError, OSError):
+        except Unavailable:
             return False
 
-    def classify(self, images: list[bytes]):
+    def classify(self, images: list[bytes], version: int):
+        """``(probabilities per image, class names)`` from ``version``."""
         import tensorflow as tf
-        version, model, names = self._current()
-        outputs = model.signatures[RAW_SIGNATURE](**{RAW_INPUT: tf.constant(images)})
-        return version, outputs[PROBABILITIES].numpy().tolist(), names
+        model, names = self._model(version)
+        try:
+            outputs = model.signatures[RAW_SIGNATURE](**{RAW_INPUT: tf.constant(images)})
+        except tf.errors.InvalidArgumentError as err:
+            raise BadImage(_cause(err.message)) from None
+        return outputs[PROBABILITIES].numpy().tolist(), names
 
 
 class HttpBackend:
-    """TF Serving's REST predict API at ``url`` (``http://host:8501``) for ``model_name``."""
+    """TF Serving's REST API at ``url`` (``http://host:8501``) for ``model_name``: predictions
+    from ``/versions/<v>:predict``; the available versions from its status, cached for
+    ``status_ttl`` seconds."""
 
-    def __init__(self, url: str, model_name: str, timeout: float = 10.0):
+    def __init__(self, url: str, model_name: str, timeout: float = 10.0,
+                 status_ttl: float = 2.0):
         self.base = f"{url.rstrip('/')}/v1/models/{model_name}"
-        self.timeout = timeout
+        self.timeout, self.status_ttl = timeout, status_ttl
+        self._status: tuple[float, list[int]] = (float("-inf"), [])
 
-    def _get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.base + path, timeout=self.timeout) as response:
-            return json.load(response)
+    def versions(self) -> list[int]:
+        checked, available = self._status
+        if time.monotonic() - checked > self.status_ttl:
+            try:
+                with urllib.request.urlopen(self.base, timeout=self.timeout) as response:
+                    states = json.load(response)["model_version_status"]
+                available = sorted(int(s["version"]) for s in states
+                                   if s["state"] == "AVAILABLE")
+            except (OSError, ValueError, KeyError):
+                available = []
+            self._status = (time.monotonic(), available)
+        return available
 
-    def ready(self) -> bool:
-        try:
-            states = self._get("")["model_version_status"]
-            return any(s["state"] == "AVAILABLE" for s in states)
-        except (OSError, ValueError, KeyError):
-            return False
+    def ready(self, version: int) -> bool:
+        return version in self.versions()
 
-    def classify(self, images: list[bytes]):
+    def classify(self, images: list[bytes], version: int):
         body = json.dumps({"signature_name": RAW_SIGNATURE, "instances": [
             {RAW_INPUT: {"b64": base64.b64encode(image).decode()}} for image in images]})
-        request = urllib.request.Request(self.base + ":predict", body.encode(),
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            predictions = json.load(response)["predictions"]
-        metadata = self._get("/metadata")
-        version = int(metadata["model_spec"]["version"])
-        names = [str(i) for i in range(len(predictions[0][PROBABILITIES]))]
-        return version, [p[PROBABILITIES] for p in predictions], names
+        request = urllib.request.Request(f"{self.base}/versions/{version}:predict",
+                                         body.encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                predictions = json.load(response)["predictions"]
+        except urllib.error.HTTPError as err:
+            text = err.read()[:500].decode(errors="replace")
+            if err.code == 400:
+                raise BadImage(_cause(text)) from None
+            raise Unavailable(f"TF Serving answered {err.code} for version {version}: "
+                              f"{text[:200]}") from None
+        except OSError as err:
+            raise Unavailable(f"TF Serving at {self.base} is unreachable: {err}") from None
+        first = predictions[0]
+        names = first.get(CLASSES) or [str(i) for i in range(len(first[PROBABILITIES]))]
+        return [p[PROBABILITIES] for p in predictions], names

@@ -1,11 +1,12 @@
 """The prediction gateway: the protections of a public image endpoint in front of a model.
 
-Requests pass, in order: the size limit (413, checked from Content-Length and while reading),
-JWT authentication (401), the per-client token bucket (429 with Retry-After), the Content-Type
-and magic-byte check (415), and the pixel count read from the image header before any
-decoding (422). Only then does the backend classify: the newest pushed SavedModel in-process,
-or a TF Serving REST endpoint. Every rejection is one JSON log line (reason, client, size,
-route) and a ``gateway_rejected_total{reason}`` count.
+Requests pass, in order: JWT authentication (401), the per-client token bucket (429 with
+Retry-After), the size limit (413, from Content-Length and while reading), the Content-Type and
+magic-byte check (415), and the pixel count read from the image header before any decoding
+(422). Only then does the ``Router`` pick the label (``stable``, or ``canary`` for its share)
+and version, and its backend classifies: SavedModels in-process, or TF Serving's REST API.
+Every rejection is one JSON log line (reason, client, size, route) and a
+``gateway_rejected_total{reason}`` count. Answers carry a request id for later feedback.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import dataclasses
 import io
 import json
 import logging
+import pathlib
 import threading
 import time
 import uuid
@@ -22,13 +24,22 @@ import jwt
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from modules.features import MAX_PIXELS
+from serving.backends import BadImage, Unavailable
+from serving.feedback import Answers, UnknownRequest
+from serving.routing import NoRoute, Router
 
 LOG = logging.getLogger("gateway")
+PAGE = pathlib.Path(__file__).with_name("page.html")  # the try-it page, no build step
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+                "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+                "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
 # Content types a client may send, and the magic bytes each must start with.
 MAGIC = {"image/jpeg": (b"\xff\xd8\xff",), "image/png": (b"\x89PNG\r\n\x1a\n",),
          "image/gif": (b"GIF87a", b"GIF89a"), "image/bmp": (b"BM",)}
@@ -115,8 +126,26 @@ class Metrics:
                                  ["route"], registry=self.registry)
         self.rejected = Counter("gateway_rejected_total", "Rejected requests by reason",
                                 ["reason"], registry=self.registry)
-        self.version = Gauge("gateway_model_version", "The model version that answers",
+        self.predictions = Counter("gateway_predictions_total", "Images classified, by the "
+                                   "label and version that answered", ["label", "version"],
+                                   registry=self.registry)
+        self.model_latency = Histogram("gateway_model_seconds", "Backend latency by label",
+                                       ["label"], registry=self.registry)
+        self.feedback = Counter("gateway_feedback_total", "True classes received, by label "
+                                "and whether the answer was right", ["label", "correct"],
+                                registry=self.registry)
+        self.version = Gauge("gateway_model_version", "The version each label routes to",
                              ["label"], registry=self.registry)
+        self.canary_weight = Gauge("gateway_canary_weight", "The canary's share of traffic",
+                                   registry=self.registry)
+
+    def labels(self, router: Router) -> None:
+        """Sets the label gauges to what ``router`` routes to now."""
+        self.version.clear()
+        for label, version in router.versions().items():
+            self.version.labels(label).set(version)
+        labels = router.labels()
+        self.canary_weight.set(labels.canary_weight if labels else 0.0)
 
 
 def client_of(request: Request, claims: dict | None) -> str:
@@ -160,12 +189,43 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(config: GatewayConfig, backend, metrics: Metrics | None = None,
-               buckets: TokenBuckets | None = None) -> Starlette:
-    """The gateway over ``backend`` (``classify(list[bytes]) -> (version, probabilities,
-    class names)`` and ``ready()``)."""
+async def uploaded_image(request: Request, body: bytes) -> tuple[bytes, str]:
+    """``(image bytes, content type)`` of a raw body, or of the one file in a multipart form."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return body, content_type
+
+    async def stream():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=1,
+                                     max_fields=10).parse()
+    except (MultiPartException, ValueError) as err:
+        raise Rejected(400, "bad_multipart", f"unreadable multipart body: {err}") from None
+    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    if not files:
+        raise Rejected(400, "bad_multipart", "the multipart body has no file part")
+    return await files[0].read(), files[0].content_type or ""
+
+
+def _json(body: bytes, expected: str) -> dict:
+    try:
+        value = json.loads(body)
+        if not isinstance(value, dict):
+            raise ValueError("not an object")
+        return value
+    except ValueError as err:
+        raise Rejected(400, "bad_request", f"expected {expected}: {err}") from None
+
+
+def create_app(config: GatewayConfig, router: Router, answers: Answers,
+               metrics: Metrics | None = None, buckets: TokenBuckets | None = None) -> Starlette:
+    """The gateway: ``router`` picks the label and version, its backend classifies, and
+    ``answers`` keeps the answers that feedback may come for."""
     metrics = metrics or Metrics()
     buckets = buckets or TokenBuckets(config.rate_per_second, config.burst)
+    page = PAGE.read_text(encoding="utf-8").replace("__MODEL_NAME__", config.model_name)
 
     async def guarded(request: Request, route: str, handle) -> Response:
         start, claims, size = time.perf_counter(), None, 0
@@ -179,7 +239,7 @@ def create_app(config: GatewayConfig, backend, metrics: Metrics | None = None,
                                {"Retry-After": str(max(1, round(wait + 0.5)))})
             body = await read_body(request, config.max_bytes)
             size = len(body)
-            response = JSONResponse(handle(request, body))
+            response = JSONResponse(await handle(request, body))
         except Rejected as rejected:
             metrics.rejected.labels(rejected.reason).inc()
             LOG.warning(json.dumps({"event": "rejected", "reason": rejected.reason,
@@ -187,59 +247,106 @@ def create_app(config: GatewayConfig, backend, metrics: Metrics | None = None,
                                     "route": route, "status": rejected.status}))
             response = JSONResponse({"error": str(rejected), "reason": rejected.reason},
                                     rejected.status, headers=rejected.headers)
+        except Exception:  # noqa: BLE001 - one request's failure never takes the gateway down
+            LOG.exception("unexpected failure on %s", route)
+            response = JSONResponse({"error": "internal error", "reason": "internal"}, 500)
         metrics.requests.labels(route, str(response.status_code)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - start)
         return response
 
-    def answer(images: list[bytes]) -> list[dict]:
-        version, probabilities, names = backend.classify(images)
-        metrics.version.labels("stable").set(version)
+    def answer(request: Request, images: list[bytes]) -> list[dict]:
+        try:
+            label, version = router.choose(request.path_params.get("label", ""),
+                                           request.path_params.get("version", 0))
+        except NoRoute as err:
+            raise Rejected(err.status, "no_route", str(err)) from None
+        start = time.perf_counter()
+        try:
+            probabilities, names = router.backend.classify(images, version)
+        except Unavailable as err:
+            raise Rejected(503, "unavailable", str(err), {"Retry-After": "5"}) from None
+        except BadImage as err:
+            raise Rejected(422, "undecodable", str(err)) from None
+        metrics.model_latency.labels(label).observe(time.perf_counter() - start)
+        metrics.predictions.labels(label, str(version)).inc(len(images))
         results = []
         for row in probabilities:
             top = sorted(range(len(row)), key=lambda i: -row[i])[:config.top_k]
-            results.append({"request_id": uuid.uuid4().hex, "model_version": version,
-                            "top": [{"class": names[i], "probability": float(row[i])}
-                                    for i in top]})
+            request_id = uuid.uuid4().hex
+            answers.remember(request_id, label, version, names[top[0]])
+            results.append({"request_id": request_id, "model_version": version,
+                            "label": label, "top": [{"class": names[i],
+                                                     "probability": float(row[i])}
+                                                    for i in top]})
         return results
 
-    def classify(request: Request, body: bytes) -> dict:
-        content_type = request.headers.get("content-type", "")
-        check_image(body, content_type, config.max_pixels)
-        return answer([body])[0]
+    async def classify(request: Request, body: bytes) -> dict:
+        image, content_type = await uploaded_image(request, body)
+        check_image(image, content_type, config.max_pixels)
+        return answer(request, [image])[0]
 
-    def predict(request: Request, body: bytes) -> dict:
+    async def predict(request: Request, body: bytes) -> dict:
         try:
-            instances = json.loads(body)["instances"]
+            instances = _json(body, '{"instances": [{"b64": ...}]}')["instances"]
             images = [base64.b64decode(item["b64"], validate=True) for item in instances]
         except (ValueError, KeyError, TypeError) as err:
             raise Rejected(400, "bad_request", f'expected {{"instances": [{{"b64": ...}}]}}: '
                            f"{err}") from None
+        if not images:
+            raise Rejected(400, "bad_request", "no instances")
         for index, image in enumerate(images):
             kind = next((k for k, magics in MAGIC.items() if image.startswith(magics)), "")
             if not kind:
                 raise Rejected(415, "magic", f"instance {index} is not a "
                                f"{'/'.join(k.split('/')[1] for k in MAGIC)} image")
             check_image(image, kind, config.max_pixels)
-        return {"predictions": answer(images)}
+        return {"predictions": answer(request, images)}
 
-    async def classify_route(request: Request) -> Response:
-        return await guarded(request, "classify", classify)
+    async def feedback(request: Request, body: bytes) -> dict:
+        value = _json(body, '{"request_id": ..., "class": ...}')
+        if not isinstance(value.get("request_id"), str) or not isinstance(value.get("class"),
+                                                                          str):
+            raise Rejected(400, "bad_request", 'expected {"request_id": "...", "class": "..."}')
+        try:
+            entry = answers.record(value["request_id"], value["class"])
+        except UnknownRequest as err:
+            raise Rejected(404, "unknown_request", err.args[0]) from None
+        metrics.feedback.labels(entry["label"], str(entry["correct"]).lower()).inc()
+        return {"request_id": entry["request_id"], "correct": entry["correct"]}
 
-    async def predict_route(request: Request) -> Response:
-        return await guarded(request, "predict", predict)
+    async def status(request: Request, body: bytes) -> dict:
+        labels = router.labels()
+        return {"model": config.model_name, "labels": router.versions(),
+                "canary_weight": labels.canary_weight if labels else 0.0}
+
+    def route(handle, name):
+        async def endpoint(request: Request) -> Response:
+            return await guarded(request, name, handle)
+        return endpoint
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
-        ready = backend.ready()
-        return JSONResponse({"ready": ready}, 200 if ready else 503)
+        stable = router.versions().get("stable", 0)
+        ready = bool(stable) and router.backend.ready(stable)
+        return JSONResponse({"ready": ready, "stable": stable}, 200 if ready else 503)
 
     async def metrics_route(_: Request) -> Response:
+        metrics.labels(router)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[
-        Route("/v1/models/{name}:classify", classify_route, methods=["POST"]),
-        Route("/v1/models/{name}:predict", predict_route, methods=["POST"]),
-        Route("/healthz", healthz), Route("/readyz", readyz),
+    async def page_route(_: Request) -> Response:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
+
+    model = "/v1/models/{name}"
+    routes = [Route(model, route(status, "status"), methods=["GET"]),
+              Route(f"{model}:feedback", route(feedback, "feedback"), methods=["POST"])]
+    for target in ("", "/labels/{label}", "/versions/{version:int}"):
+        routes += [Route(f"{model}{target}:classify", route(classify, "classify"),
+                         methods=["POST"]),
+                   Route(f"{model}{target}:predict", route(predict, "predict"),
+                         methods=["POST"])]
+    return Starlette(routes=routes + [
+        Route("/", page_route), Route("/healthz", healthz), Route("/readyz", readyz),
         Route("/metrics", metrics_route)])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import threading
 import time
@@ -14,8 +15,12 @@ import pytest
 
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
+from components import serving_dir
+from ops import labels as labels_command
 from serving.backends import LocalBackend
+from serving.feedback import Answers
 from serving.gateway import GatewayConfig, TokenBuckets, create_app
+from serving.routing import Router
 from tests.conftest import encode
 
 SECRET = "test-secret-with-at-least-32-bytes!!"
@@ -35,12 +40,9 @@ def pushed(tmp_path_factory):
     return config
 
 
-@pytest.fixture(scope="module")
-def server(pushed):
+def serve(app):
+    """Runs ``app`` under uvicorn on a free port; yields its URL."""
     import uvicorn
-    config = GatewayConfig(jwt_key=SECRET, max_bytes=50_000, max_pixels=100_000,
-                           rate_per_second=1.0, burst=3)
-    app = create_app(config, LocalBackend(pushed.push_dir))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -52,6 +54,33 @@ def server(pushed):
     yield f"http://127.0.0.1:{port}"
     uv.should_exit = True
     thread.join(5)
+
+
+def gateway(push_dir: str, **limits):
+    config = GatewayConfig(jwt_key=SECRET, max_bytes=50_000, max_pixels=100_000, **limits)
+    return create_app(config, Router(push_dir, LocalBackend(push_dir)),
+                      Answers(os.path.join(push_dir, "feedback")))
+
+
+@pytest.fixture(scope="module")
+def server(pushed):
+    yield from serve(gateway(pushed.push_dir, rate_per_second=1.0, burst=3))
+
+
+@pytest.fixture(scope="module")
+def two_versions(pushed, tmp_path_factory):
+    """A serving dir with versions 1 and 2 (a copy of the pushed model) under a gateway whose
+    rate limit stays out of the way."""
+    push_dir = str(tmp_path_factory.mktemp("labels") / "image_classifier")
+    source = os.path.join(pushed.push_dir, "1")
+    for _ in range(2):
+        serving_dir.publish(source, push_dir, {"action": "push"}, keep=5)
+    yield from ((push_dir, url) for url in serve(gateway(push_dir, rate_per_second=1000.0,
+                                                         burst=1000)))
+
+
+def _headers(sub: str, content_type: str = "image/png") -> dict:
+    return {"Content-Type": content_type, "Authorization": f"Bearer {_token(sub=sub)}"}
 
 
 def _png(side=8) -> bytes:
@@ -69,7 +98,8 @@ def test_classify_answers_top_classes_and_the_version(server):
                                    "Authorization": f"Bearer {_token(sub='classify')}"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model_version"] == 1 and len(body["top"]) == 3
+    assert body["model_version"] == 1 and body["label"] == "stable" and len(body["top"]) == 3
+    assert all(t["class"].isdigit() for t in body["top"])  # the digits' class names
     assert abs(sum(t["probability"] for t in body["top"])) <= 1.0 + 1e-6
 
 
@@ -128,7 +158,95 @@ def test_rate_limit_answers_429_with_retry_after_and_metrics_count_it(server):
 
 def test_health_and_readiness(server):
     assert httpx.get(f"{server}/healthz").status_code == 200
-    assert httpx.get(f"{server}/readyz").json() == {"ready": True}
+    assert httpx.get(f"{server}/readyz").json() == {"ready": True, "stable": 1}
+
+
+def test_classify_takes_a_multipart_upload(server):
+    response = httpx.post(f"{server}/v1/models/image_classifier:classify",
+                          files={"image": ("digit.png", _png(), "image/png")},
+                          headers={"Authorization": f"Bearer {_token(sub='multipart')}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == 1
+
+
+def test_an_image_whose_pixels_do_not_decode_gets_422_not_5xx(server):
+    truncated = _png(32)[:60]  # a valid header, then nothing
+    response = httpx.post(f"{server}/v1/models/image_classifier:classify", content=truncated,
+                          headers=_headers("truncated"))
+    assert response.status_code == 422, response.text
+    assert response.json()["reason"] == "undecodable"
+    assert "function_node" not in response.json()["error"]
+
+
+def test_the_page_is_served_with_a_content_security_policy(server):
+    response = httpx.get(server)
+    assert response.status_code == 200 and 'const model = "image_classifier"' in response.text
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+def _classify(url: str, path: str = "", sub: str = "labels") -> dict:
+    response = httpx.post(f"{url}/v1/models/image_classifier{path}:classify", content=_png(),
+                          headers=_headers(sub))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_canary_gets_its_share_and_rollback_is_instant(two_versions, capsys):
+    push_dir, url = two_versions
+    assert labels_command.main(["--push-dir", push_dir, "canary", "--version", "2",
+                                "--weight", "0.5"]) == 0
+    before = {v: os.stat(os.path.join(push_dir, str(v))).st_mtime_ns for v in (1, 2)}
+    answered = [_classify(url) for _ in range(40)]
+    assert {(a["label"], a["model_version"]) for a in answered} == {("stable", 1),
+                                                                    ("canary", 2)}
+    assert _classify(url, "/labels/canary")["model_version"] == 2
+    assert _classify(url, "/versions/1")["label"] == "stable"
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'gateway_model_version{label="canary"} 2.0' in metrics
+    assert 'gateway_canary_weight 0.5' in metrics
+    canary_count = sum(a["label"] == "canary" for a in answered) + 1
+    assert f'gateway_predictions_total{{label="canary",version="2"}} {canary_count}.0' in metrics
+
+    assert labels_command.main(["--push-dir", push_dir, "rollback", "--reason", "test"]) == 0
+    assert {_classify(url)["model_version"] for _ in range(20)} == {1}
+    assert httpx.post(f"{url}/v1/models/image_classifier/labels/canary:classify",
+                      content=_png(), headers=_headers("gone")).status_code == 404
+    assert before == {v: os.stat(os.path.join(push_dir, str(v))).st_mtime_ns for v in (1, 2)}
+    assert 'gateway_model_version{label="canary"}' not in httpx.get(f"{url}/metrics").text
+
+
+def test_feedback_is_taken_once_and_compare_reports_per_version_accuracy(two_versions,
+                                                                          capsys):
+    push_dir, url = two_versions
+    assert labels_command.main(["--push-dir", push_dir, "canary", "--version", "2",
+                                "--weight", "0.5"]) == 0
+    answers = [_classify(url, f"/labels/{label}") for label in ("stable", "canary") * 3]
+    for answer in answers:
+        predicted = answer["top"][0]["class"]
+        true = predicted if answer["label"] == "canary" else f"not {predicted}"
+        response = httpx.post(f"{url}/v1/models/image_classifier:feedback",
+                              json={"request_id": answer["request_id"], "class": true},
+                              headers=_headers("feedback", "application/json"))
+        assert response.json() == {"request_id": answer["request_id"],
+                                   "correct": answer["label"] == "canary"}
+    again = httpx.post(f"{url}/v1/models/image_classifier:feedback",
+                       json={"request_id": answers[0]["request_id"], "class": "1"},
+                       headers=_headers("feedback", "application/json"))
+    assert (again.status_code, again.json()["reason"]) == (404, "unknown_request")
+    capsys.readouterr()
+    assert labels_command.main(["--push-dir", push_dir, "compare", "--min-samples", "3"]) == 0
+    report = capsys.readouterr().out.splitlines()
+    assert report[1].split() == ["stable", "1", "3", "0", "0.000"]
+    assert report[2].split() == ["canary", "2", "3", "3", "1.000"]
+    assert "difference +1.000" in report[3]
+    # 3 against 3 is significant at 0.05 (p=0.014), but not with the default 100 answers:
+    assert labels_command.main(["--push-dir", push_dir, "promote", "--require-evidence"]) == 1
+    assert "not enough feedback" in capsys.readouterr().err
+    assert serving_dir.read_labels(push_dir).canary == 2
+    assert labels_command.main(["--push-dir", push_dir, "promote", "--require-evidence",
+                                "--min-samples", "3"]) == 0
+    assert serving_dir.read_labels(push_dir) == serving_dir.Labels(stable=2)
+    assert _classify(url)["model_version"] == 2
 
 
 def test_token_bucket_refills_at_its_rate():

@@ -83,6 +83,6 @@ def test_rollback_command_republishes_an_earlier_version_as_the_highest(tmp_path
 def test_rollback_to_a_missing_version_fails_clearly(tmp_path, capsys):
     base = str(tmp_path / "serving" / "m")
     serving_dir.publish(_model(tmp_path, "a"), base, {"action": "push"}, keep=5)
-    assert rollback.main(["--push-dir", base, "--to-version", "7", "--reason", "x"]) == 1
+    assert rollback.main(["--push-dir", base, "--to-version", "7", "--reason", "x"]) == 2
     assert "version 7 is not in" in capsys.readouterr().err
     assert serving_dir.versions(base) == [1]

@@ -1,0 +1,68 @@
+"""Which version answers a request: the serving dir's labels (``components.serving_dir``),
+the same ones TF Serving's ``models.config`` carries."""
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+from components import serving_dir
+
+
+class NoRoute(Exception):
+    """No version for that label or version number (404), or none at all yet (503)."""
+
+    def __init__(self, message: str, status: int = 404):
+        super().__init__(message)
+        self.status = status
+
+
+class Router:
+    """Routes to ``stable``, or to ``canary`` for its share of the traffic. Without labels
+    in use, ``stable`` is the backend's highest version. Labels are re-read when their file
+    changes, so a promotion or rollback takes effect on the next request."""
+
+    def __init__(self, push_dir: str, backend, draw=random.random):
+        self.push_dir, self.backend, self.draw = push_dir, backend, draw
+        self._lock = threading.Lock()
+        self._cache: tuple[tuple | None, serving_dir.Labels | None] = ((), None)
+
+    def labels(self) -> serving_dir.Labels | None:
+        """The labels in use, or None (then the highest version is stable)."""
+        try:
+            stat = os.stat(os.path.join(self.push_dir, serving_dir.LABELS))
+            key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except FileNotFoundError:
+            key = None
+        with self._lock:
+            if key != self._cache[0]:
+                self._cache = (key, serving_dir.read_labels(self.push_dir) if key else None)
+            return self._cache[1]
+
+    def versions(self) -> dict[str, int]:
+        """Label -> version, for the labels that answer now."""
+        labels = self.labels()
+        if labels:
+            return labels.versions
+        highest = max(self.backend.versions(), default=0)
+        return {"stable": highest} if highest else {}
+
+    def choose(self, label: str = "", version: int = 0) -> tuple[str, int]:
+        """``(label, version)`` for a request that asked for ``label``, ``version`` or
+        (neither) whatever the weights say."""
+        if version:
+            if version not in self.backend.versions():
+                raise NoRoute(f"version {version} is not served")
+            by_version = {v: k for k, v in self.versions().items()}
+            return by_version.get(version, ""), version
+        versions = self.versions()
+        if not versions:
+            raise NoRoute("no model version is served yet", 503)
+        if not label:
+            labels = self.labels()
+            label = "canary" if labels and labels.canary and \
+                self.draw() < labels.canary_weight else "stable"
+        if label not in versions:
+            raise NoRoute(f"no version is labelled {label!r} (labels: "
+                          f"{', '.join(versions)})")
+        return label, versions[label]
