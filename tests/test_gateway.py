@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -265,3 +266,52 @@ def test_the_command_refuses_to_start_without_a_key_unless_told(monkeypatch, cap
         main(["--serving-dir", "nowhere"])
     assert exit_info.value.code == 2
     assert "--jwt-key-file or GATEWAY_JWT_KEY, or --no-auth" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "outputs", "screenshots",
+                          "try-it.png")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="no Chromium on this machine: `make test` installs "
+                    "Debian's chromium where apt-get can (browser downloads are unreachable)")
+def test_the_try_it_page_classifies_a_chosen_and_a_dropped_image_in_chromium(server, pushed,
+                                                                            tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from ops.predict import predict
+    images = {"chosen.png": _png(8), "dropped.png": encode(
+        np.random.default_rng(7).integers(0, 256, (24, 24, 3), np.uint8), "PNG")}
+    expected = {name: predict(pushed.push_dir, [data])[0][0][0] for name, data in images.items()}
+    (tmp_path / "chosen.png").write_bytes(images["chosen.png"])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            page.fill("#token", _token(sub="browser"))
+            page.dispatch_event("#token", "change")
+            page.set_input_files("#file", str(tmp_path / "chosen.png"))
+            page.wait_for_selector(".row.top .class")
+            assert page.inner_text(".row.top .class") == expected["chosen.png"]
+            assert page.locator(".row").count() == 3
+            assert page.inner_text("#version").startswith("Answered by version 1 (stable)")
+            assert page.eval_on_selector("#preview", "img => img.naturalWidth") == 8
+            page.screenshot(path=SCREENSHOT, full_page=True)
+
+            page.evaluate("""async ([name, b64]) => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                const data = new DataTransfer();
+                data.items.add(new File([bytes], name, {type: "image/png"}));
+                document.getElementById("drop").dispatchEvent(
+                    new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+            }""", ["dropped.png", base64.b64encode(images["dropped.png"]).decode()])
+            page.wait_for_function("document.querySelector('#preview').naturalWidth === 24")
+            page.wait_for_selector(".row.top .class")
+            assert page.inner_text(".row.top .class") == expected["dropped.png"]
+            assert page.inner_text("#error") == ""
+        finally:
+            browser.close()
+    assert os.path.getsize(SCREENSHOT) > 5_000

@@ -86,3 +86,60 @@ def test_rollback_to_a_missing_version_fails_clearly(tmp_path, capsys):
     assert rollback.main(["--push-dir", base, "--to-version", "7", "--reason", "x"]) == 2
     assert "version 7 is not in" in capsys.readouterr().err
     assert serving_dir.versions(base) == [1]
+
+
+def test_labels_write_tf_servings_models_config_and_protect_their_versions(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    base = str(tmp_path / "serving" / "image_classifier")
+    for i in (1, 2):
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=2)
+
+    def parsed():
+        with open(os.path.join(base, serving_dir.MODELS_CONFIG)) as f:
+            return text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+
+    model = parsed().model_config_list.config[0]
+    assert (model.name, model.base_path) == ("image_classifier", "/models/image_classifier")
+    assert model.model_version_policy.latest.num_versions == 1 and not model.version_labels
+    serving_dir.set_labels(base, serving_dir.Labels(1, 2, 0.1), "canary")
+    model = parsed().model_config_list.config[0]
+    assert list(model.model_version_policy.specific.versions) == [1, 2]
+    assert dict(model.version_labels) == {"stable": 1, "canary": 2}
+    assert oct(os.stat(os.path.join(base, serving_dir.MODELS_CONFIG)).st_mode & 0o777) == \
+        "0o644"
+    for i in (3, 4):  # keep=2 would prune 1 and 2, but both are labelled
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=2)
+    assert serving_dir.versions(base) == [1, 2, 3, 4]
+    assert serving_dir.served_version(base) == 1
+    with pytest.raises(ValueError, match="served by labels|serves by labels"):
+        serving_dir.rollback(base, 1, "x", keep=2)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (serving_dir.Labels(7), "stable version 7 is not in the serving dir"),
+    (serving_dir.Labels(1, 9, 0.5), "canary version 9 is not in the serving dir"),
+    (serving_dir.Labels(1, 1, 0.5), "canary and stable are both version 1"),
+    (serving_dir.Labels(1, 2, 1.5), r"canary weight 1.5 is not in \[0, 1\]"),
+    (serving_dir.Labels(1, 0, 0.5), "a canary weight needs a canary version"),
+])
+def test_impossible_labels_are_refused_and_change_nothing(tmp_path, labels, message):
+    base = str(tmp_path / "m")
+    for i in (1, 2):
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
+    with pytest.raises(ValueError, match=message):
+        serving_dir.set_labels(base, labels, "test")
+    assert serving_dir.read_labels(base) is None
+
+
+def test_the_two_proportion_test_matches_the_textbook_numbers():
+    from serving.feedback import compare
+    entries = ([{"version": 1, "correct": i < 80} for i in range(100)]
+               + [{"version": 2, "correct": i < 90} for i in range(100)])
+    result = compare(entries, stable=1, canary=2)
+    assert (result.stable.accuracy, result.canary.accuracy) == (0.8, 0.9)
+    assert result.z == pytest.approx(1.980, abs=1e-3)  # 0.1 / sqrt(.85 * .15 * .02)
+    assert result.p_value == pytest.approx(0.0477, abs=1e-4)
+    assert result.verdict(alpha=0.05, min_samples=100) == ""
+    assert "not significant" in result.verdict(alpha=0.01, min_samples=100)
+    assert "less accurate" in compare(entries, stable=2, canary=1).verdict(0.05, 100)
