@@ -6,7 +6,7 @@ ARGS ?=
 IMAGE ?= tfx-image-pipeline:latest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run serve test bench compile image lock clean
+.PHONY: help setup browser run serve test bench compile image lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,7 +28,12 @@ run: setup ## train on the embedded default data (or ARGS="--data-root ...") and
 serve: setup ## the prediction gateway on the newest pushed version (ARGS="--no-auth" locally)
 	$(PY) -m serving --serving-dir outputs/serving $(ARGS)
 
-test: setup ## run the test suite
+browser: ## install Debian's Chromium for the browser test where apt-get can (else it skips)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  >/dev/null; } || echo "Chromium is not installed: the browser test will skip"
+
+test: setup browser ## run the test suite
 	$(PY) -m pytest tests -v $(ARGS)
 
 BENCHES := pipeline model learning warm-start

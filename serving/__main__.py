@@ -14,7 +14,7 @@ from serving.gateway import GatewayConfig, create_app
 from serving.routing import Router
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--serving-dir", default="outputs/serving")
     parser.add_argument("--model-name", default="image_classifier")
@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="HS256 secret or RS256 public key; else $GATEWAY_JWT_KEY")
     parser.add_argument("--no-auth", action="store_true",
                         help="serve without authentication (local use only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     key = open(args.jwt_key_file).read() if args.jwt_key_file else os.environ.get(
         "GATEWAY_JWT_KEY", "")
