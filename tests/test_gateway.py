@@ -315,3 +315,49 @@ def test_the_try_it_page_classifies_a_chosen_and_a_dropped_image_in_chromium(ser
         finally:
             browser.close()
     assert os.path.getsize(SCREENSHOT) > 5_000
+
+
+@pytest.fixture(scope="module")
+def over_tf_serving(pushed, tmp_path_factory):
+    """The gateway with ``HttpBackend`` in front of a TF Serving REST stand-in that serves
+    version 1 of a serving dir holding versions 1 and 2."""
+    from serving.backends import HttpBackend
+    from tests.tf_serving_contract_server import tf_serving_app
+    push_dir = str(tmp_path_factory.mktemp("http") / "image_classifier")
+    for _ in range(2):
+        serving_dir.publish(os.path.join(pushed.push_dir, "1"), push_dir, {"action": "push"},
+                            keep=5)
+    paths: list[str] = []
+    for tf_serving in serve(tf_serving_app(push_dir, "image_classifier", [1], paths)):
+        config = GatewayConfig(jwt_key=SECRET, rate_per_second=1000.0, burst=1000)
+        backend = HttpBackend(tf_serving, "image_classifier", status_ttl=60)
+        app = create_app(config, Router(push_dir, backend),
+                         Answers(os.path.join(push_dir, "feedback")))
+        for url in serve(app):
+            yield push_dir, url, paths
+
+
+def test_over_tf_serving_the_answer_names_classes_and_the_version_asked_for(over_tf_serving,
+                                                                           server):
+    push_dir, url, paths = over_tf_serving
+    answers = [_classify(url, sub="http") for _ in range(4)]
+    local = _classify(server, sub="local-twin")  # the same model, in-process
+    assert {a["model_version"] for a in answers} == {1}
+    # Names, not ids, and the same numbers as in-process:
+    assert [t["class"] for t in answers[0]["top"]] == [t["class"] for t in local["top"]]
+    assert [t["probability"] for t in answers[0]["top"]] == pytest.approx(
+        [t["probability"] for t in local["top"]], abs=1e-6)
+    assert paths.count("/v1/models/image_classifier/versions/1:predict") == 4
+    assert paths.count("/v1/models/image_classifier") == 1  # status is cached, not per request
+
+
+def test_over_tf_serving_bad_pixels_get_422_and_an_unloaded_version_503(over_tf_serving):
+    push_dir, url, _ = over_tf_serving
+    response = httpx.post(f"{url}/v1/models/image_classifier:classify", content=_png(32)[:60],
+                          headers=_headers("http-bad"))
+    assert (response.status_code, response.json()["reason"]) == (422, "undecodable")
+    serving_dir.set_labels(push_dir, serving_dir.Labels(1, 2, 0.0), "canary")
+    response = httpx.post(f"{url}/v1/models/image_classifier/labels/canary:classify",
+                          content=_png(), headers=_headers("http-canary"))
+    assert (response.status_code, response.json()["reason"]) == (503, "unavailable")
+    assert response.headers["Retry-After"] == "5"
