@@ -25,7 +25,7 @@ $(STAMP): requirements.lock setup.py tools/manylinux_repair.py
 run: setup ## train on the embedded default data (or ARGS="--data-root ...") and push if blessed
 	$(PY) -m pipeline.local_runner $(ARGS)
 
-serve: setup ## the prediction gateway on the newest pushed version (ARGS="--no-auth" locally)
+serve: setup ## the prediction gateway and its try-it page on :8080 (ARGS="--no-auth" locally)
 	$(PY) -m serving --serving-dir outputs/serving $(ARGS)
 
 browser: ## install Debian's Chromium for the browser test where apt-get can (else it skips)
@@ -36,13 +36,14 @@ browser: ## install Debian's Chromium for the browser test where apt-get can (el
 test: setup browser ## run the test suite
 	$(PY) -m pytest tests -v $(ARGS)
 
-BENCHES := pipeline model learning warm-start
+BENCHES := pipeline model learning warm-start gateway
 
 bench: setup ## run the benchmarks (about 30 min); results in bench/results.md
 	$(PY) bench/bench_pipeline.py --out bench/results-pipeline.md
 	$(PY) bench/bench_model.py --out bench/results-model.md
 	$(PY) bench/bench_learning.py --out bench/results-learning.md
 	$(PY) bench/bench_warm_start.py --out bench/results-warm-start.md
+	$(PY) bench/bench_gateway.py --out bench/results-gateway.md
 	cat $(BENCHES:%=bench/results-%.md) > bench/results.md
 	rm $(BENCHES:%=bench/results-%.md)
 

@@ -27,6 +27,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=GatewayConfig.rate_per_second,
                         help="requests per second per client")
     parser.add_argument("--burst", type=int, default=GatewayConfig.burst)
+    parser.add_argument("--max-batch", type=int, default=GatewayConfig.max_batch,
+                        help="images per backend call from concurrent requests (1: no batching)")
     parser.add_argument("--jwt-key-file", default="",
                         help="HS256 secret or RS256 public key; else $GATEWAY_JWT_KEY")
     parser.add_argument("--no-auth", action="store_true",
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                      "--no-auth for local use")
     config = GatewayConfig(model_name=args.model_name, max_bytes=args.max_bytes,
                            auth=not args.no_auth, jwt_key=key, rate_per_second=args.rate,
-                           burst=args.burst)
+                           burst=args.burst, max_batch=args.max_batch)
     push_dir = os.path.join(args.serving_dir, args.model_name)
     backend = HttpBackend(args.backend, args.model_name) if args.backend else LocalBackend(
         push_dir)

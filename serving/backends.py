@@ -3,6 +3,7 @@ binary installs here), or a TF Serving REST endpoint in a cluster. Both answer f
 version, chosen by the gateway's ``Router``."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import json
@@ -123,3 +124,56 @@ class HttpBackend:
         first = predictions[0]
         names = first.get(CLASSES) or [str(i) for i in range(len(first[PROBABILITIES]))]
         return [p[PROBABILITIES] for p in predictions], names
+
+
+class Batcher:
+    """Concurrent requests for one version share one backend call, as TF Serving's batching
+    does: the first request of a batch waits up to ``window`` seconds for others, up to
+    ``max_batch`` images. Backend calls run in worker threads, never in the event loop. An
+    image that does not decode fails its own request only."""
+
+    def __init__(self, backend, max_batch: int = 32, window: float = 0.002):
+        self.backend, self.max_batch, self.window = backend, max_batch, window
+        self._pending: dict[int, list[tuple[list[bytes], asyncio.Future]]] = {}
+
+    async def classify(self, images: list[bytes], version: int):
+        """``(probabilities per image, class names)``, like the backend's ``classify``."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        batch = self._pending.setdefault(version, [])
+        batch.append((images, future))
+        if len(batch) == 1:
+            loop.call_later(self.window, self._flush, version, batch)
+        if sum(len(i) for i, _ in batch) >= self.max_batch:
+            self._flush(version, batch)
+        return await future
+
+    def _flush(self, version: int, batch: list) -> None:
+        if self._pending.get(version) is batch:
+            del self._pending[version]
+            asyncio.get_running_loop().create_task(self._run(version, batch))
+
+    async def _run(self, version: int, batch: list) -> None:
+        from starlette.concurrency import run_in_threadpool
+        try:
+            probabilities, names = await run_in_threadpool(
+                self.backend.classify, [i for images, _ in batch for i in images], version)
+        except BadImage as err:
+            if len(batch) == 1:
+                batch[0][1].set_exception(err)
+                return
+            for images, future in batch:  # one call each, to find whose image it was
+                try:
+                    future.set_result(await run_in_threadpool(self.backend.classify, images,
+                                                              version))
+                except (BadImage, Unavailable) as single:
+                    future.set_exception(single)
+            return
+        except Exception as err:  # noqa: BLE001 - every waiting request hears of it
+            for _, future in batch:
+                future.set_exception(err)
+            return
+        start = 0
+        for images, future in batch:
+            future.set_result((probabilities[start:start + len(images)], names))
+            start += len(images)

@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from modules.features import MAX_PIXELS
-from serving.backends import BadImage, Unavailable
+from serving.backends import BadImage, Batcher, Unavailable
 from serving.feedback import Answers, UnknownRequest
 from serving.routing import NoRoute, Router
 
@@ -66,6 +66,8 @@ class GatewayConfig:
     rate_per_second: float = 10.0
     burst: int = 20
     top_k: int = 3
+    max_batch: int = 32  # images per backend call, from concurrent requests
+    batch_window: float = 0.002  # seconds a request waits for others to batch with
 
 
 class TokenBuckets:
@@ -225,6 +227,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
     ``answers`` keeps the answers that feedback may come for."""
     metrics = metrics or Metrics()
     buckets = buckets or TokenBuckets(config.rate_per_second, config.burst)
+    batcher = Batcher(router.backend, config.max_batch, config.batch_window)
     page = PAGE.read_text(encoding="utf-8").replace("__MODEL_NAME__", config.model_name)
 
     async def guarded(request: Request, route: str, handle) -> Response:
@@ -254,7 +257,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         metrics.latency.labels(route).observe(time.perf_counter() - start)
         return response
 
-    def answer(request: Request, images: list[bytes]) -> list[dict]:
+    async def answer(request: Request, images: list[bytes]) -> list[dict]:
         try:
             label, version = router.choose(request.path_params.get("label", ""),
                                            request.path_params.get("version", 0))
@@ -262,7 +265,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
             raise Rejected(err.status, "no_route", str(err)) from None
         start = time.perf_counter()
         try:
-            probabilities, names = router.backend.classify(images, version)
+            probabilities, names = await batcher.classify(images, version)
         except Unavailable as err:
             raise Rejected(503, "unavailable", str(err), {"Retry-After": "5"}) from None
         except BadImage as err:
@@ -283,7 +286,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
     async def classify(request: Request, body: bytes) -> dict:
         image, content_type = await uploaded_image(request, body)
         check_image(image, content_type, config.max_pixels)
-        return answer(request, [image])[0]
+        return (await answer(request, [image]))[0]
 
     async def predict(request: Request, body: bytes) -> dict:
         try:
@@ -300,7 +303,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
                 raise Rejected(415, "magic", f"instance {index} is not a "
                                f"{'/'.join(k.split('/')[1] for k in MAGIC)} image")
             check_image(image, kind, config.max_pixels)
-        return {"predictions": answer(request, images)}
+        return {"predictions": await answer(request, images)}
 
     async def feedback(request: Request, body: bytes) -> dict:
         value = _json(body, '{"request_id": ..., "class": ...}')

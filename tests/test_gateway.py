@@ -361,3 +361,32 @@ def test_over_tf_serving_bad_pixels_get_422_and_an_unloaded_version_503(over_tf_
                           content=_png(), headers=_headers("http-canary"))
     assert (response.status_code, response.json()["reason"]) == (503, "unavailable")
     assert response.headers["Retry-After"] == "5"
+
+
+def test_concurrent_requests_share_a_backend_call_and_a_bad_image_fails_alone(pushed):
+    import asyncio
+
+    from serving.backends import BadImage, Batcher
+    backend = LocalBackend(pushed.push_dir)
+    calls = []
+
+    class Counting:  # the real backend, with its calls recorded
+        def classify(self, images, version):
+            calls.append(len(images))
+            return backend.classify(images, version)
+
+    async def together(images):
+        batcher = Batcher(Counting(), max_batch=32, window=0.05)
+        return await asyncio.gather(*(batcher.classify([image], 1) for image in images),
+                                    return_exceptions=True)
+
+    good = [_png(8 + i) for i in range(7)]
+    results = asyncio.run(together(good))
+    assert calls == [7]
+    alone = [backend.classify([image], 1)[0][0] for image in good]
+    assert [r[0][0] for r in results] == [pytest.approx(a, abs=1e-6) for a in alone]
+    calls.clear()
+    results = asyncio.run(together(good[:3] + [_png(32)[:60]] + good[3:]))
+    assert isinstance(results[3], BadImage) and "does not decode" in str(results[3])
+    assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 3)
+    assert calls[0] == 8 and len(calls) == 9  # the batch, then one call per request

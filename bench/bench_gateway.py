@@ -1,0 +1,265 @@
+"""Gateway benchmarks; writes a Markdown section (``make bench`` -> bench/results.md).
+
+A model is pushed by the pipeline on photo-like 224x224 JPEGs, then served by
+``python -m serving`` (its own process, JWT on) on this machine:
+1. Throughput and p50/p99 latency of ``:classify`` under CLIENTS concurrent clients, against
+   calling the raw-bytes signature in-process with as many threads (target >= 0.7x).
+2. A bad-request storm (oversize bodies, wrong types, decompression bombs, bad tokens, bursts
+   over the rate limit) from another process while good clients keep going: 5xx count, the
+   gateway still up, its memory, and the good requests' p99 against a quiet run (target <= 2x).
+
+Every ratio compares two numbers measured in this one run: this machine is noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
+
+CLIENTS = 8
+SECONDS = 10.0
+GOOD = 4  # good clients during the storm
+SECRET = "bench-secret-with-at-least-32-bytes!"
+MAX_BYTES = 1_000_000
+RATE, BURST = 150, 150  # per client: good clients stay below, the burst attacker does not
+ATTACKERS, BURST_SIZE = 4, 100
+
+
+def token(sub: str, expired: bool = False) -> str:
+    import jwt
+    return jwt.encode({"sub": sub, "exp": time.time() + (-60 if expired else 3600)}, SECRET,
+                      "HS256")
+
+
+def drive(send, clients: int, seconds: float) -> dict:
+    """Runs ``send(client index)`` in ``clients`` threads for ``seconds``: status counts,
+    latencies (s) of the 200s, and requests/s."""
+    statuses, latencies, lock = collections.Counter(), [], threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def loop(index: int):
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            status = send(index)
+            elapsed = time.perf_counter() - start
+            with lock:
+                statuses[status] += 1
+                if status == 200:
+                    latencies.append(elapsed)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(loop, range(clients)))
+    latencies.sort()
+    return {"statuses": statuses, "rate": len(latencies) / (time.perf_counter() - start),
+            "p50": latencies[len(latencies) // 2] * 1e3,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1e3}
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of ``pid`` in MB."""
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return tuple(int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+
+
+def png_bomb(side: int) -> bytes:
+    """A valid PNG header declaring ``side`` x ``side`` grey pixels, then one empty row: a few
+    dozen bytes that would decode to ``side``² bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
+
+
+def bad_requests(url: str) -> tuple[list[tuple[str, dict, bytes]], str]:
+    """The storm's kinds, ``(name, headers, body)``, and the URL they go to."""
+    classify = f"{url}/v1/models/image_classifier:classify"
+    good = {"Content-Type": "image/png", "Authorization": f"Bearer {token('attacker')}"}
+    bomb = png_bomb(100_000)  # 10 gigapixels
+    return [
+        ("oversize", dict(good), b"\0" * (MAX_BYTES + 1)),
+        ("wrong type", dict(good, **{"Content-Type": "text/html"}), b"<html>"),
+        ("wrong magic", dict(good, **{"Content-Type": "image/jpeg"}), bomb),
+        ("bomb", dict(good), bomb),
+        ("bad token", dict(good, Authorization="Bearer not-a-token"), bomb),
+        ("expired token", dict(good, Authorization=f"Bearer {token('x', expired=True)}"), bomb),
+        ("burst", dict(good, Authorization=f"Bearer {token('burst')}"), b"tiny"),
+    ], classify
+
+
+def attack(url: str, seconds: float) -> None:
+    """The storm, from its own process: ATTACKERS clients, each sending every kind in turn
+    (the burst kind BURST_SIZE times in a row) as fast as it goes."""
+    import httpx
+    kinds, classify = bad_requests(url)
+    counts, lock = collections.Counter(), threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client_loop(_):
+        with httpx.Client(timeout=30) as client:
+            while time.perf_counter() < deadline:
+                for name, headers, body in kinds:
+                    for _ in range(BURST_SIZE if name == "burst" else 1):
+                        status = client.post(classify, content=body, headers=headers).status_code
+                        with lock:
+                            counts[(name, status)] += 1
+
+    with concurrent.futures.ThreadPoolExecutor(ATTACKERS) as pool:
+        list(pool.map(client_loop, range(ATTACKERS)))
+    print(json.dumps([[name, status, n] for (name, status), n in counts.items()]))
+
+
+def start_gateway(serving: str, key_file: str) -> tuple[subprocess.Popen, str]:
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--serving-dir", serving, "--port", str(port),
+         "--jwt-key-file", key_file, "--rate", str(RATE), "--burst", str(BURST),
+         "--max-bytes", str(MAX_BYTES)], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=60).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the gateway did not become ready")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results.md")
+    parser.add_argument("--attack", default="", help=argparse.SUPPRESS)  # the storm process
+    parser.add_argument("--seconds", type=float, default=SECONDS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.attack:
+        attack(args.attack, args.seconds)
+        return 0
+    import httpx
+    import tensorflow as tf
+
+    from bench_model import jpeg_folder, machine
+    from modules.features import RAW_INPUT, RAW_SIGNATURE
+    from ops.ingest import ingest
+    from pipeline import local_runner
+    from pipeline.config import PipelineConfig
+
+    with tempfile.TemporaryDirectory() as work:
+        jpeg_folder(os.path.join(work, "images"), 20)
+        ingest(os.path.join(work, "images"), os.path.join(work, "data"), progress=False)
+        config = PipelineConfig(work_dir=work, data_root=os.path.join(work, "data"),
+                                image_height=224, image_width=224, image_channels=3,
+                                num_classes=3, train_steps=10, eval_steps=2, min_accuracy=0.0)
+        assert local_runner.run(config).pushed
+        images = []
+        for folder, _, files in os.walk(os.path.join(work, "images")):
+            images += [open(os.path.join(folder, f), "rb").read() for f in sorted(files)]
+        key_file = os.path.join(work, "jwt.key")
+        with open(key_file, "w") as f:
+            f.write(SECRET)
+
+        model = tf.saved_model.load(os.path.join(config.push_dir, "1"))
+        signature = model.signatures[RAW_SIGNATURE]
+
+        def in_process(index: int) -> int:
+            signature(**{RAW_INPUT: tf.constant([images[index % len(images)]])})
+            return 200
+
+        in_process(0)
+        direct = drive(in_process, CLIENTS, SECONDS)
+        del model, signature
+
+        gateway, url = start_gateway(config.serving_dir, key_file)
+        try:
+            clients = [httpx.Client(timeout=30, headers={
+                "Content-Type": "image/jpeg", "Authorization": f"Bearer {token(f'good-{i}')}"})
+                for i in range(CLIENTS)]
+            classify = f"{url}/v1/models/image_classifier:classify"
+
+            def over_http(index: int) -> int:
+                return clients[index].post(classify, content=images[index % len(images)]
+                                           ).status_code
+
+            over_http(0)
+            served = drive(over_http, CLIENTS, SECONDS)
+            quiet = drive(over_http, GOOD, SECONDS)
+            before = rss_mb(gateway.pid)
+            attacker = subprocess.Popen([sys.executable, __file__, "--attack", url,
+                                         "--seconds", str(SECONDS)], cwd=ROOT,
+                                        stdout=subprocess.PIPE, text=True)
+            storm = drive(over_http, GOOD, SECONDS)
+            attacks = {(name, status): n for name, status, n in
+                       json.loads(attacker.communicate()[0])}
+            after = rss_mb(gateway.pid)
+            alive = gateway.poll() is None and httpx.get(f"{url}/healthz").status_code == 200
+        finally:
+            gateway.terminate()
+            gateway.wait(30)
+
+    ratio = served["rate"] / direct["rate"]
+    bad = sum(attacks.values())
+    server_errors = sum(n for (_, status), n in attacks.items() if status >= 500) + sum(
+        n for s, n in list(storm["statuses"].items()) + list(served["statuses"].items())
+        if s >= 500)
+    by_kind = collections.defaultdict(collections.Counter)
+    for (name, status), n in attacks.items():
+        by_kind[name][status] += n
+    p99_ratio = storm["p99"] / quiet["p99"]
+    lines = [
+        "# Gateway benchmarks", "", f"Machine: {machine()}", "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: a model pushed by the "
+        f"pipeline (224x224 RGB), {len(images)} photo-like JPEGs of "
+        f"{statistics.mean(map(len, images)):,.0f} bytes on average, one image per request, "
+        f"{SECONDS:.0f} s per run, JWT on.", "",
+        f"## Throughput under {CLIENTS} concurrent clients", "",
+        "| path | requests/s | p50 ms | p99 ms |", "|---|---:|---:|---:|",
+        f"| raw-bytes signature in-process, {CLIENTS} threads | {direct['rate']:.1f} | "
+        f"{direct['p50']:.1f} | {direct['p99']:.1f} |",
+        f"| gateway `:classify` over HTTP (uvicorn, its own process) | {served['rate']:.1f} | "
+        f"{served['p50']:.1f} | {served['p99']:.1f} |", "",
+        f"Gateway / in-process: **{ratio:.2f}x**; target >= 0.7x: "
+        f"{'met' if ratio >= 0.7 else 'MISSED'}.", "",
+        f"## Bad-request storm while {GOOD} good clients run", "",
+        "| bad request | sent | statuses |", "|---|---:|---|"]
+    lines += [f"| {name} | {sum(c.values())} | "
+              f"{', '.join(f'{s}: {n}' for s, n in sorted(c.items()))} |"
+              for name, c in by_kind.items()]
+    lines += [
+        "", "| good traffic | requests/s | p50 ms | p99 ms | statuses |",
+        "|---|---:|---:|---:|---|",
+        *(f"| {name} | {run['rate']:.1f} | {run['p50']:.1f} | {run['p99']:.1f} | "
+          f"{', '.join(f'{s}: {n}' for s, n in sorted(run['statuses'].items()))} |"
+          for name, run in (("quiet", quiet), ("during the storm", storm))), "",
+        f"- Bad requests: {bad} in {SECONDS:.0f} s ({bad / SECONDS:.0f}/s); 5xx answers: "
+        f"**{server_errors}** (target 0); gateway still up: **{'yes' if alive else 'NO'}**.",
+        f"- Gateway memory: {before[0]:.0f} MB before the storm, {after[0]:.0f} MB after "
+        f"(peak {after[1]:.0f} MB).",
+        f"- Good p99 during the storm / quiet: **{p99_ratio:.2f}x**; target <= 2x: "
+        f"{'met' if p99_ratio <= 2 else 'MISSED'}.", ""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
