@@ -186,7 +186,6 @@ def main(argv=None) -> int:
 
         in_process(0)
         direct = drive(in_process, CLIENTS, SECONDS)
-        del model, signature
 
         gateway, url = start_gateway(config.serving_dir, key_file)
         try:
