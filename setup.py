@@ -31,6 +31,8 @@ setup(
         "scikit-learn",
         "starlette",
         "uvicorn",
+        "httptools",  # uvicorn's fast HTTP parser and event loop, found when installed
+        "uvloop",
         "prometheus-client",
         "PyJWT",
         "python-multipart",

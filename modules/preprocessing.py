@@ -15,6 +15,9 @@ from modules.features import IMAGE_XF, LABEL_VOCABULARY, LABEL_XF, ImageSpec
 
 
 PARALLEL_DECODES = 16  # images of a batch decoded concurrently
+# The starts of decode_images' refusals, which callers turn into one-line messages.
+NOT_AN_IMAGE = "not an image"
+TOO_LARGE = "image too large"
 
 
 def _uint(data: tf.Tensor, start: int, size: int, little_endian: bool) -> tf.Tensor:
@@ -25,12 +28,10 @@ def _uint(data: tf.Tensor, start: int, size: int, little_endian: bool) -> tf.Ten
 
 
 def image_dims(data: tf.Tensor) -> tf.Tensor:
-    """``[height, width]`` from the header of PNG/JPEG/GIF/BMP bytes, without decoding pixels.
-
-    Unknown formats give ``[0, 0]`` (the decoder then rejects them).
-    """
+    """``[height, width]`` from the header of PNG/JPEG/GIF/BMP/WebP bytes, without decoding
+    pixels. Anything else, and headers too short to hold a size, give ``[0, 0]``."""
     magic = tf.strings.substr(data, 0, 4)
-    padded = data + b"\0" * 26  # short inputs read as zeros, not out of range
+    padded = data + b"\0" * 30  # short inputs read as zeros, not out of range
 
     def le(start, size):
         return _uint(padded, start, size, little_endian=True)
@@ -42,12 +43,24 @@ def image_dims(data: tf.Tensor) -> tf.Tensor:
         height = le(22, 4)
         return tf.stack([tf.where(height >= 2**31, 2**32 - height, height), le(18, 4)])
 
+    def webp():
+        chunk = tf.strings.substr(padded, 12, 4)
+        bits = le(21, 4)  # VP8L: 14 bits width - 1, then 14 bits height - 1
+        return tf.case([
+            (tf.equal(chunk, b"VP8 "), lambda: tf.stack([le(28, 2) % 2**14, le(26, 2) % 2**14])),
+            (tf.equal(chunk, b"VP8L"), lambda: tf.stack([(bits // 2**14) % 2**14 + 1,
+                                                         bits % 2**14 + 1])),
+            (tf.equal(chunk, b"VP8X"), lambda: tf.stack([le(27, 3) + 1, le(24, 3) + 1])),
+        ], default=lambda: tf.zeros([2], tf.int64))
+
     return tf.case([
         (tf.equal(magic, b"\x89PNG"), lambda: tf.stack([be(20, 4), be(16, 4)])),
         (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"),
          lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
         (tf.equal(magic, b"GIF8"), lambda: tf.stack([le(8, 2), le(6, 2)])),
         (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
+        (tf.logical_and(tf.equal(magic, b"RIFF"),
+                        tf.equal(tf.strings.substr(padded, 8, 4), b"WEBP")), webp),
     ], default=lambda: tf.zeros([2], tf.int64))
 
 
@@ -70,17 +83,22 @@ def _fit(image: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
 
 
 def decode_images(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
-    """JPEG/PNG/GIF/BMP bytes ``[batch]`` -> float32 pixels in [0, 1], ``[batch, h, w, c]``.
+    """JPEG/PNG/GIF/BMP/WebP bytes ``[batch]`` -> float32 pixels in [0, 1], ``[batch, h, w, c]``.
 
-    Images of more than ``spec.max_pixels`` pixels are rejected before any pixel is decoded.
+    An image is decoded only once its header says which format it is and that it has at most
+    ``spec.max_pixels`` pixels; anything else is rejected before any pixel is decoded.
     """
 
     def decode_one(data):
         dims = image_dims(data)
-        check = tf.debugging.Assert(
-            dims[0] * dims[1] <= spec.max_pixels,
-            [f"image too large: more than max_pixels={spec.max_pixels}; (height, width) =", dims])
-        with tf.control_dependencies([check]):
+        known = tf.debugging.Assert(tf.reduce_all(dims > 0), [
+            f"{NOT_AN_IMAGE}: not a JPEG, PNG, GIF, BMP or WebP header; first bytes:",
+            tf.strings.substr(data, 0, 8)])
+        with tf.control_dependencies([known]):
+            small = tf.debugging.Assert(dims[0] * dims[1] <= spec.max_pixels, [
+                f"{TOO_LARGE}: more than max_pixels={spec.max_pixels}; (height, width) =",
+                dims])
+        with tf.control_dependencies([small]):
             image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
         return _fit(tf.image.convert_image_dtype(image, tf.float32), spec)
 

@@ -33,6 +33,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="HS256 secret or RS256 public key; else $GATEWAY_JWT_KEY")
     parser.add_argument("--no-auth", action="store_true",
                         help="serve without authentication (local use only)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log every request (rejections are always logged)")
     return parser
 
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uvicorn.run(create_app(config, Router(push_dir, backend), answers), host=args.host,
-                port=args.port, log_level="info")
+                port=args.port, log_level="info", access_log=args.access_log)
     return 0
 
 

@@ -62,7 +62,6 @@ class GatewayConfig:
     max_pixels: int = MAX_PIXELS
     auth: bool = True
     jwt_key: str = ""  # HS256 secret, or an RS256 public key (PEM)
-    jwt_algorithms: tuple[str, ...] = ("HS256", "RS256")
     rate_per_second: float = 10.0
     burst: int = 20
     top_k: int = 3
@@ -166,13 +165,14 @@ def authenticate(request: Request, config: GatewayConfig) -> dict | None:
         raise Rejected(401, "no_token", "missing bearer token",
                        {"WWW-Authenticate": "Bearer"})
     try:
-        return jwt.decode(header[7:].strip(), config.jwt_key,
-                          algorithms=list(config.jwt_algorithms),
+        # The key decides the algorithm: a public key never verifies an HMAC-signed token.
+        algorithm = "RS256" if config.jwt_key.lstrip().startswith("-----BEGIN") else "HS256"
+        return jwt.decode(header[7:].strip(), config.jwt_key, algorithms=[algorithm],
                           options={"require": ["exp"]})
     except jwt.ExpiredSignatureError:
         raise Rejected(401, "expired_token", "token expired",
                        {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-    except jwt.InvalidTokenError as err:
+    except jwt.PyJWTError as err:
         raise Rejected(401, "invalid_token", f"invalid token: {err}",
                        {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
 

@@ -390,3 +390,30 @@ def test_concurrent_requests_share_a_backend_call_and_a_bad_image_fails_alone(pu
     assert isinstance(results[3], BadImage) and "does not decode" in str(results[3])
     assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 3)
     assert calls[0] == 8 and len(calls) == 9  # the batch, then one call per request
+
+
+def test_rs256_tokens_verify_against_a_public_key_and_hs256_ones_forged_with_it_do_not(
+        pushed):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    config = GatewayConfig(jwt_key=public)
+    app = create_app(config, Router(pushed.push_dir, LocalBackend(pushed.push_dir)),
+                     Answers(os.path.join(pushed.push_dir, "feedback")))
+    claims = {"sub": "rsa", "exp": time.time() + 60}
+    for url in serve(app):
+        def call(token):
+            return httpx.post(f"{url}/v1/models/image_classifier:classify", content=_png(),
+                              headers={"Content-Type": "image/png",
+                                       "Authorization": f"Bearer {token}"})
+        assert call(jwt.encode(claims, private, "RS256")).status_code == 200
+        # Algorithm confusion: an HMAC token "signed" with the public key as its secret.
+        import hmac, hashlib  # noqa: E401
+        head = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+        body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+        mac = hmac.new(public.encode(), head + b"." + body, hashlib.sha256).digest()
+        forged = b".".join([head, body, base64.urlsafe_b64encode(mac).rstrip(b"=")]).decode()
+        response = call(forged)
+        assert (response.status_code, response.json()["reason"]) == (401, "invalid_token")
