@@ -1,8 +1,9 @@
 """ImageValidator: decode every image as Transform will, report and drop the undecodable ones.
 
 Sits between ExampleGen and the rest of the pipeline. Each bad record is named (split, file,
-``id_key`` feature or image hash, decoder error); the component fails with that list when the
-bad fraction of any split exceeds ``max_bad_fraction``, so nothing is dropped silently. (No ``from __future__ import annotations`` here: TFX reads
+its index in the file, ``id_key`` feature or image hash) with the cause in words; the
+component fails with that list when the bad fraction of any split exceeds
+``max_bad_fraction``, so nothing is dropped silently. (No ``from __future__ import annotations`` here: TFX reads
 the component's type annotations at run time.)
 """
 
@@ -16,6 +17,7 @@ from tfx.dsl.component.experimental.annotations import (BeamComponentParameter,
                                                         InputArtifact, OutputArtifact,
                                                         Parameter)
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 
 from modules.features import ImageSpec
@@ -29,7 +31,7 @@ class BadImageError(ValueError):
 
 
 class _CheckImage(beam.DoFn):
-    """``(file, serialized example)`` -> the example, or to ``bad`` a description of it."""
+    """``(file, index, serialized example)`` -> the example, or to ``bad`` a description."""
 
     def __init__(self, spec: ImageSpec, split: str, id_key: str):
         self._spec, self._split, self._id_key = spec, split, id_key
@@ -37,8 +39,8 @@ class _CheckImage(beam.DoFn):
     def setup(self):
         import tensorflow as tf
 
-        from modules.preprocessing import decode_images
-        self._tf = tf
+        from modules.preprocessing import decode_failure, decode_images
+        self._tf, self._failure = tf, decode_failure
         self._decode = tf.function(lambda data: decode_images(tf.reshape(data, [1]), self._spec),
                                    input_signature=[tf.TensorSpec([], tf.string)])
 
@@ -51,14 +53,15 @@ class _CheckImage(beam.DoFn):
                 f"{len(values)} pixel values, expected {expected} ({spec.raw_shape})")
         if len(feature.bytes_list.value) != 1:
             return f"{len(feature.bytes_list.value)} images in the feature, expected 1"
+        data = feature.bytes_list.value[0]
         try:
-            self._decode(feature.bytes_list.value[0])
+            self._decode(data)
         except self._tf.errors.InvalidArgumentError as err:
-            return err.message.strip().splitlines()[0][:300]
+            return self._failure(err.message, data)
         return None
 
     def process(self, element):
-        filename, record = element
+        filename, index, record = element
         example = self._tf.train.Example.FromString(record)
         features = example.features.feature
         if self._spec.image_key in features:
@@ -74,8 +77,17 @@ class _CheckImage(beam.DoFn):
         else:
             name = "sha256:" + hashlib.sha256(record).hexdigest()[:16]
         yield beam.pvalue.TaggedOutput("bad", {
-            "split": self._split, "file": os.path.basename(filename), "record": name,
-            "error": problem})
+            "split": self._split, "file": os.path.basename(filename), "index": index,
+            "record": name, "error": problem})
+
+
+def _records(path: str):
+    """``(path, index, record)`` for every record of one TFRecord file (gzip by suffix)."""
+    import tensorflow as tf
+    dataset = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz")
+                                      else "")
+    for index, record in enumerate(dataset.as_numpy_iterator()):
+        yield path, index, record
 
 
 def check_fractions(reports: dict[str, dict], max_bad_fraction: float) -> None:
@@ -83,7 +95,7 @@ def check_fractions(reports: dict[str, dict], max_bad_fraction: float) -> None:
     for split, report in sorted(reports.items()):
         total = report["valid"] + len(report["bad"])
         if total and len(report["bad"]) / total > max_bad_fraction:
-            listed = "\n".join(f"  {b['file']} {b['record']}: {b['error']}"
+            listed = "\n".join(f"  {b['file']} record {b['index']} ({b['record']}): {b['error']}"
                                for b in report["bad"][:SHOWN])
             more = len(report["bad"]) - SHOWN
             raise BadImageError(
@@ -119,8 +131,9 @@ def ImageValidator(
             pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*")
             out_dir = artifact_utils.get_split_uri([valid_examples], split)
             checked = (pipeline
-                       | f"Files[{split}]" >> beam.Create([pattern])
-                       | f"Read[{split}]" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+                       | f"Files[{split}]" >> beam.Create(sorted(fileio.glob(pattern)))
+                       | f"Spread[{split}]" >> beam.Reshuffle()
+                       | f"Read[{split}]" >> beam.FlatMap(_records)
                        | f"Check[{split}]" >> beam.ParDo(_CheckImage(spec, split, id_key))
                        .with_outputs("bad", main="valid"))
             _ = checked.valid | f"Write[{split}]" >> beam.io.WriteToTFRecord(

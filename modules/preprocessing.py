@@ -6,6 +6,7 @@ Trainer's input pipeline and inside the exported SavedModel alike, so both see t
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import tensorflow as tf
@@ -64,6 +65,23 @@ def image_dims(data: tf.Tensor) -> tf.Tensor:
     ], default=lambda: tf.zeros([2], tf.int64))
 
 
+def decode_failure(message: str, data: bytes | None = None) -> str:
+    """``decode_images``' TensorFlow error ``message`` for ``data``, in words: no graph text."""
+    text = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]", "", message)
+    if NOT_AN_IMAGE in text:
+        if data is not None and not data:
+            return "empty (0 bytes), not an image"
+        start = f" (it starts with {data[:12]!r})" if data else ""
+        return f"not a JPEG, PNG, GIF, BMP or WebP image{start}"
+    large = re.search(r"max_pixels=(\d+).*?\[(\d+) (\d+)\]", text, re.S)
+    if TOO_LARGE in text and large:
+        limit, height, width = large.groups()
+        return (f"{int(width)}x{int(height)} pixels declared in its header, more than "
+                f"max_pixels={int(limit):,} (not decoded)")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"corrupt or truncated image data ({first.removeprefix('assertion failed:').strip()})"
+
+
 def resize(image: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
     """To the model's size: keep aspect with padding (``pad``), fill and crop (``crop``), or
     ``stretch``."""
@@ -91,9 +109,9 @@ def decode_images(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
 
     def decode_one(data):
         dims = image_dims(data)
+        # (No bytes of ``data`` in the message: TensorFlow fails to format non-UTF-8 ones.)
         known = tf.debugging.Assert(tf.reduce_all(dims > 0), [
-            f"{NOT_AN_IMAGE}: not a JPEG, PNG, GIF, BMP or WebP header; first bytes:",
-            tf.strings.substr(data, 0, 8)])
+            f"{NOT_AN_IMAGE}: no JPEG, PNG, GIF, BMP or WebP header"])
         with tf.control_dependencies([known]):
             small = tf.debugging.Assert(dims[0] * dims[1] <= spec.max_pixels, [
                 f"{TOO_LARGE}: more than max_pixels={spec.max_pixels}; (height, width) =",

@@ -22,32 +22,56 @@ def resolve_model_dir(path: str) -> str:
     return os.path.join(path, max(versions, key=int))
 
 
-def predict(model_dir: str, images: list[bytes], top_k: int = 3) -> list[list[tuple[str, float]]]:
-    """For each encoded image, its ``top_k`` ``(class name, probability)``, best first."""
+def predict(model_dir: str, images: list[bytes], top_k: int = 3) -> list:
+    """For each encoded image, its ``top_k`` ``(class name, probability)``, best first, or a
+    ``str``: why that image was refused (not an image, too many pixels, corrupt), in words."""
     import numpy as np
     import tensorflow as tf
 
+    from modules.preprocessing import decode_failure
     model = tf.saved_model.load(resolve_model_dir(model_dir))
-    probabilities = model.signatures[RAW_SIGNATURE](**{RAW_INPUT: tf.constant(images)})[
-        PROBABILITIES].numpy()
-    names = model.class_names.numpy()
-    return [[(names[i].decode(), float(row[i])) for i in np.argsort(-row)[:top_k]]
-            for row in probabilities]
+    signature = model.signatures[RAW_SIGNATURE]
+    names = [n.decode() for n in model.class_names.numpy()]
+    results = []
+    for image in images:  # one at a time: a bad image costs only its own answer
+        try:
+            row = signature(**{RAW_INPUT: tf.constant([image])})[PROBABILITIES].numpy()[0]
+        except tf.errors.InvalidArgumentError as err:
+            results.append(decode_failure(err.message, image))
+            continue
+        results.append([(names[i], float(row[i])) for i in np.argsort(-row)[:top_k]])
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.predict", description=__doc__)
     parser.add_argument("--model", required=True, help="SavedModel or TF Serving model base dir")
     parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("images", nargs="+", help="JPEG/PNG/GIF/BMP files")
+    parser.add_argument("images", nargs="+", help="JPEG/PNG/GIF/BMP/WebP files")
     args = parser.parse_args(argv)
-    data = []
+    try:
+        resolve_model_dir(args.model)
+    except FileNotFoundError as err:
+        print(f"predict: --model {err}", file=sys.stderr)
+        return 2
+    answers: dict[str, object] = {}
     for path in args.images:
-        with open(path, "rb") as f:
-            data.append(f.read())
-    for path, top in zip(args.images, predict(args.model, data, args.top_k)):
-        print(f"{path}: " + ", ".join(f"{name} ({p:.3f})" for name, p in top))
-    return 0
+        try:
+            with open(path, "rb") as f:
+                answers[path] = f.read()
+        except OSError as err:
+            answers[path] = f"cannot read: {err.strerror}"
+    readable = [path for path, data in answers.items() if isinstance(data, bytes)]
+    if readable:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's own logs: noise here
+        answers.update(zip(readable, predict(args.model, [answers[p] for p in readable],
+                                             args.top_k)))
+    for path, top in answers.items():
+        if isinstance(top, str):
+            print(f"{path}: {top}", file=sys.stderr)
+        else:
+            print(f"{path}: " + ", ".join(f"{name} ({p:.3f})" for name, p in top))
+    return 2 if any(isinstance(top, str) for top in answers.values()) else 0
 
 
 if __name__ == "__main__":

@@ -209,8 +209,9 @@ class RunReport:
         anomalies = read_anomalies(artifact.uri,
                                    json.loads(artifact.properties["split_names"].string_value))
         return (f"<p>Undecodable images dropped: {len(bad)}</p>"
-                + (_table(["split", "file", "record", "error"],
-                          [[b["split"], b["file"], b["record"], b["error"]] for b in bad[:50]])
+                + (_table(["split", "file", "index", "record", "error"],
+                          [[b["split"], b["file"], b.get("index", ""), b["record"], b["error"]]
+                           for b in bad[:50]])
                    if bad else "")
                 + f"<p>Schema anomalies: {len(anomalies)}</p>"
                 + (_table(["split", "feature", "type", "description"],

@@ -17,10 +17,11 @@ from components import serving_dir
 from modules.features import CLASSES, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
 
 
-def _cause(message: str) -> str:
-    """The first line of a TensorFlow error, without its graph-node prefix."""
-    line = message.strip().splitlines()[0] if message.strip() else "undecodable image"
-    return "the image does not decode: " + line.split("}}")[-1].strip()
+def _cause(message: str, images: list[bytes]) -> str:
+    """A decode error in words (of the image, when there is one)."""
+    from modules.preprocessing import decode_failure
+    return "the image does not decode: " + decode_failure(
+        message, images[0] if len(images) == 1 else None)
 
 
 class Unavailable(Exception):
@@ -74,7 +75,7 @@ class LocalBackend:
         try:
             outputs = model.signatures[RAW_SIGNATURE](**{RAW_INPUT: tf.constant(images)})
         except tf.errors.InvalidArgumentError as err:
-            raise BadImage(_cause(err.message)) from None
+            raise BadImage(_cause(err.message, images)) from None
         return outputs[PROBABILITIES].numpy().tolist(), names
 
 
@@ -116,7 +117,7 @@ class HttpBackend:
         except urllib.error.HTTPError as err:
             text = err.read()[:500].decode(errors="replace")
             if err.code == 400:
-                raise BadImage(_cause(text)) from None
+                raise BadImage(_cause(text, images)) from None
             raise Unavailable(f"TF Serving answered {err.code} for version {version}: "
                               f"{text[:200]}") from None
         except OSError as err:

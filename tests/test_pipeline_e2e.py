@@ -10,6 +10,8 @@ import dataclasses
 import glob
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from ops import predict
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, latest_artifact, metadata_store
+from tests.conftest import ROOT
 
 COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
               "ExampleValidator", "AnomalyGate", "Transform", "Tuner", "Trainer", "Evaluator",
@@ -187,6 +190,47 @@ def test_predict_command_prints_top_k_classes(first_run, tmp_path, capsys):
         assert line.startswith(f"{path}: ") and line.count("(") == 2
     top1 = [line.split(": ")[1].split(" ")[0] for line in lines]
     assert sum(t == str(l) for t, l in zip(top1, labels[:3])) >= 2
+
+
+def _peak_rss_mb(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Runs ``python -m`` ``argv`` in a child; its peak resident memory (MB) and result."""
+    script = ("import resource, runpy, sys; sys.argv = sys.argv[1:]\n"
+              "try:\n    runpy.run_module(sys.argv[0], run_name='__main__')\n"
+              "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+              " file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True,
+                          text=True, cwd=ROOT)
+    return int(done.stderr.strip().splitlines()[-1]) / 1024, done
+
+
+def test_predict_names_each_bad_file_in_one_line_goes_on_and_stays_small(first_run,
+                                                                         tmp_path):
+    from tests.test_preprocessing import _oversized
+    config, _ = first_run
+    records, _ = _held_out_examples(config)
+    good = tmp_path / "digit.png"
+    good.write_bytes(_png_images(records[:1])[0])
+    bad = {"bomb.webp": _oversized("WEBP VP8X"), "bomb.png": _oversized("PNG"),
+           "notes.txt": b"just text", "empty.png": b""}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / name) for name in bad] + [str(good), str(tmp_path / "missing.png")]
+    quiet_mb, _ = _peak_rss_mb(["ops.predict", "--model", config.push_dir, str(good)])
+    peak_mb, done = _peak_rss_mb(["ops.predict", "--model", config.push_dir, *paths])
+    assert done.returncode == 2
+    assert done.stdout.strip().startswith(f"{good}: ")
+    errors = [line for line in done.stderr.splitlines() if line.startswith(str(tmp_path))]
+    assert errors == [
+        f"{tmp_path}/bomb.webp: 16383x16383 pixels declared in its header, more than "
+        "max_pixels=50,000,000 (not decoded)",
+        f"{tmp_path}/bomb.png: 30000x30000 pixels declared in its header, more than "
+        "max_pixels=50,000,000 (not decoded)",
+        f"{tmp_path}/notes.txt: not a JPEG, PNG, GIF, BMP or WebP image (it starts with "
+        "b'just text')",
+        f"{tmp_path}/empty.png: empty (0 bytes), not an image",
+        f"{tmp_path}/missing.png: cannot read: No such file or directory"], done.stderr
+    assert "Traceback" not in done.stderr
+    assert peak_mb < quiet_mb + 150, (peak_mb, quiet_mb)  # a decoded bomb is 268+ MB
 
 
 def test_per_class_recall_is_computed_and_can_gate(first_run):
