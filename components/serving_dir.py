@@ -22,6 +22,9 @@ import uuid
 from typing import Callable
 
 MANIFEST = "manifest.json"
+# Each version's own manifest entry, inside it: written before the version is renamed into
+# place, so a push killed after the rename is still recorded (``read_manifest`` heals).
+PUSH_RECORD = os.path.join("assets.extra", "push.json")
 LABELS = "labels.json"
 MODELS_CONFIG = "models.config"
 STAGING_PREFIX = ".staging-"
@@ -38,11 +41,20 @@ def versions(base: str) -> list[int]:
 
 
 def read_manifest(base: str) -> list[dict]:
+    """Every publication, by version: ``manifest.json``, plus the entries of versions whose
+    publisher died between the rename and the manifest write (from their ``PUSH_RECORD``)."""
     path = os.path.join(base, MANIFEST)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    entries = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    listed = {e["version"] for e in entries}
+    for version in versions(base):
+        record = os.path.join(base, str(version), PUSH_RECORD)
+        if version not in listed and os.path.exists(record):
+            with open(record, encoding="utf-8") as f:
+                entries.append(dict(json.load(f), retained=True))
+    return sorted(entries, key=lambda e: e["version"])
 
 
 def _write_atomically(base: str, name: str, text: str) -> None:
@@ -172,11 +184,15 @@ def publish(source_dir: str, base: str, record: dict, keep: int,
         version = max(versions(base) + [e["version"] for e in manifest], default=0) + 1
         staging = os.path.join(base, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex}")
         shutil.copytree(source_dir, staging)
+        entry = dict(record, version=version,
+                     time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        os.makedirs(os.path.dirname(os.path.join(staging, PUSH_RECORD)), exist_ok=True)
+        with open(os.path.join(staging, PUSH_RECORD), "w", encoding="utf-8") as f:
+            json.dump(entry, f, indent=1, sort_keys=True)
         if before_rename is not None:
             before_rename(staging)
         os.rename(staging, os.path.join(base, str(version)))
-        manifest.append(dict(record, version=version,
-                             time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        manifest.append(entry)
         _prune(base, keep, manifest)
         _write_manifest(base, manifest)
         if not os.path.exists(os.path.join(base, MODELS_CONFIG)):

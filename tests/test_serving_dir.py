@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 
 import pytest
@@ -19,7 +20,8 @@ def _model(tmp_path, name: str) -> str:
 
 
 def _same(a: str, b: str) -> bool:
-    comparison = filecmp.dircmp(a, b)
+    """Same files, but for the push record that publishing adds (in ``assets.extra``)."""
+    comparison = filecmp.dircmp(a, b, ignore=["assets.extra"])
     return (not comparison.diff_files and not comparison.left_only and not comparison.right_only
             and all(_same(os.path.join(a, d), os.path.join(b, d)) for d in comparison.subdirs))
 
@@ -143,3 +145,44 @@ def test_the_two_proportion_test_matches_the_textbook_numbers():
     assert result.verdict(alpha=0.05, min_samples=100) == ""
     assert "not significant" in result.verdict(alpha=0.01, min_samples=100)
     assert "less accurate" in compare(entries, stable=2, canary=1).verdict(0.05, 100)
+
+
+KILLED_PUBLISHER = """
+import os, signal, sys
+from components import serving_dir
+stage = sys.argv[3]
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+if stage == "after_rename":
+    serving_dir._write_manifest = die
+serving_dir.publish(sys.argv[1], sys.argv[2], {"action": "push", "model_uri": "m2"}, keep=5,
+                    before_rename=die if stage == "before_rename" else None)
+"""
+
+
+@pytest.mark.parametrize("stage", ["before_rename", "after_rename"])
+def test_a_publisher_killed_at_any_point_leaves_a_state_the_next_push_repairs(tmp_path, stage):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    base = str(tmp_path / "serving" / "m")
+    serving_dir.publish(_model(tmp_path, "m1"), base, {"action": "push", "model_uri": "m1"},
+                        keep=5)
+    killed = subprocess.run([sys.executable, "-c", KILLED_PUBLISHER, _model(tmp_path, "m2"),
+                             base, stage], cwd=ROOT)
+    assert killed.returncode == -9
+    numeric = [n for n in os.listdir(base) if n.isdigit()]
+    for name in numeric:  # never a partial version
+        assert os.path.exists(os.path.join(base, name, "saved_model.pb"))
+        assert os.path.exists(os.path.join(base, name, "variables", "variables.data"))
+    expected = [1] if stage == "before_rename" else [1, 2]
+    assert serving_dir.versions(base) == expected
+    assert [e["model_uri"] for e in serving_dir.read_manifest(base)] == ["m1", "m2"][
+        :len(expected)]
+    assert serving_dir.publish(_model(tmp_path, "m3"), base, {"action": "push"}, keep=5) == \
+        expected[-1] + 1
+    assert not [n for n in os.listdir(base) if n.startswith(serving_dir.STAGING_PREFIX)]
+    with open(os.path.join(base, serving_dir.MANIFEST)) as f:  # healed on disk too
+        assert [e["version"] for e in json.load(f)] == expected + [expected[-1] + 1]
+    assert oct(os.stat(os.path.join(base, serving_dir.MANIFEST)).st_mode & 0o777) == "0o644"
