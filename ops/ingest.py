@@ -6,7 +6,7 @@ bytes, ``label`` id by sorted class name, ``label_name``, ``height``, ``width``,
 (so a file stays in its split across re-ingestions) and sharded by hash. Files are checked in
 parallel; corrupt, unsupported, oversized or duplicated files are skipped and listed with the
 reason in ``manifest.json`` beside the records, never crashing the run. The command fails (exit
-1, nothing written) if a class has no images, if the same content appears under two classes,
+2, nothing written) if the folder is missing, if a class has no images, if the same content appears under two classes,
 or if more than ``--max-skipped-fraction`` of the files were skipped. Images that TensorFlow
 cannot decode as they are (CMYK, 16-bit, palette with transparency...) are re-encoded as PNG.
 """
@@ -94,6 +94,8 @@ def split_of(sha256: str, eval_fraction: float) -> str:
 
 def scan(image_dir: str) -> dict[str, list[str]]:
     """Class name -> its files (relative paths, sorted); hidden files are ignored."""
+    if not os.path.isdir(image_dir):
+        raise IngestError(f"{image_dir} is not a directory (expected <dir>/<class>/<image>)")
     classes = sorted(d for d in os.listdir(image_dir)
                      if os.path.isdir(os.path.join(image_dir, d)) and not d.startswith("."))
     if not classes:
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                           args.max_skipped_fraction, args.max_pixels)
     except IngestError as err:
         print(f"ingest: FAILED: {err}", file=sys.stderr)
-        return 1
+        return 2
     totals = {split: sum(c.values()) for split, c in manifest["counts"].items()}
     print(f"Wrote {totals['train']} train and {totals['eval']} eval images of "
           f"{len(manifest['classes'])} classes to {manifest['root']}; "

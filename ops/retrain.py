@@ -19,6 +19,7 @@ from components.contracts import RunOutcome
 from components.versioned_pusher import NO_NEW_DATA
 from pipeline.config import PipelineConfig
 from pipeline.local_runner import describe, run
+from pipeline.preflight import user_errors
 
 EXIT_CODES = {"pushed": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
 
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(argv)
     try:
         outcome = run(config)
+    except user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        print("RETRAIN STATUS: failed")
+        return EXIT_CODES["failed"]
     except Exception:  # noqa: BLE001 - any failure is reported as such to the scheduler
         traceback.print_exc()
         print("RETRAIN STATUS: failed")

@@ -191,6 +191,8 @@ class PipelineConfig:
                                          "--runner=DataflowRunner ...)")
     enable_cache: bool = _option(True, RUNTIME, RUNNER,
                                  "reuse the results of components whose inputs did not change")
+    verbose: bool = _option(False, RUNTIME, RUNNER,
+                            "show the libraries' logs and the tracebacks of user errors")
     # Kubeflow (pipeline.kubeflow_runner)
     kfp_image: str = _option("tfx-image-pipeline:latest", KUBEFLOW, RUNNER,
                              "the container image every task runs")

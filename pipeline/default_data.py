@@ -38,9 +38,13 @@ def ensure_digits_dataset(root: str, image_key: str = "image", label_key: str = 
                           shards: int = 2) -> str:
     """Writes ``root/{train,eval}/digits-0000N-of-0000M.tfrecord`` once; returns ``root``.
 
-    Written to a temporary sibling and renamed, so an interrupted write is never reused (and
-    an unchanged dataset keeps ImportExampleGen's fingerprint, so reruns hit the cache).
+    Written to a temporary sibling and renamed, so an interrupted write is never reused and a
+    concurrent first run's identical copy is taken as it is (an unchanged dataset keeps
+    ImportExampleGen's fingerprint, so reruns hit the cache).
     """
     if not os.path.isdir(root):
-        write_splits(root, digits_examples(image_key, label_key), shards, "digits")
+        try:
+            write_splits(root, digits_examples(image_key, label_key), shards, "digits")
+        except FileExistsError:  # a concurrent first run wrote the same data
+            pass
     return root

@@ -10,7 +10,9 @@ import os
 import sys
 
 from components.contracts import RunOutcome
+from pipeline import preflight
 from pipeline.config import PipelineConfig
+from pipeline.preflight import UserError
 
 
 def resolve_data(config: PipelineConfig) -> PipelineConfig:
@@ -28,32 +30,43 @@ def observe(config: PipelineConfig):
     from components.live_inputs import resolve_span
     from components.serving_dir import served_version
     from pipeline.pipeline import Observed, input_config
-    _, fingerprint = resolve_span(config.data_root, input_config(config), config.span)
+    try:
+        _, fingerprint = resolve_span(config.data_root, input_config(config), config.span)
+    except ValueError as err:  # a missing span or files
+        raise UserError(f"--data-root: {err}") from None
     return Observed(data_fingerprint=fingerprint, served_version=served_version(config.push_dir))
 
 
 def run(config: PipelineConfig) -> RunOutcome:
     """Runs the pipeline once; returns its outcome (see ``pipeline.outcome``) and the path of
     its HTML report (``report``)."""
+    import ml_metadata as mlmd
     from tfx import v1 as tfx
 
     from pipeline.outcome import last_execution_id, latest_outcome
     from pipeline.pipeline import create_pipeline
     from pipeline.report import write_report
 
-    config = resolve_data(config)
-    os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-        config.metadata_path)
-    before = last_execution_id(config)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection, observe(config)))
-    outcome = latest_outcome(config, before)
-    return dataclasses.replace(outcome, report=write_report(config, outcome, before))
+    preflight.check_serving_dir(config)
+    with preflight.run_lock(config):
+        preflight.check_metadata(config)
+        config = resolve_data(config)
+        preflight.check_data(config)
+        connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path)
+        if os.path.exists(config.metadata_path):
+            preflight.abandon_interrupted(mlmd.MetadataStore(connection))
+        before = last_execution_id(config)
+        tfx.orchestration.LocalDagRunner().run(
+            create_pipeline(config, connection, observe(config)))
+        outcome = latest_outcome(config, before)
+        return dataclasses.replace(outcome, report=write_report(config, outcome, before))
 
 
 def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(argv)
-    outcome = run(config)
+    with preflight.one_line_errors(config):
+        outcome = run(config)
     print(f"\nPipeline root: {config.pipeline_root}")
     print(f"Metadata (MLMD SQLite): {config.metadata_path}")
     print(describe(outcome, config))

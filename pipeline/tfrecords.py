@@ -15,7 +15,8 @@ def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int 
     ``<target>/<split>/<name>-0000i-of-0000N.tfrecord[.gz]``; returns the records per split.
 
     The files go to a staging sibling renamed to ``target`` at the end (an empty ``target`` is
-    replaced), so a crash or error leaves nothing half-written.
+    replaced), so a crash or error leaves nothing half-written; raises ``FileExistsError`` if
+    ``target`` is written by another process meanwhile.
     """
     import tensorflow as tf
 
@@ -37,9 +38,14 @@ def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int 
         for split_writers in writers.values():
             for writer in split_writers:
                 writer.close()
-        if os.path.isdir(target):
-            os.rmdir(target)  # only ever an empty one
-        os.rename(staging, target)
+        try:
+            if os.path.isdir(target):
+                os.rmdir(target)  # only ever an empty one
+            os.rename(staging, target)
+        except OSError as err:  # ENOTEMPTY, EEXIST: another writer got there first
+            if os.path.isdir(target) and os.listdir(target):
+                raise FileExistsError(f"{target} was written meanwhile") from err
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts

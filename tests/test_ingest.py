@@ -105,9 +105,15 @@ def test_empty_class_or_conflicting_labels_fail_and_write_nothing(tmp_path, make
     _tree(str(tmp_path / "images"), np.random.default_rng(2))
     make_bad(str(tmp_path / "images"))
     assert ingest.main([str(tmp_path / "images"), str(tmp_path / "out"),
-                        "--max-skipped-fraction", "0.3"]) == 1
+                        "--max-skipped-fraction", "0.3"]) == 2
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_missing_folder_is_named_in_one_line(tmp_path, capsys):
+    assert ingest.main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (f"ingest: FAILED: {tmp_path / 'nowhere'} is not a "
+                                               "directory (expected <dir>/<class>/<image>)")
 
 
 def test_too_many_skipped_files_fail(tmp_path):

@@ -1,0 +1,178 @@
+"""Before a local run: user mistakes found early and named in one line (``UserError``: data
+root, files, feature keys, labels, serving dir, metadata db), and what makes a run safe to
+start and to kill: one run at a time per metadata db, and nothing left ``RUNNING`` by a run
+that was killed.
+
+The lock is an ``flock`` on ``<metadata db>.lock``: the kernel releases it when its holder
+dies, even by ``kill -9``, so a lock is never stale. A run that finds it held waits, and then
+finds the other run's work in the cache; the pusher never pushes a model twice.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import os
+import sqlite3
+import sys
+import time
+
+from pipeline.config import PipelineConfig
+
+
+class UserError(Exception):
+    """A mistake the user can fix: shown as one line, exit code 2."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The failures a user fixes (bad options, data or state), told in words, not tracebacks."""
+    from components.anomaly_gate import DataAnomalyError
+    from components.image_validator import BadImageError
+    return UserError, DataAnomalyError, BadImageError
+
+
+@contextlib.contextmanager
+def one_line_errors(config: PipelineConfig):
+    """Turns a user's mistake into ``error: <message>`` on stderr and exit code 2 (with the
+    traceback under ``--verbose``)."""
+    try:
+        yield
+    except user_errors() as err:
+        if config.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def run_lock(config: PipelineConfig, announce=lambda line: print(line, file=sys.stderr)):
+    """Holds the run lock of ``config``'s metadata db; waits (saying so) while another run
+    holds it."""
+    path = config.metadata_path + ".lock"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            announce(f"Another run holds the lock {path} ({holder}); waiting for it to end")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def check_metadata(config: PipelineConfig) -> None:
+    """Raises ``UserError`` (how to recover, keeping the served models) unless the metadata
+    db is absent or a sound SQLite file."""
+    path = config.metadata_path
+    if not os.path.exists(path):
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            result = db.execute("PRAGMA quick_check").fetchall()
+        problem = "" if result == [("ok",)] else result[0][0].splitlines()[-1]
+    except sqlite3.Error as err:
+        problem = str(err)
+    if problem:
+        raise UserError(
+            f"metadata db {path} is unreadable ({problem}). The served models in "
+            f"{config.push_dir} are not affected. To recover, move the db aside "
+            f"(mv {path} {path}.broken) and run again: the run starts a new history and "
+            "trains again, and pushes only if it beats the served version.")
+
+
+def check_serving_dir(config: PipelineConfig) -> None:
+    """Raises ``UserError`` unless the serving dir exists writable or can be created."""
+    path = config.serving_dir
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "."
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--serving-dir {path}: {existing} is not a writable directory; give "
+                        "a serving dir this user can write")
+
+
+def abandon_interrupted(store) -> int:
+    """Marks executions still ``RUNNING`` (their run was killed: we hold the lock) as
+    ``CANCELED``; returns how many."""
+    from ml_metadata.proto import metadata_store_pb2
+    running = metadata_store_pb2.Execution.RUNNING
+    stale = [e for e in store.get_executions() if e.last_known_state == running]
+    for execution in stale:
+        execution.last_known_state = metadata_store_pb2.Execution.CANCELED
+        execution.custom_properties["interrupted"].string_value = (
+            "its run ended without finishing it (killed?); a later run found it")
+    if stale:
+        store.put_executions(stale)
+    return len(stale)
+
+
+LABELS_SCANNED = 20_000  # records per split whose labels the preflight reads
+
+
+def check_data(config: PipelineConfig) -> None:
+    """Raises ``UserError`` for a missing data root, splits without TFRecord files, files that
+    hold no tf.Examples, image or label keys that are not in the data (naming those that are),
+    and int labels outside ``[0, num_classes)`` (among the first ``LABELS_SCANNED`` of each
+    split). Object-store data roots are left to the pipeline."""
+    from modules.features import SPLITS
+    root = config.data_root
+    if "://" in root:
+        return
+    if not os.path.isdir(root):
+        raise UserError(f"--data-root {root} is not a directory: give the folder that holds "
+                        f"{'span-N/' if config.spans else ''}{{{','.join(SPLITS)}}}/ TFRecord "
+                        "files (python -m ops.ingest makes them from image folders)")
+    for split in SPLITS:
+        pattern = os.path.join(root, "span-*" if config.spans else "", split, "*")
+        files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
+        if not files:
+            present = ", ".join(sorted(os.listdir(root))[:10]) or "nothing"
+            raise UserError(f"--data-root {root}: no files match {pattern} (the folder holds: "
+                            f"{present}); each split needs TFRecord files of tf.Examples")
+        _check_records(config, split, files)
+
+
+def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None:
+    import tensorflow as tf
+    labels_seen = 0
+    for path in files:
+        compression = "GZIP" if path.endswith(".gz") else ""
+        try:
+            for index, record in enumerate(tf.data.TFRecordDataset(
+                    path, compression_type=compression).as_numpy_iterator()):
+                features = tf.train.Example.FromString(record).features.feature
+                where = f"{path} record {index}"
+                for option, key in (("--image-key", config.image_key),
+                                    ("--label-key", config.label_key)):
+                    if key not in features:
+                        raise UserError(f"{option} {key!r} is not in the data: {where} has "
+                                        f"the features {', '.join(sorted(features))}")
+                if config.label_format == "int":
+                    for label in features[config.label_key].int64_list.value:
+                        if not 0 <= label < config.num_classes:
+                            raise UserError(
+                                f"{where}: label {label} is outside [0, {config.num_classes}) "
+                                f"(--num-classes {config.num_classes}); fix the labels or "
+                                "raise --num-classes")
+                labels_seen += 1
+                if labels_seen >= LABELS_SCANNED or config.label_format != "int":
+                    break
+        except (tf.errors.DataLossError, tf.errors.OpError) as err:
+            raise UserError(f"{path} is not a readable TFRecord file ({err.message.strip()[:120]})"
+                            "; each split needs TFRecord files of tf.Examples") from None
+        except ValueError as err:  # DecodeError: records that are not tf.Examples
+            raise UserError(f"{path}: its records are not tf.Examples ({err})") from None
+        if labels_seen >= LABELS_SCANNED or (labels_seen and config.label_format != "int"):
+            return
+    if not labels_seen:
+        raise UserError(f"no records in the {split} split ({len(files)} files, the first "
+                        f"{files[0]}); each split needs at least one example")
