@@ -70,6 +70,8 @@ TRAINING_FILE = "assets.extra/training.json"
 # model's own warm start went.
 WARM_START_DIR = "assets.extra/warm_start"
 RESULT_FILE = "warm_start.json"
+# The Trainer's log line per validation round (the local runner's progress shows it).
+EPOCH_LOG = "Round %d/%d: loss %.4f, accuracy %.4f; validation loss %.4f, accuracy %.4f"
 # In the Trainer's ModelRun: step budget, final eval metrics and seconds per phase.
 TRAINER_SUMMARY = "trainer_summary.json"
 # In the Tuner's TunerResults: its trials, best first (the file TFX's Tuner executor writes).

@@ -16,8 +16,8 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import (IMAGE_XF, LABEL_XF, RESULT_FILE, TRAINER_SUMMARY, TRAINING_FILE,
-                               WARM_START_DIR, ImageSpec)
+from modules.features import (EPOCH_LOG, IMAGE_XF, LABEL_XF, RESULT_FILE, TRAINER_SUMMARY,
+                               TRAINING_FILE, WARM_START_DIR, ImageSpec)
 from modules.model import build_model, learning_rate, unfreeze_top
 from modules.preprocessing import model_pixels
 
@@ -193,10 +193,18 @@ def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -
 
 
 def _callbacks(config: dict, log_dir: str, api) -> list:
-    """TensorBoard, early stopping with best-weights restore, and ReduceLROnPlateau when
-    ``lr_schedule=plateau``; patience counts validation rounds."""
+    """A log line per validation round (``EPOCH_LOG``), TensorBoard, early stopping with
+    best-weights restore, and ReduceLROnPlateau when ``lr_schedule=plateau``; patience counts
+    validation rounds."""
     patience = config["early_stopping_patience"]
-    callbacks = [api.callbacks.TensorBoard(log_dir=log_dir),
+
+    class LogRounds(api.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            absl.logging.info(EPOCH_LOG, epoch + 1, self.params["epochs"], *(
+                logs.get(k, float("nan")) for k in ("loss", "accuracy", "val_loss",
+                                                    "val_accuracy")))
+
+    callbacks = [LogRounds(), api.callbacks.TensorBoard(log_dir=log_dir),
                  api.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                              restore_best_weights=True)]
     if config["lr_schedule"] == "plateau":
@@ -238,7 +246,7 @@ def fit_arguments(inputs: Inputs, eval_steps: int) -> dict:
     each ending in a validation of ``eval_steps`` batches."""
     rounds = min(VALIDATIONS, inputs.steps)
     return dict(x=inputs.train, validation_data=inputs.evaluation, epochs=rounds,
-                steps_per_epoch=inputs.steps // rounds, validation_steps=eval_steps, verbose=2)
+                steps_per_epoch=inputs.steps // rounds, validation_steps=eval_steps, verbose=0)
 
 
 def _fit(model, inputs: Inputs, fn_args: FnArgs, config: dict, strategy, api):

@@ -20,6 +20,7 @@ from components.versioned_pusher import NO_NEW_DATA
 from pipeline.config import PipelineConfig
 from pipeline.local_runner import describe, run
 from pipeline.preflight import user_errors
+from pipeline.progress import readable_run
 
 EXIT_CODES = {"pushed": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
 
@@ -35,7 +36,8 @@ def status(outcome: RunOutcome) -> str:
 def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(argv)
     try:
-        outcome = run(config)
+        with readable_run(config):
+            outcome = run(config)
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         print("RETRAIN STATUS: failed")

@@ -13,6 +13,7 @@ from components.contracts import RunOutcome
 from pipeline import preflight
 from pipeline.config import PipelineConfig
 from pipeline.preflight import UserError
+from pipeline.progress import readable_run
 
 
 def resolve_data(config: PipelineConfig) -> PipelineConfig:
@@ -65,7 +66,7 @@ def run(config: PipelineConfig) -> RunOutcome:
 
 def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(argv)
-    with preflight.one_line_errors(config):
+    with preflight.one_line_errors(config), readable_run(config):
         outcome = run(config)
     print(f"\nPipeline root: {config.pipeline_root}")
     print(f"Metadata (MLMD SQLite): {config.metadata_path}")

@@ -101,7 +101,15 @@ def test_identical_reruns_push_nothing_and_are_then_served_from_cache(first_run,
     before = _serving_snapshot(config)
     last_id = max(e.id for e in metadata_store(config).get_executions())
     assert local_runner.main(["--work-dir", config.work_dir] + FAST) == 0
-    assert "Nothing pushed (already pushed as version 1)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Nothing pushed (already pushed as version 1)" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    for component in DATA_AND_TRAINING:  # one line per component, readable
+        assert lines[component].endswith(" s  cache hit"), lines[component]
+    assert f"accuracy {outcome.accuracy:.4f}, BLESSED" in lines["Evaluator"]
+    assert "not pushed: already pushed as version 1" in lines["VersionedPusher"]
+    log = out.split("Run log (the libraries' messages): ")[1].split("\n")[0]
+    assert "WARNING" not in out + err and "Component Trainer is running." in open(log).read()
     rerun = _executions_by_component(config, last_id)
     for component in DATA_AND_TRAINING:
         assert rerun[component].last_known_state == metadata_store_pb2.Execution.CACHED

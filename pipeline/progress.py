@@ -1,0 +1,174 @@
+"""A readable local run: one line per component as it starts and ends (duration, key figure,
+or cache hit), the Trainer's validation rounds, a live elapsed time on a terminal; the
+libraries' logs (absl, TensorFlow, Beam, warnings) go to a log file in the run's folder.
+
+The component lines come from the log records LocalDagRunner and the launcher already emit
+(their format strings below), the figures from the artifacts in MLMD.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+
+from modules.features import EPOCH_LOG
+from pipeline.config import PipelineConfig
+
+# LocalDagRunner's and the TFX launcher's log formats (tfx/orchestration/local, portable).
+STARTED, FINISHED = "Component %s is running.", "Component %s is finished."
+CACHED, NEW = "A cached execution %d is used.", "Going to run a new execution %d"
+
+
+def _figure(config: PipelineConfig, component: str, execution_id: int) -> str:
+    """The key figure of a finished execution, read from its output artifacts."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    from components.contracts import PushResult
+    from components.gate import overall_metric
+    from components.live_inputs import SERVED_VERSION
+    from pipeline.outcome import metadata_store
+    store = metadata_store(config)
+    events = store.get_events_by_execution_ids([execution_id])
+    outputs = {a.type_id: a for a in store.get_artifacts_by_id(
+        [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])}
+    by_type = {t.name: outputs[t.id] for t in store.get_artifact_types() if t.id in outputs}
+    if component == "ImageValidator":
+        return _decoded(by_type["Examples"].uri)
+    if component == "ServedModel":
+        version = by_type["Model"].custom_properties[SERVED_VERSION].int_value
+        return f"served version {version}" if version else "nothing served yet"
+    if component == "Evaluator":
+        blessed = by_type["ModelBlessing"].custom_properties["blessed"].int_value
+        return (f"accuracy {overall_metric(by_type['ModelEvaluation'].uri):.4f}, "
+                f"{'BLESSED' if blessed else 'NOT blessed'}")
+    if component == "VersionedPusher":
+        push = PushResult.read(by_type["PushedModel"].custom_properties)
+        return f"pushed version {push.version}" if push.pushed else f"not pushed: {push.reason}"
+    if component == "AnomalyGate":
+        return "no blocking anomalies"
+    return ""
+
+
+def _decoded(uri: str) -> str:
+    import json
+
+    from components.image_validator import REPORT
+    counts = []
+    for split in ("train", "eval"):
+        with open(os.path.join(uri, REPORT.format(split=split))) as f:
+            report = json.load(f)
+        counts.append(f"{report['valid']:,} {split}" + (f" ({len(report['bad'])} bad dropped)"
+                                                         if report["bad"] else ""))
+    return " + ".join(counts) + " images"
+
+
+class Progress(logging.Handler):
+    """Prints the run's progress to ``out`` from the orchestrator's log records."""
+
+    def __init__(self, config: PipelineConfig, out):
+        super().__init__(logging.INFO)
+        self._config, self._out = config, out
+        self._live = out.isatty()
+        self._component, self._started, self._execution, self._cached = "", 0.0, 0, False
+        self._rounds: tuple = ()  # the Trainer's last EPOCH_LOG arguments
+        self._lock = threading.Lock()
+        self._ticker = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._handle(record.msg, record.args or ())
+        except Exception:  # noqa: BLE001 - progress must never break a run
+            self.handleError(record)
+
+    def _handle(self, message: str, args: tuple) -> None:
+        if message == STARTED:
+            self._component, self._started = args[0], time.monotonic()
+            self._cached, self._execution, self._rounds = False, 0, ()
+            self._tick()
+        elif message in (CACHED, NEW):
+            self._execution, self._cached = args[0], message == CACHED
+        elif message == EPOCH_LOG:
+            self._rounds = args
+            self._line(f"    {self._component} " + (EPOCH_LOG % args)[0].lower()
+                       + (EPOCH_LOG % args)[1:])
+        elif message == FINISHED and args[0] == self._component:
+            self.stop()
+            took = time.monotonic() - self._started
+            if self._cached:
+                figure = "cache hit"
+            elif self._rounds:
+                figure = (f"validation accuracy {self._rounds[-1]:.4f} after "
+                          f"{self._rounds[0]} rounds")
+            else:
+                figure = _figure(self._config, self._component, self._execution)
+            self._line(f"  {self._component:<18} {took:6.1f} s" + (f"  {figure}" if figure
+                                                                  else ""))
+
+    def stop(self) -> None:
+        """Ends the live elapsed time."""
+        self._ticker.set()
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self._out.write(("\r\033[K" if self._live else "") + text + "\n")
+            self._out.flush()
+
+    def _tick(self) -> None:
+        """On a terminal: the running component's elapsed time, every second."""
+        if not self._live:
+            return
+        self._ticker = stop = threading.Event()
+        name, started = self._component, self._started
+
+        def tick():
+            while True:
+                with self._lock:
+                    if stop.is_set():
+                        return
+                    self._out.write(f"\r\033[K  {name:<18} {time.monotonic() - started:6.0f} s"
+                                    " ...")
+                    self._out.flush()
+                if stop.wait(1.0):
+                    return
+        threading.Thread(target=tick, daemon=True).start()
+
+
+@contextlib.contextmanager
+def readable_run(config: PipelineConfig, out=None):
+    """Within: progress lines on ``out`` (stdout) and everything written to stderr (file
+    descriptor 2, so TensorFlow's C++ logs and Beam's workers too) in a log file under the
+    pipeline root. ``--verbose``: every log on stderr, at INFO level."""
+    import absl.logging
+    if config.verbose:
+        absl.logging.set_verbosity(absl.logging.INFO)
+        yield None
+        return
+    out = out or sys.stdout
+    log_dir = os.path.join(config.pipeline_root, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, time.strftime("run-%Y%m%dT%H%M%S.log"))
+    out.write(f"Run log (the libraries' messages): {path}\n")
+    out.flush()
+    progress = Progress(config, out)
+    logger, level = logging.getLogger("absl"), absl.logging.get_verbosity()
+    handler = absl.logging.get_absl_handler().python_handler
+    streams = sys.stderr, handler.stream
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a", buffering=1) as log:
+        os.dup2(log.fileno(), 2)
+        sys.stderr = handler.stream = log
+        absl.logging.set_verbosity(absl.logging.INFO)
+        logger.addHandler(progress)
+        try:
+            yield path
+        finally:
+            progress.stop()
+            logger.removeHandler(progress)
+            absl.logging.set_verbosity(level)
+            sys.stderr, handler.stream = streams
+            os.dup2(saved, 2)
+            os.close(saved)
