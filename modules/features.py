@@ -66,6 +66,7 @@ class ImageSpec:
 # The training options a model was made with, exported beside it (TF Serving ignores
 # assets.extra): the pusher compares them with the served version's.
 TRAINING_FILE = "assets.extra/training.json"
+CODE_FILE = "assets.extra/code.json"  # the code that trained it (modules.provenance)
 # The served weights a later run can warm-start from, their architecture, and how this
 # model's own warm start went.
 WARM_START_DIR = "assets.extra/warm_start"

@@ -16,10 +16,11 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import (EPOCH_LOG, IMAGE_XF, LABEL_XF, RESULT_FILE, TRAINER_SUMMARY,
-                               TRAINING_FILE, WARM_START_DIR, ImageSpec)
+from modules.features import (CODE_FILE, EPOCH_LOG, IMAGE_XF, LABEL_XF, RESULT_FILE,
+                               TRAINER_SUMMARY, TRAINING_FILE, WARM_START_DIR, ImageSpec)
 from modules.model import build_model, learning_rate, unfreeze_top
 from modules.preprocessing import model_pixels
+from modules.provenance import code_version
 
 
 def strategy_kind(requested: str, num_gpus: int, tf_config: str | None) -> str:
@@ -269,6 +270,7 @@ def _export(model, out_dir: str, config: dict, tf_transform_output, spec: ImageS
     ServingModule(model, tf_transform_output, spec, names).save(out_dir)
     export_warm_start(model, out_dir, config, warm)
     _write_json(os.path.join(out_dir, TRAINING_FILE), config)
+    _write_json(os.path.join(out_dir, CODE_FILE), code_version())
     if config["tflite"]:
         path = os.path.join(out_dir, TFLITE_PATH)
         tf.io.gfile.makedirs(os.path.dirname(path))

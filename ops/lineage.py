@@ -1,23 +1,29 @@
 """Lineage from ML Metadata: ``python -m ops.lineage {runs | version N | span N}``.
 
 * ``runs``: every pipeline run, its executions' states and what it pushed;
-* ``version N``: what produced served version N: the data span(s) and examples, schema,
-  transform graph, trainer code (module path, package version, config), metrics, blessing;
+* ``version N``: what produced served version N: the data span(s) with file counts and a
+  fingerprint, schema, transform graph, code (git commit and dirty flag, a hash of the module
+  files, package version), key options, accuracy and gate, the baseline version;
 * ``span N``: the models that data span fed, and the versions they were pushed as.
 
-Takes the pipeline options of the local runner (``--work-dir``, ``--metadata-path``, ...).
+Prints a short summary; ``--json`` prints everything found. Takes the pipeline options of the
+local runner (``--work-dir``, ``--metadata-path``, ...).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 from collections import defaultdict
 
 from ml_metadata.proto import metadata_store_pb2
+from tfx.utils import path_utils
 
 from components import serving_dir
 from components.contracts import PushResult
+from modules.features import CODE_FILE
 from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, metadata_store, produced_by
 
@@ -151,26 +157,96 @@ def span_lineage(config: PipelineConfig, span: int) -> dict:
                                      for m in models]}
 
 
+def _data(fingerprint: str | None) -> str:
+    """ExampleGen's input fingerprint in words: files and bytes per split, and a short hash."""
+    if not fingerprint:
+        return "unknown"
+    splits = []
+    for line in fingerprint.splitlines():
+        fields = dict(f.split(":", 1) for f in line.split(","))
+        splits.append(f"{fields['split']} {fields['num_files']} files "
+                      f"({int(fields['total_bytes']):,} bytes)")
+    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    return ", ".join(splits) + f"; fingerprint {digest}"
+
+
+def _code(model_uri: str) -> str:
+    path = os.path.join(path_utils.serving_model_path(model_uri), CODE_FILE)
+    if not os.path.exists(path):
+        return "not recorded"
+    with open(path) as f:
+        code = json.load(f)
+    git = (f"git {code['git_commit'][:12]}" + (" with uncommitted changes" if code["git_dirty"]
+                                               else "")) if code["git_commit"] else "no git"
+    return f"{git}, modules sha256 {code['modules_sha256'][:12]}, package {code['package']}"
+
+
+def version_summary(result: dict) -> str:
+    """What ``version_lineage`` found, in a few lines a person reads."""
+    entry, model = result["manifest"], result["model"]
+    trainer = json.loads(model["produced_by"]["properties"].get("custom_config") or "{}")
+    run = model["produced_by"]["properties"]
+    inputs = {key: nodes[0]["uri"] for key, nodes in model.get("inputs", {}).items()}
+    epochs = run.get("epochs") or "auto"
+    options = (f"{trainer.get('backbone')} {trainer.get('image_height')}x"
+               f"{trainer.get('image_width')}x{trainer.get('image_channels')}, "
+               f"{trainer.get('num_classes')} classes, "
+               + (f"{run['train_steps']} steps" if run.get("train_steps") else
+                  f"epochs {epochs}")
+               + f", batch {run.get('batch_size')}, learning rate {run.get('learning_rate')}, "
+               f"seed {trainer.get('seed')}, augmentation "
+               f"{' '.join(trainer.get('augmentation') or []) or 'none'}"
+               + (", warm start" if trainer.get("warm_start") else ""))
+    baseline = (f"served version {entry['baseline_version']}" if entry.get("baseline_version")
+                else "nothing served before (absolute bound only)")
+    spans = ", ".join(map(str, result["spans"])) or "none"
+    rows = [("data", f"span {spans}: {_data(entry.get('data_fingerprint'))}"),
+            ("schema", inputs.get("schema", "?")),
+            ("transform", inputs.get("transform_graph", "?")),
+            ("code", _code(entry["model_uri"])),
+            ("options", options),
+            ("result", f"accuracy {entry['accuracy']:.4f}, blessed; baseline: {baseline}"),
+            ("model", entry["model_uri"])]
+    return "\n".join([f"version {result['version']}, pushed {entry['time']} by run "
+                      f"{result['run']}"] + [f"  {name:<10} {text}" for name, text in rows])
+
+
+def runs_summary(runs: list[dict]) -> str:
+    return "\n".join(
+        f"run {r['run']}: " + ", ".join(f"{n} {state.lower()}" for state, n in
+                                        sorted(r["executions"].items()))
+        + (f"; pushed version {r['pushed_version']}" if r["pushed_version"] else "; no push")
+        for r in runs) or "no runs recorded"
+
+
+def span_summary(result: dict) -> str:
+    models = [f"  model {m['model_id']}: " + (
+        f"pushed as version {', '.join(map(str, m['pushed_as']))}" if m["pushed_as"]
+        else "never pushed") for m in result["models"]]
+    return "\n".join([f"span {result['span']} fed {len(models)} model(s)"] + models)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.lineage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("runs", "version", "span"))
     parser.add_argument("number", nargs="?", type=int)
+    parser.add_argument("--json", action="store_true", help="the full lineage as JSON")
     args, rest = parser.parse_known_args(argv)
     config = PipelineConfig.from_args(rest, prog="python -m ops.lineage")
     if args.what != "runs" and args.number is None:
         parser.error(f"'{args.what}' needs a number")
     try:
         if args.what == "runs":
-            result = Lineage(metadata_store(config)).runs()
+            result, summary = Lineage(metadata_store(config)).runs(), runs_summary
         elif args.what == "version":
-            result = version_lineage(config, args.number)
+            result, summary = version_lineage(config, args.number), version_summary
         else:
-            result = span_lineage(config, args.number)
+            result, summary = span_lineage(config, args.number), span_summary
     except KeyError as err:
         print(f"lineage: {err.args[0]}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=1, default=str))
+        return 2
+    print(json.dumps(result, indent=1, default=str) if args.json else summary(result))
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 from modules.features import (AUGMENTATIONS, BACKBONES, DEFAULT_AUGMENTATION, IMAGE_FORMATS,
                               LABEL_FORMATS, LR_SCHEDULES, MAX_PIXELS, RESIZE_MODES,
                               TFLITE_MODES)
+from modules.provenance import package_version
 
 ENV_PREFIX = "TFX_IMAGE_"
 BEAM_MODES = ("in_process", "multi_processing")
@@ -308,7 +309,7 @@ class PipelineConfig:
         config = {name: getattr(self, name) for name in fields_in(TRANSFORM, TRAINER)}
         config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
         config["augmentation"] = list(self.augmentation)
-        config["code_version"] = code_version()  # lineage; a new release retrains
+        config["code_version"] = package_version()  # a new release retrains
         return config
 
     def tuner_config(self) -> dict[str, Any]:
@@ -358,15 +359,6 @@ class PipelineConfig:
             return cls(**vars(parser.parse_args(argv)))
         except ValueError as err:  # an invalid combination: a usage error (exit code 2)
             parser.exit(2, f"{parser.prog}: error: {err}\n")
-
-
-def code_version() -> str:
-    """The installed project's version (``unknown`` when run from a bare checkout)."""
-    from importlib import metadata
-    try:
-        return metadata.version("tfx-image-pipeline")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _parse(kind, text: str):

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from ops import retrain, rollback
 from pipeline.config import PipelineConfig
 from pipeline.default_data import digits_examples
 from pipeline.outcome import latest_artifact, metadata_store
+from tests.conftest import ROOT
 
 FLAGS = ["--spans", "true", "--train-steps", "150", "--epochs", "3", "--eval-steps", "5",
          "--min-accuracy", "0.8", "--max-regression", "0.05"]
@@ -102,6 +104,14 @@ def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
     assert trainer["properties"]["run_fn"] == "modules.trainer.run_fn"
     assert json.loads(trainer["properties"]["custom_config"])["code_version"]
     assert {"examples", "transform_graph", "schema"} <= set(v2["model"]["inputs"])
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    summary = lineage.version_summary(v2).splitlines()
+    assert summary[0].startswith("version 2, pushed ") and len(summary) == 8
+    assert summary[1].startswith("  data       span 3: train ") and "fingerprint" in summary[1]
+    assert summary[4].startswith(f"  code       git {commit[:12]}") and "modules sha256" in \
+        summary[4]
+    assert "blessed; baseline: served version 1" in summary[6]
     assert lineage.version_lineage(config, 1)["spans"] == [1]
     fed = {s: lineage.span_lineage(config, s)["models"] for s in (1, 2, 3)}
     assert [m["pushed_as"] for m in fed[1]] == [[1]]
