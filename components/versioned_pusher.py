@@ -70,9 +70,11 @@ def VersionedPusher(
     pushed_model: OutputArtifact[standard_artifacts.PushedModel],
     base_directory: Parameter[str],
     keep_versions: Parameter[int] = 5,
+    definition: Parameter[str] = "",
 ) -> None:
     """Publishes ``model`` under ``base_directory`` if ``model_blessing`` blessed it, with
-    the training data's statistics (the next runs' drift baseline) in ``assets.extra``."""
+    the training data's statistics (the next runs' drift baseline) in ``assets.extra``;
+    ``definition`` (the config's ``definition_sha256``) goes into the push record."""
     manifest = serving_dir.read_manifest(base_directory)
     reason = _why_not(model, model_blessing, examples, manifest, base_directory)
     if reason:
@@ -88,6 +90,7 @@ def VersionedPusher(
         "baseline_version": baseline_model.get_int_custom_property(SERVED_VERSION) or None,
         "baseline_model_id": (baseline_model.get_int_custom_property(SOURCE_MODEL_ID)
                               if model_blessing.has_custom_property(BASELINE_ID) else None),
+        "definition": definition,
     }
     with tempfile.TemporaryDirectory() as tmp:  # the pipeline root may be an object store
         source = os.path.join(tmp, "model")

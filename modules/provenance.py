@@ -1,10 +1,12 @@
 """The code that trained a model, for lineage: the git commit (and whether the checkout had
 uncommitted changes), a hash of the module files, and the package version. Recorded by the
 Trainer beside the model (``CODE_FILE``), never in a cache key: a commit that does not touch
-the modules must not retrain.
+the modules must not retrain. What does key the cache is ``source_sha256``: the files a
+component's code is made of.
 """
 from __future__ import annotations
 
+import ast
 import glob
 import hashlib
 import os
@@ -22,14 +24,35 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def modules_sha256() -> str:
-    """One hash over the module files' names and contents."""
+def _sha256(names) -> str:
     digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(MODULES, "*.py"))):
-        digest.update(os.path.basename(path).encode() + b"\0")
-        with open(path, "rb") as f:
+    for name in sorted(names):
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(MODULES, name), "rb") as f:
             digest.update(f.read() + b"\0")
     return digest.hexdigest()
+
+
+def modules_sha256() -> str:
+    """One hash over the module files' names and contents."""
+    return _sha256(os.path.basename(p) for p in glob.glob(os.path.join(MODULES, "*.py")))
+
+
+def source_sha256(module: str) -> str:
+    """A hash over ``module``'s file (``modules.<name>``) and the module files it imports,
+    transitively: part of a component's cache key, so that editing the code a component runs
+    reruns it, and editing other code does not."""
+    files, todo = set(), [module]
+    while todo:
+        name = todo.pop().split(".")[1] + ".py"
+        if name in files:
+            continue
+        files.add(name)
+        with open(os.path.join(MODULES, name), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        todo += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 and (node.module or "").startswith("modules.")]
+    return _sha256(files)
 
 
 def package_version() -> str:

@@ -18,9 +18,13 @@ from typing import Any, get_type_hints
 from modules.features import (AUGMENTATIONS, BACKBONES, DEFAULT_AUGMENTATION, IMAGE_FORMATS,
                               LABEL_FORMATS, LR_SCHEDULES, MAX_PIXELS, RESIZE_MODES,
                               TFLITE_MODES)
-from modules.provenance import package_version
+from modules.provenance import package_version, source_sha256
 
 ENV_PREFIX = "TFX_IMAGE_"
+# The module functions the components run (by module path).
+PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
+RUN_FN = "modules.trainer.run_fn"
+TUNER_FN = "modules.tuner.tuner_fn"
 BEAM_MODES = ("in_process", "multi_processing")
 # URI schemes TensorFlow's file system reads and writes in this image (s3:// would need
 # tensorflow-io's plugins, which TensorFlow 2.21 has no release of: use a mounted volume).
@@ -47,6 +51,8 @@ def fields_in(*scopes: str) -> list[str]:
 
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+# Fields that change how a run goes, not what it computes (outside ``definition_sha256``).
+HOW_IT_RUNS = ("verbose", "beam_mode", "beam_workers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,14 +316,26 @@ class PipelineConfig:
         config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
         config["augmentation"] = list(self.augmentation)
         config["code_version"] = package_version()  # a new release retrains
+        config["source_sha256"] = source_sha256(RUN_FN)  # and so does an edited module
         return config
+
+    def definition_sha256(self) -> str:
+        """A hash of everything that decides what a run computes: every field but those that
+        only change how it runs, and the components' configs (code hashes, package version)."""
+        import hashlib
+        import json
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_IT_RUNS}
+        everything = [fields, self.transform_config(), self.trainer_config(),
+                      self.tuner_config()]
+        return hashlib.sha256(json.dumps(everything, sort_keys=True).encode()).hexdigest()
 
     def tuner_config(self) -> dict[str, Any]:
         """The Tuner's ``custom_config``: the Trainer's (with the compiled values of its
         run-time options) and the search budget."""
         return dict(self.trainer_config(), epochs=self.epochs, learning_rate=self.learning_rate,
                     batch_size=self.batch_size, tune_trials=self.tune_trials,
-                    tune_steps=self.tune_steps, tune_minutes=self.tune_minutes)
+                    tune_steps=self.tune_steps, tune_minutes=self.tune_minutes,
+                    source_sha256=source_sha256(TUNER_FN))
 
     @property
     def drift_config(self) -> dict[str, Any]:
@@ -330,7 +348,8 @@ class PipelineConfig:
     def transform_config(self) -> dict[str, Any]:
         """Transform's ``custom_config``: the image spec alone (training options changing
         must not re-run Transform)."""
-        return {k: v for k, v in self.trainer_config().items() if k in fields_in(TRANSFORM)}
+        config = {k: v for k, v in self.trainer_config().items() if k in fields_in(TRANSFORM)}
+        return dict(config, source_sha256=source_sha256(PREPROCESSING_FN))
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None,

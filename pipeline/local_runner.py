@@ -35,7 +35,33 @@ def observe(config: PipelineConfig):
         _, fingerprint = resolve_span(config.data_root, input_config(config), config.span)
     except ValueError as err:  # a missing span or files
         raise UserError(f"--data-root: {err}") from None
-    return Observed(data_fingerprint=fingerprint, served_version=served_version(config.push_dir))
+    served = served_version(config.push_dir)
+    replayed = _replayed_push(config, fingerprint, served)
+    return Observed(data_fingerprint=fingerprint,
+                    served_version=served if replayed is None else replayed)
+
+
+def _replayed_push(config: PipelineConfig, fingerprint: str, served: int) -> int | None:
+    """If the served version was pushed by a run identical to this one (same definition, same
+    data, its model in this MLMD), the version that run saw served; else None.
+
+    Such a run would only re-evaluate its own model against its served copy and push nothing
+    ("already pushed"). Showing it what the pushing run saw makes every step a cache hit
+    instead; anything different (a new model, new data or settings, a rollback to another
+    model, a new metadata db) keeps the served version as the baseline.
+    """
+    from components.serving_dir import read_manifest
+    from pipeline.outcome import metadata_store
+    entry = next((e for e in read_manifest(config.push_dir) if e["version"] == served), None)
+    if (not config.enable_cache or entry is None or entry.get("action") != "push"
+            or entry.get("definition") != config.definition_sha256()
+            or entry.get("data_fingerprint") != fingerprint
+            or not os.path.exists(config.metadata_path)):
+        return None
+    models = metadata_store(config).get_artifacts_by_id([entry["model_id"]])
+    if not models or models[0].uri != entry["model_uri"]:
+        return None
+    return entry.get("baseline_version") or 0
 
 
 def run(config: PipelineConfig) -> RunOutcome:

@@ -15,11 +15,8 @@ from components.live_inputs import DataSpan, ServedModel, ServedVersion
 from components.standard import TRAINER_PARAMETERS, Evaluator, ImportExampleGen, Trainer
 from components.versioned_pusher import VersionedPusher
 from modules.features import SPLITS
-from pipeline.config import PipelineConfig
+from pipeline.config import PREPROCESSING_FN, RUN_FN, TUNER_FN, PipelineConfig
 
-PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
-RUN_FN = "modules.trainer.run_fn"
-TUNER_FN = "modules.tuner.tuner_fn"
 # Run-time parameters of the compiled Kubeflow pipeline (per run and per recurring run).
 RUN_TIME_PARAMETERS = {"span": int, "train_steps": int, "epochs": int, "learning_rate": float,
                        "batch_size": int, "min_accuracy": float}
@@ -142,7 +139,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"], examples=examples,
         baseline_model=served.outputs["model"], statistics=statistics_gen.outputs["statistics"],
-        base_directory=config.push_dir, keep_versions=config.keep_versions)
+        base_directory=config.push_dir, keep_versions=config.keep_versions,
+        definition=config.definition_sha256())
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

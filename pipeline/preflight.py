@@ -45,7 +45,7 @@ def one_line_errors(config: PipelineConfig):
 
 
 @contextlib.contextmanager
-def run_lock(config: PipelineConfig, announce=lambda line: print(line, file=sys.stderr)):
+def run_lock(config: PipelineConfig, announce=lambda line: print(line, flush=True)):
     """Holds the run lock of ``config``'s metadata db; waits (saying so) while another run
     holds it."""
     path = config.metadata_path + ".lock"

@@ -153,22 +153,31 @@ def readable_run(config: PipelineConfig, out=None):
     out.write(f"Run log (the libraries' messages): {path}\n")
     out.flush()
     progress = Progress(config, out)
-    logger, level = logging.getLogger("absl"), absl.logging.get_verbosity()
-    handler = absl.logging.get_absl_handler().python_handler
-    streams = sys.stderr, handler.stream
-    sys.stderr.flush()
+    root, level = logging.getLogger(), absl.logging.get_verbosity()
+    absl_handler = absl.logging.get_absl_handler()
+    attached = absl_handler in root.handlers
+    stderr = sys.stderr
+    stderr.flush()
     saved = os.dup(2)
     with open(path, "a", buffering=1) as log:
+        to_file = logging.StreamHandler(log)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         os.dup2(log.fileno(), 2)
-        sys.stderr = handler.stream = log
+        sys.stderr = log
+        if attached:
+            root.removeHandler(absl_handler)
+        root.addHandler(to_file)
         absl.logging.set_verbosity(absl.logging.INFO)
-        logger.addHandler(progress)
+        logging.getLogger("absl").addHandler(progress)
         try:
             yield path
         finally:
             progress.stop()
-            logger.removeHandler(progress)
+            logging.getLogger("absl").removeHandler(progress)
             absl.logging.set_verbosity(level)
-            sys.stderr, handler.stream = streams
+            root.removeHandler(to_file)
+            if attached:
+                root.addHandler(absl_handler)
+            sys.stderr = stderr
             os.dup2(saved, 2)
             os.close(saved)

@@ -87,12 +87,13 @@ class RunReport:
 
     def __init__(self, config: PipelineConfig, outcome: RunOutcome,
                  since_execution_id: int):
-        self.config, self.outcome = config, outcome
+        self.config, self.outcome, self.since = config, outcome, since_execution_id
         self.store = metadata_store(config)
         self.executions = executions_since(self.store, since_execution_id)
 
     def latest(self, type_name: str, producer: str):
-        return latest_artifact(self.store, type_name, producer)
+        """The run's artifact of that type and producer."""
+        return latest_artifact(self.store, type_name, producer, self.since)
 
     def durations(self) -> list[list]:
         return [[name, "cached" if e.last_known_state == e.CACHED else

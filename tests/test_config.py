@@ -118,8 +118,9 @@ def test_every_field_describes_itself_with_help_group_and_scope():
 def test_scopes_decide_the_custom_configs():
     config = PipelineConfig()
     transform = set(fields_in(TRANSFORM))
-    assert set(config.transform_config()) == transform
-    assert set(config.trainer_config()) == transform | set(fields_in(TRAINER)) | {"code_version"}
+    assert set(config.transform_config()) == transform | {"source_sha256"}
+    assert set(config.trainer_config()) == transform | set(fields_in(TRAINER)) | {
+        "code_version", "source_sha256"}
     assert not set(fields_in(RUNNER)) & set(config.trainer_config())  # no cache-key noise
 
 
@@ -130,3 +131,30 @@ def test_help_lists_the_options_by_group_with_their_descriptions(capsys):
     assert [line for line in out.splitlines() if line.endswith(" options:")] == [
         f"{group} options:" for group in GROUPS]
     assert "the model's input height in pixels (default: 8)" in " ".join(out.split())
+
+
+def test_editing_a_module_changes_exactly_the_cache_keys_of_the_components_running_it(
+        tmp_path, monkeypatch):
+    """Transform runs preprocessing (and features); the Trainer also model, export, trainer;
+    the Tuner also tuner. Their custom_configs (cache keys) carry a hash of those files."""
+    import shutil
+
+    from modules import provenance
+    copy = tmp_path / "modules"
+    shutil.copytree(provenance.MODULES, copy)
+    monkeypatch.setattr(provenance, "MODULES", str(copy))
+    config = PipelineConfig()
+
+    def keys():
+        return (config.transform_config()["source_sha256"],
+                config.trainer_config()["source_sha256"], config.tuner_config()["source_sha256"])
+
+    changed = {}
+    for name in ("tuner", "trainer", "model", "preprocessing", "features"):
+        before = keys()
+        with open(copy / f"{name}.py", "a") as f:
+            f.write("\n# edited\n")
+        changed[name] = tuple(a != b for a, b in zip(before, keys()))
+    assert changed == {"tuner": (False, False, True), "trainer": (False, True, True),
+                       "model": (False, True, True), "preprocessing": (True, True, True),
+                       "features": (True, True, True)}

@@ -147,7 +147,7 @@ def test_runs_started_together_or_killed_leave_one_consistent_history(tmp_path):
     first, second = _start(work), _start(work)
     outputs = [p.communicate(timeout=900) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
-    assert sum("Another run holds the lock" in err for _, err in outputs) == 1
+    assert sum("Another run holds the lock" in out for out, _ in outputs) == 1
     assert sum("Pushed version 1" in out for out, _ in outputs) == 1
     assert _check_serving_consistent(config) == [1]
 
@@ -162,6 +162,7 @@ def test_runs_started_together_or_killed_leave_one_consistent_history(tmp_path):
     assert _check_serving_consistent(config) == [1]
     assert metadata_store_pb2.Execution.RUNNING in _states(config)["Trainer"]
 
+    last = max(e.id for e in metadata_store(config).get_executions())
     rerun = _start(work, "--seed", "7")
     out, err = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, err
@@ -169,4 +170,11 @@ def test_runs_started_together_or_killed_leave_one_consistent_history(tmp_path):
     assert versions in ([1], [1, 2]) and ("Pushed version 2" in out) == (versions == [1, 2])
     states = _states(config)
     assert metadata_store_pb2.Execution.RUNNING not in sum(states.values(), [])
+    # The killed run's changed option (a Trainer setting) reruns the Trainer and what depends
+    # on it, nothing else.
+    store = metadata_store(config)
+    names = component_names(store)
+    assert {names[e.type_id] for e in store.get_executions() if e.id > last and
+            e.last_known_state == metadata_store_pb2.Execution.COMPLETE} == {
+        "Trainer", "Evaluator", "VersionedPusher"}
     assert metadata_store_pb2.Execution.CANCELED in states["Trainer"]

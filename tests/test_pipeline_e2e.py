@@ -1,8 +1,8 @@
 """The whole pipeline with LocalDagRunner on the embedded digits data, in a temp dir.
 
 One first run (with a short KerasTuner search) is shared: then an identical rerun (all cached)
-and a rerun whose gate no model can pass (Evaluator reruns, nothing is pushed, serving is
-untouched).
+and a rerun whose gate no model can pass (exactly the Evaluator and the pusher rerun, nothing
+is pushed, serving is untouched).
 """
 from __future__ import annotations
 
@@ -94,44 +94,56 @@ def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
     assert accuracy == pytest.approx(outcome.accuracy, abs=1e-6)
 
 
-def test_identical_reruns_push_nothing_and_are_then_served_from_cache(first_run, capsys):
-    """The first rerun re-evaluates once (the new baseline is the model itself); after that
-    every component is a cache hit."""
+def _progress_lines(out: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+
+
+def test_an_identical_rerun_is_all_cache_hits_and_pushes_nothing(first_run, capsys):
+    """The served version came from an identical run: every step is a cache hit, the
+    Evaluator's too (no re-evaluation of the model against its own served copy)."""
     config, outcome = first_run
     before = _serving_snapshot(config)
     last_id = max(e.id for e in metadata_store(config).get_executions())
     assert local_runner.main(["--work-dir", config.work_dir] + FAST) == 0
     out, err = capsys.readouterr()
+    assert "every component served from cache" in out
     assert "Nothing pushed (already pushed as version 1)" in out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
-    for component in DATA_AND_TRAINING:  # one line per component, readable
+    lines = _progress_lines(out)
+    for component in COMPONENTS:  # one line per component, readable
         assert lines[component].endswith(" s  cache hit"), lines[component]
-    assert f"accuracy {outcome.accuracy:.4f}, BLESSED" in lines["Evaluator"]
-    assert "not pushed: already pushed as version 1" in lines["VersionedPusher"]
     log = out.split("Run log (the libraries' messages): ")[1].split("\n")[0]
     assert "WARNING" not in out + err and "Component Trainer is running." in open(log).read()
-    rerun = _executions_by_component(config, last_id)
-    for component in DATA_AND_TRAINING:
-        assert rerun[component].last_known_state == metadata_store_pb2.Execution.CACHED
-    last_id = max(e.id for e in metadata_store(config).get_executions())
-    assert local_runner.main(["--work-dir", config.work_dir] + FAST) == 0
-    assert "every component served from cache" in capsys.readouterr().out
     rerun = _executions_by_component(config, last_id)
     assert {rerun[c].last_known_state for c in COMPONENTS} == {
         metadata_store_pb2.Execution.CACHED}
     assert _serving_snapshot(config) == before
 
 
-def test_unreachable_gate_blesses_nothing_and_pushes_nothing(first_run):
+def test_a_changed_gate_reruns_exactly_the_evaluator_and_pusher_and_pushes_nothing(
+        first_run, capsys):
     config, _ = first_run
     before = _serving_snapshot(config)
     last_id = max(e.id for e in metadata_store(config).get_executions())
-    outcome = local_runner.run(dataclasses.replace(config, min_accuracy=1.5))
-    assert not outcome.blessed and not outcome.pushed
+    assert local_runner.main(["--work-dir", config.work_dir, "--min-accuracy", "1.5"]
+                             + FAST) == 0
+    lines = _progress_lines(capsys.readouterr().out)
+    assert "NOT blessed" in lines["Evaluator"]
+    assert "not pushed: already pushed as version 1" in lines["VersionedPusher"]
     rerun = _executions_by_component(config, last_id)
-    assert rerun["Evaluator"].last_known_state == metadata_store_pb2.Execution.COMPLETE
-    assert rerun["Trainer"].last_known_state == metadata_store_pb2.Execution.CACHED
+    complete = {c for c, e in rerun.items()
+                if e.last_known_state == metadata_store_pb2.Execution.COMPLETE}
+    assert complete == {"Evaluator", "VersionedPusher"}
+    assert {rerun[c].last_known_state for c in set(COMPONENTS) - complete} == {
+        metadata_store_pb2.Execution.CACHED}
     assert _serving_snapshot(config) == before
+    # Back to the settings that pushed version 1: all cache hits again, and the outcome is
+    # that run's (not the unblessed run's, which came later).
+    last_id = max(e.id for e in metadata_store(config).get_executions())
+    outcome = local_runner.run(config)
+    assert outcome.cached and outcome.blessed and not outcome.pushed
+    assert outcome.reason == "already pushed as version 1"
+    assert {e.last_known_state for e in _executions_by_component(config, last_id).values()} == {
+        metadata_store_pb2.Execution.CACHED}
 
 
 def _png_images(records):

@@ -156,8 +156,12 @@ def test_a_warm_started_retrain_pushes_new_data_only(cycle, capsys):
     out = capsys.readouterr().out
     assert "Warm start: initialised from" in out and "RETRAIN STATUS: pushed" in out
     assert serving_dir.versions(config.push_dir)[-1] == 4
-    # v4 is served now, so the warm-started Trainer reruns; same examples, same settings.
+    # v4 is served now and came from this very run: the rerun is all cache hits (the warm
+    # start from v4 is not retried).
+    last_id = max(e.id for e in metadata_store(config).get_executions())
     assert retrain.main(warm) == 0
     out = capsys.readouterr().out
-    assert "no new data: served version 4 was trained on the same examples" in out
+    assert "already pushed as version 4" in out and "every component served from cache" in out
     assert "RETRAIN STATUS: unchanged" in out and serving_dir.versions(config.push_dir)[-1] == 4
+    assert {e.last_known_state for e in metadata_store(config).get_executions()
+            if e.id > last_id} == {metadata_store_pb2.Execution.CACHED}
