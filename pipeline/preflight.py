@@ -84,9 +84,10 @@ def check_metadata(config: PipelineConfig) -> None:
     if problem:
         raise UserError(
             f"metadata db {path} is unreadable ({problem}). The served models in "
-            f"{config.push_dir} are not affected. To recover, move the db aside "
-            f"(mv {path} {path}.broken) and run again: the run starts a new history and "
-            "trains again, and pushes only if it beats the served version.")
+            f"{config.push_dir} are not affected. To recover, move the db and the artifacts "
+            f"it describes aside (mv {path} {path}.broken; mv {config.pipeline_root} "
+            f"{config.pipeline_root}.broken) and run again: the run starts a new history, "
+            "trains again, and pushes only if it passes the gate against the served version.")
 
 
 def check_serving_dir(config: PipelineConfig) -> None:

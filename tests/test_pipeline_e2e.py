@@ -1,8 +1,8 @@
 """The whole pipeline with LocalDagRunner on the embedded digits data, in a temp dir.
 
 One first run (with a short KerasTuner search) is shared: then an identical rerun (all cached)
-and a rerun whose gate no model can pass (exactly the Evaluator and the pusher rerun, nothing
-is pushed, serving is untouched).
+and a rerun whose gate no model can pass (exactly the baseline, the Evaluator and the pusher
+rerun, nothing is pushed, serving is untouched).
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_an_identical_rerun_is_all_cache_hits_and_pushes_nothing(first_run, caps
     assert _serving_snapshot(config) == before
 
 
-def test_a_changed_gate_reruns_exactly_the_evaluator_and_pusher_and_pushes_nothing(
+def test_a_changed_gate_reruns_exactly_the_gate_and_pusher_and_pushes_nothing(
         first_run, capsys):
     config, _ = first_run
     before = _serving_snapshot(config)
@@ -132,7 +132,9 @@ def test_a_changed_gate_reruns_exactly_the_evaluator_and_pusher_and_pushes_nothi
     rerun = _executions_by_component(config, last_id)
     complete = {c for c, e in rerun.items()
                 if e.last_known_state == metadata_store_pb2.Execution.COMPLETE}
-    assert complete == {"Evaluator", "VersionedPusher"}
+    # The observers too: this run is not the one that pushed version 1, so its baseline is
+    # version 1 itself (the identical rerun above was shown what that run saw).
+    assert complete == {"ServedVersion", "ServedModel", "Evaluator", "VersionedPusher"}
     assert {rerun[c].last_known_state for c in set(COMPONENTS) - complete} == {
         metadata_store_pb2.Execution.CACHED}
     assert _serving_snapshot(config) == before
