@@ -123,7 +123,7 @@ def check_data(config: PipelineConfig) -> None:
     """Raises ``UserError`` for a missing data root, splits without TFRecord files, files that
     hold no tf.Examples, image or label keys that are not in the data (naming those that are),
     and int labels outside ``[0, num_classes)`` (among the first ``LABELS_SCANNED`` of each
-    split). Object-store data roots are left to the pipeline."""
+    split; without ``schema_path``). Object-store data roots are left to the pipeline."""
     from modules.features import SPLITS
     root = config.data_root
     if "://" in root:
@@ -145,6 +145,9 @@ def check_data(config: PipelineConfig) -> None:
 def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None:
     import tensorflow as tf
     labels_seen = 0
+    # With a curated schema, its label domain is the contract: ExampleValidator names every
+    # anomaly of the data at once.
+    scan_labels = config.label_format == "int" and not config.schema_path
     for path in files:
         compression = "GZIP" if path.endswith(".gz") else ""
         try:
@@ -157,7 +160,7 @@ def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None
                     if key not in features:
                         raise UserError(f"{option} {key!r} is not in the data: {where} has "
                                         f"the features {', '.join(sorted(features))}")
-                if config.label_format == "int":
+                if scan_labels:
                     for label in features[config.label_key].int64_list.value:
                         if not 0 <= label < config.num_classes:
                             raise UserError(
@@ -165,14 +168,14 @@ def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None
                                 f"(--num-classes {config.num_classes}); fix the labels or "
                                 "raise --num-classes")
                 labels_seen += 1
-                if labels_seen >= LABELS_SCANNED or config.label_format != "int":
+                if labels_seen >= LABELS_SCANNED or not scan_labels:
                     break
         except (tf.errors.DataLossError, tf.errors.OpError) as err:
             raise UserError(f"{path} is not a readable TFRecord file ({err.message.strip()[:120]})"
                             "; each split needs TFRecord files of tf.Examples") from None
         except ValueError as err:  # DecodeError: records that are not tf.Examples
             raise UserError(f"{path}: its records are not tf.Examples ({err})") from None
-        if labels_seen >= LABELS_SCANNED or (labels_seen and config.label_format != "int"):
+        if labels_seen >= LABELS_SCANNED or (labels_seen and not scan_labels):
             return
     if not labels_seen:
         raise UserError(f"no records in the {split} split ({len(files)} files, the first "

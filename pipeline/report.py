@@ -188,7 +188,7 @@ class RunReport:
     def schema(self) -> str:
         import tensorflow_data_validation as tfdv
         from tensorflow_metadata.proto.v0 import schema_pb2
-        artifact = self.latest("Schema", "SchemaGen")
+        artifact = self.latest("Schema", "")  # SchemaGen or ImportSchemaGen
         schema = tfdv.load_schema_text(os.path.join(artifact.uri, "schema.pbtxt"))
         rows = []
         for f in schema.feature:

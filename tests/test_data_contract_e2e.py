@@ -1,13 +1,14 @@
 """Image folders -> ingest -> pipeline; then a curated schema stops bad spans before training.
 
 span-1: digits ingested from class folders -> v1 pushed (the converter's output is what the
-pipeline reads). span-2 with drift checks on: its label distribution drifted from span-1's,
-so the run stops. The inferred schema is exported and curated. span-2 again: an out-of-domain
-label and an unknown feature -> the run stops at validation naming both; nothing pushed, v1
-untouched. span-3: only the unknown feature -> stops, unless that anomaly type is allowed.
+pipeline reads). The inferred schema is exported and curated. span-2 has out-of-range labels
+and an unknown feature: with the inferred schema the preflight stops the run naming the first
+bad record; with the curated schema validation names both anomalies, and with drift checks on
+also the label distribution's drift from span-1; nothing pushed, v1 untouched. span-3: only the unknown feature -> stops, unless that anomaly type is allowed.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import os
@@ -21,6 +22,7 @@ from components.anomaly_gate import DataAnomalyError
 from ops import ingest, schema
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
+from pipeline.preflight import UserError
 from tests.conftest import encode
 
 FLAGS = ["--spans", "true", "--id-key", "source_path", "--train-steps", "150", "--epochs", "3",
@@ -76,19 +78,23 @@ def test_ingested_data_trains_and_a_curated_schema_stops_bad_spans(tmp_path):
     served = _snapshot(config.push_dir)
 
     _derive_span(data, 1, 2, bad_label=True, new_feature=True)
-    drift = PipelineConfig.from_args(base + ["--label-drift-threshold", "0.001"], {})
-    with pytest.raises(DataAnomalyError, match="train vs the served model's training data', "
-                                               "feature 'label': "
-                                               "COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH"):
-        local_runner.run(drift)  # inferred schema: only the label drift vs span-1 stops it
+    with pytest.raises(UserError, match=r"span-2/train/data-\d+-of-00002.tfrecord record 0: "
+                                        r"label 12 is outside \[0, 10\)"):
+        local_runner.run(config)  # inferred schema: the preflight catches the labels
     assert _snapshot(config.push_dir) == served
 
     contract = PipelineConfig.from_args(base + ["--schema-path", schema_file], {})
     with pytest.raises(DataAnomalyError) as error:
-        local_runner.run(contract)
+        local_runner.run(contract)  # the schema is the contract: every anomaly at once
     message = str(error.value)
     assert "feature 'label'" in message and "feature 'camera'" in message
     assert "SCHEMA_NEW_COLUMN" in message and "nothing is trained or pushed" in message
+    assert _snapshot(config.push_dir) == served
+    drift = dataclasses.replace(contract, label_drift_threshold=0.001)
+    with pytest.raises(DataAnomalyError, match="train vs the served model's training data', "
+                                               "feature 'label': "
+                                               "COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH"):
+        local_runner.run(drift)  # and the label distribution drifted from span-1's
     assert _snapshot(config.push_dir) == served
 
     _derive_span(data, 1, 3, bad_label=False, new_feature=True)
