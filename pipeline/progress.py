@@ -140,14 +140,16 @@ class Progress(logging.Handler):
 def readable_run(config: PipelineConfig, out=None):
     """Within: progress lines on ``out`` (stdout) and everything written to stderr (file
     descriptor 2, so TensorFlow's C++ logs and Beam's workers too) in a log file under the
-    pipeline root. ``--verbose``: every log on stderr, at INFO level."""
+    pipeline root (the work dir for an object-store root). ``--verbose``: every log on stderr, at INFO level."""
     import absl.logging
     if config.verbose:
         absl.logging.set_verbosity(absl.logging.INFO)
         yield None
         return
     out = out or sys.stdout
-    log_dir = os.path.join(config.pipeline_root, "logs")
+    # A local file: under the pipeline root, or the work dir when that is an object store.
+    log_dir = os.path.join(config.work_dir if "://" in config.pipeline_root
+                           else config.pipeline_root, "logs")
     os.makedirs(log_dir, exist_ok=True)
     path = os.path.join(log_dir, time.strftime("run-%Y%m%dT%H%M%S.log"))
     out.write(f"Run log (the libraries' messages): {path}\n")
