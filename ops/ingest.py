@@ -6,8 +6,9 @@ bytes, ``label`` id by sorted class name, ``label_name``, ``height``, ``width``,
 (so a file stays in its split across re-ingestions) and sharded by hash. Files are checked in
 parallel; corrupt, unsupported, oversized or duplicated files are skipped and listed with the
 reason in ``manifest.json`` beside the records, never crashing the run. The command fails (exit
-2, nothing written) if the folder is missing, if a class has no images, if the same content appears under two classes,
-or if more than ``--max-skipped-fraction`` of the files were skipped. Images that TensorFlow
+2, nothing written) if the folder is missing, if a class has no images, if the same content
+appears under two classes, or if more than ``--max-skipped-fraction`` of the files were
+skipped. Images that TensorFlow
 cannot decode as they are (CMYK, 16-bit, palette with transparency...) are re-encoded as PNG.
 """
 from __future__ import annotations

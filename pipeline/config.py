@@ -321,13 +321,13 @@ class PipelineConfig:
 
     def definition_sha256(self) -> str:
         """A hash of everything that decides what a run computes: every field but those that
-        only change how it runs, and the components' configs (code hashes, package version)."""
+        only change how it runs, the package version and the components' code hashes."""
         import hashlib
         import json
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_IT_RUNS}
-        everything = [fields, self.transform_config(), self.trainer_config(),
-                      self.tuner_config()]
-        return hashlib.sha256(json.dumps(everything, sort_keys=True).encode()).hexdigest()
+        code = [package_version()] + [source_sha256(f) for f in (PREPROCESSING_FN, RUN_FN,
+                                                                   TUNER_FN)]
+        return hashlib.sha256(json.dumps([fields, code], sort_keys=True).encode()).hexdigest()
 
     def tuner_config(self) -> dict[str, Any]:
         """The Tuner's ``custom_config``: the Trainer's (with the compiled values of its

@@ -51,18 +51,23 @@ def produced_by(store, producer: str) -> set[int]:
     return {e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT}
 
 
-def latest_artifact(store, type_name: str, producer: str = "", since_execution_id: int = 0):
-    """The newest artifact of a type (output by ``producer``'s component, if given; by an
-    execution after ``since_execution_id``, a cache hit's included, if given), or None."""
+def run_outputs(store, since_execution_id: int) -> set[int]:
+    """Ids of the artifacts output by the executions after ``since_execution_id`` (a cache
+    hit's included: TFX links it to the artifacts it reuses)."""
+    executions = [e.id for e in store.get_executions() if e.id > since_execution_id]
+    return {e.artifact_id for e in store.get_events_by_execution_ids(executions)
+            if e.type == metadata_store_pb2.Event.OUTPUT} if executions else set()
+
+
+def latest_artifact(store, type_name: str, producer: str = "", among: set[int] | None = None):
+    """The newest artifact of a type (output by ``producer``'s component, if given; among the
+    ids ``among``, if given), or None."""
     found = store.get_artifacts_by_type(type_name)
     if producer:
         ids = produced_by(store, producer)
         found = [a for a in found if a.id in ids]
-    if since_execution_id:
-        executions = [e.id for e in store.get_executions() if e.id > since_execution_id]
-        ids = {e.artifact_id for e in store.get_events_by_execution_ids(executions)
-               if e.type == metadata_store_pb2.Event.OUTPUT} if executions else set()
-        found = [a for a in found if a.id in ids]
+    if among is not None:
+        found = [a for a in found if a.id in among]
     return max(found, key=lambda a: a.id) if found else None
 
 
@@ -76,16 +81,18 @@ def last_execution_id(config: PipelineConfig) -> int:
 def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOutcome:
     """The evaluation and push of the run after ``since_execution_id``: accuracy (and the
     served baseline's version and accuracy, if something was served), how the warm start went
-    (if on), blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and whether every
-    execution after ``since_execution_id`` was a cache hit (no new data, no new config)."""
-    store, since = metadata_store(config), since_execution_id
-    evaluation, blessing, pushed = (latest_artifact(store, t, since_execution_id=since)
+    (if on), blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and
+    whether every execution after ``since_execution_id`` was a cache hit (no new data, no new
+    config)."""
+    store = metadata_store(config)
+    outputs = run_outputs(store, since_execution_id)
+    evaluation, blessing, pushed = (latest_artifact(store, t, among=outputs)
                                     for t in ("ModelEvaluation", "ModelBlessing", "PushedModel"))
     if evaluation is None or blessing is None or pushed is None:
         raise RuntimeError(f"no completed run recorded in {config.metadata_path}")
     push = PushResult.read(pushed.custom_properties)
     has_baseline = "baseline_model_id" in blessing.custom_properties
-    served = latest_artifact(store, "Model", "ServedModel", since)
+    served = latest_artifact(store, "Model", "ServedModel", outputs)
     states = {e.last_known_state for e in store.get_executions() if e.id > since_execution_id}
     cached = states == {metadata_store_pb2.Execution.CACHED}
     if cached and push.pushed:  # the push of the identical run this one replayed
@@ -100,7 +107,7 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
         reason=push.reason,
         baseline_version=served.custom_properties[SERVED_VERSION].int_value
         if has_baseline and served is not None else None,
-        warm_start=_warm_start(latest_artifact(store, "Model", "Trainer", since)))
+        warm_start=_warm_start(latest_artifact(store, "Model", "Trainer", outputs)))
 
 
 def _warm_start(model) -> str | None:

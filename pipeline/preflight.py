@@ -170,7 +170,7 @@ def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None
                 labels_seen += 1
                 if labels_seen >= LABELS_SCANNED or not scan_labels:
                     break
-        except (tf.errors.DataLossError, tf.errors.OpError) as err:
+        except tf.errors.OpError as err:  # DataLossError among them
             raise UserError(f"{path} is not a readable TFRecord file ({err.message.strip()[:120]})"
                             "; each split needs TFRecord files of tf.Examples") from None
         except ValueError as err:  # DecodeError: records that are not tf.Examples

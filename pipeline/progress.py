@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from modules.features import EPOCH_LOG
+from modules.features import EPOCH_LOG, SPLITS
 from pipeline.config import PipelineConfig
 
 # LocalDagRunner's and the TFX launcher's log formats (tfx/orchestration/local, portable).
@@ -57,7 +57,7 @@ def _decoded(uri: str) -> str:
 
     from components.image_validator import REPORT
     counts = []
-    for split in ("train", "eval"):
+    for split in SPLITS:
         with open(os.path.join(uri, REPORT.format(split=split))) as f:
             report = json.load(f)
         counts.append(f"{report['valid']:,} {split}" + (f" ({len(report['bad'])} bad dropped)"
@@ -91,9 +91,8 @@ class Progress(logging.Handler):
         elif message in (CACHED, NEW):
             self._execution, self._cached = args[0], message == CACHED
         elif message == EPOCH_LOG:
-            self._rounds = args
-            self._line(f"    {self._component} " + (EPOCH_LOG % args)[0].lower()
-                       + (EPOCH_LOG % args)[1:])
+            self._rounds, text = args, EPOCH_LOG % args
+            self._line(f"    {self._component} {text[0].lower()}{text[1:]}")
         elif message == FINISHED and args[0] == self._component:
             self.stop()
             took = time.monotonic() - self._started
@@ -140,14 +139,14 @@ class Progress(logging.Handler):
 def readable_run(config: PipelineConfig, out=None):
     """Within: progress lines on ``out`` (stdout) and everything written to stderr (file
     descriptor 2, so TensorFlow's C++ logs and Beam's workers too) in a log file under the
-    pipeline root (the work dir for an object-store root). ``--verbose``: every log on stderr, at INFO level."""
+    pipeline root (the work dir for an object-store root). ``--verbose``: every log on
+    stderr, at INFO level."""
     import absl.logging
     if config.verbose:
         absl.logging.set_verbosity(absl.logging.INFO)
         yield None
         return
     out = out or sys.stdout
-    # A local file: under the pipeline root, or the work dir when that is an object store.
     log_dir = os.path.join(config.work_dir if "://" in config.pipeline_root
                            else config.pipeline_root, "logs")
     os.makedirs(log_dir, exist_ok=True)

@@ -19,7 +19,8 @@ from components.contracts import RunOutcome
 from components.gate import BASELINE, sliced_metric
 from modules.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS
 from pipeline.config import PipelineConfig
-from pipeline.outcome import executions_since, latest_artifact, metadata_store, seconds
+from pipeline.outcome import (executions_since, latest_artifact, metadata_store, run_outputs,
+                              seconds)
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
@@ -87,13 +88,14 @@ class RunReport:
 
     def __init__(self, config: PipelineConfig, outcome: RunOutcome,
                  since_execution_id: int):
-        self.config, self.outcome, self.since = config, outcome, since_execution_id
+        self.config, self.outcome = config, outcome
         self.store = metadata_store(config)
         self.executions = executions_since(self.store, since_execution_id)
+        self.outputs = run_outputs(self.store, since_execution_id)
 
     def latest(self, type_name: str, producer: str):
         """The run's artifact of that type and producer."""
-        return latest_artifact(self.store, type_name, producer, self.since)
+        return latest_artifact(self.store, type_name, producer, self.outputs)
 
     def durations(self) -> list[list]:
         return [[name, "cached" if e.last_known_state == e.CACHED else

@@ -4,7 +4,8 @@ span-1: digits ingested from class folders -> v1 pushed (the converter's output 
 pipeline reads). The inferred schema is exported and curated. span-2 has out-of-range labels
 and an unknown feature: with the inferred schema the preflight stops the run naming the first
 bad record; with the curated schema validation names both anomalies, and with drift checks on
-also the label distribution's drift from span-1; nothing pushed, v1 untouched. span-3: only the unknown feature -> stops, unless that anomaly type is allowed.
+also the label distribution's drift from span-1; nothing pushed, v1 untouched. span-3: only
+the unknown feature -> stops, unless that anomaly type is allowed.
 """
 from __future__ import annotations
 

@@ -74,7 +74,8 @@ def test_user_mistakes_name_the_file_record_or_option(tmp_path, capsys):
     line = _error(capsys, ["--data-root", labels] + work)
     assert "record 0: label 12 is outside [0, 10) (--num-classes 10)" in line
     (tmp_path / "not-records" / "train").mkdir(parents=True)
-    (tmp_path / "not-records" / "train" / "a.tfrecord").write_text("a text file, not TFRecords\n" * 4)
+    (tmp_path / "not-records" / "train" / "a.tfrecord").write_text(
+        "a text file, not TFRecords\n" * 4)
     line = _error(capsys, ["--data-root", str(tmp_path / "not-records")] + work)
     assert "is not a readable TFRecord file" in line and "a.tfrecord" in line
     blocker = tmp_path / "a-file"
