@@ -49,7 +49,7 @@ def read_anomalies(uri: str, splits: list[str]) -> list[dict]:
     found = []
     for split in splits:
         parsed = anomalies_pb2.Anomalies()
-        with open(os.path.join(uri, f"Split-{split}", ANOMALIES_FILE), "rb") as f:
+        with fileio.open(os.path.join(uri, f"Split-{split}", ANOMALIES_FILE), "rb") as f:
             parsed.ParseFromString(f.read())
         found += describe(split, parsed)
     return found

@@ -29,6 +29,9 @@ BEAM_MODES = ("in_process", "multi_processing")
 # URI schemes TensorFlow's file system reads and writes in this image (s3:// would need
 # tensorflow-io's plugins, which TensorFlow 2.21 has no release of: use a mounted volume).
 OBJECT_STORES = ("gs",)
+# Pipeline roots of Kubeflow runs only: KFP's launcher stages their artifacts for each task
+# (pipeline.kfp_entrypoint).
+STAGED_STORES = ("minio", "s3")
 # Option groups (in --help) and scopes: where a field applies. TRANSFORM fields are the image
 # spec (Transform's and the Trainer's custom_config), TRAINER fields only the Trainer's;
 # RUNNER fields reach no custom_config, so they never enter a component's cache key.
@@ -263,9 +266,10 @@ class PipelineConfig:
             raise ValueError(f"span must be >= 0 and needs spans=true, got {self.span}")
         for name in ("serving_dir", "pipeline_root", "data_root"):
             scheme = getattr(self, name).partition("://")[0]
-            if "://" in getattr(self, name) and scheme not in OBJECT_STORES:
+            stores = OBJECT_STORES + (STAGED_STORES if name == "pipeline_root" else ())
+            if "://" in getattr(self, name) and scheme not in stores:
                 raise ValueError(f"{name} {getattr(self, name)}: {scheme}:// is not readable "
-                                 f"here (supported: {', '.join(OBJECT_STORES)}:// or a mounted "
+                                 f"here (supported: {', '.join(stores)}:// or a mounted "
                                  "volume path)")
         if "://" in self.serving_dir:
             raise ValueError(

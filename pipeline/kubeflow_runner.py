@@ -8,10 +8,14 @@ mount from the kfp-kubernetes executor config. Paths (``--data-root``, ``--pipel
 ``--serving-dir``) are the cluster's (GCS or the mounted volume; the serving dir always a
 volume), and ``--beam-mode``/``--beam-args`` pick the Beam runner of the data components.
 
-The package runs on open-source Kubeflow Pipelines: only container executors (compiling
-fails on any other kind), the observer steps never cached, and the run-time parameters
-(``pipeline.pipeline.RUN_TIME_PARAMETERS``) declared as root inputs defaulting to the
-config's values.
+The package runs on open-source Kubeflow Pipelines (``for_open_source``): only container
+executors (compiling fails on any other kind), every task run by ``pipeline.kfp_entrypoint``
+(which adapts the backend's ExecutorInput to TFX), producer task names and parameter types
+the backend's compiler and driver accept, the observer steps never cached, and the run-time
+parameters (``pipeline.pipeline.RUN_TIME_PARAMETERS``) declared as root inputs defaulting to
+the config's values. What cannot work on a cluster is refused at compile time
+(``cluster_problem``): no data root, paths of this machine without a volume, a pipeline root
+the backend refuses.
 """
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.
 # They train models: GPUs, CPU and memory of the trainer_* options, on GPU nodes.
 TRAINING_COMPONENTS = ("Trainer", "Tuner")
 OPEN_SOURCE_EXECUTORS = ("container", "importer")
+# Pipeline roots the open-source API server accepts (mem:// aside: no task could read it).
+BACKEND_ROOTS = ("minio", "s3", "gs")
+ENTRYPOINT = ["python", "-m", "pipeline.kfp_entrypoint"]
+INPUTS_SPEC_FLAG = "--json_serialized_inputs_spec_args"
 BEAM_COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "Transform",
                    "Evaluator")
 
@@ -82,8 +90,73 @@ def check_executors(spec: dict) -> None:
                              f"{' and '.join(OPEN_SOURCE_EXECUTORS)} executors")
 
 
+def cluster_problem(config: PipelineConfig) -> str:
+    """Why ``config`` cannot run on a cluster in one line, or ""."""
+    scheme = config.pipeline_root.partition("://")[0] if "://" in config.pipeline_root else ""
+    if scheme not in BACKEND_ROOTS:
+        return (f"--pipeline-root {config.pipeline_root}: the open-source KFP backend accepts "
+                f"only {', '.join(s + '://' for s in BACKEND_ROOTS)} pipeline roots (its "
+                "default: minio://mlpipeline/v2/artifacts)")
+    if config.uses_default_data:
+        return ("no --data-root: the tasks cannot see this machine's embedded data; give the "
+                "data's path on the volume (--pvc-name) or a gs:// path")
+    mount = config.pvc_mount_path.rstrip("/") + "/"
+    for option, path in (("--data-root", config.data_root),
+                         ("--serving-dir", config.serving_dir)):
+        if "://" not in path and not (config.pvc_name and path.startswith(mount)):
+            return (f"{option} {path} is no path of the tasks: mount a volume (--pvc-name, "
+                    f"--pvc-mount-path {config.pvc_mount_path}) and give a path under it")
+    return ""
+
+
+def check_producers(spec: dict) -> None:
+    """Raises ``ValueError`` where a task names a producer the DAG lacks: the backend's Argo
+    compiler refuses the run ("failed to add implicit deps: unknown producer task")."""
+    tasks = spec["root"]["dag"]["tasks"]
+    for name, task in tasks.items():
+        for kind in ("parameters", "artifacts"):
+            for key, value in task.get("inputs", {}).get(kind, {}).items():
+                source = value.get("taskOutputParameter") or value.get("taskOutputArtifact")
+                if source and source["producerTask"] not in tasks:
+                    raise ValueError(f"task {name} input {key}: unknown producer task "
+                                     f"{source['producerTask']!r} in DAG")
+
+
+def for_open_source(spec: dict) -> None:
+    """Adapts TFX's spec to the open-source backend's rules, in place: producers named by
+    their task names (TFX writes ``<id>_task`` for ``.future()[0].value`` inputs), each such
+    parameter typed as its producer's output (TFX types it STRING: a served version 0 became
+    ``"0"``), and every container running ``pipeline.kfp_entrypoint``."""
+    tasks, components = spec["root"]["dag"]["tasks"], spec["components"]
+    for task in tasks.values():
+        definitions = components[task["componentRef"]["name"]]["inputDefinitions"]
+        for key, value in task.get("inputs", {}).get("parameters", {}).items():
+            source = value.get("taskOutputParameter")
+            if not source:
+                continue
+            if source["producerTask"] not in tasks and \
+                    source["producerTask"].removesuffix("_task") in tasks:
+                source["producerTask"] = source["producerTask"].removesuffix("_task")
+            producer = components[tasks[source["producerTask"]]["componentRef"]["name"]]
+            definitions["parameters"][key]["parameterType"] = producer["outputDefinitions"][
+                "parameters"][source["outputParameterKey"]]["parameterType"]
+    executors = spec["deploymentSpec"]["executors"]
+    for component in components.values():
+        container = executors[component["executorLabel"]].get("container")
+        if container:
+            container["command"] = list(ENTRYPOINT)
+            args = container["args"]
+            args[args.index(INPUTS_SPEC_FLAG) + 1] = json.dumps(
+                component.get("inputDefinitions", {}), indent=2, sort_keys=True)
+    check_producers(spec)
+
+
 def compile_pipeline(config: PipelineConfig, output: str) -> str:
-    """Writes the KFP package for ``config`` to ``output``; returns its path."""
+    """Writes the KFP package for ``config`` to ``output``; returns its path. Raises
+    ``ValueError`` with ``cluster_problem``'s reason."""
+    problem = cluster_problem(config)
+    if problem:
+        raise ValueError(problem)
     pipeline = create_pipeline(config)
     specs = resource_specs(config)
     for component in pipeline.components:
@@ -103,6 +176,7 @@ def compile_pipeline(config: PipelineConfig, output: str) -> str:
     for task in OBSERVERS:  # they read the world: a cached answer would be stale
         spec["root"]["dag"]["tasks"][task]["cachingOptions"] = {"enableCache": False}
     check_executors(spec)
+    for_open_source(spec)
     executors = {}
     for executor, executor_spec in spec["deploymentSpec"]["executors"].items():
         if "container" not in executor_spec:
@@ -120,8 +194,12 @@ def compile_pipeline(config: PipelineConfig, output: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(argv, prog="python -m pipeline.kubeflow_runner",
                                       description=__doc__.split("\n\n")[0])
-    print(f"Kubeflow Pipelines package: {compile_pipeline(config, config.package_path)} "
-          f"(image {config.kfp_image})")
+    try:
+        package = compile_pipeline(config, config.package_path)
+    except ValueError as err:  # what cannot work on a cluster: a usage error
+        print(f"python -m pipeline.kubeflow_runner: error: {err}", file=sys.stderr)
+        return 2
+    print(f"Kubeflow Pipelines package: {package} (image {config.kfp_image})")
     return 0
 
 

@@ -11,7 +11,7 @@ import sys
 
 from components.contracts import RunOutcome
 from pipeline import preflight
-from pipeline.config import PipelineConfig
+from pipeline.config import OBJECT_STORES, STAGED_STORES, PipelineConfig
 from pipeline.preflight import UserError
 from pipeline.progress import readable_run
 
@@ -50,12 +50,13 @@ def _replayed_push(config: PipelineConfig, fingerprint: str, served: int) -> int
     instead; anything different (a new model, new data or settings, a rollback to another
     model, a new metadata db) keeps the served version as the baseline.
     """
-    from components.serving_dir import read_manifest
+    from components.live_inputs import identical_push, run_definition
     from pipeline.outcome import metadata_store
-    entry = next((e for e in read_manifest(config.push_dir) if e["version"] == served), None)
-    if (not config.enable_cache or entry is None or entry.get("action") != "push"
-            or entry.get("definition") != config.definition_sha256()
-            or entry.get("data_fingerprint") != fingerprint
+    from pipeline.pipeline import RUN_TIME_PARAMETERS
+    entry = identical_push(config.push_dir, run_definition(
+        config.definition_sha256(), {name: getattr(config, name) for name in RUN_TIME_PARAMETERS}),
+        fingerprint)
+    if (not config.enable_cache or entry is None or entry["version"] != served
             or not os.path.exists(config.metadata_path)):
         return None
     models = metadata_store(config).get_artifacts_by_id([entry["model_id"]])
@@ -92,6 +93,12 @@ def run(config: PipelineConfig) -> RunOutcome:
 
 def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(argv)
+    scheme = config.pipeline_root.partition("://")[0]
+    if scheme in STAGED_STORES:
+        print(f"python -m pipeline.local_runner: error: --pipeline-root {config.pipeline_root}: "
+              f"{scheme}:// roots are for Kubeflow runs (KFP's launcher stages them for each "
+              f"task); here use a local path or {', '.join(OBJECT_STORES)}://", file=sys.stderr)
+        return 2
     with preflight.one_line_errors(config), readable_run(config):
         outcome = run(config)
     print(f"\nPipeline root: {config.pipeline_root}")

@@ -6,7 +6,8 @@ import os
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
-from tfx.utils import path_utils
+from tfx.dsl.io import fileio
+from tfx.utils import io_utils, path_utils
 
 from components.contracts import PushResult, RunOutcome
 from components.gate import BASELINE, overall_metric
@@ -113,7 +114,6 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
 def _warm_start(model) -> str | None:
     """How the trained model's warm start went (None when it was off)."""
     path = os.path.join(path_utils.serving_model_path(model.uri), WARM_START_DIR, RESULT_FILE)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["reason"]
+    return json.loads(io_utils.read_string_file(path))["reason"]

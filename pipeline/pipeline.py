@@ -95,8 +95,13 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         input_config=json_format.Parse(input_config(config), tfx.proto.Input()),
         range_config=data_span.outputs["range_config"].future()[0].value,
         data_fingerprint=data_span.outputs["fingerprint"].future()[0].value)
-    served_version = ServedVersion(base_directory=config.push_dir,
-                                   observed=str(observed.served_version) if observed else "")
+    # Locally the runner observed the served version (a replay included) for the cache key;
+    # on Kubeflow, never cached, the step itself checks for an identical earlier run.
+    served_version = ServedVersion(
+        base_directory=config.push_dir, config_sha256=config.definition_sha256(),
+        **{name: run_time[name] for name in RUN_TIME_PARAMETERS},
+        **({"observed": str(observed.served_version)} if observed else {
+            "data_fingerprint": data_span.outputs["fingerprint"].future()[0].value}))
     served = ServedModel(base_directory=config.push_dir,
                          version=served_version.outputs["version"].future()[0].value)
     image_validator = ImageValidator(
@@ -140,7 +145,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         evaluation=evaluator.outputs["evaluation"], examples=examples,
         baseline_model=served.outputs["model"], statistics=statistics_gen.outputs["statistics"],
         base_directory=config.push_dir, keep_versions=config.keep_versions,
-        definition=config.definition_sha256())
+        definition=served_version.outputs["definition"].future()[0].value)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

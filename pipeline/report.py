@@ -8,11 +8,13 @@ baseline, the push, and component durations. Charts are inline SVG: one file to 
 """
 from __future__ import annotations
 
-import glob
 import html
 import json
 import os
 import time
+
+from tfx.dsl.io import fileio
+from tfx.utils import io_utils
 
 from components import serving_dir
 from components.contracts import RunOutcome
@@ -151,10 +153,9 @@ class RunReport:
     def budget(self) -> str:
         """The Trainer's step budget, tuned values and seconds per phase."""
         path = os.path.join(self.latest("ModelRun", "Trainer").uri, TRAINER_SUMMARY)
-        if not os.path.exists(path):
+        if not fileio.exists(path):
             return ""
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
+        summary = json.loads(io_utils.read_string_file(path))
         rows = [["training examples", summary["train_examples"]],
                 ["global batch", summary["batch_size"]],
                 ["steps (budget)", summary["train_steps"]],
@@ -169,8 +170,7 @@ class RunReport:
         if not any(name == "Tuner" for name, _ in self.executions):
             return "<p>off (<code>--tune true</code> searches learning rate, width, dropout)</p>"
         results = self.latest("TunerResults", "Tuner")
-        with open(os.path.join(results.uri, TUNER_RESULTS), encoding="utf-8") as f:
-            trials = json.load(f)
+        trials = json.loads(io_utils.read_string_file(os.path.join(results.uri, TUNER_RESULTS)))
         names = [k for k in (trials[0] if trials else {}) if k not in ("trial_id", "score")]
         return _table(["trial", "val_accuracy"] + names, [
             [t["trial_id"], f"{t['score']:.4f}"] + [f"{t[n]:.4g}" for n in names]
@@ -182,8 +182,8 @@ class RunReport:
         for tag in ("epoch_loss", "epoch_accuracy"):
             series = {}
             for phase in ("train", "validation"):
-                series[phase] = _scalars(glob.glob(os.path.join(trainer.uri, phase, "events*")),
-                                         tag)
+                series[phase] = _scalars(
+                    fileio.glob(os.path.join(trainer.uri, phase, "events*")), tag)
             charts.append(line_chart(series, tag.replace("epoch_", "")))
         return "".join(charts)
 
@@ -204,9 +204,8 @@ class RunReport:
     def checks(self) -> str:
         validated = self.latest("Examples", "ImageValidator")
         bad = []
-        for report in glob.glob(os.path.join(validated.uri, "bad_images-*.json")):
-            with open(report) as f:
-                bad += json.load(f)["bad"]
+        for report in fileio.glob(os.path.join(validated.uri, "bad_images-*.json")):
+            bad += json.loads(io_utils.read_string_file(report))["bad"]
         from components.anomaly_gate import read_anomalies
         artifact = self.latest("ExampleAnomalies", "ExampleValidator")
         anomalies = read_anomalies(artifact.uri,
@@ -280,8 +279,10 @@ def _scalars(files: list[str], tag: str) -> list[float]:
 
 def write_report(config: PipelineConfig, outcome: RunOutcome,
                  since_execution_id: int) -> str:
-    """Writes ``<pipeline root>/reports/run-<time>.html``; returns its path."""
-    path = os.path.join(config.pipeline_root, "reports",
+    """Writes ``<pipeline root>/reports/run-<time>.html`` (under the work dir when the root
+    is an object store: a report is opened locally); returns its path."""
+    root = config.work_dir if "://" in config.pipeline_root else config.pipeline_root
+    path = os.path.join(root, "reports",
                         time.strftime("run-%Y%m%dT%H%M%S.html", time.gmtime()))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:

@@ -1,0 +1,145 @@
+"""The compiled package run as the open-source KFP v2 backend runs it (``tests/kfp_backend``).
+
+A cluster with the default ``minio://`` pipeline root and a volume for data and serving:
+the first run pushes a version, an identical run is all cache hits but the two observers, a
+new span reruns ImportExampleGen and everything after it, run-time ``min_accuracy`` and
+``train_steps`` are honoured, ids stay exact, and the gateway serves what the cluster pushed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from components import serving_dir
+from modules.features import TRAINER_SUMMARY
+from pipeline.config import PipelineConfig
+from pipeline.kubeflow_runner import compile_pipeline
+from tests.kfp_backend import Backend, BackendError
+from tests.test_kubeflow import _write_examples
+
+ALL = {"DataSpan", "ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
+       "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "ServedVersion",
+       "ServedModel", "Evaluator", "VersionedPusher"}
+OBSERVERS = {"DataSpan", "ServedVersion"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from pipeline.default_data import digits_examples
+    work = tmp_path_factory.mktemp("cluster")
+    volume = work / "volume"  # the PVC every task mounts
+    records = list(digits_examples())
+    _write_examples(volume / "images" / "span-1", records[:900])
+    config = PipelineConfig.from_args([
+        "--pvc-name", "tfx-image-data", "--pvc-mount-path", str(volume),
+        "--data-root", str(volume / "images"), "--spans", "true",
+        "--serving-dir", str(volume / "serving"),
+        "--pipeline-root", "minio://mlpipeline/v2/artifacts", "--kfp-image", "tip:test",
+        "--train-steps", "60", "--eval-steps", "5", "--min-accuracy", "0.3",
+        "--max-regression", "1.0", "--trainer-gpus", "0"], environ={})
+    package = compile_pipeline(config, str(work / "pipeline.yaml"))
+    return Backend(work), package, config, volume, records
+
+
+def _pushed(backend, run) -> dict:
+    return backend.store_path(run.tasks["VersionedPusher"].artifacts["pushed_model"].uri), \
+        run.tasks["VersionedPusher"].artifacts["pushed_model"].properties
+
+
+def test_runs_caching_spans_run_time_parameters_and_the_gateway(cluster):
+    backend, package, config, volume, records = cluster
+    first = backend.create_run(package)  # the cluster's default root: minio://
+    assert first.executed() == ALL and first.root.startswith("minio://mlpipeline/v2/artifacts/")
+    assert serving_dir.versions(config.push_dir) == [1]
+    assert all("executor-logs" in task.artifacts for task in first.tasks.values())
+    trained = first.tasks["Trainer"].artifacts["model"]
+    assert backend.store_path(trained.uri).is_dir()  # uploaded by the launcher from /minio/
+    first_entry = serving_dir.read_manifest(config.push_dir)[0]
+    assert first_entry["baseline_version"] is None
+
+    second = backend.create_run(package)
+    assert second.executed() == OBSERVERS  # identical: everything else from cache
+    assert serving_dir.versions(config.push_dir) == [1]
+
+    _write_examples(volume / "images" / "span-2", records[900:])
+    third = backend.create_run(package, {"min_accuracy": 1.01})  # a gate nothing passes
+    assert third.executed() == ALL  # a new span: ImportExampleGen and everything after it
+    assert serving_dir.versions(config.push_dir) == [1]
+    _, pushed = _pushed(backend, third)
+    assert pushed["pushed"] == 0 and "not blessed" in pushed["reason"]
+    assert third.tasks["ImportExampleGen"].artifacts["examples"].properties["span"] == 2
+
+    fourth = backend.create_run(package, {"train_steps": 90})
+    assert fourth.executed() == OBSERVERS | {"Trainer", "Evaluator", "VersionedPusher"}
+    summary = backend.store_path(fourth.tasks["Trainer"].artifacts["model_run"].uri)
+    assert json.loads((summary / TRAINER_SUMMARY).read_text())["train_steps"] == 90
+    assert serving_dir.versions(config.push_dir) == [1, 2]
+    entry = serving_dir.read_manifest(config.push_dir)[-1]
+    assert entry["baseline_version"] == 1 and entry["spans"] == [2]
+    assert entry["baseline_model_id"] == first_entry["model_id"] > 2 ** 53  # exact ids
+
+    with _gateway(config) as url:
+        from pipeline.default_data import png_bytes
+        import numpy as np
+        response = httpx.post(f"{url}/v1/models/{config.model_name}:classify",
+                              content=png_bytes(np.zeros((8, 8), np.uint8)),
+                              headers={"Content-Type": "image/png"}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["model_version"] == 2
+
+
+class _gateway:
+    """``python -m serving`` over the serving dir the cluster pushed into."""
+
+    def __init__(self, config):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.command = [sys.executable, "-m", "serving", "--serving-dir", config.serving_dir,
+                        "--model-name", config.model_name, "--no-auth", "--port",
+                        str(self.port)]
+
+    def __enter__(self) -> str:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True,
+                                        cwd=os.path.dirname(os.path.dirname(__file__)))
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            assert self.process.poll() is None, self.process.stderr.read()
+            time.sleep(0.5)
+        raise TimeoutError("the gateway never became ready")
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def test_the_backend_refuses_what_it_refuses(cluster, tmp_path):
+    backend, package, *_ = cluster
+    with pytest.raises(BackendError, match="invalid pipeline root"):
+        backend.create_run(package, pipeline_root="/local/path")
+    with pytest.raises(BackendError, match="unrecognized input parameters"):
+        backend.create_run(package, {"train_step": 5})
+    with pytest.raises(BackendError, match="type mismatch"):
+        backend.create_run(package, {"train_steps": "5"})
+    import yaml
+    documents = list(yaml.safe_load_all(open(package)))
+    parameters = documents[0]["root"]["dag"]["tasks"]["ServedModel"]["inputs"]["parameters"]
+    parameters["version"]["taskOutputParameter"]["producerTask"] = "ServedVersion_task"
+    broken = tmp_path / "tfx-names.yaml"
+    broken.write_text(yaml.safe_dump_all(documents))
+    with pytest.raises(BackendError, match='unknown producer task "ServedVersion_task"'):
+        backend.create_run(str(broken))
