@@ -47,8 +47,14 @@ bench: setup ## run the benchmarks (about 30 min); results in bench/results.md
 	cat $(BENCHES:%=bench/results-%.md) > bench/results.md
 	rm $(BENCHES:%=bench/results-%.md)
 
-compile: setup ## compile the Kubeflow Pipelines v2 package (ARGS="--pipeline-root gs://... ...")
-	$(PY) -m pipeline.kubeflow_runner --kfp-image $(IMAGE) $(ARGS)
+# The example cluster of kfp/README.md: open-source KFP with its MinIO (the default pipeline
+# root) and the volume of kfp/serving/storage.yaml for the data and the serving dir.
+CLUSTER ?= --pipeline-root minio://mlpipeline/v2/artifacts --pvc-name tfx-image-data \
+	--pvc-mount-path /mnt/data --data-root /mnt/data/images --spans true \
+	--serving-dir /mnt/data/serving
+
+compile: setup ## compile the Kubeflow package for the example cluster (CLUSTER="...", ARGS="...")
+	$(PY) -m pipeline.kubeflow_runner --kfp-image $(IMAGE) $(CLUSTER) $(ARGS)
 
 image: ## build the Kubeflow container image (needs a Docker engine): IMAGE=name:tag
 	docker build -f kfp/Dockerfile -t $(IMAGE) .

@@ -73,13 +73,15 @@ def adapt(executor_input: dict, inputs_spec: dict, pod_root: str = "/",
 def _exact_ids_in(artifacts: dict) -> None:
     """Adaptation 4, reading: decimal strings of integers beyond 2**53 become integers."""
     for artifact in (a for values in artifacts.values() for a in values):
-        for key, value in list(artifact.mlmd_artifact.custom_properties.items()):
+        proto = type(artifact.mlmd_artifact)()
+        proto.CopyFrom(artifact.mlmd_artifact)
+        for key, value in proto.custom_properties.items():
             text = artifact.get_json_value_custom_property(key) \
                 if value.HasField("struct_value") else None
             if isinstance(text, str) and text.lstrip("-").isdigit() and \
                     abs(int(text)) >= EXACT_FLOAT:
-                artifact.mlmd_artifact.custom_properties[key].int_value = int(text)
-        artifact.set_mlmd_artifact(artifact.mlmd_artifact)
+                value.int_value = int(text)
+        artifact.set_mlmd_artifact(proto)
 
 
 def _exact_ids_out(runtime_artifact, artifact) -> None:

@@ -53,7 +53,10 @@ def test_the_deploy_command_is_one_the_schedule_command_accepts(tmp_path, capsys
     step = next(r for r in _runs(_workflow()["jobs"]["deploy"]) if "ops.schedule" in r)
     argv = shlex.split(step.replace("${{ vars.KFP_COMPILE_ARGS }}", "--spans true"))
     argv = argv[argv.index("ops.schedule") + 1:]
-    package = compile_pipeline(PipelineConfig(spans=True), str(tmp_path / "ci.yaml"))
+    makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
+    cluster = re.search(r"^CLUSTER \?= ((?:.*\\\n)*.*)$", makefile, re.M).group(1)
+    config = PipelineConfig.from_args(shlex.split(cluster.replace("\\\n", " ")), {})
+    package = compile_pipeline(config, str(tmp_path / "ci.yaml"))
     argv[argv.index("--package") + 1] = package
     assert schedule.main(argv + ["--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)

@@ -81,8 +81,7 @@ def test_real_tfx_entrypoint_image_and_beam_args(package):
     for component in ("StatisticsGen", "Transform", "Evaluator", "Trainer", "ImageValidator"):
         container = _container(package, component)
         assert container["image"] == "registry.example.com/tip:1.2"
-        assert container["command"] == [
-            "python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+        assert container["command"] == ["python", "-m", "pipeline.kfp_entrypoint"]
         assert "{{$}}" in container["args"]
     for component in ("StatisticsGen", "Transform", "ImageValidator"):
         args = _container(package, component)["args"]
@@ -96,50 +95,29 @@ def test_dockerfile_copies_what_exists_and_kfp_folder_is_no_package():
     for sources in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for source in sources.split():
             assert os.path.exists(os.path.join(ROOT, source)), source
-    assert "kubeflow_v2_run_executor" in dockerfile
+    assert '"pipeline.kfp_entrypoint"' in dockerfile
     assert not os.path.exists(os.path.join(ROOT, "kfp", "__init__.py"))
     out = subprocess.run([sys.executable, "-c", "import kfp; print(kfp.__file__)"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert "site-packages" in out
 
 
-def _artifact(definitions, name, uri, metadata=None):
-    schema = definitions["artifacts"][name]["artifactType"]
-    return {"artifacts": [{"uri": uri, "name": name, "type": schema, "metadata": metadata or {}}]}
+def test_the_image_installs_locked_wheels_as_built_with_pinned_gpu_libraries():
+    """A base whose glibc takes the manylinux_2_39 wheels (Debian 13: 2.41), and every CUDA
+    requirement of tensorflow's and-cuda extra pinned with a hash inside tensorflow's range."""
+    from importlib import metadata
 
-
-def run_task(spec: dict, name: str, work, inputs: dict | None = None,
-             parameters: dict | None = None) -> dict:
-    """Runs task ``name`` of a compiled spec as the open-source KFP launcher does: its
-    container command on an ExecutorInput (local paths; ``parameters`` stand for the values
-    of root inputs and upstream output parameters), without any pre-cache-check driver.
-    Returns the ExecutorOutput the task wrote."""
-    component = spec["components"][name]
-    container = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
-    task = spec["root"]["dag"]["tasks"][name]
-    values = {k: v["runtimeValue"]["constant"]
-              for k, v in task["inputs"].get("parameters", {}).items() if "runtimeValue" in v}
-    values.update(parameters or {})
-    assert set(values) == set(task["inputs"].get("parameters", {})), "unbound parameters"
-    executor_input = {
-        "inputs": {
-            "artifacts": {k: _artifact(component["inputDefinitions"], k, uri, metadata)
-                          for k, (uri, metadata) in (inputs or {}).items()},
-            "parameterValues": values,
-        },
-        "outputs": {
-            "artifacts": {k: _artifact(component["outputDefinitions"], k, str(work / k))
-                          for k in component.get("outputDefinitions", {}).get("artifacts", {})},
-            "parameters": {k: {"outputFile": str(work / f"{k}.param")}
-                           for k in component.get("outputDefinitions", {}).get("parameters", {})},
-            "outputFile": str(work / "executor_output.json"),
-        },
-    }
-    args = [json.dumps(executor_input) if a == "{{$}}" else a for a in container["args"]]
-    command = [sys.executable] + container["command"][1:] + args  # "python" of this venv
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((work / "executor_output.json").read_text())
+    from packaging.requirements import Requirement
+    dockerfile = open(os.path.join(ROOT, "kfp", "Dockerfile")).read()
+    assert re.search(r"^FROM python:3\.11-slim-trixie$", dockerfile, re.M)
+    assert "--require-hashes -r requirements-cuda.lock" in dockerfile
+    lock = open(os.path.join(ROOT, "requirements-cuda.lock")).read()
+    pins = dict(re.findall(r"^([\w-]+)==(\S+) \\\n\s+--hash=sha256:[0-9a-f]{64}$", lock, re.M))
+    needed = [Requirement(r) for r in metadata.requires("tensorflow")
+              if 'extra == "and-cuda"' in r]
+    assert needed and {r.name for r in needed} <= set(pins)
+    for requirement in needed:
+        assert requirement.specifier.contains(pins[requirement.name]), requirement
 
 
 def _write_examples(directory, records, compression="GZIP"):
@@ -152,19 +130,6 @@ def _write_examples(directory, records, compression="GZIP"):
         writers[split].write(record)
     for writer in writers.values():
         writer.close()
-
-
-def test_a_compiled_task_runs_as_the_kfp_launcher_would_run_it(tmp_path):
-    """StatisticsGen's container command from the spec, on an ExecutorInput with local paths."""
-    from pipeline.default_data import digits_examples
-
-    spec = _spec(compile_pipeline(PipelineConfig(pipeline_root=str(tmp_path / "root")),
-                                  str(tmp_path / "pipeline.yaml")))
-    _write_examples(tmp_path / "examples", (("Split-" + s, r) for s, r in digits_examples()))
-    run_task(spec, "StatisticsGen", tmp_path, inputs={"examples": (
-        str(tmp_path / "examples"), {"split_names": '["train", "eval"]'})})
-    for split in ("train", "eval"):
-        assert (tmp_path / "statistics" / f"Split-{split}" / "FeatureStats.pb").stat().st_size
 
 
 def _spec(path: str) -> dict:
@@ -193,10 +158,12 @@ def test_run_time_parameters_are_root_inputs_with_the_compiled_defaults(package_
     bound = {(task, key): value["componentInputParameter"] for task, t in tasks.items()
              for key, value in t["inputs"].get("parameters", {}).items()
              if "componentInputParameter" in value}
+    # ServedVersion takes all of them: an identical run (the same values) replays from cache
     assert bound == {("DataSpan", "span"): "span", ("Trainer", "train_steps"): "train_steps",
                      ("Trainer", "epochs"): "epochs", ("Trainer", "batch_size"): "batch_size",
                      ("Trainer", "learning_rate"): "learning_rate",
-                     ("Evaluator", "min_accuracy"): "min_accuracy"}
+                     ("Evaluator", "min_accuracy"): "min_accuracy",
+                     **{("ServedVersion", name): name for name in parameters}}
 
 
 def test_new_data_reaches_the_cache_key_of_import_example_gen(package_path):
@@ -209,56 +176,43 @@ def test_new_data_reaches_the_cache_key_of_import_example_gen(package_path):
     parameters = tasks["ImportExampleGen"]["inputs"]["parameters"]
     assert {k: parameters[k]["taskOutputParameter"] for k in ("range_config",
                                                               "data_fingerprint")} == {
-        "range_config": {"producerTask": "DataSpan_task", "outputParameterKey": "range_config"},
-        "data_fingerprint": {"producerTask": "DataSpan_task",
-                             "outputParameterKey": "fingerprint"}}
+        "range_config": {"producerTask": "DataSpan", "outputParameterKey": "range_config"},
+        "data_fingerprint": {"producerTask": "DataSpan", "outputParameterKey": "fingerprint"}}
     assert tasks["ServedModel"]["inputs"]["parameters"]["version"]["taskOutputParameter"] == {
-        "producerTask": "ServedVersion_task", "outputParameterKey": "version"}
+        "producerTask": "ServedVersion", "outputParameterKey": "version"}
 
 
-def test_a_new_span_changes_what_the_compiled_steps_read(tmp_path):
-    """DataSpan then ImportExampleGen, run from the spec as open-source KFP runs them (no
-    ExampleGen driver): span 1, then a new span 2 changes the parameters that key
-    ImportExampleGen's cache, and ImportExampleGen reads span 2 and says so."""
-    from pipeline.default_data import digits_examples
-
-    data = tmp_path / "data"
-    spec = _spec(compile_pipeline(PipelineConfig.from_args(
-        ["--data-root", str(data), "--spans", "true", "--pipeline-root", str(tmp_path / "root")],
-        {}), str(tmp_path / "pipeline.yaml")))
-    records = list(digits_examples())
-    _write_examples(data / "span-1", records[:600])
-    seen = []
-    for span, run_time_span in ((1, 0), (2, 0), (1, 1)):
-        if span == 2:
-            _write_examples(data / "span-2", records[600:])
-        work = tmp_path / f"run-{span}-{run_time_span}"
-        work.mkdir()
-        output = run_task(spec, "DataSpan", work, parameters={"span": run_time_span})
-        seen.append(output["parameterValues"])
-    assert json.loads(seen[0]["range_config"])["static_range"]["start_span_number"] == 1
-    assert json.loads(seen[1]["range_config"])["static_range"]["start_span_number"] == 2
-    assert seen[0]["fingerprint"] != seen[1]["fingerprint"]
-    assert seen[2] == seen[0]  # the span run-time parameter pins an older span
-
-    work = tmp_path / "example-gen"
-    work.mkdir()
-    output = run_task(spec, "ImportExampleGen", work, parameters={
-        "range_config": seen[1]["range_config"], "data_fingerprint": seen[1]["fingerprint"]})
-    examples = output["artifacts"]["examples"]["artifacts"][0]["metadata"]
-    assert examples["custom:span"] == 2 and examples["input_fingerprint"] == seen[1]["fingerprint"]
-    import tensorflow as tf
-    count = sum(1 for _ in tf.data.TFRecordDataset(
-        tf.io.gfile.glob(str(work / "examples" / "Split-*" / "*")), "GZIP"))
-    assert count == len(records) - 600
+CLUSTER = ["--pipeline-root", "minio://mlpipeline/v2/artifacts", "--pvc-name", "data",
+           "--data-root", "/mnt/data/images", "--serving-dir", "/mnt/data/serving"]
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--serving-dir", "gs://bucket/serving"], "object stores have no atomic rename"),
-    (["--pipeline-root", "s3://bucket/root"], "s3:// is not readable here"),
+    (["--data-root", "s3://bucket/images"], "s3:// is not readable here"),
+    (["--pipeline-root", "/mnt/data/root"], "accepts only minio://, s3://, gs:// pipeline roots"),
+    (["--data-root", ""], "no --data-root: the tasks cannot see this machine's embedded data"),
+    (["--pvc-name", ""], "--data-root /mnt/data/images is no path of the tasks: mount a volume"),
+    (["--serving-dir", "/srv/serving"], "--serving-dir /srv/serving is no path of the tasks"),
 ])
-def test_object_store_paths_fail_at_compile_time(flags, message, capsys):
+def test_what_cannot_run_on_a_cluster_fails_at_compile_time_in_one_line(flags, message, capsys):
     from pipeline import kubeflow_runner
-    with pytest.raises(SystemExit) as exit_:
-        kubeflow_runner.main(flags)
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    try:
+        code = kubeflow_runner.main(CLUSTER + flags)
+    except SystemExit as exit_:
+        code = exit_.code
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_parameters_from_tasks_have_their_producers_types(tmp_path):
+    """The driver refuses a string where a number is declared and turns a number consumed as
+    STRING into text (a served version 0 became "0"): each such input has its producer's
+    type, and the inputs spec in the command says the same."""
+    from pipeline.config import PipelineConfig
+    spec = _spec(compile_pipeline(PipelineConfig.from_args(CLUSTER, {}), str(tmp_path / "p.yaml")))
+    served_model = spec["components"]["ServedModel"]
+    assert served_model["inputDefinitions"]["parameters"]["version"] == {
+        "parameterType": "NUMBER_INTEGER"}
+    args = spec["deploymentSpec"]["executors"]["ServedModel_executor"]["container"]["args"]
+    inputs_spec = json.loads(args[args.index("--json_serialized_inputs_spec_args") + 1])
+    assert inputs_spec == served_model["inputDefinitions"]

@@ -74,7 +74,7 @@ def test_runs_caching_spans_run_time_parameters_and_the_gateway(cluster):
     assert serving_dir.versions(config.push_dir) == [1]
     _, pushed = _pushed(backend, third)
     assert pushed["pushed"] == 0 and "not blessed" in pushed["reason"]
-    assert third.tasks["ImportExampleGen"].artifacts["examples"].properties["span"] == 2
+    assert third.tasks["ImportExampleGen"].artifacts["examples"].properties["custom:span"] == 2
 
     fourth = backend.create_run(package, {"train_steps": 90})
     assert fourth.executed() == OBSERVERS | {"Trainer", "Evaluator", "VersionedPusher"}
