@@ -204,8 +204,8 @@ def retag(wheel: Path, platform: str) -> Path:
     out = wheel.with_name(f"{name}-{version}-{python}-{abi}-{platform}.whl")
     meta = f"{name}-{version}.dist-info/WHEEL"
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
-        tags = re.sub(r"(?m)^Tag: .*\n", "", src.read(meta).decode())
-        new_meta = f"{tags}Tag: {python}-{abi}-{platform}\n".encode()
+        headers = re.sub(r"(?m)^Tag: .*\n", "", src.read(meta).decode()).rstrip("\n")
+        new_meta = f"{headers}\nTag: {python}-{abi}-{platform}\n".encode()  # no blank line
         digest = base64.urlsafe_b64encode(hashlib.sha256(new_meta).digest()).rstrip(b"=").decode()
         for info in src.infolist():
             data = src.read(info)
