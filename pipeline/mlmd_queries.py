@@ -1,8 +1,9 @@
 """Questions asked of ML Metadata about one run or one artifact's lineage, answered once.
 
 ``run_push`` says what a run's pusher did (a CACHED pusher replayed an earlier run's push and
-pushed nothing itself); ``lineage_graph`` answers what MLMD's ``get_lineage_subgraph`` would:
-the subgraph upstream or downstream of some artifacts.
+pushed nothing itself); ``latest_execution`` finds a pipeline node's newest execution;
+``lineage_graph`` answers what MLMD's ``get_lineage_subgraph`` would: the subgraph upstream or
+downstream of some artifacts.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from components.contracts import PushResult
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+NODE_CONTEXT = "node"  # TFX's MLMD context of a pipeline node, named <pipeline>.<node id>
 UPSTREAM = metadata_store_pb2.LineageSubgraphQueryOptions.UPSTREAM
 DOWNSTREAM = metadata_store_pb2.LineageSubgraphQueryOptions.DOWNSTREAM
 
@@ -62,3 +64,11 @@ def lineage_graph(store, artifact_ids: list[int], direction) -> metadata_store_p
         graph.events.extend(e for e in store.get_events_by_execution_ids(sorted(executions))
                             if e.artifact_id in artifacts)
     return graph
+
+
+def latest_execution(store, pipeline_name: str, node_id: str):
+    """The newest execution of the pipeline node ``node_id`` (through TFX's node context,
+    ``<pipeline>.<node id>``), or None."""
+    context = store.get_context_by_type_and_name(NODE_CONTEXT, f"{pipeline_name}.{node_id}")
+    executions = store.get_executions_by_context(context.id) if context else []
+    return max(executions, key=lambda e: e.id, default=None)
