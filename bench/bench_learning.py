@@ -24,7 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
 
-from bench.bench_model import machine  # noqa: E402
+from bench.bench_model import machine, write_results  # noqa: E402
 from bench.bench_pipeline import durations, timed_run  # noqa: E402
 from make_digits import write_digits  # noqa: E402
 from make_shapes import write_shapes  # noqa: E402
@@ -139,9 +139,7 @@ def main(argv=None) -> int:
              f"- Trainer <= 10 s: {target(digits['trainer'], 10, False, ' s')}", why_time(digits),
              "", "The derived budget is sized for photo-like data (section a); on these digits "
              "a fifth of it does:", ""] + table([short]) + [""]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, lines)
     return 0
 
 

@@ -140,6 +140,15 @@ def machine() -> str:
             f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
 
 
+def write_results(path: str, lines: list[str]) -> None:
+    """Writes a benchmark's Markdown section to ``path`` (``make bench`` joins them) and
+    prints it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines).rstrip("\n") + "\n")
+    print("\n".join(lines))
+
+
 def jpeg_folder(out: str, per_class: int) -> float:
     """Photo-like shapes re-encoded as SIDE x SIDE RGB JPEGs (quality 90) in ``out/<class>/``;
     returns their mean size in bytes."""
@@ -207,10 +216,7 @@ def main(argv=None) -> int:
         lines += ["", f"## Serving latency: {title}", "",
                   "| path | ms per batch | vs bare model |", "|---|---:|---:|"]
         lines += [f"| {name} | {ms:.2f} | {ms / bare:.2f}x |" for name, ms in latencies.items()]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, lines)
     return 0
 
 

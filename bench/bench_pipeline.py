@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.bench_model import machine  # noqa: E402
+from bench.bench_model import machine, write_results  # noqa: E402
 from modules.features import SPLITS  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.outcome import (executions_since, last_execution_id,  # noqa: E402
@@ -163,10 +163,7 @@ def main(argv=None) -> int:
         lines.append(f"| whole run (wall) | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, lines)
     return 0
 
 

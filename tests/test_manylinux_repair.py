@@ -118,7 +118,8 @@ def test_a_lock_without_hashes_is_refused(tmp_path):
 def _wheel(directory: Path, platform: str) -> Path:
     """A minimal real wheel (module, METADATA, WHEEL, RECORD) tagged ``platform``."""
     files = {"probe_mod.py": b"VALUE = 42\n",
-             "probe_mod-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: probe-mod\nVersion: 1.0\n",
+             "probe_mod-1.0.dist-info/METADATA": (b"Metadata-Version: 2.1\nName: probe-mod\n"
+                                                  b"Version: 1.0\n"),
              "probe_mod-1.0.dist-info/WHEEL": ("Wheel-Version: 1.0\nGenerator: test\n"
                                                "Root-Is-Purelib: false\n"
                                                f"Tag: cp311-cp311-{platform}\n\n").encode()}
@@ -151,7 +152,8 @@ def test_a_wheel_whose_hash_is_not_locked_is_refused_before_retagging(tmp_path):
     good = hashlib.sha256(whl.read_bytes()).hexdigest()
     repair.check_sha256(whl, {good, "f" * 64})
     whl.write_bytes(whl.read_bytes() + b"\0")  # one byte more: another file
-    with pytest.raises(repair.RepairError, match=rf"{whl.name}: sha256 \w+ is none of the lock's 1"):
+    with pytest.raises(repair.RepairError,
+                       match=rf"{whl.name}: sha256 \w+ is none of the lock's 1 hashes"):
         repair.check_sha256(whl, {good})
 
 

@@ -94,7 +94,7 @@ def test_every_imported_module_comes_from_a_declared_distribution():
     undeclared = {module: (distribution_of(module, by_file), where)
                   for module, where in imported_modules().items()
                   if distribution_of(module, by_file) not in names | {None}}
-    assert not undeclared, f"imported, not declared in setup.py (module: (dist, file)): {undeclared}"
+    assert not undeclared, f"imported, not in setup.py (module: (distribution, file)): {undeclared}"
 
 
 def test_every_declared_distribution_is_locked_with_hashes():
