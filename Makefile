@@ -11,7 +11,7 @@ IMAGE ?= tfx-image-pipeline:latest
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv from requirements.lock (with the glibc wheel repair where needed)
+setup: $(STAMP) ## create .venv from requirements.lock, hashes required (glibc wheel repair if needed)
 
 $(STAMP): requirements.lock setup.py tools/manylinux_repair.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
