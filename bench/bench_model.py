@@ -3,8 +3,9 @@
 On photo-like 224x224 JPEGs (``tools/make_shapes.py``, re-encoded), through the pipeline:
 1. Transform's output bytes per image against the encoded input's (target <= 1.5x).
 2. Trainer input pipeline (``modules.trainer.input_fn`` on Transform's output) in images/s,
-   against the ceiling of reading and decoding the same images from the raw TFRecords
-   (target >= 0.8x).
+   against a reference: reading and decoding the same images from the GZIP'd raw TFRecords
+   ``ops.ingest`` wrote. Not a ceiling (the input_fn reads Transform's output and can be
+   faster), so no target.
 3. Latency of the pushed model's raw-image-bytes signature against the bare Keras model on
    pre-decoded pixels (same architecture, in-process), per batch.
 4. The same comparison for MobileNetV2 at 224x224 (random weights, no pipeline run).
@@ -99,11 +100,12 @@ def input_pipeline(config: PipelineConfig) -> dict:
         parsed = tf.io.parse_example(serialized, feature_spec)
         return decode_images(parsed[config.image_key], spec), parsed[config.label_key]
 
-    ceiling = (tf.data.TFRecordDataset(raw_files, compression_type="GZIP",
-                                       num_parallel_reads=tf.data.AUTOTUNE)
-               .repeat().batch(BATCH).map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE)
-               .prefetch(tf.data.AUTOTUNE))
-    results = {"ceiling: raw TFRecord read + parse + decode": best_rate(ceiling, 100)}
+    reference = (tf.data.TFRecordDataset(raw_files, compression_type="GZIP",
+                                         num_parallel_reads=tf.data.AUTOTUNE)
+                 .repeat().batch(BATCH)
+                 .map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE)
+                 .prefetch(tf.data.AUTOTUNE))
+    results = {"reference: raw GZIP TFRecord read + parse + decode": best_rate(reference, 100)}
     for cache in (False, True):
         dataset = input_fn(files, accessor, tft_output, spec, BATCH, cache=cache, seed=0)
         results[f"Trainer input_fn (cache={cache})"] = best_rate(dataset, 100)
@@ -136,6 +138,15 @@ def machine() -> str:
     return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python "
             f"{platform.python_version()}, TensorFlow {tf.__version__}, "
             f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+
+
+def write_results(path: str, lines: list[str]) -> None:
+    """Writes a benchmark's Markdown section to ``path`` (``make bench`` joins them) and
+    prints it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines).rstrip("\n") + "\n")
+    print("\n".join(lines))
 
 
 def jpeg_folder(out: str, per_class: int) -> float:
@@ -178,19 +189,18 @@ def main(argv=None) -> int:
         outcome = local_runner.run(config)
         transformed = transformed_bytes_per_image(config)
         rates = input_pipeline(config)
-        ceiling = next(iter(rates.values()))
+        reference = next(iter(rates.values()))
         lines += [f"## Transformed data ({SIDE}x{SIDE} RGB JPEGs, 300 photo-like images)", "",
                   "| bytes per image | encoded input | Transform output | output / input |",
                   "|---|---:|---:|---:|",
                   f"| mean | {encoded:,.0f} | {transformed:,.0f} | {transformed / encoded:.2f}x |",
                   "", f"Target <= 1.5x: {'met' if transformed <= 1.5 * encoded else 'MISSED'}.",
                   "", f"## Trainer input pipeline ({SIDE}x{SIDE}x3 JPEG)", "",
-                  "| pipeline | images/s | vs ceiling |", "|---|---:|---:|"]
-        lines += [f"| {name} | {rate:,.0f} | {rate / ceiling:.2f}x |"
+                  "| pipeline | images/s | vs reference |", "|---|---:|---:|"]
+        lines += [f"| {name} | {rate:,.0f} | {rate / reference:.2f}x |"
                   for name, rate in rates.items()]
-        uncached = rates["Trainer input_fn (cache=False)"] / ceiling
-        lines += ["", f"Target (uncached) >= 0.8x the ceiling: "
-                  f"{'met' if uncached >= 0.8 else 'MISSED'} ({uncached:.2f}x)."]
+        lines += ["", "The reference reads the GZIP'd raw TFRecords, the input_fn Transform's "
+                  "output: a comparison, not a ceiling (no target)."]
         spec = ImageSpec.from_custom_config(config.transform_config())
         pushed = tf.saved_model.load(outcome.pushed_path)
         signature = pushed.signatures[RAW_SIGNATURE]
@@ -206,10 +216,7 @@ def main(argv=None) -> int:
         lines += ["", f"## Serving latency: {title}", "",
                   "| path | ms per batch | vs bare model |", "|---|---:|---:|"]
         lines += [f"| {name} | {ms:.2f} | {ms / bare:.2f}x |" for name, ms in latencies.items()]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, lines)
     return 0
 
 

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.bench_model import write_results  # noqa: E402
 from modules.features import ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from modules.trainer import export_warm_start, warm_start  # noqa: E402
@@ -94,9 +95,7 @@ def main(argv=None) -> int:
     lines += [f"| {seed} | {s0} | {t0:.1f} | {s1} | {t1:.1f} |" for seed, s0, t0, s1, t1 in rows]
     lines += ["", f"Mean steps: from scratch {np.mean([r[1] for r in rows]):.0f}, warm start "
               f"{np.mean([r[3] for r in rows]):.0f}.", ""]
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, lines)
     return 0
 
 

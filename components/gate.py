@@ -16,8 +16,9 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
     """Bless the candidate only if, on the eval split:
 
     * its accuracy is at least ``min_accuracy``;
-    * it is at most ``max_regression`` (absolute) less accurate than the baseline, the latest
-      blessed model (without a baseline, on the first run, TFX drops this check);
+    * it is at most ``max_regression`` (absolute) less accurate than the baseline, a copy of
+      the model being served (``ServedModel``: the ``stable`` label's version, else the
+      highest; without one, on the first run, TFX drops this check);
     * with ``min_class_recall`` > 0, every class's recall (the accuracy of its label slice)
       is at least that.
 

@@ -7,7 +7,8 @@ on as parameters, so every downstream cache key changes exactly when the world d
 
 * ``DataSpan``: the span to read (the ``span`` run-time parameter, or the latest) and TFX's
   fingerprint of its files (names, sizes, modification times);
-* ``ServedVersion``: the version TF Serving serves (the highest under the model base dir).
+* ``ServedVersion``: the version served by default (the ``stable`` label once version labels
+  are in use, else the highest under the model base dir: ``serving_dir.served_version``).
 
 ``ServedModel`` turns that version into artifacts: a copy of the served SavedModel (the
 Evaluator's baseline and the warm-start source) and the statistics of the data it was trained

@@ -189,6 +189,10 @@ def publish(source_dir: str, base: str, record: dict, keep: int,
         os.makedirs(os.path.dirname(os.path.join(staging, PUSH_RECORD)), exist_ok=True)
         with open(os.path.join(staging, PUSH_RECORD), "w", encoding="utf-8") as f:
             json.dump(entry, f, indent=1, sort_keys=True)
+        for root, _, files in os.walk(staging):  # TF Serving may run as another user
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
         if before_rename is not None:
             before_rename(staging)
         os.rename(staging, os.path.join(base, str(version)))

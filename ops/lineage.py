@@ -22,17 +22,14 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.utils import path_utils
 
 from components import serving_dir
-from components.contracts import PushResult
 from modules.features import CODE_FILE
 from pipeline.config import PipelineConfig
+from pipeline.mlmd_queries import (DOWNSTREAM, INPUT_EVENTS, OUTPUT_EVENTS, UPSTREAM,
+                                   lineage_graph, run_push)
 from pipeline.outcome import component_names, metadata_store, produced_by
 
-INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
-OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-
-
 class Lineage:
-    """Walks the MLMD graph of one pipeline."""
+    """Reads the MLMD graph of one pipeline: its runs, and the lineage of an artifact."""
 
     def __init__(self, store):
         self.store = store
@@ -40,25 +37,6 @@ class Lineage:
 
     def _value(self, value):
         return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
-
-    def producer(self, artifact_id: int):
-        """The execution that output the artifact (the cache hit's original, if several)."""
-        events = [e for e in self.store.get_events_by_artifact_ids([artifact_id])
-                  if e.type in OUTPUT_EVENTS]
-        if not events:
-            return None
-        return self.store.get_executions_by_id([min(e.execution_id for e in events)])[0]
-
-    def io(self, execution_id: int, kinds) -> dict[str, list]:
-        """Input (or output) artifacts of an execution by key."""
-        by_key = defaultdict(list)
-        events = [e for e in self.store.get_events_by_execution_ids([execution_id])
-                  if e.type in kinds]
-        artifacts = {a.id: a for a in self.store.get_artifacts_by_id(
-            [e.artifact_id for e in events])}
-        for event in events:
-            by_key[event.path.steps[0].key].append(artifacts[event.artifact_id])
-        return dict(by_key)
 
     def describe_execution(self, execution) -> dict:
         properties = dict(execution.properties)
@@ -68,18 +46,30 @@ class Lineage:
                 "properties": {k: self._value(v) for k, v in properties.items()}}
 
     def upstream(self, artifact_id: int) -> dict:
-        """The artifact, its producer, and recursively what that producer consumed."""
-        artifact = self.store.get_artifacts_by_id([artifact_id])[0]
-        node = {"artifact_id": artifact.id, "uri": artifact.uri,
-                "custom": {k: self._value(v) for k, v in artifact.custom_properties.items()
-                           if k in ("span", "version", "blessed", "pushed_version")}}
-        execution = self.producer(artifact_id)
-        if execution is not None:
-            node["produced_by"] = self.describe_execution(execution)
-            node["inputs"] = {key: [self.upstream(a.id) for a in artifacts]
-                              for key, artifacts in self.io(execution.id, INPUT_EVENTS).items()
-                              if key not in ("baseline_model",)}
-        return node
+        """The artifact, its producer (the original when cache hits reused it), and what that
+        producer consumed, recursively, from its upstream lineage graph."""
+        graph = lineage_graph(self.store, [artifact_id], UPSTREAM)
+        artifacts = {a.id: a for a in graph.artifacts}
+        executions = {e.id: e for e in graph.executions}
+        producers, inputs = defaultdict(list), defaultdict(lambda: defaultdict(list))
+        for event in graph.events:
+            if event.type in OUTPUT_EVENTS:
+                producers[event.artifact_id].append(event.execution_id)
+            elif event.type in INPUT_EVENTS:
+                inputs[event.execution_id][event.path.steps[0].key].append(event.artifact_id)
+
+        def node(aid: int) -> dict:
+            artifact = artifacts[aid]
+            found = {"artifact_id": aid, "uri": artifact.uri,
+                     "custom": {k: self._value(v) for k, v in artifact.custom_properties.items()
+                                if k in ("span", "version", "blessed", "pushed_version")}}
+            if producers[aid]:
+                execution = executions[min(producers[aid])]
+                found["produced_by"] = self.describe_execution(execution)
+                found["inputs"] = {key: [node(a) for a in ids]
+                                   for key, ids in inputs[execution.id].items()}
+            return found
+        return node(artifact_id)
 
     def run_of(self, execution_id: int) -> str | None:
         """The pipeline run (context) an execution belongs to."""
@@ -88,19 +78,18 @@ class Lineage:
                      if c.type_id == run_type.id), None)
 
     def runs(self) -> list[dict]:
+        """Each run: its executions' states, and the version it pushed (None for a run whose
+        cached pusher replayed an earlier run's push)."""
         run_type = self.store.get_context_type("pipeline_run")
         result = []
         for context in sorted(self.store.get_contexts_by_type(run_type.name), key=lambda c: c.id):
             executions = self.store.get_executions_by_context(context.id)
             states = defaultdict(int)
-            pushed = None
             for execution in executions:
                 states[metadata_store_pb2.Execution.State.Name(execution.last_known_state)] += 1
-                if self.execution_types[execution.type_id] == "VersionedPusher":
-                    for artifact in self.io(execution.id, OUTPUT_EVENTS).get("pushed_model", []):
-                        pushed = PushResult.read(artifact.custom_properties).version
+            push = run_push(self.store, executions)
             result.append({"run": context.name, "executions": dict(states),
-                           "pushed_version": pushed,
+                           "pushed_version": push.version if push and push.pushed else None,
                            "started": min((e.create_time_since_epoch for e in executions),
                                           default=0)})
         return result
@@ -113,27 +102,18 @@ class Lineage:
         return spans
 
     def models_fed_by_span(self, span: int) -> list[int]:
-        """Model artifact ids downstream of ExampleGen output(s) of ``span``."""
+        """Ids of the models trained downstream of the ExampleGen output(s) of ``span``."""
         examples = produced_by(self.store, "ImportExampleGen")
         seeds = [a.id for a in self.store.get_artifacts_by_type("Examples")
                  if a.custom_properties.get("span") is not None
                  and a.custom_properties["span"].int_value == span and a.id in examples]
-        seen, frontier, models = set(), list(seeds), set()
-        while frontier:
-            artifact_id = frontier.pop()
-            if artifact_id in seen:
-                continue
-            seen.add(artifact_id)
-            consumers = {e.execution_id for e in self.store.get_events_by_artifact_ids(
-                [artifact_id]) if e.type in INPUT_EVENTS}
-            for execution_id in consumers:
-                for key, artifacts in self.io(execution_id, OUTPUT_EVENTS).items():
-                    for artifact in artifacts:
-                        if key == "model":
-                            models.add(artifact.id)
-                        elif key not in ("evaluation", "blessing", "pushed_model"):
-                            frontier.append(artifact.id)
-        return sorted(models)
+        if not seeds:
+            return []
+        graph = lineage_graph(self.store, seeds, DOWNSTREAM)
+        trained = produced_by(self.store, "Trainer")
+        model_type = self.store.get_artifact_type("Model")
+        return sorted(a.id for a in graph.artifacts
+                      if a.id in trained and a.type_id == model_type.id)
 
 
 def version_lineage(config: PipelineConfig, version: int) -> dict:

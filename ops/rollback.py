@@ -1,7 +1,8 @@
 """Serve an earlier version again: ``python -m ops.rollback --to-version N --reason ...``.
 
-TF Serving serves the highest version, so the chosen version is re-published, atomically, as
-a new highest version; the manifest records the rollback and its reason.
+Without version labels TF Serving serves the highest version, so the chosen version is
+re-published, atomically, as a new highest version; the manifest records the rollback and its
+reason. With labels in use it refuses: ``python -m ops.labels rollback`` moves ``stable``.
 """
 from __future__ import annotations
 

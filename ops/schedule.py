@@ -9,7 +9,11 @@ replaces it when its version, cron or parameters changed: max concurrency 1, no 
 Re-running it never duplicates anything. ``--param NAME=VALUE`` (repeatable) sets a run-time
 parameter of the package (``span``, ``train_steps``, ``epochs``, ``learning_rate``,
 ``batch_size``, ``min_accuracy``) for its runs; ``--run-now`` also starts one run at once
-(CI does, on every commit to main). ``--dry-run`` prints the requests instead of sending them.
+(CI does, on every commit to main). ``--pipeline-root`` is given to every run and recurring
+run it creates: the open-source KFP backend ignores the package's ``defaultPipelineRoot`` and
+uses the run's, else the cluster's default (``minio://mlpipeline/v2/artifacts``).
+``--dry-run`` prints the requests instead of sending them. Versions and recurring runs are
+looked up by name (the API's filter), following every page of the answer.
 """
 from __future__ import annotations
 
@@ -63,65 +67,94 @@ def parse_params(assignments: list[str], package: str) -> dict[str, Any]:
     return values
 
 
-def _first(items, **match):
-    return next((i for i in items or [] if all(getattr(i, k) == v for k, v in match.items())),
-                None)
+PAGE_SIZE = 100
+
+
+def name_filter(name: str) -> str:
+    """The KFP API's filter for ``display_name == name``."""
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
+                                       "stringValue": name}]})
+
+
+def find_by_name(list_page, field: str, name: str):
+    """The item named ``name`` from a KFP list call (``list_page(page_token=...)``), or None:
+    asks with the name filter, and follows ``next_page_token`` to the last page (a server that
+    ignores the filter still answers, page by page)."""
+    token = ""
+    while True:
+        page = list_page(page_token=token, page_size=PAGE_SIZE, filter=name_filter(name))
+        found = next((i for i in getattr(page, field) or [] if i.display_name == name), None)
+        if found is not None or not page.next_page_token:
+            return found
+        token = page.next_page_token
 
 
 def schedule(client, package: str, pipeline_name: str, experiment: str, job_name: str,
-             cron: str, params: dict[str, Any] | None = None,
-             run_now: bool = False) -> dict[str, Any]:
+             cron: str, params: dict[str, Any] | None = None, run_now: bool = False,
+             pipeline_root: str = "") -> dict[str, Any]:
     """Idempotently uploads ``package`` and points the recurring run ``job_name`` at it, with
-    run-time ``params``; with ``run_now``, also starts one run of that version."""
+    run-time ``params`` and ``pipeline_root`` (empty: the cluster's default); with
+    ``run_now``, also starts one run of that version."""
     params = params or {}
     version = version_name(pipeline_name, package)
     pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:
         pipeline_id = client.upload_pipeline(package, pipeline_name=pipeline_name).pipeline_id
-    versions = client.list_pipeline_versions(pipeline_id, page_size=100).pipeline_versions
-    existing = _first(versions, display_name=version)
+    existing = find_by_name(lambda **page: client.list_pipeline_versions(pipeline_id, **page),
+                            "pipeline_versions", version)
     version_id = (existing.pipeline_version_id if existing else client.upload_pipeline_version(
         package, version, pipeline_id=pipeline_id).pipeline_version_id)
     experiment_id = client.create_experiment(experiment).experiment_id
-    runs = client.list_recurring_runs(experiment_id=experiment_id, page_size=100).recurring_runs
-    current = _first(runs, display_name=job_name)
+    current = find_by_name(
+        lambda **page: client.list_recurring_runs(experiment_id=experiment_id, **page),
+        "recurring_runs", job_name)
     result = {"pipeline_id": pipeline_id, "version_id": version_id}
+    root = pipeline_root or None
     if run_now:
         result["run_id"] = client.run_pipeline(
             experiment_id, f"{version}-run", pipeline_id=pipeline_id, version_id=version_id,
-            params=params).run_id
+            params=params, pipeline_root=root).run_id
+    config = current.runtime_config if current is not None else None
     if (current is not None and current.pipeline_version_reference.pipeline_version_id
             == version_id and current.trigger.cron_schedule.cron == cron
-            and ((current.runtime_config and current.runtime_config.parameters) or {})
-            == params):
+            and ((config and config.parameters) or {}) == params
+            and ((config and config.pipeline_root) or "") == pipeline_root):
         return dict(result, action="unchanged", recurring_run_id=current.recurring_run_id)
     if current is not None:
         client.delete_recurring_run(current.recurring_run_id)
     run = client.create_recurring_run(
         experiment_id, job_name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-        pipeline_id=pipeline_id, version_id=version_id, enabled=True, params=params)
+        pipeline_id=pipeline_id, version_id=version_id, enabled=True, params=params,
+        pipeline_root=root)
     return dict(result, action="replaced" if current else "created",
                 recurring_run_id=run.recurring_run_id)
 
 
 def plan(package: str, pipeline_name: str, experiment: str, job_name: str,
-         cron: str, params: dict[str, Any] | None = None, run_now: bool = False) -> list[dict]:
+         cron: str, params: dict[str, Any] | None = None, run_now: bool = False,
+         pipeline_root: str = "") -> list[dict]:
     """The requests ``schedule`` sends, for ``--dry-run``."""
     version = version_name(pipeline_name, package)
-    now = [{"call": "run_pipeline", "job_name": f"{version}-run", "params": params or {}}]
+    root = pipeline_root or "(the cluster's default)"
+    now = [{"call": "run_pipeline", "job_name": f"{version}-run", "params": params or {},
+            "pipeline_root": root}]
     return [
         {"call": "get_pipeline_id", "name": pipeline_name},
         {"call": "upload_pipeline", "if": "no pipeline of that name",
          "pipeline_package_path": package, "pipeline_name": pipeline_name},
+        {"call": "list_pipeline_versions", "filter": f"display_name = {version}",
+         "note": "every page"},
         {"call": "upload_pipeline_version", "if": f"no version named {version}",
          "pipeline_package_path": package, "pipeline_version_name": version},
         {"call": "create_experiment", "name": experiment, "note": "returns it if it exists"},
+        {"call": "list_recurring_runs", "filter": f"display_name = {job_name}",
+         "note": "every page"},
     ] + (now if run_now else []) + [
         {"call": "delete_recurring_run", "if": f"'{job_name}' exists with another version, "
-                                               "cron or parameters"},
+                                               "cron, parameters or pipeline root"},
         {"call": "create_recurring_run", "if": f"'{job_name}' is absent or was deleted",
          "job_name": job_name, "cron_expression": cron, "max_concurrency": 1,
-         "no_catchup": True, "enabled": True, "params": params or {}},
+         "no_catchup": True, "enabled": True, "params": params or {}, "pipeline_root": root},
     ]
 
 
@@ -138,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a run-time parameter of the runs (repeatable)")
     parser.add_argument("--run-now", action="store_true", help="also start one run now")
+    parser.add_argument("--pipeline-root", default="",
+                        help="the runs' pipeline root (also compiled in as the package's "
+                             "default, which the open-source KFP backend ignores); default: "
+                             "the cluster's (minio://mlpipeline/v2/artifacts on open-source KFP)")
     parser.add_argument("--dry-run", action="store_true")
     args, rest = parser.parse_known_args(argv)
-    config = PipelineConfig.from_args(rest, prog="python -m ops.schedule")
+    config = PipelineConfig.from_args(
+        rest + (["--pipeline-root", args.pipeline_root] if args.pipeline_root else []),
+        prog="python -m ops.schedule")
     package = args.package
     if not package:
         from pipeline.kubeflow_runner import compile_pipeline
@@ -152,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     request = dict(package=package, pipeline_name=config.pipeline_name,
                    experiment=args.experiment, job_name=job_name, cron=kfp_cron(args.cron),
-                   params=params, run_now=args.run_now)
+                   params=params, run_now=args.run_now, pipeline_root=args.pipeline_root)
     if args.dry_run:
         print(json.dumps(plan(**request), indent=1))
         return 0

@@ -114,8 +114,10 @@ class PipelineConfig:
     allowed_anomalies: tuple[str, ...] = _option((), DATA, RUNNER,
                                                  "anomaly types that do not stop a run")
     label_drift_threshold: float = _option(0.0, DATA, RUNNER,
-                                           "max L-infinity distance of the label distribution from"
-                                           " the served model's training data; 0: off")
+                                           "max drift of the label distribution from the served "
+                                           "model's training data (Jensen-Shannon divergence "
+                                           "for int labels, L-infinity distance for string "
+                                           "labels); 0: off")
     size_drift_threshold: float = _option(0.0, DATA, RUNNER,
                                           "max Jensen-Shannon divergence of --size-keys from the "
                                           "served model's training data; 0: off")

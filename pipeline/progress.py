@@ -2,8 +2,11 @@
 or cache hit), the Trainer's validation rounds, a live elapsed time on a terminal; the
 libraries' logs (absl, TensorFlow, Beam, warnings) go to a log file in the run's folder.
 
-The component lines come from the log records LocalDagRunner and the launcher already emit
-(their format strings below), the figures from the artifacts in MLMD.
+A component's start and end are the two log records LocalDagRunner emits around each node
+(``STARTED``, ``FINISHED``: TFX has no public hook for them); whether it was a cache hit and
+its key figure come from its execution in MLMD. tests/test_progress.py runs a real
+LocalDagRunner, so a TFX that words those records differently fails it, and a run that ends
+without a single component line says so instead of printing nothing.
 """
 from __future__ import annotations
 
@@ -17,20 +20,32 @@ import time
 from modules.features import EPOCH_LOG, SPLITS
 from pipeline.config import PipelineConfig
 
-# LocalDagRunner's and the TFX launcher's log formats (tfx/orchestration/local, portable).
+# LocalDagRunner's log formats around each node (tfx/orchestration/local/local_dag_runner.py).
 STARTED, FINISHED = "Component %s is running.", "Component %s is finished."
-CACHED, NEW = "A cached execution %d is used.", "Going to run a new execution %d"
 
 
-def _figure(config: PipelineConfig, component: str, execution_id: int) -> str:
+def _summary(config: PipelineConfig, component: str) -> str:
+    """``cache hit``, or the key figure of the component's newest execution (from MLMD)."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    from pipeline.mlmd_queries import latest_execution
+    from pipeline.outcome import metadata_store
+    store = metadata_store(config)
+    execution = latest_execution(store, config.pipeline_name, component)
+    if execution is None:
+        return ""
+    if execution.last_known_state == metadata_store_pb2.Execution.CACHED:
+        return "cache hit"
+    return _figure(store, component, execution.id)
+
+
+def _figure(store, component: str, execution_id: int) -> str:
     """The key figure of a finished execution, read from its output artifacts."""
     from ml_metadata.proto import metadata_store_pb2
 
     from components.contracts import PushResult
     from components.gate import overall_metric
     from components.live_inputs import SERVED_VERSION
-    from pipeline.outcome import metadata_store
-    store = metadata_store(config)
     events = store.get_events_by_execution_ids([execution_id])
     outputs = {a.type_id: a for a in store.get_artifacts_by_id(
         [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])}
@@ -72,8 +87,9 @@ class Progress(logging.Handler):
         super().__init__(logging.INFO)
         self._config, self._out = config, out
         self._live = out.isatty()
-        self._component, self._started, self._execution, self._cached = "", 0.0, 0, False
+        self._component, self._started = "", 0.0
         self._rounds: tuple = ()  # the Trainer's last EPOCH_LOG arguments
+        self.components = 0  # components seen starting
         self._lock = threading.Lock()
         self._ticker = threading.Event()
 
@@ -85,24 +101,19 @@ class Progress(logging.Handler):
 
     def _handle(self, message: str, args: tuple) -> None:
         if message == STARTED:
-            self._component, self._started = args[0], time.monotonic()
-            self._cached, self._execution, self._rounds = False, 0, ()
+            self._component, self._started, self._rounds = args[0], time.monotonic(), ()
+            self.components += 1
             self._tick()
-        elif message in (CACHED, NEW):
-            self._execution, self._cached = args[0], message == CACHED
         elif message == EPOCH_LOG:
             self._rounds, text = args, EPOCH_LOG % args
             self._line(f"    {self._component} {text[0].lower()}{text[1:]}")
         elif message == FINISHED and args[0] == self._component:
             self.stop()
             took = time.monotonic() - self._started
-            if self._cached:
-                figure = "cache hit"
-            elif self._rounds:
+            figure = _summary(self._config, self._component)
+            if self._rounds and figure != "cache hit":
                 figure = (f"validation accuracy {self._rounds[-1]:.4f} after "
                           f"{self._rounds[0]} rounds")
-            else:
-                figure = _figure(self._config, self._component, self._execution)
             self._line(f"  {self._component:<18} {took:6.1f} s" + (f"  {figure}" if figure
                                                                   else ""))
 
@@ -140,7 +151,7 @@ def readable_run(config: PipelineConfig, out=None):
     """Within: progress lines on ``out`` (stdout) and everything written to stderr (file
     descriptor 2, so TensorFlow's C++ logs and Beam's workers too) in a log file under the
     pipeline root (the work dir for an object-store root). ``--verbose``: every log on
-    stderr, at INFO level."""
+    stderr, at INFO level. A run that ends without one component line says why."""
     import absl.logging
     if config.verbose:
         absl.logging.set_verbosity(absl.logging.INFO)
@@ -182,3 +193,7 @@ def readable_run(config: PipelineConfig, out=None):
             sys.stderr = stderr
             os.dup2(saved, 2)
             os.close(saved)
+    if not progress.components:  # the run ended normally, yet no component was seen starting
+        out.write(f"No progress lines: TFX no longer logs {STARTED!r} around each component "
+                  "(pipeline/progress.py relies on it); the run's log has the details.\n")
+        out.flush()

@@ -8,6 +8,8 @@ from typing import Iterable
 
 from modules.features import SPLITS
 
+READABLE_DIR, READABLE_FILE = 0o755, 0o644
+
 
 def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int = 1,
                  name: str = "data", compress: bool = False) -> dict[str, int]:
@@ -16,19 +18,22 @@ def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int 
 
     The files go to a staging sibling renamed to ``target`` at the end (an empty ``target`` is
     replaced), so a crash or error leaves nothing half-written; raises ``FileExistsError`` if
-    ``target`` is written by another process meanwhile.
+    ``target`` is written by another process meanwhile. Folders get mode 0755 and files 0644
+    (not ``mkdtemp``'s 0700): the pipeline's pods and other users read them.
     """
     import tensorflow as tf
 
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
+    os.chmod(staging, READABLE_DIR)
     suffix = ".tfrecord.gz" if compress else ".tfrecord"
     counts = dict.fromkeys(SPLITS, 0)
     try:
         writers = {}
         for split in SPLITS:
-            os.makedirs(os.path.join(staging, split))
+            os.mkdir(os.path.join(staging, split))
+            os.chmod(os.path.join(staging, split), READABLE_DIR)  # whatever the umask
             writers[split] = [tf.io.TFRecordWriter(
                 os.path.join(staging, split, f"{name}-{i:05d}-of-{shards:05d}{suffix}"),
                 "GZIP" if compress else None) for i in range(shards)]
@@ -38,6 +43,9 @@ def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int 
         for split_writers in writers.values():
             for writer in split_writers:
                 writer.close()
+        for split in SPLITS:
+            for file in os.listdir(os.path.join(staging, split)):
+                os.chmod(os.path.join(staging, split, file), READABLE_FILE)
         try:
             if os.path.isdir(target):
                 os.rmdir(target)  # only ever an empty one

@@ -2,10 +2,13 @@
 
 There is no KFP backend on these machines: this serves the few endpoints the schedule command
 uses, from an in-memory store, so tests can check the calls the real kfp SDK client makes
-(a contract test, not a KFP deployment).
+(a contract test, not a KFP deployment). Lists page like the API server: ``page_size``
+(default 20 here), an opaque ``next_page_token`` while items remain, ``page_token`` to go on;
+``filter`` (display_name EQUALS) is honoured unless ``honour_filters=False``.
 """
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import threading
@@ -16,7 +19,8 @@ API = "/apis/v2beta1"
 
 
 class KfpContractServer:
-    def __init__(self):
+    def __init__(self, honour_filters: bool = True):
+        self.honour_filters = honour_filters
         self.requests: list[dict] = []
         self.pipelines: dict[str, dict] = {}
         self.versions: dict[str, list[dict]] = {}
@@ -39,13 +43,21 @@ class KfpContractServer:
         """``METHOD path`` of each recorded request, health checks left out."""
         return [f"{r['method']} {r['path']}" for r in self.requests if "healthz" not in r["path"]]
 
-    @staticmethod
-    def _matching(items, query):
-        """Items whose display_name equals a filter's EQUALS predicate, if there is one."""
+    def _list(self, field, items, query):
+        """One page of the items whose display_name equals a filter's EQUALS predicate (if
+        there is one, and filters are honoured), and the token of the next page."""
         predicates = json.loads(query.get("filter", ["{}"])[0]).get("predicates", [])
         names = [p.get("stringValue", p.get("string_value")) for p in predicates
-                 if p.get("key") in ("display_name", "name")]
-        return [i for i in items if not names or i["display_name"] in names]
+                 if p.get("key") in ("display_name", "name")] if self.honour_filters else []
+        found = [i for i in items if not names or i["display_name"] in names]
+        size = int(query.get("page_size", ["20"])[0])
+        token = query.get("page_token", [""])[0]
+        start = int(base64.urlsafe_b64decode(token).decode()) if token else 0
+        page = {field: found[start:start + size], "total_size": len(found)}
+        if start + size < len(found):
+            page["next_page_token"] = base64.urlsafe_b64encode(
+                str(start + size).encode()).decode()
+        return page
 
     def _version(self, pipeline_id, name):
         version = {"pipeline_id": pipeline_id, "pipeline_version_id": next(self._ids),
@@ -58,8 +70,7 @@ class KfpContractServer:
         if parts == ["healthz"]:
             return {"multi_user": False}
         if parts == ["pipelines"] and method == "GET":
-            found = self._matching(self.pipelines.values(), query)
-            return {"pipelines": found, "total_size": len(found)}
+            return self._list("pipelines", list(self.pipelines.values()), query)
         if parts == ["pipelines", "upload"]:
             pipeline = {"pipeline_id": next(self._ids), "display_name": query["name"][0]}
             self.pipelines[pipeline["pipeline_id"]] = pipeline
@@ -68,11 +79,9 @@ class KfpContractServer:
         if parts == ["pipelines", "upload_version"]:
             return self._version(query["pipelineid"][0], query["name"][0])
         if parts[0] == "pipelines" and parts[2:] == ["versions"]:
-            found = self._matching(self.versions.get(parts[1], []), query)
-            return {"pipeline_versions": found, "total_size": len(found)}
+            return self._list("pipeline_versions", self.versions.get(parts[1], []), query)
         if parts == ["experiments"] and method == "GET":
-            found = self._matching(self.experiments.values(), query)
-            return {"experiments": found, "total_size": len(found)}
+            return self._list("experiments", list(self.experiments.values()), query)
         if parts == ["experiments"] and method == "POST":
             experiment = dict(body, experiment_id=next(self._ids))
             self.experiments[experiment["experiment_id"]] = experiment
@@ -80,7 +89,7 @@ class KfpContractServer:
         if parts == ["recurringruns"] and method == "GET":
             found = [r for r in self.recurring_runs.values()
                      if r.get("experiment_id") == query.get("experiment_id", [None])[0]]
-            return {"recurringRuns": found, "total_size": len(found)}
+            return self._list("recurringRuns", found, query)
         if parts == ["recurringruns"] and method == "POST":
             run = dict(body, recurring_run_id=next(self._ids))
             self.recurring_runs[run["recurring_run_id"]] = run

@@ -34,8 +34,8 @@ def test_dry_run_prints_the_requests_and_sends_none(packages, capsys):
         assert server.requests == []
     plan = json.loads(capsys.readouterr().out)
     assert [step["call"] for step in plan] == [
-        "get_pipeline_id", "upload_pipeline", "upload_pipeline_version", "create_experiment",
-        "delete_recurring_run", "create_recurring_run"]
+        "get_pipeline_id", "upload_pipeline", "list_pipeline_versions", "upload_pipeline_version",
+        "create_experiment", "list_recurring_runs", "delete_recurring_run", "create_recurring_run"]
     assert plan[-1]["cron_expression"] == "0 0 3 * * *"
     assert plan[-1]["max_concurrency"] == 1 and plan[-1]["no_catchup"] is True
 
@@ -96,6 +96,48 @@ def test_run_time_parameters_reach_the_recurring_run_and_a_run_now(packages, cap
         assert '"action": "replaced"' in capsys.readouterr().out
         [run] = server.recurring_runs.values()
         assert "span" not in run["runtime_config"]["parameters"]
+
+
+def test_the_pipeline_root_reaches_every_run_it_creates(packages, capsys):
+    with KfpContractServer() as server:
+        args = ["--host", server.url, "--package", packages[0]]
+        assert schedule.main(args) == 0  # no root: none sent, the cluster's default applies
+        [run] = server.recurring_runs.values()
+        assert "pipeline_root" not in (run.get("runtime_config") or {})
+        root = ["--pipeline-root", "gs://bucket/tfx-root"]
+        assert schedule.main(args + root + ["--run-now"]) == 0
+        [run] = server.recurring_runs.values()
+        [now] = server.runs.values()
+        assert run["runtime_config"]["pipeline_root"] == "gs://bucket/tfx-root"
+        assert now["runtime_config"]["pipeline_root"] == "gs://bucket/tfx-root"
+        assert '"action": "replaced"' in capsys.readouterr().out
+        assert schedule.main(args + root) == 0
+        assert '"action": "unchanged"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("honour_filters", [True, False])
+def test_lookups_find_names_past_the_first_page(packages, capsys, honour_filters):
+    """With 250 other versions and recurring runs, a rerun still finds its own (by the name
+    filter, or page by page where a server ignores it) and creates nothing."""
+    with KfpContractServer(honour_filters=honour_filters) as server:
+        server.pipelines["p"] = {"pipeline_id": "p", "display_name": "image-classifier"}
+        server.versions["p"] = [{"pipeline_id": "p", "pipeline_version_id": f"v{n}",
+                                 "display_name": f"image-classifier-{n:012x}"}
+                                for n in range(250)]
+        server.experiments["e"] = {"experiment_id": "e", "display_name": "retraining"}
+        server.recurring_runs.update({f"r{n}": {"recurring_run_id": f"r{n}",
+                                                "experiment_id": "e", "display_name": f"job-{n}"}
+                                      for n in range(250)})
+        assert _schedule(server, packages[0]) == 0
+        assert '"action": "created"' in capsys.readouterr().out
+        assert len(server.versions["p"]) == 251 and len(server.recurring_runs) == 251
+        server.requests.clear()
+        assert _schedule(server, packages[0]) == 0
+        assert '"action": "unchanged"' in capsys.readouterr().out
+        assert len(server.versions["p"]) == 251 and len(server.recurring_runs) == 251
+        pages = [r["query"] for r in server.requests if r["path"].endswith("/versions")]
+        assert len(pages) == (1 if honour_filters else 3)  # 100 a page
+        assert all(q["page_size"] == ["100"] for q in pages)
 
 
 @pytest.mark.parametrize("param, message", [("steps=3", "NAME one of batch_size, epochs"),

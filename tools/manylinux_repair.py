@@ -4,8 +4,10 @@ ml-metadata 1.21.0 and tensorflow-data-validation 1.21.0 publish Linux wheels ta
 ``manylinux_2_39`` only, so pip refuses them where glibc < 2.39 (Debian 12, Ubuntu 22.04).
 Their extension modules need just six symbols the older glibc/libstdc++ lack. On such a host:
 
-* ``wheels``: download the locked wheels for ``manylinux_2_39``, retag them and install them
-  with ``--no-deps`` (the rest of the lock file then resolves against them);
+* ``wheels``: download the locked wheels for ``manylinux_2_39``, check each file's sha256
+  against the lock's hashes, retag the checked copy ``linux_x86_64`` and install it from that
+  local path with ``--no-deps`` (``pip install --require-hashes -r requirements.lock`` then
+  finds them installed, and checks every other file it downloads itself);
 * ``patch``: find the symbol versions the extensions need that the host does not define,
   build a tiny shared library defining those symbols with the host C++ compiler, add it as a
   ``DT_NEEDED`` of each extension (``$ORIGIN``-relative, via patchelf) and mark the missing
@@ -17,7 +19,9 @@ only: it runs before the virtualenv has anything installed.
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
+import hashlib
 import os
 import re
 import shutil
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import zipfile
 from pathlib import Path
 
 PACKAGES = {"ml-metadata": "ml_metadata", "tensorflow-data-validation": "tensorflow_data_validation"}
@@ -166,13 +171,51 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, text=True, **kw)
 
 
-def locked_versions(lock: Path) -> dict[str, str]:
-    pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", lock.read_text(), re.M))
-    pins = {k.lower().replace("_", "-"): v for k, v in pins.items()}
-    missing = [p for p in PACKAGES if p not in pins]
-    if missing:
-        raise RepairError(f"{lock} pins no version of {', '.join(missing)}")
+def _dist_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_requirements(lock: Path) -> dict[str, tuple[str, set[str]]]:
+    """Distribution name -> (pinned version, sha256 hashes) of each pin of a hashed lock file."""
+    pins = {}
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", lock.read_text().replace("\\\n", " ")):
+        match = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", entry)
+        if match:
+            pins[_dist_name(match[1])] = (match[2], set(re.findall(r"--hash=sha256:(\w+)", entry)))
+    for dist in PACKAGES:
+        if dist not in pins:
+            raise RepairError(f"{lock} pins no version of {dist}")
+        if not pins[dist][1]:
+            raise RepairError(f"{lock} has no --hash for {dist}: run make lock")
     return pins
+
+
+def check_sha256(path: Path, hashes: set[str]) -> None:
+    """Raise unless the file's sha256 is one of ``hashes`` (those the lock records)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest not in hashes:
+        raise RepairError(f"{path.name}: sha256 {digest} is none of the lock's {len(hashes)} "
+                          "hashes for it: not installing it")
+
+
+def retag(wheel: Path, platform: str) -> Path:
+    """A copy of ``wheel`` beside it whose platform tag is ``platform`` (name, WHEEL, RECORD)."""
+    name, version, python, abi, _ = wheel.stem.split("-")
+    out = wheel.with_name(f"{name}-{version}-{python}-{abi}-{platform}.whl")
+    meta = f"{name}-{version}.dist-info/WHEEL"
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        headers = re.sub(r"(?m)^Tag: .*\n", "", src.read(meta).decode()).rstrip("\n")
+        new_meta = f"{headers}\nTag: {python}-{abi}-{platform}\n".encode()  # no blank line
+        digest = base64.urlsafe_b64encode(hashlib.sha256(new_meta).digest()).rstrip(b"=").decode()
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == meta:
+                data = new_meta
+            elif info.filename.endswith(".dist-info/RECORD"):
+                data = re.sub(rf"(?m)^{re.escape(meta)},.*$",
+                              f"{meta},sha256={digest},{len(new_meta)}", data.decode()).encode()
+            dst.writestr(info, data)
+    return out
 
 
 def _installed_version(dist: str) -> str | None:
@@ -188,22 +231,24 @@ def install_wheels(lock: Path) -> None:
     if pip_accepts_wheels(host_glibc()):
         print("manylinux_repair: glibc >= 2.39, pip installs the wheels itself; nothing to do")
         return
-    pins = locked_versions(lock)
-    todo = [f"{p}=={pins[p]}" for p in PACKAGES if _installed_version(p) != pins[p]]
+    pins = locked_requirements(lock)
+    todo = [dist for dist in PACKAGES if _installed_version(dist) != pins[dist][0]]
     if not todo:
         print("manylinux_repair: locked ml-metadata/TFDV wheels already installed")
         return
     pip = [sys.executable, "-m", "pip"]
-    _run(pip + ["install", "--quiet", f"wheel=={pins['wheel']}" if "wheel" in pins else "wheel"])
     with tempfile.TemporaryDirectory() as tmp:
         _run(pip + ["download", "--quiet", "--no-deps", "--only-binary=:all:", "--platform",
                     "manylinux_%d_%d_x86_64" % WHEEL_GLIBC, "--python-version",
-                    "%d.%d" % sys.version_info[:2], "-d", tmp, *todo])
-        for whl in Path(tmp).glob("*.whl"):
-            _run([sys.executable, "-m", "wheel", "tags", "--remove", "--platform-tag",
-                  "linux_x86_64", str(whl)], stdout=subprocess.DEVNULL)
-        _run(pip + ["install", "--quiet", "--no-deps", *map(str, Path(tmp).glob("*linux_x86_64.whl"))])
-    print(f"manylinux_repair: installed {', '.join(todo)} (retagged manylinux_2_39 wheels)")
+                    "%d.%d" % sys.version_info[:2], "-d", tmp,
+                    *(f"{dist}=={pins[dist][0]}" for dist in todo)])
+        retagged = []
+        for whl in sorted(Path(tmp).glob("*.whl")):
+            check_sha256(whl, pins[_dist_name(whl.name.split("-")[0])][1])
+            retagged.append(retag(whl, "linux_x86_64"))
+        _run(pip + ["install", "--quiet", "--no-deps", "--no-index", *map(str, retagged)])
+    print(f"manylinux_repair: installed {', '.join(todo)} (sha256 checked against {lock}, "
+          "retagged manylinux_2_39 wheels)")
 
 
 def extension_files(site: Path) -> list[Path]:
