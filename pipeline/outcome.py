@@ -9,11 +9,12 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.io import fileio
 from tfx.utils import io_utils, path_utils
 
-from components.contracts import PushResult, RunOutcome
+from components.contracts import RunOutcome
 from components.gate import BASELINE, overall_metric
 from components.live_inputs import SERVED_VERSION
 from modules.features import RESULT_FILE, WARM_START_DIR
 from pipeline.config import PipelineConfig
+from pipeline.mlmd_queries import run_push
 
 
 NODE_CONTEXT = "node"  # TFX's MLMD context of a pipeline node, named <pipeline>.<node id>
@@ -87,17 +88,15 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
     config)."""
     store = metadata_store(config)
     outputs = run_outputs(store, since_execution_id)
-    evaluation, blessing, pushed = (latest_artifact(store, t, among=outputs)
-                                    for t in ("ModelEvaluation", "ModelBlessing", "PushedModel"))
-    if evaluation is None or blessing is None or pushed is None:
+    evaluation, blessing = (latest_artifact(store, t, among=outputs)
+                            for t in ("ModelEvaluation", "ModelBlessing"))
+    executions = [e for e in store.get_executions() if e.id > since_execution_id]
+    push = run_push(store, executions)  # a cached pusher replayed an earlier run's push
+    if evaluation is None or blessing is None or push is None:
         raise RuntimeError(f"no completed run recorded in {config.metadata_path}")
-    push = PushResult.read(pushed.custom_properties)
     has_baseline = "baseline_model_id" in blessing.custom_properties
     served = latest_artifact(store, "Model", "ServedModel", outputs)
-    states = {e.last_known_state for e in store.get_executions() if e.id > since_execution_id}
-    cached = states == {metadata_store_pb2.Execution.CACHED}
-    if cached and push.pushed:  # the push of the identical run this one replayed
-        push = PushResult(pushed=False, reason=f"already pushed as version {push.version}")
+    cached = {e.last_known_state for e in executions} == {metadata_store_pb2.Execution.CACHED}
     return RunOutcome(
         cached=cached,
         accuracy=overall_metric(evaluation.uri),

@@ -70,11 +70,13 @@ def _figure(store, component: str, execution_id: int) -> str:
 def _decoded(uri: str) -> str:
     import json
 
+    from tfx.utils import io_utils
+
     from components.image_validator import REPORT
     counts = []
     for split in SPLITS:
-        with open(os.path.join(uri, REPORT.format(split=split))) as f:
-            report = json.load(f)
+        report = json.loads(io_utils.read_string_file(os.path.join(uri,
+                                                                   REPORT.format(split=split))))
         counts.append(f"{report['valid']:,} {split}" + (f" ({len(report['bad'])} bad dropped)"
                                                          if report["bad"] else ""))
     return " + ".join(counts) + " images"

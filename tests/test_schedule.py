@@ -16,6 +16,7 @@ def packages(tmp_path_factory):
     from pipeline.kubeflow_runner import compile_pipeline
     root = tmp_path_factory.mktemp("packages")
     return [compile_pipeline(PipelineConfig(pipeline_root="gs://b/r", data_root="gs://b/d",
+                                            pvc_name="data", serving_dir="/mnt/data/serving",
                                             train_steps=steps), str(root / f"p{steps}.yaml"))
             for steps in (400, 800)]
 
