@@ -197,6 +197,11 @@ def _vp8_size(data: bytes, kind: bytes, offset: int) -> tuple[int, int]:
     return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
 
 
+def _u24(data: bytes, offset: int) -> int:
+    low, high = _unpack("<HB", data, offset)
+    return low | high << 16
+
+
 def _webp(data: bytes) -> ImageHeader:
     if data[8:12] != b"WEBP":
         raise ImageRefused("not_an_image", "RIFF but not WebP")
@@ -208,13 +213,10 @@ def _webp(data: bytes) -> ImageHeader:
         if kind == b"VP8X":
             if size:
                 raise _bad("WebP with VP8X after its size")
-            width, height = (int.from_bytes(data[body + i:body + i + 3], "little") + 1
-                             for i in (4, 7))
-            size = (width, height)
+            size = (_u24(data, body + 4) + 1, _u24(data, body + 7) + 1)
         elif kind == b"ANMF":
             frames = _count(frames, MAX_FRAMES, "WebP frames")
-            left, top, w, h = (int.from_bytes(data[body + i:body + i + 3], "little")
-                               for i in (0, 3, 6, 9))
+            left, top, w, h = (_u24(data, body + i) for i in (0, 3, 6, 9))
             if not size or 2 * left + w + 1 > size[0] or 2 * top + h + 1 > size[1]:
                 raise _bad(f"WebP frame {frames} is not inside its canvas")
         elif kind in (b"VP8 ", b"VP8L"):

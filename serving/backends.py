@@ -34,9 +34,8 @@ class BadImage(Exception):
 class LocalBackend:
     """The versions under ``push_dir``, each loaded on first use or by ``refresh``; the
     ``keep`` most recently used stay in memory, and the versions ``refresh`` was last asked
-    for (the labelled ones) are never evicted. A load holds only its own version's lock, so
-    requests for loaded versions never wait for it; a request for a version another thread is
-    loading is told so (``Unavailable``) instead of queueing behind it."""
+    for (the labelled ones) are never evicted. A load holds only its own version's lock (one
+    load per version at a time), so requests for loaded versions never wait for it."""
 
     def __init__(self, push_dir: str, keep: int = 3):
         self.push_dir, self.keep = push_dir, keep
@@ -63,29 +62,31 @@ class LocalBackend:
         with self._lock:
             return version in self._loaded
 
+    def load(self, version: int) -> None:
+        """Loads ``version`` unless it is loaded (``Unavailable`` if it does not load)."""
+        self._model(version)
+
     def _model(self, version: int):
         with self._lock:
             if version in self._loaded:
                 self._loaded.move_to_end(version)
                 return self._loaded[version]
             loading = self._loading.setdefault(version, threading.Lock())
-        if not loading.acquire(blocking=False):
-            raise Unavailable(f"version {version} is being loaded")
-        try:
-            with self._lock:
-                if version in self._loaded:
-                    return self._loaded[version]
-            loaded = self._load(version)
-            with self._lock:
-                self._loaded[version] = loaded
-                spare = [v for v in self._loaded if v not in self._pinned and v != version]
-                while len(self._loaded) > self.keep and spare:
-                    del self._loaded[spare.pop(0)]
-            return loaded
-        finally:
-            with self._lock:
-                self._loading.pop(version, None)
-            loading.release()
+        with loading:
+            try:
+                with self._lock:
+                    if version in self._loaded:
+                        return self._loaded[version]
+                loaded = self._load(version)
+                with self._lock:
+                    self._loaded[version] = loaded
+                    spare = [v for v in self._loaded if v not in self._pinned and v != version]
+                    while len(self._loaded) > self.keep and spare:
+                        del self._loaded[spare.pop(0)]
+                return loaded
+            finally:
+                with self._lock:
+                    self._loading.pop(version, None)
 
     def _load(self, version: int) -> tuple:
         import tensorflow as tf
@@ -135,6 +136,9 @@ class HttpBackend:
     def ready(self, version: int) -> bool:
         return version in self._available
 
+    def load(self, version: int) -> None:
+        """TF Serving loads its versions itself."""
+
     def classify(self, images: list[bytes], version: int):
         body = json.dumps({"signature_name": RAW_SIGNATURE, "instances": [
             {RAW_INPUT: {"b64": base64.b64encode(image).decode()}} for image in images]})
@@ -171,6 +175,7 @@ class Batcher:
         self.backend, self.max_batch, self.window = backend, max_batch, window
         self.max_pixels = max_pixels
         self._pending: dict[int, list] = {}  # version -> [entries, images, pixels]
+        self._loads: dict[int, asyncio.Future] = {}  # version -> its one load in progress
 
     async def classify(self, images: list[bytes], version: int, pixels: int = 0):
         """``(probabilities per image, class names)``, like the backend's ``classify``;
@@ -197,8 +202,21 @@ class Batcher:
             del self._pending[version]
             asyncio.get_running_loop().create_task(self._run(version, batch[0]))
 
+    async def _load(self, version: int) -> None:
+        """Waits for ``version`` to be loaded: one load per version in a worker thread, however
+        many batches wait for it (none holds a thread meanwhile)."""
+        from starlette.concurrency import run_in_threadpool
+        if self.backend.ready(version):
+            return
+        if version not in self._loads:
+            load = asyncio.ensure_future(run_in_threadpool(self.backend.load, version))
+            load.add_done_callback(lambda _: self._loads.pop(version, None))
+            self._loads[version] = load
+        await asyncio.shield(self._loads[version])
+
     async def _run(self, version: int, entries: list) -> None:
         try:
+            await self._load(version)
             await self._answer(version, entries)
         except BaseException as err:  # noqa: BLE001 - every waiter hears of it, then re-raise
             failure = err if isinstance(err, Exception) else Unavailable("gateway stopping")

@@ -84,19 +84,19 @@ _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 def json_object(body: bytes, expected: str, max_depth: int = 8,
                 max_containers: int = 4096) -> dict:
     """``body`` as a JSON object, after checking (in linear time, before parsing) that it
-    nests at most ``max_depth`` deep and has at most ``max_containers`` arrays and objects;
-    400 naming ``expected`` otherwise."""
+    nests at most ``max_depth`` deep (400 naming ``expected`` otherwise) and has at most
+    ``max_containers`` arrays and objects (413)."""
     skeleton = _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS)
-    if len(skeleton) > 2 * max_containers:
-        raise Rejected(400, "bad_request", f"expected {expected}: more than {max_containers} "
-                       "arrays and objects")
     depth = deepest = 0
-    for byte in skeleton:
+    for byte in skeleton[:2 * max_containers + 1]:
         depth += 1 if byte in b"[{" else -1
         deepest = max(deepest, depth)
     if deepest > max_depth:
         raise Rejected(400, "bad_request", f"expected {expected}: JSON nested {deepest} deep, "
                        f"more than {max_depth}")
+    if len(skeleton) > 2 * max_containers:
+        raise Rejected(413, "too_many_values", f"expected {expected}: more than "
+                       f"{max_containers} arrays and objects")
     try:
         value = json.loads(body)
     except (ValueError, RecursionError) as err:
