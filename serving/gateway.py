@@ -2,8 +2,8 @@
 
 ``create_app`` composes small pieces, each its own module: the server's limits before any
 request reaches the app (``serving.server``: header size and deadline, connection cap), then
-per request, in order: the path (404), the per-address token bucket (``serving.rate``, every
-request, authenticated or not: 429), the JWT (``serving.auth``: 401), the per-subject bucket
+per request, in order: the per-address token bucket (``serving.rate``, every request,
+authenticated or not, ``/readyz`` and ``/metrics`` too: 429), the path (404), the JWT (``serving.auth``: 401), the per-subject bucket
 (429), the body's size, deadline and concurrency (``serving.limits``: 413/408/503), and the
 image checks in a worker thread (``modules.image_header``: type and magic 415, a bounded header
 walk 422, pixels against a limit derived from the model's input size 422, instance and pixel
@@ -189,6 +189,12 @@ async def uploaded_image(request: Request, body: bytes) -> tuple[bytes, str]:
     return await files[0].read(), files[0].content_type or ""
 
 
+def refusal(rejected: Rejected) -> JSONResponse:
+    """The JSON answer to a refused request."""
+    return JSONResponse({"error": str(rejected), "reason": rejected.reason}, rejected.status,
+                        headers=rejected.headers)
+
+
 def allowed_type(content_type: str) -> str:
     """The media type of a ``Content-Type`` header; 415 unless it is an allowed image type."""
     kind = content_type.split(";")[0].strip().lower()
@@ -199,8 +205,8 @@ def allowed_type(content_type: str) -> str:
 
 
 class Guard:
-    """Everything a request passes before its handler, in order: the model name in the path,
-    the per-address bucket, the token, the per-subject bucket and the body. Counts and logs
+    """Everything a request passes before its handler, in order: the per-address bucket, the
+    model name in the path, the token, the per-subject bucket and the body. Counts and logs
     every refusal; a handler's own failure is a 500, never a crash."""
 
     def __init__(self, config: GatewayConfig, metrics: Metrics,
@@ -220,15 +226,19 @@ class Guard:
             raise Rejected(429, "rate_limited", "too many requests",
                            {"Retry-After": str(max(1, round(wait + 0.5)))})
 
+    def address_limit(self, request: Request) -> None:
+        """429 when the request's client address is over its rate."""
+        self._take(self.by_address, f"ip:{self.peers.client(request)}")
+
     async def __call__(self, request: Request, route: str, handle) -> Response:
         start, client, size = time.perf_counter(), self.peers.client(request), 0
         self.bodies = self.bodies or Bodies(self.config.max_bodies, self.config.max_bytes,
                                             self.config.body_timeout)
         try:
+            self.address_limit(request)
             if request.path_params["name"] != self.config.model_name:
                 raise Rejected(404, "unknown_model",
                                f"no model {request.path_params['name'][:64]!r}")
-            self._take(self.by_address, f"ip:{client}")
             if self.policy:
                 subject = self.policy.claims(request.headers.get("authorization", ""))["sub"]
                 client = f"sub:{subject[:64]}"
@@ -242,8 +252,7 @@ class Guard:
             LOG.warning(json.dumps({"event": "rejected", "reason": rejected.reason,
                                     "client": client, "size": size, "route": route,
                                     "status": rejected.status}))
-            response = JSONResponse({"error": str(rejected), "reason": rejected.reason},
-                                    rejected.status, headers=rejected.headers)
+            response = refusal(rejected)
         except Exception:  # noqa: BLE001 - one request's failure never takes the gateway down
             LOG.exception("unexpected failure on %s", route)
             response = JSONResponse({"error": "internal error", "reason": "internal"}, 500)
@@ -361,7 +370,11 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         stable = router.versions().get("stable", 0)
         return bool(stable) and router.backend.ready(stable), stable
 
-    async def readyz(_: Request) -> Response:
+    async def readyz(request: Request) -> Response:
+        try:
+            guard.address_limit(request)
+        except Rejected as rejected:
+            return refusal(rejected)
         try:
             ready, stable = await offload(control, config.control_timeout, readiness)
         except Rejected:
@@ -372,9 +385,13 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         metrics.labels(router)
         return generate_latest(metrics.registry)
 
-    async def metrics_route(_: Request) -> Response:
-        return Response(await offload(control, config.control_timeout, exposition),
-                        media_type=CONTENT_TYPE_LATEST)
+    async def metrics_route(request: Request) -> Response:
+        try:
+            guard.address_limit(request)
+            text = await offload(control, config.control_timeout, exposition)
+        except Rejected as rejected:
+            return refusal(rejected)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     async def page_route(_: Request) -> Response:
         return HTMLResponse(page, headers=PAGE_HEADERS)

@@ -2,7 +2,7 @@
 the app (before authentication): at most ``max_header_bytes`` of request line and headers
 (400 beyond), all of them within ``header_timeout`` seconds of the connection
 or of the previous response (else 408 and the connection closed: no slow-header client holds
-a connection), at most ``max_connections`` connections (503 and closed beyond) and as many
+a connection), a connection closed when its request was answered before its body ended, at most ``max_connections`` connections (503 and closed beyond) and as many
 requests in progress, and proxy headers ignored (``serving.rate.Peers`` trusts only configured
 proxies)."""
 from __future__ import annotations
@@ -63,7 +63,11 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.SEND_BODY:  # refused before its body ended: no
+            self.transport.close()  # client may trickle the rest in for ever
+        elif self.conn.their_state is h11.IDLE:
             self._arm()  # the next request's headers have the same deadline
 
     def connection_lost(self, exc: Exception | None) -> None:

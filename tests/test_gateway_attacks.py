@@ -294,16 +294,23 @@ def test_slow_and_huge_headers_are_cut_off_before_authentication(gateway):
 def test_slow_bodies_time_out_and_a_client_leaving_mid_body_is_no_500(gateway):
     url, _, _ = gateway
     port = int(url.rsplit(":", 1)[1])
-    head = (f"POST {PATH}:classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-            f"Authorization: Bearer {token('slow-body')}\r\nContent-Length: 1000\r\n\r\n")
+    def head(bearer: str = token("slow-body")) -> bytes:
+        return (f"POST {PATH}:classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                f"Authorization: Bearer {bearer}\r\nContent-Length: 1000\r\n\r\n").encode()
+
     with socket.create_connection(("127.0.0.1", port)) as connection:
-        connection.sendall(head.encode() + b"0123456789")
+        connection.sendall(head() + b"0123456789")
         connection.settimeout(BODY_TIMEOUT + 5)
         start = time.monotonic()
         assert connection.recv(200).startswith(b"HTTP/1.1 408")
         assert time.monotonic() - start < BODY_TIMEOUT + 2
+    with socket.create_connection(("127.0.0.1", port)) as connection:  # refused, then closed
+        connection.sendall(head("forged") + b"0123")
+        connection.settimeout(5)  # (a socket.timeout here: left open for the rest)
+        answer = b"".join(iter(lambda: connection.recv(1000), b""))
+        assert answer.startswith(b"HTTP/1.1 401") and b"invalid_token" in answer
     with socket.create_connection(("127.0.0.1", port)) as connection:
-        connection.sendall(head.encode() + b"0123456789")
+        connection.sendall(head() + b"0123456789")
     time.sleep(0.3)
     metrics = httpx.get(f"{url}/metrics").text
     assert 'gateway_rejected_total{reason="body_timeout"}' in metrics
