@@ -82,8 +82,8 @@ class GatewayConfig:
     batch_window: float = 0.002  # seconds a request waits for others to batch with
     max_bodies: int = 32  # requests past authentication at once (503 beyond)
     body_timeout: float = 10.0  # to receive a whole body (408)
-    check_timeout: float = 5.0  # budget of parsing and checking a request's images
-    control_timeout: float = 2.0  # budget of routing, readiness and status
+    check_timeout: float = 5.0  # budget of routing, parsing and checking a request's images
+    control_timeout: float = 2.0  # budget of readiness, status and metrics
     model_timeout: float = 30.0  # budget of a backend call, a model load included
     refresh_interval: float = 2.0  # between background backend refreshes
     max_json_depth: int = 8
@@ -269,7 +269,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
     guard = Guard(config, metrics, buckets)
     batcher = Batcher(router.backend, config.max_batch, config.batch_window,
                       config.max_batch_pixels)
-    checks = concurrent.futures.ThreadPoolExecutor(2, "gateway-check")
+    checks = concurrent.futures.ThreadPoolExecutor(4, "gateway-check")
     control = concurrent.futures.ThreadPoolExecutor(2, "gateway-control")
     refresher = concurrent.futures.ThreadPoolExecutor(1, "gateway-refresh")
     limits: dict[int, int] = {}
@@ -287,10 +287,16 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
                                                                        version)
         return label, version, limits[version]
 
-    async def routed(request: Request) -> tuple[str, int, int]:
-        return await offload(control, config.control_timeout, route_of,
-                             request.path_params.get("label", ""),
-                             request.path_params.get("version", ""))
+    async def checked(request: Request, parse, *args) -> tuple[str, int, list[bytes], int]:
+        """``(label, version, images, decoded pixels)``: the request's route, then
+        ``parse(*args, pixel limit)`` -> ``(images, pixels)``, in one worker-thread hop."""
+        label, version_text = (request.path_params.get("label", ""),
+                               request.path_params.get("version", ""))
+
+        def work():
+            route = route_of(label, version_text)
+            return (*route[:2], *parse(*args, route[2]))
+        return await offload(checks, config.check_timeout, work)
 
     async def answer(label: str, version: int, images: list[bytes], pixels: int) -> list[dict]:
         start = time.perf_counter()
@@ -317,22 +323,21 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
                                                     for i in top]})
         return results
 
+    def image_checked(image: bytes, kind: str, limit: int) -> tuple[list[bytes], int]:
+        return [image], check_images([image], [kind], limit, config.max_batch_pixels)
+
     async def classify(request: Request, body: bytes) -> dict:
         image, content_type = await uploaded_image(request, body)
-        kind = allowed_type(content_type)
-        label, version, limit = await routed(request)
-        pixels = await offload(checks, config.check_timeout, check_images, [image], [kind],
-                               limit, config.max_batch_pixels)
-        return (await answer(label, version, [image], pixels))[0]
+        label, version, images, pixels = await checked(request, image_checked, image,
+                                                       allowed_type(content_type))
+        return (await answer(label, version, images, pixels))[0]
 
     def predict_checked(body: bytes, limit: int) -> tuple[list[bytes], int]:
         images = predict_instances(body, config.max_instances, config.max_json_depth)
         return images, check_images(images, [""] * len(images), limit, config.max_batch_pixels)
 
     async def predict(request: Request, body: bytes) -> dict:
-        label, version, limit = await routed(request)
-        images, pixels = await offload(checks, config.check_timeout, predict_checked, body,
-                                       limit)
+        label, version, images, pixels = await checked(request, predict_checked, body)
         return {"predictions": await answer(label, version, images, pixels)}
 
     def record_feedback(body: bytes) -> dict:

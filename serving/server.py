@@ -2,7 +2,7 @@
 the app (before authentication): at most ``max_header_bytes`` of request line and headers
 (400 beyond), all of them within ``header_timeout`` seconds of the connection
 or of the previous response (else 408 and the connection closed: no slow-header client holds
-a connection), a connection closed when its request was answered before its body ended, at most ``max_connections`` connections (503 and closed beyond) and as many
+a connection; the rest of a body the app refused without reading has the same deadline), at most ``max_connections`` connections (503 and closed beyond) and as many
 requests in progress, and proxy headers ignored (``serving.rate.Peers`` trusts only configured
 proxies)."""
 from __future__ import annotations
@@ -42,33 +42,35 @@ class GuardedH11Protocol(H11Protocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self._header_timer = self.loop.call_later(self.limits.header_timeout,
-                                                  self._headers_late)
+        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._late)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _headers_late(self) -> None:
+    def _waiting(self) -> bool:
+        """Whether only the client can move: its next request's headers are due, or the rest
+        of a body the app answered without reading (a refusal)."""
+        return self.conn.their_state is h11.IDLE or (
+            self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.DONE)
+
+    def _late(self) -> None:
         self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.write(TIMEOUT)
+        if self._waiting() and not self.transport.is_closing():
+            if self.conn.their_state is h11.IDLE:
+                self.transport.write(TIMEOUT)
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:  # the request's headers are complete
+        if not self._waiting():  # the request's headers are complete
             self._disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.transport.is_closing():
-            return
-        if self.conn.their_state is h11.SEND_BODY:  # refused before its body ended: no
-            self.transport.close()  # client may trickle the rest in for ever
-        elif self.conn.their_state is h11.IDLE:
-            self._arm()  # the next request's headers have the same deadline
+        if not self.transport.is_closing() and self._waiting():
+            self._arm()  # the same deadline for the next headers or the unread body's rest
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
