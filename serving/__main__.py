@@ -4,6 +4,7 @@ labels (``python -m ops.labels``), and serves the try-it page at ``/``."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -16,6 +17,14 @@ from serving.routing import Router
 from serving.server import ServerLimits, run
 
 DEFAULTS, SERVER = GatewayConfig(), ServerLimits()
+
+
+def _network(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -50,7 +59,7 @@ def arguments() -> argparse.ArgumentParser:
     limits.add_argument("--address-rate", type=float, default=DEFAULTS.address_rate,
                         help="requests per second per client address, authenticated or not")
     limits.add_argument("--address-burst", type=int, default=DEFAULTS.address_burst)
-    limits.add_argument("--trusted-proxy", action="append", default=[],
+    limits.add_argument("--trusted-proxy", action="append", default=[], type=_network,
                         help="address or CIDR of a proxy whose X-Forwarded-For is believed "
                         "(repeatable; default: none, the TCP peer is the client)")
     limits.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch,
