@@ -40,7 +40,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from modules.features import TRAINING_FILE
-from modules.image_header import MAGIC, ImageRefused, pixel_limit, read_header, sniff
+from modules.image_header import MAGIC, ImageRefused, pixel_limit, read_header
 from serving.auth import TokenPolicy
 from serving.backends import BadImage, Batcher, Unavailable
 from serving.feedback import Answers, UnknownRequest

@@ -40,9 +40,6 @@ class Bodies:
         self.max_bytes, self.timeout = max_bytes, timeout
         self._free = asyncio.Semaphore(limit)
 
-    def busy(self) -> bool:
-        return self._free.locked()
-
     async def __aenter__(self):
         if self._free.locked():
             raise Rejected(503, "busy", "too many requests in progress", {"Retry-After": "1"})
