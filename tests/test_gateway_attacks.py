@@ -426,3 +426,45 @@ def test_a_load_holds_only_its_own_version_and_happens_once(push_dir, tmp_path):
         answered_while_loading.append(any(t.is_alive() for t in threads))
     assert loads == [1, 2] and backend.ready(2)
     assert answered_while_loading.count(True) >= 2, answered_while_loading  # v1 answered
+
+
+def test_a_hanging_tf_serving_and_a_full_house_never_stall_healthz(tmp_path):
+    """A gateway in front of a TF Serving that accepts connections and never answers, capped at
+    5 connections: /healthz and /readyz answer at once, and a sixth connection is refused."""
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(64)  # never accepted, never answered
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--serving-dir", str(tmp_path), "--no-auth",
+         "--backend", f"http://127.0.0.1:{hanging.getsockname()[1]}", "--port", str(port),
+         "--max-connections", "5"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(timeout=5) as http:
+            for _ in range(100):
+                try:
+                    http.get(f"{url}/healthz")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            for _ in range(5):
+                start = time.perf_counter()
+                assert http.get(f"{url}/healthz").status_code == 200
+                assert http.get(f"{url}/readyz").status_code == 503
+                response = http.post(f"{url}{PATH}:classify", content=encode(grey(), "PNG"),
+                                     headers={"Content-Type": "image/png"})
+                assert (response.status_code, response.json()["reason"]) == (503, "no_route")
+                assert time.perf_counter() - start < 0.5
+            others = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+            extra = socket.create_connection(("127.0.0.1", port))
+            extra.settimeout(5)
+            assert extra.recv(100).startswith(b"HTTP/1.1 503")
+            assert http.get(f"{url}/healthz").status_code == 200  # its connection was first
+            for connection in others + [extra]:
+                connection.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+        hanging.close()
