@@ -2,18 +2,20 @@
 
 ``create_app`` composes small pieces, each its own module: the server's limits before any
 request reaches the app (``serving.server``: header size and deadline, connection cap), then
-per request, in order: the per-address token bucket (``serving.rate``, every request,
-authenticated or not, ``/readyz`` and ``/metrics`` too: 429), the path (404), the JWT (``serving.auth``: 401), the per-subject bucket
-(429), the body's size, deadline and concurrency (``serving.limits``: 413/408/503), and the
-image checks in a worker thread (``modules.image_header``: type and magic 415, a bounded header
-walk 422, pixels against a limit derived from the model's input size 422, instance and pixel
-budgets 413). Only then does the ``Router``'s label and version's backend classify, through the
-``Batcher``. Nothing that depends on a request runs in the event loop: parsing, routing,
-readiness and model loads run in worker threads with a time budget each (503 past it), and a
-background task refreshes the backend (labelled versions loaded, TF Serving's status), so
-``/healthz`` answers from the loop alone. Every rejection is one JSON log line (reason, client,
-size, route) and a ``gateway_rejected_total{reason}`` count. Answers carry a request id for
-later feedback.
+per request, in order: the per-address token bucket (``serving.rate``: every request,
+authenticated or not, ``/readyz`` and ``/metrics`` too; 429), the path (404), the JWT
+(``serving.auth``: 401), the per-subject bucket (429), the body's size, deadline and
+concurrency (``serving.limits``: 413/408/503), and the image checks in a worker thread
+(``modules.image_header``: type and magic 415, a bounded header walk 422, pixels against a
+limit derived from the model's input size 422, instance and pixel budgets 413). Only then does
+the ``Router``'s label and version's backend classify, through the ``Batcher``.
+
+Nothing that depends on a request runs in the event loop: parsing (multipart, JSON, base64,
+image headers), routing, readiness and model loads run in worker threads with a time budget
+each (503 past it), and a background task refreshes the backend (labelled versions loaded, TF
+Serving's status), so ``/healthz`` answers from the loop alone. Every rejection is one JSON log
+line (reason, client, size, route) and a ``gateway_rejected_total{reason}`` count. Answers
+carry a request id for later feedback.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import uuid
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -169,24 +171,27 @@ def predict_instances(body: bytes, max_instances: int, max_depth: int) -> list[b
         raise Rejected(400, "bad_request", f"expected {PREDICT_BODY}: {err!r}") from None
 
 
-async def uploaded_image(request: Request, body: bytes) -> tuple[bytes, str]:
-    """``(image bytes, content type)`` of a raw body, or of the one file in a multipart form."""
-    content_type = request.headers.get("content-type", "")
+def uploaded_image(headers: Headers, body: bytes) -> tuple[bytes, str]:
+    """``(image bytes, content type)`` of a raw body, or of the one file in a multipart form
+    (parsed by its own event loop: this runs in a worker thread)."""
+    content_type = headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         return body, content_type
 
-    async def stream():
-        yield body
+    async def parse() -> tuple[bytes, str]:
+        async def stream():
+            yield body
+
+        form = await MultiPartParser(headers, stream(), max_files=1, max_fields=10).parse()
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            raise Rejected(400, "bad_multipart", "the multipart body has no file part")
+        return await files[0].read(), files[0].content_type or ""
 
     try:
-        form = await MultiPartParser(request.headers, stream(), max_files=1,
-                                     max_fields=10).parse()
+        return asyncio.run(parse())
     except (MultiPartException, ValueError) as err:
         raise Rejected(400, "bad_multipart", f"unreadable multipart body: {err}") from None
-    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-    if not files:
-        raise Rejected(400, "bad_multipart", "the multipart body has no file part")
-    return await files[0].read(), files[0].content_type or ""
 
 
 def refusal(rejected: Rejected) -> JSONResponse:
@@ -323,13 +328,14 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
                                                     for i in top]})
         return results
 
-    def image_checked(image: bytes, kind: str, limit: int) -> tuple[list[bytes], int]:
-        return [image], check_images([image], [kind], limit, config.max_batch_pixels)
+    def image_checked(headers: Headers, body: bytes, limit: int) -> tuple[list[bytes], int]:
+        image, content_type = uploaded_image(headers, body)
+        return [image], check_images([image], [allowed_type(content_type)], limit,
+                                     config.max_batch_pixels)
 
     async def classify(request: Request, body: bytes) -> dict:
-        image, content_type = await uploaded_image(request, body)
-        label, version, images, pixels = await checked(request, image_checked, image,
-                                                       allowed_type(content_type))
+        label, version, images, pixels = await checked(request, image_checked,
+                                                       request.headers, body)
         return (await answer(label, version, images, pixels))[0]
 
     def predict_checked(body: bytes, limit: int) -> tuple[list[bytes], int]:
