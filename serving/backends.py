@@ -176,6 +176,7 @@ class Batcher:
         self.max_pixels = max_pixels
         self._pending: dict[int, list] = {}  # version -> [entries, images, pixels]
         self._loads: dict[int, asyncio.Future] = {}  # version -> its one load in progress
+        self._running: set[asyncio.Task] = set()  # (the loop keeps only weak references)
 
     async def classify(self, images: list[bytes], version: int, pixels: int = 0):
         """``(probabilities per image, class names)``, like the backend's ``classify``;
@@ -200,7 +201,9 @@ class Batcher:
     def _flush(self, version: int, batch: list) -> None:
         if self._pending.get(version) is batch:
             del self._pending[version]
-            asyncio.get_running_loop().create_task(self._run(version, batch[0]))
+            task = asyncio.get_running_loop().create_task(self._run(version, batch[0]))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _load(self, version: int) -> None:
         """Waits for ``version`` to be loaded: one load per version in a worker thread, however
