@@ -11,8 +11,12 @@ gateway, ``ops.predict`` and any process can use it.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import struct
+
+from modules.features import TRAINING_FILE
 
 # Content types a client may send, and the magic bytes each must start with.
 MAGIC = {"image/jpeg": (b"\xff\xd8\xff",), "image/png": (b"\x89PNG\r\n\x1a\n",),
@@ -56,6 +60,18 @@ def pixel_limit(height: int, width: int, model_max: int = 0) -> int:
     area (at least ``MIN_PIXEL_LIMIT``), never more than the model's own ``model_max``."""
     limit = max(PIXELS_PER_INPUT_PIXEL * height * width, MIN_PIXEL_LIMIT)
     return min(limit, model_max) if model_max > 0 else limit
+
+
+def model_pixel_limit(model_dir: str) -> int:
+    """``pixel_limit`` of the SavedModel in ``model_dir``, from the training options exported
+    beside it (``MIN_PIXEL_LIMIT`` without them)."""
+    try:
+        with open(os.path.join(model_dir, TRAINING_FILE), encoding="utf-8") as f:
+            options = json.load(f)
+        return pixel_limit(int(options["image_height"]), int(options["image_width"]),
+                           int(options.get("max_pixels", 0)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return pixel_limit(0, 0)
 
 
 def sniff(data: bytes) -> str:

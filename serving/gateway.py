@@ -41,8 +41,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from modules.features import TRAINING_FILE
-from modules.image_header import MAGIC, ImageRefused, pixel_limit, read_header
+from modules.image_header import MAGIC, ImageRefused, model_pixel_limit, read_header
 from serving.auth import TokenPolicy
 from serving.backends import BadImage, Batcher, Unavailable
 from serving.feedback import Answers, UnknownRequest
@@ -122,18 +121,6 @@ class Metrics:
             self.version.labels(label).set(version)
         labels = router.labels()
         self.canary_weight.set(labels.canary_weight if labels else 0.0)
-
-
-def version_pixel_limit(push_dir: str, version: int) -> int:
-    """The default pixel limit of ``version``: a few times its input area (from the training
-    options exported beside it), never above the model's own ``max_pixels``."""
-    try:
-        with open(os.path.join(push_dir, str(version), TRAINING_FILE), encoding="utf-8") as f:
-            options = json.load(f)
-        return pixel_limit(int(options["image_height"]), int(options["image_width"]),
-                           int(options.get("max_pixels", 0)))
-    except (OSError, ValueError, KeyError, TypeError):
-        return pixel_limit(0, 0)
 
 
 def check_images(images: list[bytes], content_types: list[str], max_pixels: int,
@@ -288,8 +275,8 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         except NoRoute as err:
             raise Rejected(err.status, "no_route", str(err)[:200]) from None
         if version not in limits:
-            limits[version] = config.max_pixels or version_pixel_limit(router.push_dir,
-                                                                       version)
+            limits[version] = config.max_pixels or model_pixel_limit(
+                os.path.join(router.push_dir, str(version)))
         return label, version, limits[version]
 
     async def checked(request: Request, parse, *args) -> tuple[str, int, list[bytes], int]:

@@ -202,3 +202,13 @@ print("tensorflow" in sys.modules)
     assert result.stdout.splitlines() == [
         "the image does not decode: corrupt or truncated image data (TF Serving answered 400 "
         "for 1 image(s))", "False"]
+
+
+def test_a_models_pixel_limit_comes_from_its_training_options(tmp_path):
+    from modules.features import TRAINING_FILE
+    from modules.image_header import model_pixel_limit
+    assert model_pixel_limit(str(tmp_path)) == 2**20  # no options: the floor
+    (tmp_path / TRAINING_FILE).parent.mkdir(parents=True)
+    (tmp_path / TRAINING_FILE).write_text('{"image_height": 512, "image_width": 384, '
+                                          '"max_pixels": 50000000}')
+    assert model_pixel_limit(str(tmp_path)) == 16 * 512 * 384
