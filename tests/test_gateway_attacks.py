@@ -460,7 +460,8 @@ def test_a_load_holds_only_its_own_version_and_happens_once(push_dir, tmp_path):
 
 def test_a_hanging_tf_serving_and_a_full_house_never_stall_healthz(tmp_path):
     """A gateway in front of a TF Serving that accepts connections and never answers, capped at
-    5 connections: /healthz and /readyz answer at once, and a sixth connection is refused."""
+    5 connections and 2 bodies in progress: /healthz and /readyz answer at once, a third body
+    is refused (503) while two never finish, and a sixth connection is refused."""
     hanging = socket.socket()
     hanging.bind(("127.0.0.1", 0))
     hanging.listen(64)  # never accepted, never answered
@@ -468,7 +469,7 @@ def test_a_hanging_tf_serving_and_a_full_house_never_stall_healthz(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--serving-dir", str(tmp_path), "--no-auth",
          "--backend", f"http://127.0.0.1:{hanging.getsockname()[1]}", "--port", str(port),
-         "--max-connections", "5"], cwd=ROOT, stdout=subprocess.DEVNULL,
+         "--max-connections", "5", "--max-bodies", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -487,6 +488,18 @@ def test_a_hanging_tf_serving_and_a_full_house_never_stall_healthz(tmp_path):
                                      headers={"Content-Type": "image/png"})
                 assert (response.status_code, response.json()["reason"]) == (503, "no_route")
                 assert time.perf_counter() - start < 0.5
+            slow = []  # two bodies that never finish take every body slot
+            for _ in range(2):
+                slow.append(socket.create_connection(("127.0.0.1", port)))
+                slow[-1].sendall(f"POST {PATH}:predict HTTP/1.1\r\nHost: x\r\n"
+                                 "Content-Length: 100\r\n\r\n{".encode())
+            time.sleep(0.3)
+            response = http.post(f"{url}{PATH}:predict", content=b"{}")
+            assert (response.status_code, response.json()["reason"]) == (503, "busy")
+            assert http.get(f"{url}/healthz").status_code == 200
+            for connection in slow:
+                connection.close()
+            time.sleep(0.3)
             others = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
             extra = socket.create_connection(("127.0.0.1", port))
             extra.settimeout(5)
