@@ -4,9 +4,15 @@ A model is pushed by the pipeline on photo-like 224x224 JPEGs, then served by
 ``python -m serving`` (its own process, JWT on) on this machine:
 1. Throughput and p50/p99 latency of ``:classify`` under CLIENTS concurrent clients, against
    calling the raw-bytes signature in-process with as many threads (target >= 0.7x).
-2. A bad-request storm (oversize bodies, wrong types, decompression bombs, bad tokens, bursts
-   over the rate limit) from another process while good clients keep going: 5xx count, the
-   gateway still up, its memory, and the good requests' p99 against a quiet run (target <= 2x).
+2. A bad-request storm from another process while good clients keep going: oversize bodies,
+   wrong types, decompression bombs, headers built to be slow to parse (GIF comments, empty
+   JPEG markers, PNG text chunks, thousands of progressive scans, a hidden huge GIF frame),
+   deep JSON, too many instances, bad and subject-less tokens with spoofed X-Forwarded-For,
+   bursts over the rate limit, and connections that send headers or bodies too slowly. Each
+   attacker and good client has its own loopback address (127.0.0.N), as distinct clients
+   would. Reported: statuses per kind, 5xx count, the gateway still up, its memory, /healthz
+   latency throughout (target: p99 under 100 ms), and the good requests' p99 against a quiet
+   run (target <= 2x).
 
 Every ratio compares two numbers measured in this one run: this machine is noisy.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import io
 import json
 import os
 import socket
@@ -37,14 +44,17 @@ SECRET = "bench-secret-with-at-least-32-bytes!"
 MAX_BYTES = 1_000_000
 RATE, BURST = 150, 150  # per client: good clients stay below, the burst attacker does not
 ATTACKERS, BURST_SIZE = 4, 100
+SLOW = 10  # connections each attacker keeps sending headers or bodies too slowly
+DEADLINE = 2.0  # the gateway's header and body deadlines here (s)
 STORM_RATE = 300  # bad requests/s, about twice the good traffic (the attackers' own CPU
 # competes with the good clients' on this 2-core machine, so an unpaced storm measures that)
 
 
-def token(sub: str, expired: bool = False) -> str:
+def token(sub: str | None, expired: bool = False) -> str:
+    """A token for ``sub`` (None: without a subject)."""
     import jwt
-    return jwt.encode({"sub": sub, "exp": time.time() + (-60 if expired else 3600)}, SECRET,
-                      "HS256")
+    claims = {"exp": time.time() + (-60 if expired else 3600)}
+    return jwt.encode(dict(claims, sub=sub) if sub else claims, SECRET, "HS256")
 
 
 def drive(send, clients: int, seconds: float) -> dict:
@@ -78,56 +88,155 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return tuple(int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
 
 
+def chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_bomb(side: int) -> bytes:
     """A valid PNG header declaring ``side`` x ``side`` grey pixels, then one empty row: a few
     dozen bytes that would decode to ``side``² bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
 
 
-def bad_requests(url: str) -> tuple[list[tuple[str, dict, bytes]], str]:
-    """The storm's kinds, ``(name, headers, body)``, and the URL they go to."""
-    classify = f"{url}/v1/models/image_classifier:classify"
+def slow_headers(images: list[bytes]) -> dict[str, tuple[str, bytes]]:
+    """Images whose headers cost a naive parser seconds, each under MAX_BYTES: name ->
+    (format, bytes)."""
+    gif, png = images
+    room = MAX_BYTES - 1000  # for the image around the repeated blocks
+    scan = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00\x00\x3f\x00" + b"\x00" * 8
+    sof = b"\xff\xc2" + struct.pack(">HBHHB", 11, 8, 2048, 2048, 1) + b"\x01\x11\x00"
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 8000, 8000, 0) + b"\x02\x01\x00\x00"
+    return {"GIF comments": ("gif", gif[:-1] + b"\x21\xfe\x01x\x00" * (room // 5) + b";"),
+            "JPEG empty markers": ("jpeg", b"\xff\xd8" + b"\xff\xfe\x00\x02" * (room // 4)
+                                   + b"\xff\xd9"),
+            "PNG text chunks": ("png", png[:33] + chunk(b"tEXt", b"k\0v") * (room // 15)
+                                + png[33:]),
+            "JPEG 2,000 scans": ("jpeg", b"\xff\xd8" + sof + scan * 2000 + b"\xff\xd9"),
+            "GIF hidden frame": ("gif", gif[:-1] + frame + b";")}
+
+
+def bad_requests(url: str, small: list[bytes]) -> tuple[list[tuple[str, str, dict, bytes]], str]:
+    """The storm's kinds, ``(name, path, headers, body)``, and the gateway's model URL."""
+    model = f"{url}/v1/models/image_classifier"
     good = {"Content-Type": "image/png", "Authorization": f"Bearer {token('attacker')}"}
     bomb = png_bomb(100_000)  # 10 gigapixels
-    return [
-        ("oversize", dict(good), b"\0" * (MAX_BYTES + 1)),
-        ("wrong type", dict(good, **{"Content-Type": "text/html"}), b"<html>"),
-        ("wrong magic", dict(good, **{"Content-Type": "image/jpeg"}), bomb),
-        ("bomb", dict(good), bomb),
-        ("bad token", dict(good, Authorization="Bearer not-a-token"), bomb),
-        ("expired token", dict(good, Authorization=f"Bearer {token('x', expired=True)}"), bomb),
-        ("burst", dict(good, Authorization=f"Bearer {token('burst')}"), b"tiny"),
-    ], classify
+    deep = b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    many = json.dumps({"instances": [{"b64": ""}] * 20_000}).encode()
+    kinds = [
+        ("oversize", ":classify", dict(good), b"\0" * (MAX_BYTES + 1)),
+        ("wrong type", ":classify", dict(good, **{"Content-Type": "text/html"}), b"<html>"),
+        ("wrong magic", ":classify", dict(good, **{"Content-Type": "image/jpeg"}), bomb),
+        ("bomb", ":classify", dict(good), bomb),
+        ("7000x7000 PNG", ":classify", dict(good), png_bomb(7000)),
+        ("deep JSON", ":predict", dict(good), deep),
+        ("20k instances", ":predict", dict(good), many),
+        ("5,000-digit version", f"/versions/{'9' * 5000}:predict", dict(good), b"{}"),
+        ("bad token", ":classify", dict(good, Authorization="Bearer not-a-token"), bomb),
+        ("expired token", ":classify",
+         dict(good, Authorization=f"Bearer {token('x', expired=True)}"), bomb),
+        ("no sub, spoofed X-Forwarded-For", ":classify",
+         dict(good, Authorization=f"Bearer {token(None)}"), bomb),
+        ("burst", ":classify", dict(good, Authorization=f"Bearer {token('burst')}"), b"tiny"),
+    ]
+    kinds += [(name, ":classify", dict(good, **{"Content-Type": f"image/{fmt}"}), data)
+              for name, (fmt, data) in slow_headers(small).items()]
+    return kinds, model
+
+
+def slowloris(port: int, counts: collections.Counter, lock, deadline: float, index: int):
+    """Keeps SLOW connections sending an unfinished header, or a body shorter than its
+    Content-Length, one byte a second; counts how the gateway ends them."""
+    def opened(slow_body: bool) -> socket.socket:
+        connection = socket.create_connection(("127.0.0.1", port))
+        head = (b"POST /v1/models/image_classifier:classify HTTP/1.1\r\nHost: x\r\n")
+        if slow_body:
+            head += (b"Content-Type: image/png\r\nAuthorization: Bearer "
+                     + token(f"slow-{index}").encode() + b"\r\nContent-Length: 1000\r\n\r\n")
+        connection.sendall(head)
+        connection.setblocking(False)
+        return connection
+
+    open_ = [(opened(i % 2 == 1), i % 2 == 1) for i in range(SLOW)]
+    while time.perf_counter() < deadline:
+        time.sleep(1.0)
+        for slot, (connection, slow_body) in enumerate(open_):
+            try:
+                answer = connection.recv(100)
+            except BlockingIOError:
+                try:
+                    connection.send(b"a")
+                except OSError:
+                    pass
+                continue
+            except OSError:
+                answer = b""
+            name = "slow body" if slow_body else "slow headers"
+            with lock:
+                counts[(name, int(answer[9:12]) if answer[9:12].isdigit() else 0)] += 1
+            connection.close()
+            open_[slot] = (opened(slow_body), slow_body)
+    for connection, _ in open_:
+        connection.close()
 
 
 def attack(url: str, seconds: float) -> None:
-    """The storm, from its own process: ATTACKERS clients, each sending every kind in turn
-    (the burst kind BURST_SIZE times in a row, back to back), STORM_RATE requests/s in all."""
+    """The storm, from its own process: ATTACKERS clients on their own loopback addresses,
+    each sending every kind in turn (the burst kind BURST_SIZE times in a row, back to back),
+    STORM_RATE requests/s in all, and each keeping SLOW connections too slow to finish."""
     import httpx
-    kinds, classify = bad_requests(url)
+    import numpy as np
+    from PIL import Image
+    small = []
+    for fmt in ("GIF", "PNG"):
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, fmt)
+        small.append(buffer.getvalue())
+    kinds, model = bad_requests(url, small)
     counts, lock = collections.Counter(), threading.Lock()
     deadline = time.perf_counter() + seconds
 
-    def client_loop(_):
+    def client_loop(index):
         sent, start = 0, time.perf_counter()
-        with httpx.Client(timeout=30) as client:
+        transport = httpx.HTTPTransport(local_address=f"127.0.0.{100 + index}")
+        with httpx.Client(timeout=30, transport=transport) as client:
             while time.perf_counter() < deadline:
-                for name, headers, body in kinds:
+                for name, path, headers, body in kinds:
+                    if name.startswith("no sub"):
+                        headers = dict(headers, **{"X-Forwarded-For": f"10.{sent % 250}.0.1"})
                     for _ in range(BURST_SIZE if name == "burst" else 1):
-                        status = client.post(classify, content=body, headers=headers).status_code
+                        status = client.post(model + path, content=body,
+                                             headers=headers).status_code
                         with lock:
                             counts[(name, status)] += 1
                         sent += 1
                     time.sleep(max(0.0, start + sent * ATTACKERS / STORM_RATE
                                    - time.perf_counter()))
 
-    with concurrent.futures.ThreadPoolExecutor(ATTACKERS) as pool:
+    port = int(url.rsplit(":", 1)[1])
+    with concurrent.futures.ThreadPoolExecutor(2 * ATTACKERS) as pool:
+        slow = [pool.submit(slowloris, port, counts, lock, deadline, i) for i in range(ATTACKERS)]
         list(pool.map(client_loop, range(ATTACKERS)))
+        for future in slow:
+            future.result()
     print(json.dumps([[name, status, n] for (name, status), n in counts.items()]))
+
+
+def probe(url: str, stop: threading.Event, latencies: list[float]) -> None:
+    """/healthz every 20 ms until ``stop``; its latencies (s), a failure counted as 10 s."""
+    import httpx
+    with httpx.Client(timeout=10, transport=httpx.HTTPTransport(
+            local_address="127.0.0.2")) as client:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                ok = client.get(f"{url}/healthz").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - start if ok else 10.0)
+            time.sleep(0.02)
 
 
 def start_gateway(serving: str, key_file: str) -> tuple[subprocess.Popen, str]:
@@ -138,7 +247,8 @@ def start_gateway(serving: str, key_file: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--serving-dir", serving, "--port", str(port),
          "--jwt-key-file", key_file, "--rate", str(RATE), "--burst", str(BURST),
-         "--max-bytes", str(MAX_BYTES)], cwd=ROOT, stdout=subprocess.DEVNULL,
+         "--max-bytes", str(MAX_BYTES), "--header-timeout", str(DEADLINE),
+         "--body-timeout", str(DEADLINE)], cwd=ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -195,7 +305,8 @@ def main(argv=None) -> int:
 
         gateway, url = start_gateway(config.serving_dir, key_file)
         try:
-            clients = [httpx.Client(timeout=30, headers={
+            clients = [httpx.Client(timeout=30, transport=httpx.HTTPTransport(
+                local_address=f"127.0.0.{10 + i}"), headers={
                 "Content-Type": "image/jpeg", "Authorization": f"Bearer {token(f'good-{i}')}"})
                 for i in range(CLIENTS)]
             classify = f"{url}/v1/models/image_classifier:classify"
@@ -208,12 +319,17 @@ def main(argv=None) -> int:
             served = drive(over_http, CLIENTS, SECONDS)
             quiet = drive(over_http, GOOD, SECONDS)
             before = rss_mb(gateway.pid)
+            stop, health = threading.Event(), []
+            prober = threading.Thread(target=probe, args=(url, stop, health))
+            prober.start()
             attacker = subprocess.Popen([sys.executable, __file__, "--attack", url,
                                          "--seconds", str(SECONDS)], cwd=ROOT,
                                         stdout=subprocess.PIPE, text=True)
             storm = drive(over_http, GOOD, SECONDS)
             attacks = {(name, status): n for name, status, n in
                        json.loads(attacker.communicate()[0])}
+            stop.set()
+            prober.join()
             after = rss_mb(gateway.pid)
             alive = gateway.poll() is None and httpx.get(f"{url}/healthz").status_code == 200
         finally:
@@ -229,6 +345,8 @@ def main(argv=None) -> int:
     for (name, status), n in attacks.items():
         by_kind[name][status] += n
     p99_ratio = storm["p99"] / quiet["p99"]
+    health.sort()
+    health_p99 = health[int(len(health) * 0.99)] * 1e3
     lines = [
         "# Gateway benchmarks", "", f"Machine: {machine()}", "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: a model pushed by the "
@@ -258,6 +376,11 @@ def main(argv=None) -> int:
         f"**{server_errors}** (target 0); gateway still up: **{'yes' if alive else 'NO'}**.",
         f"- Gateway memory: {before[0]:.0f} MB before the storm, {after[0]:.0f} MB after "
         f"(peak {after[1]:.0f} MB).",
+        f"- `/healthz` every 20 ms during the storm ({len(health)} probes): p50 "
+        f"{health[len(health) // 2] * 1e3:.1f} ms, p99 **{health_p99:.1f} ms** (target < 100 ms: "
+        f"{'met' if health_p99 < 100 else 'MISSED'}), slowest {health[-1] * 1e3:.0f} ms.",
+        f"- Slow headers and bodies end with the gateway's {DEADLINE:g} s deadlines (408) "
+        "before authentication; the 'slow' rows count the connections it ended.",
         f"- Good p99 during the storm / quiet: **{p99_ratio:.2f}x**; target <= 2x: "
         f"{'met' if p99_ratio <= 2 else 'MISSED'}.", ""]
     with open(args.out, "w") as f:

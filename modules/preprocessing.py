@@ -100,6 +100,18 @@ def _fit(image: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
     return tf.ensure_shape(tf.clip_by_value(resize(image, spec), 0.0, 1.0), spec.shape)
 
 
+def _decode(data: tf.Tensor, channels: int) -> tf.Tensor:
+    """The first frame of an image as ``channels`` channels of uint8. GIF, BMP and WebP
+    decode only to colour: a 1-channel model gets their grey from RGB."""
+    if channels != 1:
+        return tf.io.decode_image(data, channels=channels, expand_animations=False)
+    grey_decodes = tf.reduce_any(tf.equal(tf.strings.substr(data, 0, 2), [b"\x89P", b"\xff\xd8"]))
+    return tf.cond(grey_decodes,
+                   lambda: tf.io.decode_image(data, channels=1, expand_animations=False),
+                   lambda: tf.image.rgb_to_grayscale(
+                       tf.io.decode_image(data, channels=3, expand_animations=False)))
+
+
 def decode_images(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
     """JPEG/PNG/GIF/BMP/WebP bytes ``[batch]`` -> float32 pixels in [0, 1], ``[batch, h, w, c]``.
 
@@ -117,7 +129,7 @@ def decode_images(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
                 f"{TOO_LARGE}: more than max_pixels={spec.max_pixels}; (height, width) =",
                 dims])
         with tf.control_dependencies([small]):
-            image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
+            image = _decode(data, spec.channels)
         return _fit(tf.image.convert_image_dtype(image, tf.float32), spec)
 
     return tf.map_fn(decode_one, encoded, parallel_iterations=PARALLEL_DECODES,

@@ -4,14 +4,27 @@ labels (``python -m ops.labels``), and serves the try-it page at ``/``."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
 
+from serving.auth import load_key
 from serving.backends import HttpBackend, LocalBackend
 from serving.feedback import FEEDBACK, Answers
 from serving.gateway import GatewayConfig, create_app
 from serving.routing import Router
+from serving.server import ServerLimits, run
+
+DEFAULTS, SERVER = GatewayConfig(), ServerLimits()
+
+
+def _network(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -23,40 +36,82 @@ def arguments() -> argparse.ArgumentParser:
                         help="where true classes are logged (default: <model dir>/feedback)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-bytes", type=int, default=GatewayConfig.max_bytes)
-    parser.add_argument("--rate", type=float, default=GatewayConfig.rate_per_second,
-                        help="requests per second per client")
-    parser.add_argument("--burst", type=int, default=GatewayConfig.burst)
-    parser.add_argument("--max-batch", type=int, default=GatewayConfig.max_batch,
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-bytes", type=int, default=DEFAULTS.max_bytes)
+    limits.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels,
+                        help="decoded pixels per image (0: 16x the model's input area, at "
+                        "least 1 Mi, at most the model's own max_pixels)")
+    limits.add_argument("--max-batch-pixels", type=int, default=DEFAULTS.max_batch_pixels,
+                        help="decoded pixels per request and per backend call")
+    limits.add_argument("--max-instances", type=int, default=DEFAULTS.max_instances,
+                        help="images per :predict request")
+    limits.add_argument("--max-bodies", type=int, default=DEFAULTS.max_bodies,
+                        help="requests past authentication at once (503 beyond)")
+    limits.add_argument("--body-timeout", type=float, default=DEFAULTS.body_timeout,
+                        help="seconds to receive a whole body (408 beyond)")
+    limits.add_argument("--header-timeout", type=float, default=SERVER.header_timeout,
+                        help="seconds to receive a request's headers (408 and closed beyond)")
+    limits.add_argument("--max-header-bytes", type=int, default=SERVER.max_header_bytes)
+    limits.add_argument("--max-connections", type=int, default=SERVER.max_connections)
+    limits.add_argument("--rate", type=float, default=DEFAULTS.rate_per_second,
+                        help="requests per second per token subject")
+    limits.add_argument("--burst", type=int, default=DEFAULTS.burst)
+    limits.add_argument("--address-rate", type=float, default=DEFAULTS.address_rate,
+                        help="requests per second per client address, authenticated or not")
+    limits.add_argument("--address-burst", type=int, default=DEFAULTS.address_burst)
+    limits.add_argument("--trusted-proxy", action="append", default=[], type=_network,
+                        help="address or CIDR of a proxy whose X-Forwarded-For is believed "
+                        "(repeatable; default: none, the TCP peer is the client)")
+    limits.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch,
                         help="images per backend call from concurrent requests (1: no batching)")
-    parser.add_argument("--jwt-key-file", default="",
-                        help="HS256 secret or RS256 public key; else $GATEWAY_JWT_KEY")
-    parser.add_argument("--no-auth", action="store_true",
-                        help="serve without authentication (local use only)")
+    auth = parser.add_argument_group("authentication")
+    auth.add_argument("--jwt-key-file", default="",
+                      help="HS256 secret (>= 32 bytes) or RS256 public key; else $GATEWAY_JWT_KEY")
+    auth.add_argument("--issuer", default="", help="required token issuer (iss)")
+    auth.add_argument("--audience", default="", help="required token audience (aud)")
+    auth.add_argument("--max-token-lifetime", type=float, default=DEFAULTS.max_token_lifetime,
+                      help="seconds; a token expiring later is refused (0: any)")
+    auth.add_argument("--no-auth", action="store_true",
+                      help="serve without authentication (local use only)")
     parser.add_argument("--access-log", action="store_true",
                         help="log every request (rejections are always logged)")
     return parser
 
 
+def _key(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    if args.no_auth:
+        return ""
+    try:
+        if args.jwt_key_file:
+            with open(args.jwt_key_file, encoding="utf-8") as f:
+                return load_key(f.read(), f"--jwt-key-file {args.jwt_key_file}")
+        if os.environ.get("GATEWAY_JWT_KEY"):
+            return load_key(os.environ["GATEWAY_JWT_KEY"], "GATEWAY_JWT_KEY")
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    parser.error("authentication is on: give --jwt-key-file or GATEWAY_JWT_KEY, or "
+                 "--no-auth for local use")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = arguments()
     args = parser.parse_args(argv)
-    key = open(args.jwt_key_file).read() if args.jwt_key_file else os.environ.get(
-        "GATEWAY_JWT_KEY", "")
-    if not args.no_auth and not key:
-        parser.error("authentication is on: give --jwt-key-file or GATEWAY_JWT_KEY, or "
-                     "--no-auth for local use")
-    config = GatewayConfig(model_name=args.model_name, max_bytes=args.max_bytes,
-                           auth=not args.no_auth, jwt_key=key, rate_per_second=args.rate,
-                           burst=args.burst, max_batch=args.max_batch)
+    config = GatewayConfig(
+        model_name=args.model_name, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+        max_batch_pixels=args.max_batch_pixels, max_instances=args.max_instances,
+        auth=not args.no_auth, jwt_key=_key(parser, args), issuer=args.issuer,
+        audience=args.audience, max_token_lifetime=args.max_token_lifetime,
+        rate_per_second=args.rate, burst=args.burst, address_rate=args.address_rate,
+        address_burst=args.address_burst, trusted_proxies=tuple(args.trusted_proxy),
+        max_batch=args.max_batch, max_bodies=args.max_bodies, body_timeout=args.body_timeout)
     push_dir = os.path.join(args.serving_dir, args.model_name)
     backend = HttpBackend(args.backend, args.model_name) if args.backend else LocalBackend(
         push_dir)
     answers = Answers(args.feedback_dir or os.path.join(push_dir, FEEDBACK))
-    import uvicorn
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    uvicorn.run(create_app(config, Router(push_dir, backend), answers), host=args.host,
-                port=args.port, log_level="info", access_log=args.access_log)
+    run(create_app(config, Router(push_dir, backend), answers), args.host, args.port,
+        ServerLimits(args.max_header_bytes, args.header_timeout, args.max_connections),
+        args.access_log)
     return 0
 
 

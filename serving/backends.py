@@ -9,7 +9,6 @@ import collections
 import json
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -33,40 +32,70 @@ class BadImage(Exception):
 
 
 class LocalBackend:
-    """The versions under ``push_dir``, each loaded on first use; the ``keep`` most recently
-    used stay in memory (stable and canary at once, plus one being rolled to)."""
+    """The versions under ``push_dir``, each loaded on first use or by ``refresh``; the
+    ``keep`` most recently used stay in memory, and the versions ``refresh`` was last asked
+    for (the labelled ones) are never evicted. A load holds only its own version's lock (one
+    load per version at a time), so requests for loaded versions never wait for it."""
 
     def __init__(self, push_dir: str, keep: int = 3):
         self.push_dir, self.keep = push_dir, keep
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts below; never held while loading
         self._loaded: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        self._loading: dict[int, threading.Lock] = {}
+        self._pinned: set[int] = set()
 
     def versions(self) -> list[int]:
         return serving_dir.versions(self.push_dir)
 
-    def _model(self, version: int):
+    def refresh(self, wanted: set[int]) -> None:
+        """Loads the ``wanted`` versions (the labelled ones) and keeps them loaded."""
         with self._lock:
-            if version not in self._loaded:
-                import tensorflow as tf
-                path = os.path.join(self.push_dir, str(version))
-                try:
-                    model = tf.saved_model.load(path)
-                except (OSError, ValueError) as err:
-                    raise Unavailable(f"version {version} does not load from {path}: "
-                                      f"{err}") from None
-                names = [n.decode() for n in model.class_names.numpy()]
-                self._loaded[version] = (model, names)
-                while len(self._loaded) > self.keep:
-                    self._loaded.popitem(last=False)
-            self._loaded.move_to_end(version)
-            return self._loaded[version]
+            self._pinned = set(wanted)
+        for version in sorted(wanted):
+            try:
+                self._model(version)
+            except Unavailable:
+                continue
 
     def ready(self, version: int) -> bool:
+        """Whether ``version`` is loaded (never loads it)."""
+        with self._lock:
+            return version in self._loaded
+
+    def load(self, version: int) -> None:
+        """Loads ``version`` unless it is loaded (``Unavailable`` if it does not load)."""
+        self._model(version)
+
+    def _model(self, version: int):
+        with self._lock:
+            if version in self._loaded:
+                self._loaded.move_to_end(version)
+                return self._loaded[version]
+            loading = self._loading.setdefault(version, threading.Lock())
+        with loading:
+            try:
+                with self._lock:
+                    if version in self._loaded:
+                        return self._loaded[version]
+                loaded = self._load(version)
+                with self._lock:
+                    self._loaded[version] = loaded
+                    spare = [v for v in self._loaded if v not in self._pinned and v != version]
+                    while len(self._loaded) > self.keep and spare:
+                        del self._loaded[spare.pop(0)]
+                return loaded
+            finally:
+                with self._lock:
+                    self._loading.pop(version, None)
+
+    def _load(self, version: int) -> tuple:
+        import tensorflow as tf
+        path = os.path.join(self.push_dir, str(version))
         try:
-            self._model(version)
-            return True
-        except Unavailable:
-            return False
+            model = tf.saved_model.load(path)
+        except (OSError, ValueError) as err:
+            raise Unavailable(f"version {version} does not load from {path}: {err}") from None
+        return model, [n.decode() for n in model.class_names.numpy()]
 
     def classify(self, images: list[bytes], version: int):
         """``(probabilities per image, class names)`` from ``version``."""
@@ -81,30 +110,34 @@ class LocalBackend:
 
 class HttpBackend:
     """TF Serving's REST API at ``url`` (``http://host:8501``) for ``model_name``: predictions
-    from ``/versions/<v>:predict``; the available versions from its status, cached for
-    ``status_ttl`` seconds."""
+    from ``/versions/<v>:predict``; the available versions from its status, which only
+    ``refresh`` asks for (the gateway's background task), so no request waits on it. Never
+    imports TensorFlow."""
 
     def __init__(self, url: str, model_name: str, timeout: float = 10.0,
-                 status_ttl: float = 2.0):
+                 status_timeout: float = 2.0):
         self.base = f"{url.rstrip('/')}/v1/models/{model_name}"
-        self.timeout, self.status_ttl = timeout, status_ttl
-        self._status: tuple[float, list[int]] = (float("-inf"), [])
+        self.timeout, self.status_timeout = timeout, status_timeout
+        self._available: list[int] = []
 
     def versions(self) -> list[int]:
-        checked, available = self._status
-        if time.monotonic() - checked > self.status_ttl:
-            try:
-                with urllib.request.urlopen(self.base, timeout=self.timeout) as response:
-                    states = json.load(response)["model_version_status"]
-                available = sorted(int(s["version"]) for s in states
-                                   if s["state"] == "AVAILABLE")
-            except (OSError, ValueError, KeyError):
-                available = []
-            self._status = (time.monotonic(), available)
-        return available
+        return self._available
+
+    def refresh(self, wanted: set[int]) -> None:
+        """Re-reads which versions TF Serving has available (none while it is unreachable)."""
+        try:
+            with urllib.request.urlopen(self.base, timeout=self.status_timeout) as response:
+                states = json.load(response)["model_version_status"]
+            self._available = sorted(int(s["version"]) for s in states
+                                     if s["state"] == "AVAILABLE")
+        except (OSError, ValueError, KeyError, TypeError):
+            self._available = []
 
     def ready(self, version: int) -> bool:
-        return version in self.versions()
+        return version in self._available
+
+    def load(self, version: int) -> None:
+        """TF Serving loads its versions itself."""
 
     def classify(self, images: list[bytes], version: int):
         body = json.dumps({"signature_name": RAW_SIGNATURE, "instances": [
@@ -116,8 +149,9 @@ class HttpBackend:
                 predictions = json.load(response)["predictions"]
         except urllib.error.HTTPError as err:
             text = err.read()[:500].decode(errors="replace")
-            if err.code == 400:
-                raise BadImage(_cause(text, images)) from None
+            if err.code == 400:  # headers passed the gateway's parser: the pixel data is bad
+                raise BadImage("the image does not decode: corrupt or truncated image data "
+                               f"(TF Serving answered 400 for {len(images)} image(s))") from None
             raise Unavailable(f"TF Serving answered {err.code} for version {version}: "
                               f"{text[:200]}") from None
         except OSError as err:
@@ -130,51 +164,93 @@ class HttpBackend:
 class Batcher:
     """Concurrent requests for one version share one backend call, as TF Serving's batching
     does: the first request of a batch waits up to ``window`` seconds for others, up to
-    ``max_batch`` images. Backend calls run in worker threads, never in the event loop. An
-    image that does not decode fails its own request only."""
+    ``max_batch`` images and ``max_pixels`` decoded pixels. Backend calls run in worker
+    threads, never in the event loop. Every waiter gets an answer or an exception, whatever
+    the backend raises; a waiter that was cancelled (its request timed out) is skipped. An
+    image that does not decode fails its own request only: the batch is split in halves until
+    the bad request is alone (log2 of the batch's calls, not one per request)."""
 
-    def __init__(self, backend, max_batch: int = 32, window: float = 0.002):
+    def __init__(self, backend, max_batch: int = 32, window: float = 0.002,
+                 max_pixels: int = 2**24):
         self.backend, self.max_batch, self.window = backend, max_batch, window
-        self._pending: dict[int, list[tuple[list[bytes], asyncio.Future]]] = {}
+        self.max_pixels = max_pixels
+        self._pending: dict[int, list] = {}  # version -> [entries, images, pixels]
+        self._loads: dict[int, asyncio.Future] = {}  # version -> its one load in progress
+        self._running: set[asyncio.Task] = set()  # (the loop keeps only weak references)
 
-    async def classify(self, images: list[bytes], version: int):
-        """``(probabilities per image, class names)``, like the backend's ``classify``."""
+    async def classify(self, images: list[bytes], version: int, pixels: int = 0):
+        """``(probabilities per image, class names)``, like the backend's ``classify``;
+        ``pixels``: what decoding ``images`` materialises."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        batch = self._pending.setdefault(version, [])
-        batch.append((images, future))
-        if len(batch) == 1:
+        batch = self._pending.get(version)
+        if batch and (batch[1] + len(images) > self.max_batch
+                      or batch[2] + pixels > self.max_pixels):
+            self._flush(version, batch)
+            batch = None
+        if batch is None:
+            batch = self._pending[version] = [[], 0, 0]
             loop.call_later(self.window, self._flush, version, batch)
-        if sum(len(i) for i, _ in batch) >= self.max_batch:
+        batch[0].append((images, future))
+        batch[1] += len(images)
+        batch[2] += pixels
+        if batch[1] >= self.max_batch:
             self._flush(version, batch)
         return await future
 
     def _flush(self, version: int, batch: list) -> None:
         if self._pending.get(version) is batch:
             del self._pending[version]
-            asyncio.get_running_loop().create_task(self._run(version, batch))
+            task = asyncio.get_running_loop().create_task(self._run(version, batch[0]))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
-    async def _run(self, version: int, batch: list) -> None:
+    async def _load(self, version: int) -> None:
+        """Waits for ``version`` to be loaded: one load per version in a worker thread, however
+        many batches wait for it (none holds a thread meanwhile)."""
         from starlette.concurrency import run_in_threadpool
+        if self.backend.ready(version):
+            return
+        if version not in self._loads:
+            load = asyncio.ensure_future(run_in_threadpool(self.backend.load, version))
+            load.add_done_callback(lambda _: self._loads.pop(version, None))
+            self._loads[version] = load
+        await asyncio.shield(self._loads[version])
+
+    async def _run(self, version: int, entries: list) -> None:
+        try:
+            await self._load(version)
+            await self._answer(version, entries)
+        except BaseException as err:  # noqa: BLE001 - every waiter hears of it, then re-raise
+            failure = err if isinstance(err, Exception) else Unavailable("gateway stopping")
+            for _, future in entries:
+                if not future.done():
+                    future.set_exception(failure)
+            if not isinstance(err, Exception):
+                raise
+
+    async def _answer(self, version: int, entries: list) -> None:
+        from starlette.concurrency import run_in_threadpool
+        entries = [(images, future) for images, future in entries if not future.done()]
+        if not entries:
+            return
         try:
             probabilities, names = await run_in_threadpool(
-                self.backend.classify, [i for images, _ in batch for i in images], version)
-        except BadImage as err:
-            if len(batch) == 1:
-                batch[0][1].set_exception(err)
-                return
-            for images, future in batch:  # one call each, to find whose image it was
-                try:
-                    future.set_result(await run_in_threadpool(self.backend.classify, images,
-                                                              version))
-                except (BadImage, Unavailable) as single:
-                    future.set_exception(single)
-            return
-        except Exception as err:  # noqa: BLE001 - every waiting request hears of it
-            for _, future in batch:
-                future.set_exception(err)
+                self.backend.classify, [i for images, _ in entries for i in images], version)
+        except BadImage:
+            if len(entries) == 1:
+                raise
+            half = len(entries) // 2
+            results = await asyncio.gather(self._answer(version, entries[:half]),
+                                           self._answer(version, entries[half:]),
+                                           return_exceptions=True)
+            for part, result in ((entries[:half], results[0]), (entries[half:], results[1])):
+                for _, future in part:
+                    if isinstance(result, BaseException) and not future.done():
+                        future.set_exception(result)
             return
         start = 0
-        for images, future in batch:
-            future.set_result((probabilities[start:start + len(images)], names))
+        for images, future in entries:
+            if not future.done():
+                future.set_result((probabilities[start:start + len(images)], names))
             start += len(images)

@@ -1,0 +1,113 @@
+"""The gateway's request limits: refusals as ``Rejected``, bodies read within a size, a deadline
+and a cap on concurrent bodies, JSON parsed with a depth cap, path parameters validated, and
+work that depends on a request run in worker threads with a time budget (never in the event
+loop, which must stay free to answer ``/healthz``)."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import re
+
+from starlette.requests import ClientDisconnect, Request
+
+
+class Rejected(Exception):
+    """A request the gateway refuses: HTTP ``status`` and a machine-readable ``reason``."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.reason, self.headers = status, reason, headers or {}
+
+
+async def offload(executor: concurrent.futures.Executor, budget: float, function, *args):
+    """``function(*args)`` in ``executor``, refused with 503 when it takes over ``budget``
+    seconds (the thread finishes on its own; work still queued is dropped)."""
+    future = executor.submit(function, *args)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), budget)
+    except TimeoutError:
+        future.cancel()
+        raise Rejected(503, "timeout", f"not done within {budget:g} s",
+                       {"Retry-After": "1"}) from None
+
+
+class Bodies:
+    """At most ``limit`` request bodies read or handled at once (503 beyond), each at most
+    ``max_bytes`` (413) and fully received within ``timeout`` seconds (408)."""
+
+    def __init__(self, limit: int, max_bytes: int, timeout: float):
+        self.max_bytes, self.timeout = max_bytes, timeout
+        self._free = asyncio.Semaphore(limit)
+
+    async def __aenter__(self):
+        if self._free.locked():
+            raise Rejected(503, "busy", "too many requests in progress", {"Retry-After": "1"})
+        await self._free.acquire()
+        return self
+
+    async def __aexit__(self, *_):
+        self._free.release()
+
+    async def read(self, request: Request) -> bytes:
+        """The body, refused as soon as it is known or seen to be too large or too slow; a
+        client that leaves mid-body is a 499 (its own doing), never a 500."""
+        declared = request.headers.get("content-length", "")
+        if declared and (not declared.isdigit() or len(declared) > 18):
+            raise Rejected(400, "bad_request", "Content-Length is not a number")
+        if declared and int(declared) > self.max_bytes:
+            raise Rejected(413, "too_large", f"body of {declared} bytes is over {self.max_bytes}")
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise Rejected(413, "too_large", f"body over {self.max_bytes} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Rejected(408, "body_timeout", f"body not received within {self.timeout:g} s "
+                           f"({size} bytes came)", {"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise Rejected(499, "client_gone", f"the client left after {size} bytes") from None
+        return b"".join(chunks)
+
+
+# JSON strings (their brackets do not nest anything), and the bytes that are not brackets.
+_STRINGS = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def json_object(body: bytes, expected: str, max_depth: int = 8,
+                max_containers: int = 4096) -> dict:
+    """``body`` as a JSON object, after checking (in linear time, before parsing) that it
+    nests at most ``max_depth`` deep (400 naming ``expected`` otherwise) and has at most
+    ``max_containers`` arrays and objects (413)."""
+    skeleton = _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in skeleton[:2 * max_containers + 1]:
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > max_depth:
+        raise Rejected(400, "bad_request", f"expected {expected}: JSON nested {deepest} deep, "
+                       f"more than {max_depth}")
+    if len(skeleton) > 2 * max_containers:
+        raise Rejected(413, "too_many_values", f"expected {expected}: more than "
+                       f"{max_containers} arrays and objects")
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as err:
+        raise Rejected(400, "bad_request", f"expected {expected}: {err}") from None
+    if not isinstance(value, dict):
+        raise Rejected(400, "bad_request", f"expected {expected}: not an object")
+    return value
+
+
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def version_number(text: str) -> int:
+    """A version path parameter as a number; 404 for anything but 1 to 18 digits."""
+    if not _VERSION.fullmatch(text):
+        raise Rejected(404, "no_route", f"no version {text[:20]!r}")
+    return int(text)

@@ -1,0 +1,87 @@
+"""The gateway's HTTP server: uvicorn with the limits that must hold before a request reaches
+the app (before authentication): at most ``max_header_bytes`` of request line and headers
+(400 beyond), all of them within ``header_timeout`` seconds of the connection
+or of the previous response (else 408 and the connection closed: no slow-header client holds
+a connection; the rest of a body the app refused without reading has the same deadline), at most ``max_connections`` connections (503 and closed beyond) and as many
+requests in progress, and proxy headers ignored (``serving.rate.Peers`` trusts only configured
+proxies)."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+FULL = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerLimits:
+    max_header_bytes: int = 16 * 1024
+    header_timeout: float = 10.0
+    max_connections: int = 1000
+    keep_alive: int = 5  # seconds an idle connection stays open after a response
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header deadline and a connection cap."""
+
+    limits = ServerLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        full = len(self.connections) >= self.limits.max_connections
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        if full:
+            transport.write(FULL)
+            transport.close()
+            return
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _waiting(self) -> bool:
+        """Whether only the client can move: its next request's headers are due, or the rest
+        of a body the app answered without reading (a refusal)."""
+        return self.conn.their_state is h11.IDLE or (
+            self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.DONE)
+
+    def _late(self) -> None:
+        self._header_timer = None
+        if self._waiting() and not self.transport.is_closing():
+            if self.conn.their_state is h11.IDLE:
+                self.transport.write(TIMEOUT)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._waiting():  # the request's headers are complete
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self._waiting():
+            self._arm()  # the same deadline for the next headers or the unread body's rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def run(app, host: str, port: int, limits: ServerLimits, access_log: bool = False) -> None:
+    """Serves ``app`` until interrupted."""
+    import uvicorn
+    protocol = type("GatewayProtocol", (GuardedH11Protocol,), {"limits": limits})
+    uvicorn.run(app, host=host, port=port, http=protocol, proxy_headers=False,
+                h11_max_incomplete_event_size=limits.max_header_bytes,
+                limit_concurrency=limits.max_connections + 1, timeout_keep_alive=limits.keep_alive,
+                log_level="info", access_log=access_log)
