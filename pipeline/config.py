@@ -26,6 +26,11 @@ PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
 TUNER_FN = "modules.tuner.tuner_fn"
 BEAM_MODES = ("in_process", "multi_processing")
+# Beam options that tell where the pipeline's code is (TFX's dependency_utils reads them).
+BEAM_DEPENDENCY_FLAGS = ("--extra_package", "--extra_packages", "--setup_file",
+                         "--requirements_file", "--sdk_container_image",
+                         "--worker_harness_container_image")
+SETUP_FILE = str(Path(__file__).resolve().parent.parent / "setup.py")
 # URI schemes TensorFlow's file system reads and writes in this image (s3:// would need
 # tensorflow-io's plugins, which TensorFlow 2.21 has no release of: use a mounted volume).
 OBJECT_STORES = ("gs",)
@@ -307,12 +312,17 @@ class PipelineConfig:
 
     @property
     def beam_pipeline_args(self) -> list[str]:
-        """DirectRunner in-process (small data) or multi-processing, plus any extra args."""
+        """DirectRunner in-process (small data) or multi-processing, plus any extra args, and
+        where the code is (``--setup_file``, unless the extra args say): without it TFX
+        builds a source package of itself before every Beam component, which the DirectRunner
+        never uses and which a remote runner could not run our components from."""
         if self.beam_mode == "in_process":
             args = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
         else:
             args = ["--direct_running_mode=multi_processing",
                     f"--direct_num_workers={self.beam_workers}"]
+        if not any(arg.partition("=")[0] in BEAM_DEPENDENCY_FLAGS for arg in self.beam_args):
+            args.append(f"--setup_file={SETUP_FILE}")
         return args + list(self.beam_args)
 
     def trainer_config(self) -> dict[str, Any]:

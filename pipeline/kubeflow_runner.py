@@ -30,7 +30,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
-from pipeline.config import PipelineConfig
+from pipeline.config import SETUP_FILE, PipelineConfig
 from pipeline.pipeline import OBSERVERS, create_pipeline
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
@@ -40,6 +40,7 @@ OPEN_SOURCE_EXECUTORS = ("container", "importer")
 # Pipeline roots the open-source API server accepts (mem:// aside: no task could read it).
 BACKEND_ROOTS = ("minio", "s3", "gs")
 ENTRYPOINT = ["python", "-m", "pipeline.kfp_entrypoint"]
+IMAGE_SETUP_FILE = "/opt/tfx-image-pipeline/setup.py"  # the project in kfp/Dockerfile
 INPUTS_SPEC_FLAG = "--json_serialized_inputs_spec_args"
 BEAM_COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "Transform",
                    "Evaluator")
@@ -126,7 +127,8 @@ def for_open_source(spec: dict) -> None:
     """Adapts TFX's spec to the open-source backend's rules, in place: producers named by
     their task names (TFX writes ``<id>_task`` for ``.future()[0].value`` inputs), each such
     parameter typed as its producer's output (TFX types it STRING: a served version 0 became
-    ``"0"``), and every container running ``pipeline.kfp_entrypoint``."""
+    ``"0"``), and every container running ``pipeline.kfp_entrypoint`` with the image's copy of
+    the project."""
     tasks, components = spec["root"]["dag"]["tasks"], spec["components"]
     for task in tasks.values():
         definitions = components[task["componentRef"]["name"]]["inputDefinitions"]
@@ -145,7 +147,8 @@ def for_open_source(spec: dict) -> None:
         container = executors[component["executorLabel"]].get("container")
         if container:
             container["command"] = list(ENTRYPOINT)
-            args = container["args"]
+            args = container["args"] = [arg.replace(SETUP_FILE, IMAGE_SETUP_FILE)
+                                        for arg in container["args"]]
             args[args.index(INPUTS_SPEC_FLAG) + 1] = json.dumps(
                 component.get("inputDefinitions", {}), indent=2, sort_keys=True)
     check_producers(spec)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from pipeline.config import (GROUPS, RUNNER, SCOPES, TRAINER, TRANSFORM, PipelineConfig,
-                             fields_in)
+from pipeline.config import (GROUPS, RUNNER, SCOPES, SETUP_FILE, TRAINER, TRANSFORM,
+                             PipelineConfig, fields_in)
 
 
 def test_defaults_work_out_of_the_box(tmp_path):
@@ -37,7 +37,7 @@ def test_environment_overrides_defaults_and_flags_override_environment():
 def test_multi_processing_beam_mode():
     config = PipelineConfig(beam_mode="multi_processing", beam_workers=4)
     assert config.beam_pipeline_args == ["--direct_running_mode=multi_processing",
-                                         "--direct_num_workers=4"]
+                                         "--direct_num_workers=4", f"--setup_file={SETUP_FILE}"]
 
 
 @pytest.mark.parametrize("bad", [{"beam_mode": "spark"}, {"image_channels": 2},
@@ -158,3 +158,13 @@ def test_editing_a_module_changes_exactly_the_cache_keys_of_the_components_runni
     assert changed == {"tuner": (False, False, True), "trainer": (False, True, True),
                        "model": (False, True, True), "preprocessing": (True, True, True),
                        "features": (True, True, True)}
+
+
+def test_beam_args_say_where_the_code_is_so_tfx_builds_no_package_per_component():
+    from tfx.utils import dependency_utils
+    args = PipelineConfig().beam_pipeline_args
+    setup = [a for a in args if a.startswith("--setup_file=")]
+    assert len(setup) == 1 and os.path.isfile(setup[0].partition("=")[2])
+    assert dependency_utils.make_beam_dependency_flags(args) == args  # no ephemeral sdist
+    remote = PipelineConfig(beam_args=("--sdk_container_image=registry.example.com/tip:1",))
+    assert not any(a.startswith("--setup_file") for a in remote.beam_pipeline_args)

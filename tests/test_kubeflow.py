@@ -86,6 +86,10 @@ def test_real_tfx_entrypoint_image_and_beam_args(package):
     for component in ("StatisticsGen", "Transform", "ImageValidator"):
         args = _container(package, component)["args"]
         assert all(arg in args for arg in DATAFLOW.split())
+        assert "--setup_file=/opt/tfx-image-pipeline/setup.py" in args  # the image's project
+    dockerfile = open(os.path.join(ROOT, "kfp", "Dockerfile")).read()
+    assert re.search(r"^WORKDIR /opt/tfx-image-pipeline$", dockerfile, re.M)
+    assert "COPY requirements.lock requirements-cuda.lock setup.py" in dockerfile
     assert package.pipeline_spec.default_pipeline_root == "gs://bucket/runs"
     assert package.pipeline_spec.pipeline_info.name == "image-classifier"
 
