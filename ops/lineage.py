@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 
 from ml_metadata.proto import metadata_store_pb2
-from tfx.utils import path_utils
+from tfx.utils.path_constants import SERVING_MODEL_DIR
 
 from components import serving_dir
 from modules.features import CODE_FILE
@@ -151,7 +151,7 @@ def _data(fingerprint: str | None) -> str:
 
 
 def _code(model_uri: str) -> str:
-    path = os.path.join(path_utils.serving_model_path(model_uri), CODE_FILE)
+    path = os.path.join(model_uri, SERVING_MODEL_DIR, CODE_FILE)  # a Keras Trainer's layout
     if not os.path.exists(path):
         return "not recorded"
     with open(path) as f:

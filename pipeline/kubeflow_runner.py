@@ -28,10 +28,8 @@ import yaml
 from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
 from kfp.pipeline_spec import pipeline_spec_pb2
-from tfx import v1 as tfx
 
 from pipeline.config import SETUP_FILE, PipelineConfig
-from pipeline.pipeline import OBSERVERS, create_pipeline
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 # They train models: GPUs, CPU and memory of the trainer_* options, on GPU nodes.
@@ -160,6 +158,9 @@ def compile_pipeline(config: PipelineConfig, output: str) -> str:
     problem = cluster_problem(config)
     if problem:
         raise ValueError(problem)
+    from tfx import v1 as tfx  # the training stack: only once there is something to compile
+
+    from pipeline.pipeline import OBSERVERS, create_pipeline
     pipeline = create_pipeline(config)
     specs = resource_specs(config)
     for component in pipeline.components:

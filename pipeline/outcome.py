@@ -6,12 +6,8 @@ import os
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
-from tfx.dsl.io import fileio
-from tfx.utils import io_utils, path_utils
 
 from components.contracts import RunOutcome
-from components.gate import BASELINE, overall_metric
-from components.live_inputs import SERVED_VERSION
 from modules.features import RESULT_FILE, WARM_START_DIR
 from pipeline.config import PipelineConfig
 from pipeline.mlmd_queries import run_push
@@ -86,6 +82,8 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
     (if on), blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and
     whether every execution after ``since_execution_id`` was a cache hit (no new data, no new
     config)."""
+    from components.gate import BASELINE, overall_metric  # TFMA: only once a run is over
+    from components.live_inputs import SERVED_VERSION
     store = metadata_store(config)
     outputs = run_outputs(store, since_execution_id)
     evaluation, blessing = (latest_artifact(store, t, among=outputs)
@@ -112,6 +110,8 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
 
 def _warm_start(model) -> str | None:
     """How the trained model's warm start went (None when it was off)."""
+    from tfx.dsl.io import fileio
+    from tfx.utils import io_utils, path_utils
     path = os.path.join(path_utils.serving_model_path(model.uri), WARM_START_DIR, RESULT_FILE)
     if not fileio.exists(path):
         return None
