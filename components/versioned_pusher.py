@@ -5,7 +5,9 @@ increasing versions, atomic appearance, retention of the newest N, and a manifes
 push (version, source model, metrics, blessing, data spans, time), also recorded on the
 PushedModel artifact in MLMD. A model is pushed at most once: a rerun that re-blesses it
 (against itself as baseline) pushes nothing, and a rollback away from it sticks until a new
-model is trained. (No ``from __future__ import annotations``: TFX reads the annotations at run
+model is trained. The push is a compare-and-set: a model gated against a version that is no
+longer served (another run pushed, an operator rolled back or moved the labels meanwhile) is
+not pushed, and the run says so. (No ``from __future__ import annotations``: TFX reads the annotations at run
 time.)
 """
 import json
@@ -42,8 +44,8 @@ def _training(model_dir: str):
     return json.loads(io_utils.read_string_file(path)) if fileio.exists(path) else None
 
 
-def _why_not(model, blessing, examples, manifest: list[dict], base: str) -> str:
-    """Why ``model`` is not pushed, or "" to push it."""
+def _why_not(model, examples, manifest: list[dict], base: str) -> str:
+    """Why ``model`` is not pushed whatever its blessing, or "" (called under the lock)."""
     earlier = [e["version"] for e in manifest
                if e.get("model_uri") == model.uri and e.get("action") == "push"]
     if earlier:
@@ -56,7 +58,7 @@ def _why_not(model, blessing, examples, manifest: list[dict], base: str) -> str:
             _training(os.path.join(base, str(served["version"]))):
         return (f"{NO_NEW_DATA}: served version {served['version']} was trained on the same "
                 "examples with the same settings")
-    return "" if blessing.get_int_custom_property("blessed") else "not blessed"
+    return ""
 
 
 @component
@@ -75,11 +77,13 @@ def VersionedPusher(
     """Publishes ``model`` under ``base_directory`` if ``model_blessing`` blessed it, with
     the training data's statistics (the next runs' drift baseline) in ``assets.extra``;
     ``definition`` (the config's ``definition_sha256``) goes into the push record."""
-    manifest = serving_dir.read_manifest(base_directory)
-    reason = _why_not(model, model_blessing, examples, manifest, base_directory)
+    reason = _why_not(model, examples, serving_dir.read_manifest(base_directory),
+                      base_directory) or ("" if model_blessing.get_int_custom_property(
+                          "blessed") else "not blessed")
     if reason:
         PushResult(pushed=False, reason=reason).write(pushed_model)
         return
+    gated_against = baseline_model.get_int_custom_property(SERVED_VERSION)
     accuracy = overall_metric(evaluation.uri)
     record = {
         "action": "push", "model_uri": model.uri, "model_id": model.id,
@@ -87,7 +91,7 @@ def VersionedPusher(
         "accuracy": accuracy, "spans": _spans(examples), "examples_uri": examples.uri,
         "data_fingerprint": (examples.get_string_custom_property(FINGERPRINT)
                              if examples.has_custom_property(FINGERPRINT) else None),
-        "baseline_version": baseline_model.get_int_custom_property(SERVED_VERSION) or None,
+        "baseline_version": gated_against or None,
         "baseline_model_id": (baseline_model.get_int_custom_property(SOURCE_MODEL_ID)
                               if model_blessing.has_custom_property(BASELINE_ID) else None),
         "definition": definition,
@@ -97,7 +101,13 @@ def VersionedPusher(
         io_utils.copy_dir(path_utils.serving_model_path(model.uri), source)
         io_utils.copy_file(os.path.join(statistics.uri, TRAIN_STATISTICS),
                            os.path.join(source, STATISTICS_PATH, TRAIN_STATISTICS))
-        version = serving_dir.publish(source, base_directory, record, keep_versions)
+        try:  # a compare-and-set under the serving dir's lock: checked again there
+            version = serving_dir.publish(
+                source, base_directory, record, keep_versions, expected_served=gated_against,
+                refuse=lambda manifest: _why_not(model, examples, manifest, base_directory))
+        except serving_dir.ServedChanged as err:
+            PushResult(pushed=False, reason=str(err)).write(pushed_model)
+            return
     destination = os.path.join(base_directory, str(version))
     PushResult(pushed=True, version=version, destination=destination, record=record,
                accuracy=accuracy).write(pushed_model)

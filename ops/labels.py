@@ -6,9 +6,15 @@
 - ``promote``: the canary becomes stable (``--require-evidence``: only on a significant,
   non-negative accuracy difference with enough feedback).
 - ``rollback``: all traffic back to stable at once (``--to-version N``: stable is ``N``).
+- ``settle``: finish a label change that waited for TF Serving to load its version.
 
 Labels live in ``<push dir>/labels.json`` (the gateway routes by it) and TF Serving's
 ``<push dir>/models.config`` (``version_labels``); version directories are never touched.
+Each change reads, decides and writes under the serving dir's lock (a compare-and-set: a
+promotion decided on state a rollback has since changed cannot overwrite it), in two phases
+as TF Serving requires: ``models.config`` first asks it to load the new versions while the
+labels keep answering from the old ones; once it reports them AVAILABLE (``--tf-serving``)
+the labels move.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ import dataclasses
 import json
 import os
 import sys
+import time
+import urllib.request
 
 from components import serving_dir
 from components.serving_dir import Labels
@@ -24,9 +32,10 @@ from pipeline.config import PipelineConfig
 from serving.feedback import FEEDBACK, compare, read_feedback
 
 
-def current(push_dir: str) -> Labels:
-    """The labels in use; before the first label, the served (highest) version is stable."""
-    labels = serving_dir.read_labels(push_dir)
+def current(push_dir: str, labels: Labels | None = None) -> Labels:
+    """The labels in use (``labels``, else read); before the first label, the served
+    (highest) version is stable."""
+    labels = labels or serving_dir.read_labels(push_dir)
     if labels:
         return labels
     served = serving_dir.served_version(push_dir)
@@ -35,21 +44,63 @@ def current(push_dir: str) -> Labels:
     return Labels(stable=served)
 
 
-def comparison(push_dir: str, feedback_dir: str):
-    labels = current(push_dir)
+def comparison(push_dir: str, feedback_dir: str, labels: Labels | None = None):
+    labels = current(push_dir, labels)
     if not labels.canary:
         raise ValueError("no canary to compare: python -m ops.labels canary --version N")
     return compare(read_feedback(feedback_dir), labels.stable, labels.canary)
 
 
+def tf_serving_available(url: str, model_name: str, timeout: float = 5.0):
+    """``available(versions)``: whether TF Serving at ``url`` reports them all AVAILABLE."""
+    def available(wanted: list[int]) -> bool:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models/{model_name}",
+                                        timeout=timeout) as response:
+                states = json.load(response)["model_version_status"]
+        except (OSError, ValueError, KeyError):
+            return False
+        loaded = {int(s["version"]) for s in states if s["state"] == "AVAILABLE"}
+        return set(wanted) <= loaded
+    return available
+
+
+def settle(args) -> str:
+    """Phase two of a label change: waits (``--wait`` seconds) until TF Serving reports the
+    pending versions AVAILABLE, then moves the labels; without ``--tf-serving`` (the gateway
+    loads versions itself) at once."""
+    available = (tf_serving_available(args.tf_serving, os.path.basename(args.push_dir))
+                 if args.tf_serving else lambda _: True)
+    deadline = time.monotonic() + args.wait
+    while True:
+        pending = serving_dir.read_pending(args.push_dir)
+        labels = serving_dir.settle_labels(args.push_dir, available)
+        if not pending or serving_dir.read_pending(args.push_dir) is None:
+            return _describe(labels or current(args.push_dir))
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"TF Serving has not loaded version(s) {sorted(pending[0].versions.values())} "
+                f"after {args.wait:g} s: the labels still point to the versions that answer; "
+                f"models.config asks it to load them; finish with: python -m ops.labels "
+                f"--push-dir {args.push_dir} --tf-serving {args.tf_serving} settle")
+        time.sleep(0.5)
+
+
+def _describe(labels: Labels) -> str:
+    return (f"stable: version {labels.stable}" + (
+        f", canary: version {labels.canary} at {labels.canary_weight:.0%}"
+        if labels.canary else ""))
+
+
 def apply(args) -> str:
     """Does ``args.action``; returns what to print. ValueError for a request that cannot be
-    done (unknown version, no canary); PermissionError when the evidence refuses a promotion."""
-    labels, reason = current(args.push_dir), getattr(args, "reason", "")
+    done (unknown version, no canary); PermissionError when the evidence refuses a promotion;
+    TimeoutError when TF Serving did not load a newly labelled version in time."""
     if args.action == "show":
-        return json.dumps(dict(dataclasses.asdict(labels), in_use=bool(
+        pending = serving_dir.read_pending(args.push_dir)
+        return json.dumps(dict(dataclasses.asdict(current(args.push_dir)), in_use=bool(
             serving_dir.read_labels(args.push_dir)), versions=serving_dir.versions(
-                args.push_dir)))
+                args.push_dir), pending=dataclasses.asdict(pending[0]) if pending else None))
     if args.action == "compare":
         result = comparison(args.push_dir, args.feedback_dir)
         rows = [f"{'label':8} {'version':>7} {'answers':>8} {'correct':>8} {'accuracy':>9}"]
@@ -60,27 +111,36 @@ def apply(args) -> str:
         rows.append(f"difference {result.difference:+.3f}, z={result.z:.2f}, "
                     f"p={result.p_value:.3g}: " + (why or "canary may be promoted"))
         return "\n".join(rows)
+    if args.action == "settle":
+        return settle(args)
+    with serving_dir.locked(args.push_dir):  # read, decide and write: a compare-and-set
+        serving_dir.change_labels(args.push_dir, lambda labels: decide(args, labels),
+                                  args.action, getattr(args, "reason", ""))
+        if not args.tf_serving:
+            return settle(args)
+    return settle(args)
+
+
+def decide(args, latest: Labels | None) -> Labels:
+    """The labels ``args.action`` asks for, from the latest labels decided (None: none yet)."""
+    labels = current(args.push_dir, latest)
     if args.action == "canary":
         stable = labels.stable
-        if stable == args.version and not serving_dir.read_labels(args.push_dir):
+        if stable == args.version and latest is None:
             # Labels start now, with the newest version as the canary: stable is the one before.
             stable = max((v for v in serving_dir.versions(args.push_dir) if v < stable),
                          default=stable)
-        new = Labels(stable, args.version, args.weight)
-    elif args.action == "promote":
+        return Labels(stable, args.version, args.weight)
+    if args.action == "promote":
         if not labels.canary:
             raise ValueError("no canary to promote")
         if args.require_evidence:
-            why = comparison(args.push_dir, args.feedback_dir).verdict(args.alpha,
-                                                                       args.min_samples)
+            why = comparison(args.push_dir, args.feedback_dir, labels).verdict(
+                args.alpha, args.min_samples)
             if why:
                 raise PermissionError(f"promotion refused: {why}")
-        new = Labels(labels.canary)
-    else:  # rollback
-        new = Labels(args.to_version or labels.stable)
-    serving_dir.set_labels(args.push_dir, new, args.action, reason)
-    return (f"stable: version {new.stable}" + (f", canary: version {new.canary} at "
-                                               f"{new.canary_weight:.0%}" if new.canary else ""))
+        return Labels(labels.canary)
+    return Labels(args.to_version or labels.stable)  # rollback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--push-dir", default=defaults.push_dir,
                         help="TF Serving model base directory (default: %(default)s)")
+    parser.add_argument("--tf-serving", default="",
+                        help="TF Serving's REST address (http://tf-serving:8501): a label moves "
+                             "only once it reports the version AVAILABLE (default: the gateway "
+                             "loads versions itself, labels move at once)")
+    parser.add_argument("--wait", type=float, default=120.0,
+                        help="seconds to wait for TF Serving to load a version")
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("show", help="the labels and versions")
     canary = actions.add_parser("canary", help="send a share of the traffic to a version")
@@ -106,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                          help="only on a significant, non-negative accuracy difference")
     rollback = actions.add_parser("rollback", help="all traffic to stable (or --to-version)")
     rollback.add_argument("--to-version", type=int, default=0)
+    actions.add_parser("settle", help="finish a label change once TF Serving loaded the version")
     for action in (canary, promote, rollback):
         action.add_argument("--reason", default="", help="recorded in the labels' history")
     args = parser.parse_args(argv)
@@ -116,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"labels: {err}", file=sys.stderr)
         return 2
-    except PermissionError as err:
+    except (PermissionError, TimeoutError) as err:
         print(f"labels: {err}", file=sys.stderr)
         return 1
     return 0
