@@ -64,10 +64,12 @@ def write(data_root: str, classes: list[str]) -> None:
     os.replace(tmp, os.path.join(data_root, CLASS_MAP))
 
 
-def disagreement(data: list[str], served: list[str] | None, served_version: int) -> str:
+def disagreement(data: list[str], served: list[str] | None, served_version: int,
+                 allow_new: bool = False) -> str:
     """Why a model trained on classes ``data`` must not be gated against or replace served
-    ``served_version`` (trained on ``served``), naming the classes; "" when they agree."""
-    if not served or served == data:
+    ``served_version`` (trained on ``served``), naming the classes; "" when they agree, or
+    when ``allow_new`` and ``data`` only appends classes (a new head)."""
+    if not served or served == data or (allow_new and data[:len(served)] == served):
         return ""
     moved = [f"id {i}: {old!r} served, {new!r} in the data"
              for i, (old, new) in enumerate(zip(served, data)) if old != new]
