@@ -26,6 +26,7 @@ class Router:
         self.push_dir, self.backend, self.draw = push_dir, backend, draw
         self._lock = threading.Lock()
         self._cache: tuple[tuple | None, serving_dir.Labels | None] = ((), None)
+        self._followed: dict[str, int] | None = None
 
     def labels(self) -> serving_dir.Labels | None:
         """The labels in use, or None (then the highest version is stable)."""
@@ -40,12 +41,19 @@ class Router:
             return self._cache[1]
 
     def versions(self) -> dict[str, int]:
-        """Label -> version, for the labels that answer now."""
+        """Label -> version, for the labels that answer now: the labels are followed only
+        once the backend has every labelled version available (TF Serving loads a newly
+        labelled version on its next config poll); until then the last mapping it could
+        serve keeps answering."""
         labels = self.labels()
-        if labels:
-            return labels.versions
-        highest = max(self.backend.versions(), default=0)
-        return {"stable": highest} if highest else {}
+        if not labels:
+            highest = max(self.backend.versions(), default=0)
+            return {"stable": highest} if highest else {}
+        wanted = labels.versions
+        with self._lock:
+            if self._followed is None or set(wanted.values()) <= set(self.backend.versions()):
+                self._followed = wanted
+            return dict(self._followed)
 
     def choose(self, label: str = "", version: int = 0) -> tuple[str, int]:
         """``(label, version)`` for a request that asked for ``label``, ``version`` or
@@ -60,7 +68,7 @@ class Router:
             raise NoRoute("no model version is served yet", 503)
         if not label:
             labels = self.labels()
-            label = "canary" if labels and labels.canary and \
+            label = "canary" if "canary" in versions and labels and \
                 self.draw() < labels.canary_weight else "stable"
         if label not in versions:
             raise NoRoute(f"no version is labelled {label!r} (labels: "
