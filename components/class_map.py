@@ -17,14 +17,11 @@ CLASS_MAP = "classes.json"
 
 
 def read(data_root: str) -> list[str] | None:
-    """The class names of ``data_root`` in id order; None when it has no class map."""
+    """The class names of a local ``data_root`` in id order; None when it has no class map
+    (object stores are not read: the pipeline is compiled without network access)."""
     path = os.path.join(data_root, CLASS_MAP)
     if "://" in data_root:
-        from tfx.dsl.io import fileio
-        if not fileio.exists(path):
-            return None
-        with fileio.open(path) as f:
-            return json.loads(f.read())["classes"]
+        return None
     try:
         with open(path, encoding="utf-8") as f:
             classes = json.load(f)["classes"]

@@ -211,7 +211,14 @@ def locked(base: str) -> Iterator[None]:
 def _history(state: dict, labels: Labels, action: str, reason: str, event: str) -> list:
     return state.get("history", []) + [dict(
         dataclasses.asdict(labels), action=action, reason=reason, event=event,
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))]
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), epoch=time.time())]
+
+
+def labels_since(base: str) -> float:
+    """When the labels in effect took effect (seconds since the epoch; 0: unknown)."""
+    state = _labels_state(base)
+    effective = [h for h in state.get("history", []) if h.get("event") == "effective"]
+    return effective[-1].get("epoch", 0.0) if effective and "stable" in state else 0.0
 
 
 def change_labels(base: str, decide: Callable[[Labels | None], Labels], action: str,

@@ -2,9 +2,10 @@
 
 - ``show``: which version is ``stable`` and ``canary``, with the canary's traffic weight.
 - ``canary --version N --weight W``: send a share ``W`` of the traffic to version ``N``.
-- ``compare``: per-version accuracy from clients' feedback, with a two-proportion z-test.
-- ``promote``: the canary becomes stable (``--require-evidence``: only on a significant,
-  non-negative accuracy difference with enough feedback).
+- ``compare``: per-version accuracy from clients' feedback since the canary took effect, with
+  a fixed-horizon non-inferiority test (``serving.feedback.compare``).
+- ``promote``: the canary becomes stable (``--require-evidence``: only once the planned
+  feedback shows it is not worse than stable by more than ``--margin``).
 - ``rollback``: all traffic back to stable at once (``--to-version N``: stable is ``N``).
 - ``settle``: finish a label change that waited for TF Serving to load its version.
 
@@ -44,11 +45,15 @@ def current(push_dir: str, labels: Labels | None = None) -> Labels:
     return Labels(stable=served)
 
 
-def comparison(push_dir: str, feedback_dir: str, labels: Labels | None = None):
-    labels = current(push_dir, labels)
+def comparison(args, labels: Labels | None = None):
+    """The non-inferiority test of the canary in effect, on the feedback given since it
+    took effect (``serving.feedback.compare``)."""
+    labels = current(args.push_dir, labels)
     if not labels.canary:
         raise ValueError("no canary to compare: python -m ops.labels canary --version N")
-    return compare(read_feedback(feedback_dir), labels.stable, labels.canary)
+    return compare(read_feedback(args.feedback_dir), labels.stable, labels.canary,
+                   since=serving_dir.labels_since(args.push_dir), margin=args.margin,
+                   sample_size=args.min_samples, max_per_subject=args.max_per_subject)
 
 
 def tf_serving_available(url: str, model_name: str, timeout: float = 5.0):
@@ -102,14 +107,15 @@ def apply(args) -> str:
             serving_dir.read_labels(args.push_dir)), versions=serving_dir.versions(
                 args.push_dir), pending=dataclasses.asdict(pending[0]) if pending else None))
     if args.action == "compare":
-        result = comparison(args.push_dir, args.feedback_dir)
+        result = comparison(args)
         rows = [f"{'label':8} {'version':>7} {'answers':>8} {'correct':>8} {'accuracy':>9}"]
         rows += [f"{name:8} {arm.version:>7} {arm.total:>8} {arm.correct:>8} "
                  f"{arm.accuracy:>9.3f}" for name, arm in (("stable", result.stable),
                                                             ("canary", result.canary))]
-        why = result.verdict(args.alpha, args.min_samples)
-        rows.append(f"difference {result.difference:+.3f}, z={result.z:.2f}, "
-                    f"p={result.p_value:.3g}: " + (why or "canary may be promoted"))
+        why = result.verdict(args.alpha)
+        rows.append(f"difference {result.difference:+.3f}, margin {result.margin:.3f}, "
+                    f"z={result.z:.2f}, p={result.p_value:.3g}: "
+                    + (why or "canary may be promoted"))
         return "\n".join(rows)
     if args.action == "settle":
         return settle(args)
@@ -135,8 +141,7 @@ def decide(args, latest: Labels | None) -> Labels:
         if not labels.canary:
             raise ValueError("no canary to promote")
         if args.require_evidence:
-            why = comparison(args.push_dir, args.feedback_dir, labels).verdict(
-                args.alpha, args.min_samples)
+            why = comparison(args, labels).verdict(args.alpha)
             if why:
                 raise PermissionError(f"promotion refused: {why}")
         return Labels(labels.canary)
@@ -162,14 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     canary.add_argument("--weight", type=float, required=True, help="its share, in [0, 1]")
     evidence = argparse.ArgumentParser(add_help=False)
     evidence.add_argument("--feedback-dir", default="",
-                          help="the gateways' feedback logs (default: <push dir>/feedback)")
-    evidence.add_argument("--alpha", type=float, default=0.05, help="significance level")
+                          help="the gateways' feedback log (default: <push dir>/feedback)")
+    evidence.add_argument("--alpha", type=float, default=0.05,
+                          help="the test's error rate: promoting a canary worse by the margin")
+    evidence.add_argument("--margin", type=float, default=0.02,
+                          help="the accuracy a canary may lose and still be promoted")
     evidence.add_argument("--min-samples", type=int, default=100,
-                          help="answers with feedback needed per version")
+                          help="the planned answers with feedback per version (fixed horizon: "
+                               "the test uses the first ones since the canary took effect)")
+    evidence.add_argument("--max-per-subject", type=int, default=20,
+                          help="answers one feedback token's subject may count per version")
     actions.add_parser("compare", parents=[evidence], help="canary vs stable accuracy")
     promote = actions.add_parser("promote", parents=[evidence], help="canary becomes stable")
     promote.add_argument("--require-evidence", action="store_true",
-                         help="only on a significant, non-negative accuracy difference")
+                         help="only if the canary is shown not worse than stable by the margin")
     rollback = actions.add_parser("rollback", help="all traffic to stable (or --to-version)")
     rollback.add_argument("--to-version", type=int, default=0)
     actions.add_parser("settle", help="finish a label change once TF Serving loaded the version")

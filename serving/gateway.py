@@ -18,7 +18,6 @@ import logging
 import pathlib
 import threading
 import time
-import uuid
 
 import jwt
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -32,7 +31,7 @@ from starlette.routing import Route
 
 from modules.features import MAX_PIXELS
 from serving.backends import BadImage, Batcher, Unavailable
-from serving.feedback import Answers, UnknownRequest
+from serving.feedback import FEEDBACK_SCOPE, Answers, BadFeedback, UnknownRequest
 from serving.routing import NoRoute, Router
 
 LOG = logging.getLogger("gateway")
@@ -235,7 +234,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         try:
             if request.path_params["name"] != config.model_name:
                 raise Rejected(404, "unknown_model", f"no model {request.path_params['name']}")
-            claims = authenticate(request, config)
+            claims = request.state.claims = authenticate(request, config)
             wait = buckets.take(client_of(request, claims))
             if wait:
                 raise Rejected(429, "rate_limited", "too many requests",
@@ -275,8 +274,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         results = []
         for row in probabilities:
             top = sorted(range(len(row)), key=lambda i: -row[i])[:config.top_k]
-            request_id = uuid.uuid4().hex
-            answers.remember(request_id, label, version, names[top[0]])
+            request_id = answers.issue(label, version, names[top[0]], names)
             results.append({"request_id": request_id, "model_version": version,
                             "label": label, "top": [{"class": names[i],
                                                      "probability": float(row[i])}
@@ -310,10 +308,17 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         if not isinstance(value.get("request_id"), str) or not isinstance(value.get("class"),
                                                                           str):
             raise Rejected(400, "bad_request", 'expected {"request_id": "...", "class": "..."}')
+        claims = request.state.claims
+        if claims is not None and FEEDBACK_SCOPE not in str(claims.get("scope", "")).split():
+            raise Rejected(403, "no_feedback_scope",
+                           f"feedback needs a token with the {FEEDBACK_SCOPE!r} scope")
         try:
-            entry = answers.record(value["request_id"], value["class"])
+            entry = answers.record(value["request_id"], value["class"],
+                                   client_of(request, claims), router.class_names)
         except UnknownRequest as err:
             raise Rejected(404, "unknown_request", err.args[0]) from None
+        except BadFeedback as err:
+            raise Rejected(422, "unknown_class", str(err)) from None
         metrics.feedback.labels(entry["label"], str(entry["correct"]).lower()).inc()
         return {"request_id": entry["request_id"], "correct": entry["correct"]}
 

@@ -74,3 +74,9 @@ class Router:
             raise NoRoute(f"no version is labelled {label!r} (labels: "
                           f"{', '.join(versions)})")
         return label, versions[label]
+
+    def class_names(self, version: int) -> list[str] | None:
+        """The classes of ``version`` from its push record (None: not recorded)."""
+        entry = next((e for e in serving_dir.read_manifest(self.push_dir)
+                      if e["version"] == version), {})
+        return entry.get("class_names")

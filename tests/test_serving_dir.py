@@ -134,19 +134,6 @@ def test_impossible_labels_are_refused_and_change_nothing(tmp_path, labels, mess
     assert serving_dir.read_labels(base) is None
 
 
-def test_the_two_proportion_test_matches_the_textbook_numbers():
-    from serving.feedback import compare
-    entries = ([{"version": 1, "correct": i < 80} for i in range(100)]
-               + [{"version": 2, "correct": i < 90} for i in range(100)])
-    result = compare(entries, stable=1, canary=2)
-    assert (result.stable.accuracy, result.canary.accuracy) == (0.8, 0.9)
-    assert result.z == pytest.approx(1.980, abs=1e-3)  # 0.1 / sqrt(.85 * .15 * .02)
-    assert result.p_value == pytest.approx(0.0477, abs=1e-4)
-    assert result.verdict(alpha=0.05, min_samples=100) == ""
-    assert "not significant" in result.verdict(alpha=0.01, min_samples=100)
-    assert "less accurate" in compare(entries, stable=2, canary=1).verdict(0.05, 100)
-
-
 KILLED_PUBLISHER = """
 import os, signal, sys
 from components import serving_dir
