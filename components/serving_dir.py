@@ -230,19 +230,16 @@ def change_labels(base: str, decide: Callable[[Labels | None], Labels], action: 
     load their versions while the labels in effect keep answering; ``settle_labels`` moves the
     labels once the versions are loaded. Never touches a version directory."""
     with locked(base):
+        repair(base)
         state = _labels_state(base)
         effective = _labels_of(state) if "stable" in state else None
         labels = decide(_labels_of(state.get("pending")) or effective)
         labels.check(versions(base))
-        loading = tuple(labels.versions.values())
-        if effective is None:  # until now TF Serving served the highest version: keep it
-            loading += (max(versions(base)),)
         state = dict(state, pending=dict(dataclasses.asdict(labels), action=action,
                                          reason=reason),
                      history=_history(state, labels, action, reason, "requested"))
         _write_atomically(base, LABELS, json.dumps(state, indent=1))
-        _write_atomically(base, MODELS_CONFIG,
-                          models_config(os.path.basename(base), effective, loading))
+        _write_models_config(base, state)
     return labels
 
 
@@ -263,7 +260,7 @@ def settle_labels(base: str, available: Callable[[list[int]], bool]) -> Labels |
                      history=_history(state, labels, pending["action"], pending["reason"],
                                       "effective"))
         _write_atomically(base, LABELS, json.dumps(state, indent=1))
-        _write_atomically(base, MODELS_CONFIG, models_config(os.path.basename(base), labels))
+        _write_models_config(base, state)
     return labels
 
 
@@ -276,12 +273,75 @@ def set_labels(base: str, labels: Labels, action: str, reason: str = "") -> None
         settle_labels(base, lambda _: True)
 
 
-def _remove_stale_staging(base: str) -> None:
-    """Staging left by a publisher that died (we hold the lock: none is in progress)."""
-    for name in os.listdir(base):
-        if name.startswith(STAGING_PREFIX):
-            path = os.path.join(base, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+def repair(base: str) -> None:
+    """What a holder killed at any point left, made whole (every change starts with it): its
+    staging removed, the manifest rewritten from the versions' push records when it lags
+    behind them, ``models.config`` rewritten from ``labels.json``."""
+    with locked(base):
+        for name in os.listdir(base):
+            if name.startswith(STAGING_PREFIX):
+                path = os.path.join(base, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        manifest = read_manifest(base)
+        if manifest != _read_json(os.path.join(base, MANIFEST), []):
+            _write_manifest(base, manifest)
+        state = _labels_state(base)
+        if state:
+            _write_models_config(base, state)
+
+
+def _write_models_config(base: str, state: dict) -> None:
+    """TF Serving's config for a ``labels.json`` state: the labels in effect, loading the
+    versions of a pending change (and, before the first labels, the highest)."""
+    effective = _labels_of(state) if "stable" in state else None
+    pending = _labels_of(state.get("pending"))
+    loading = tuple(pending.versions.values()) if pending else ()
+    if effective is None and pending:  # until now TF Serving served the highest version
+        loading += (max(versions(base)),)
+    text = models_config(os.path.basename(base), effective, loading)
+    if _read_text(os.path.join(base, MODELS_CONFIG)) != text:
+        _write_atomically(base, MODELS_CONFIG, text)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def check(base: str) -> list[str]:
+    """The serving dir's invariants, as violations (none: ``[]``): every version complete
+    (its push record is written last), the manifest listing exactly the version folders,
+    labels (in effect and pending) on present versions, ``models.config`` carrying exactly
+    the labels in effect, and every gated push made while its baseline was served."""
+    present, manifest = versions(base), read_manifest(base)
+    problems = [f"version {v} has no push record (partial)" for v in present
+                if not os.path.exists(os.path.join(base, str(v), PUSH_RECORD))]
+    listed = _read_json(os.path.join(base, MANIFEST), [])
+    if sorted(e["version"] for e in listed if e.get("retained")) != present:
+        problems.append(f"manifest.json retains {[e['version'] for e in listed]}, folders "
+                        f"are {present}")
+    pending = read_pending(base)
+    for name, labels in (("labels", read_labels(base)), ("pending labels",
+                                                         pending[0] if pending else None)):
+        if labels and not set(labels.versions.values()) <= set(present):
+            problems.append(f"{name} {labels.versions} point to missing versions ({present})")
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    config = text_format.Parse(_read_text(os.path.join(base, MODELS_CONFIG)) or "",
+                               model_server_config_pb2.ModelServerConfig())
+    labels = read_labels(base)
+    in_config = dict(config.model_config_list.config[0].version_labels) \
+        if config.model_config_list.config else {}
+    if in_config != (labels.versions if labels else {}):
+        problems.append(f"models.config labels {in_config} are not labels.json's "
+                        f"{labels.versions if labels else {}}")
+    problems += [f"version {e['version']} was gated against {e['gated_against']} but pushed "
+                 f"while {e['served_at_push']} was served" for e in manifest
+                 if "gated_against" in e and e["gated_against"] != e["served_at_push"]]
+    return problems
 
 
 def _fsync_tree(root: str) -> None:
@@ -311,7 +371,7 @@ def publish(source_dir: str, base: str, record: dict, keep: int,
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     with locked(base):
-        _remove_stale_staging(base)
+        repair(base)
         manifest = read_manifest(base)
         why = refuse(manifest) if refuse else ""
         served = served_version(base)
@@ -323,8 +383,9 @@ def publish(source_dir: str, base: str, record: dict, keep: int,
         version = max(versions(base) + [e["version"] for e in manifest], default=0) + 1
         staging = os.path.join(base, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex}")
         shutil.copytree(source_dir, staging)
-        entry = dict(record, version=version,
-                     time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        entry = dict(record, version=version, served_at_push=served,
+                     time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     **({} if expected_served is None else {"gated_against": expected_served}))
         os.makedirs(os.path.dirname(os.path.join(staging, PUSH_RECORD)), exist_ok=True)
         with open(os.path.join(staging, PUSH_RECORD), "w", encoding="utf-8") as f:
             json.dump(entry, f, indent=1, sort_keys=True)
@@ -374,6 +435,7 @@ def rollback(base: str, to_version: int, reason: str, keep: int) -> int:
             raise ValueError(f"{base} serves by labels: point the stable label back instead "
                              f"(python -m ops.labels rollback --to-version {to_version})")
         origin = next((e for e in read_manifest(base) if e["version"] == to_version), {})
-        record = {k: v for k, v in origin.items() if k not in ("version", "time", "retained")}
+        record = {k: v for k, v in origin.items()
+                  if k not in ("version", "time", "retained", "gated_against", "served_at_push")}
         record.update(action="rollback", rollback_of=to_version, reason=reason)
         return publish(source, base, record, keep)

@@ -150,8 +150,12 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     components = [data_span, example_gen, image_validator, statistics_gen, schema_gen,
                   example_validator, anomaly_gate, transform, *tuning, trainer, served_version,
                   served, evaluator, pusher]
-    for node in components:  # TFX keys a component by its class path, not by its code
-        if type(node).__module__.startswith("components."):
+    # TFX keys a component by its class path, not by its code. The observers are keyed by
+    # what they observe, which the runner computes with the current code (and Kubeflow runs
+    # them every time): keying them by code too would make every edit of the serving dir's
+    # code new data, retraining everything.
+    for node in components:
+        if type(node).__module__.startswith("components.") and node.id not in OBSERVERS:
             node.exec_properties[CODE_SHA256] = source_sha256(type(node).__module__)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -128,6 +128,7 @@ def test_every_custom_component_carries_the_hash_of_its_code():
     pipeline = create_pipeline(config, observed=Observed("fp", 0))
     keyed = {node.id: node.exec_properties.get(CODE_SHA256) for node in pipeline.components}
     assert keyed["VersionedPusher"] == provenance.source_sha256("components.versioned_pusher")
-    assert keyed["ServedVersion"] and keyed["Trainer"] and keyed["AnomalyGate"]
+    assert keyed["ServedModel"] and keyed["Trainer"] and keyed["AnomalyGate"]
     assert keyed["StatisticsGen"] is None  # TFX's own code: its version keys it already
+    assert keyed["DataSpan"] is None and keyed["ServedVersion"] is None  # by what they see
     assert json.loads(json.dumps(keyed))  # plain strings, as KFP parameters need
