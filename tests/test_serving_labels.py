@@ -5,7 +5,6 @@ to versions the backend has available."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
@@ -16,20 +15,8 @@ from components import serving_dir
 from ops import labels as labels_command
 from serving.backends import HttpBackend
 from serving.routing import Router
+from tests.test_gateway import serve
 from tests.tf_serving_contract_server import ConfigFollower, tf_serving_app
-
-
-def _serve(app):
-    import uvicorn
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -42,16 +29,13 @@ def tf_serving(tmp_path):
     follower, stop = ConfigFollower(push_dir), threading.Event()
     poller = threading.Thread(target=follower.follow, args=(0.3, stop), daemon=True)
     poller.start()
-    server, thread, url = _serve(tf_serving_app(push_dir, "image_classifier", None, [],
-                                                follower))
     deadline = time.time() + 30
     while sorted(follower.models) != [3]:  # models.config without labels: the highest
         assert time.time() < deadline, follower.errors
         time.sleep(0.05)
-    yield push_dir, url, follower
+    for url in serve(tf_serving_app(push_dir, "image_classifier", None, [], follower)):
+        yield push_dir, url, follower
     stop.set()
-    server.should_exit = True
-    thread.join(5)
     poller.join(5)
 
 
