@@ -43,6 +43,9 @@ LOCK = ".lock"
 TF_SERVING_ROOT = "/models"
 
 
+SERVED_CHANGED = "served version changed since evaluation"
+
+
 class ServedChanged(RuntimeError):
     """The served version is not the one a model was gated against: nothing was pushed."""
 
@@ -225,10 +228,10 @@ def change_labels(base: str, decide: Callable[[Labels | None], Labels], action: 
                   reason: str = "") -> Labels:
     """Phase one of a label change, as a compare-and-set: under the lock, ``decide`` maps the
     latest labels decided (a pending change, else those in effect; None: none yet) to the
-    wanted ones (checked to be present). The wanted
-    labels are recorded as pending in ``labels.json`` and ``models.config`` asks TF Serving to
-    load their versions while the labels in effect keep answering; ``settle_labels`` moves the
-    labels once the versions are loaded. Never touches a version directory."""
+    wanted ones (checked to be present). They are recorded as pending in ``labels.json``, and
+    ``models.config`` asks TF Serving to load their versions while the labels in effect keep
+    answering; ``settle_labels`` moves the labels once the versions are loaded. Never
+    touches a version directory."""
     with locked(base):
         repair(base)
         state = _labels_state(base)
@@ -376,7 +379,7 @@ def publish(source_dir: str, base: str, record: dict, keep: int,
         why = refuse(manifest) if refuse else ""
         served = served_version(base)
         if not why and expected_served is not None and served != expected_served:
-            why = (f"served version changed since evaluation: gated against "
+            why = (f"{SERVED_CHANGED}: gated against "
                    f"{expected_served or 'nothing'}, now {served or 'nothing'}")
         if why:
             raise ServedChanged(why)

@@ -45,13 +45,13 @@ class Router:
         once the backend has every labelled version available (TF Serving loads a newly
         labelled version on its next config poll); until then the last mapping it could
         serve keeps answering."""
-        labels = self.labels()
-        if not labels:
-            highest = max(self.backend.versions(), default=0)
-            return {"stable": highest} if highest else {}
-        wanted = labels.versions
+        labels, available = self.labels(), set(self.backend.versions())
+        if labels:
+            wanted = labels.versions
+        else:
+            wanted = {"stable": max(available)} if available else {}
         with self._lock:
-            if self._followed is None or set(wanted.values()) <= set(self.backend.versions()):
+            if not self._followed or set(wanted.values()) <= available:
                 self._followed = wanted
             return dict(self._followed)
 

@@ -192,6 +192,7 @@ def test_a_rollback_while_a_run_trains_is_not_undone(cycle):
     out, err = process.communicate(timeout=900)
     assert process.returncode == 0, err
     assert "served version changed since evaluation: gated against 4, now 5" in out
+    assert "RETRAIN STATUS: superseded" in out
     assert serving_dir.versions(config.push_dir)[-1] == 5
     assert serving_dir.served_version(config.push_dir) == 5
     assert serving_dir.read_manifest(config.push_dir)[-1]["action"] == "rollback"
