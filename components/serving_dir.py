@@ -322,10 +322,10 @@ def check(base: str) -> list[str]:
     present, manifest = versions(base), read_manifest(base)
     problems = [f"version {v} has no push record (partial)" for v in present
                 if not os.path.exists(os.path.join(base, str(v), PUSH_RECORD))]
-    listed = _read_json(os.path.join(base, MANIFEST), [])
-    if sorted(e["version"] for e in listed if e.get("retained")) != present:
-        problems.append(f"manifest.json retains {[e['version'] for e in listed]}, folders "
-                        f"are {present}")
+    retained = sorted(e["version"] for e in _read_json(os.path.join(base, MANIFEST), [])
+                      if e.get("retained"))
+    if retained != present:
+        problems.append(f"manifest.json retains {retained}, folders are {present}")
     pending = read_pending(base)
     for name, labels in (("labels", read_labels(base)), ("pending labels",
                                                          pending[0] if pending else None)):

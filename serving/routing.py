@@ -71,6 +71,9 @@ class Router:
             label = "canary" if "canary" in versions and labels and \
                 self.draw() < labels.canary_weight else "stable"
         if label not in versions:
+            labels = self.labels()
+            if labels and label in labels.versions:  # labelled, not loaded yet: 503 below
+                return label, labels.versions[label]
             raise NoRoute(f"no version is labelled {label!r} (labels: "
                           f"{', '.join(versions)})")
         return label, versions[label]

@@ -4,10 +4,6 @@ rate holds however often it is looked at."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -17,7 +13,8 @@ import pytest
 
 from components import serving_dir
 from serving.feedback import Answers, BadFeedback, UnknownRequest, compare, read_feedback
-from tests.conftest import ROOT, encode
+from tests.conftest import encode
+from tools import soak
 
 
 def _entries(version: int, correct: int, total: int, start: float = 100.0, label="stable",
@@ -94,93 +91,78 @@ def test_answer_ids_are_signed_taken_once_and_name_a_class_of_the_model(tmp_path
     assert [e["version"] for e in read_feedback(str(tmp_path / "fb"))] == [2, 1]
 
 
-def _tiny_model(path: str, classes: list[str]) -> None:
-    """A SavedModel with the gateway's raw-bytes signature: the class is the byte count
-    modulo the number of classes."""
-    import tensorflow as tf
-
-    class Model(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.class_names = tf.Variable(classes)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def serve(self, image_bytes):
-            return {"probabilities": tf.one_hot(tf.strings.length(image_bytes) % len(classes),
-                                                len(classes))}
-
-    model = Model()
-    tf.saved_model.save(model, path, signatures={"serving_image_bytes": model.serve})
-
-
-def _gateway(serving: str, feedback: str, key_file: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "serving", "--serving-dir", serving,
-                                "--feedback-dir", feedback, "--port", str(port),
-                                "--jwt-key-file", key_file, "--rate", "1000", "--burst",
-                                "1000"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()
-        time.sleep(0.2)
+@pytest.fixture(scope="module")
+def two_gateways(tmp_path_factory):
+    """Two gateway processes on one serving dir (versions 1 and 2 of a tiny model, stable 1
+    and canary 2 at 50%) and one feedback dir."""
+    root = tmp_path_factory.mktemp("replicas")
+    key = "k" * 32
+    (root / "jwt").write_text(key)
+    push_dir = str(root / "serving" / "image_classifier")
+    model = soak.tiny_model(str(root / "model"), ["a", "b", "c"], pad_megabytes=4)
+    for _ in (1, 2):
+        serving_dir.publish(model, push_dir, {"action": "push", "class_names": ["a", "b", "c"]},
+                            keep=5)
+    serving_dir.set_labels(push_dir, serving_dir.Labels(1, 2, 0.5), "canary")
+    feedback = str(root / "feedback")
+    gateways = [soak.start_gateway(str(root / "serving"), feedback, str(root / "jwt"))
+                for _ in range(2)]
+    yield push_dir, model, feedback, key, [url for _, url in gateways]
+    for process, _ in gateways:
+        process.kill()
+        process.wait()
 
 
-def test_two_gateway_processes_share_feedback_once_per_answer(tmp_path):
+def test_two_gateway_processes_share_feedback_once_per_answer(two_gateways):
     """Answers from one gateway get feedback through the other, concurrently; a duplicate,
     a forged id, a class the model lacks and a token without the feedback scope are refused;
-    nothing is lost: ``compare`` counts every accepted feedback."""
-    key = "k" * 32
-    (tmp_path / "jwt").write_text(key)
-    push_dir = str(tmp_path / "serving" / "image_classifier")
-    for version in (1, 2):
-        _tiny_model(str(tmp_path / f"m{version}"), ["a", "b", "c"])
-        serving_dir.publish(str(tmp_path / f"m{version}"), push_dir,
-                            {"action": "push", "class_names": ["a", "b", "c"]}, keep=5)
-    serving_dir.set_labels(push_dir, serving_dir.Labels(1, 2, 0.5), "canary")
-    feedback = str(tmp_path / "feedback")
-    gateways = [_gateway(str(tmp_path / "serving"), feedback, str(tmp_path / "jwt"))
-                for _ in range(2)]
-    try:
-        def token(**claims):
-            return {"Authorization": "Bearer " + jwt.encode(
-                {"sub": "grader", "exp": time.time() + 60, **claims}, key, "HS256")}
-        rng = np.random.default_rng(0)
-        images = [encode(rng.integers(0, 256, (8, 8), np.uint8), "PNG") for _ in range(40)]
-        answers = [httpx.post(f"{gateways[i % 2][1]}/v1/models/image_classifier:classify",
-                              content=image, headers={"Content-Type": "image/png", **token()}
-                              ).json() for i, image in enumerate(images)]
+    nothing is lost: the log holds every accepted feedback once."""
+    _, _, feedback, key, urls = two_gateways
 
-        def give(i: int) -> int:  # feedback through the gateway that did not answer
-            return httpx.post(f"{gateways[(i + 1) % 2][1]}/v1/models/image_classifier:feedback",
-                              json={"request_id": answers[i]["request_id"], "class": "a"},
-                              headers=token(scope="read feedback")).status_code
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            assert list(pool.map(give, range(40))) == [200] * 40
-        url = gateways[0][1]
-        refused = [httpx.post(f"{url}/v1/models/image_classifier:feedback", json=body,
-                              headers=token(**claims)).json()["reason"] for body, claims in [
-            ({"request_id": answers[0]["request_id"], "class": "a"}, {"scope": "feedback"}),
-            ({"request_id": answers[1]["request_id"][:-4] + "AAAA", "class": "a"},
-             {"scope": "feedback"}),
-            ({"request_id": answers[1]["request_id"], "class": "zebra"}, {"scope": "feedback"}),
-            ({"request_id": answers[1]["request_id"], "class": "a"}, {})]]
-        assert refused == ["unknown_request", "unknown_request", "unknown_class",
-                           "no_feedback_scope"]
-    finally:
-        for process, _ in gateways:
-            process.kill()
-            process.wait()
+    def token(**claims):
+        return {"Authorization": "Bearer " + jwt.encode(
+            {"sub": "grader", "exp": time.time() + 60, **claims}, key, "HS256")}
+    rng = np.random.default_rng(0)
+    images = [encode(rng.integers(0, 256, (8, 8), np.uint8), "PNG") for _ in range(40)]
+    answers = [httpx.post(f"{urls[i % 2]}/v1/models/image_classifier:classify",
+                          content=image, headers={"Content-Type": "image/png", **token()}
+                          ).json() for i, image in enumerate(images)]
+
+    def give(i: int) -> int:  # feedback through the gateway that did not answer
+        return httpx.post(f"{urls[(i + 1) % 2]}/v1/models/image_classifier:feedback",
+                          json={"request_id": answers[i]["request_id"], "class": "a"},
+                          headers=token(scope="read feedback")).status_code
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(give, range(40))) == [200] * 40
+    refused = [httpx.post(f"{urls[0]}/v1/models/image_classifier:feedback", json=body,
+                          headers=token(**claims)).json()["reason"] for body, claims in [
+        ({"request_id": answers[0]["request_id"], "class": "a"}, {"scope": "feedback"}),
+        ({"request_id": answers[1]["request_id"][:-4] + "AAAA", "class": "a"},
+         {"scope": "feedback"}),
+        ({"request_id": answers[1]["request_id"], "class": "zebra"}, {"scope": "feedback"}),
+        ({"request_id": answers[1]["request_id"], "class": "a"}, {})]]
+    assert refused == ["unknown_request", "unknown_request", "unknown_class",
+                       "no_feedback_scope"]
     entries = read_feedback(feedback)
     assert sorted(e["request_id"] for e in entries) == sorted(a["request_id"] for a in answers)
     assert {e["subject"] for e in entries} == {"sub:grader"}
     by_version = {v: sum(e["version"] == v for e in entries) for v in (1, 2)}
     assert by_version[1] + by_version[2] == 40 and min(by_version.values()) > 5
+
+
+def test_a_soak_of_the_seams_keeps_every_invariant(two_gateways):
+    """For 12 s, real processes at once — pushes gated against what they saw served,
+    canaries, promotions, rollbacks by label and by re-publishing, about two SIGKILLs a
+    second — while both gateways answer and take each other's feedback: after the repair
+    the next command does, every invariant of ``serving_dir.check`` holds, every request is
+    answered and no accepted feedback is lost or doubled."""
+    push_dir, model, feedback, key, urls = two_gateways
+    result = soak.soak(push_dir, model, seconds=12, parallel=4, kill_rate=2.0, seed=1,
+                       gateways=tuple(urls), jwt_key=key, feedback_dir=feedback)
+    assert result["violations"] == [], result
+    outcomes, requests = result["outcomes"], result["requests"]
+    assert result["kills"] >= 5 and outcomes.get("push: done", 0) >= 2, result
+    assert outcomes.get("push: refused", 0) + outcomes.get("rollback: refused", 0) >= 1, result
+    assert result["label changes"] >= 2, result
+    assert set(requests) == {"classify 200", "feedback 200"} and \
+        requests["classify 200"] == requests["feedback 200"] >= 20, result
