@@ -41,6 +41,9 @@ STAGING_PREFIX = ".staging-"
 LOCK = ".lock"
 # Where TF Serving mounts the serving dir (kfp/serving/): base paths in models.config use it.
 TF_SERVING_ROOT = "/models"
+# How long a version stays after its label moved away (gateways re-read labels per request;
+# TF Serving re-reads models.config every 30 s in kfp/serving/).
+LABEL_GRACE_SECONDS = 120
 
 
 SERVED_CHANGED = "served version changed since evaluation"
@@ -405,12 +408,25 @@ def publish(source_dir: str, base: str, record: dict, keep: int,
     return version
 
 
+def _recently_labelled(base: str) -> set[int]:
+    """The versions labels pointed to within the last ``LABEL_GRACE_SECONDS``: a gateway that
+    read the labels just before they moved may still be loading one of them."""
+    effective = [h for h in _labels_state(base).get("history", [])
+                 if h.get("event") == "effective"]
+    now = time.time()
+    return {version for entry, moved in zip(effective, effective[1:])
+            if now - moved.get("epoch", 0) < LABEL_GRACE_SECONDS
+            for version in _labels_of(entry).versions.values()}
+
+
 def _prune(base: str, keep: int, manifest: list[dict]) -> None:
-    """Keeps the newest ``keep`` versions and the labelled ones (in effect or pending)."""
+    """Keeps the newest ``keep`` versions, the labelled ones (in effect or pending) and the
+    recently labelled ones."""
     present = versions(base)
     pending = read_pending(base)
     labels = [lab for lab in (read_labels(base), pending[0] if pending else None) if lab]
-    kept = set(present[-keep:]).union(*(lab.versions.values() for lab in labels))
+    kept = set(present[-keep:]).union(*(lab.versions.values() for lab in labels),
+                                      _recently_labelled(base))
     for version in present:
         if version not in kept:
             shutil.rmtree(os.path.join(base, str(version)))

@@ -333,3 +333,18 @@ def test_the_invariant_check_names_what_is_wrong(tmp_path):
         "manifest.json retains [1, 2], folders are [2, 3]",
         "labels {'stable': 9} point to missing versions ([2, 3])",
         "models.config labels {} are not labels.json's {'stable': 9}"]
+
+
+def test_versions_labelled_a_moment_ago_are_not_pruned_under_a_gateway(tmp_path, monkeypatch):
+    """A gateway that read the labels just before they moved may still load the old
+    versions: they stay for LABEL_GRACE_SECONDS after the move."""
+    base = str(tmp_path / "serving" / "m")
+    for i in (1, 2, 3):
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
+    serving_dir.set_labels(base, serving_dir.Labels(1, 2, 0.5), "canary")
+    serving_dir.set_labels(base, serving_dir.Labels(3), "rollback")
+    serving_dir.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=1)
+    assert serving_dir.versions(base) == [1, 2, 3, 4]
+    monkeypatch.setattr(serving_dir, "LABEL_GRACE_SECONDS", 0)
+    serving_dir.publish(_model(tmp_path, "m5"), base, {"action": "push"}, keep=1)
+    assert serving_dir.versions(base) == [3, 5]

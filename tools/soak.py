@@ -3,8 +3,8 @@ tests): real processes at once against one serving dir — pushes gated against 
 saw served (as a run's pusher is), ``ops.labels`` canaries, promotions and rollbacks,
 ``ops.rollback`` — with ``kill -9`` at random moments, while gateway processes take traffic
 and feedback (each answer graded through another replica); then the repair every next command
-does, ``components.serving_dir.check``'s invariants, and the feedback log against the
-feedback the gateways accepted.
+does, ``components.serving_dir.check``'s invariants, every request answered (200), and the
+feedback log against the feedback the gateways accepted.
 """
 from __future__ import annotations
 
@@ -107,7 +107,9 @@ def soak(base: str, model: str, seconds: float, parallel: int = 4, kill_rate: fl
             "label changes": sum(h.get("event") == "effective" for h in history),
             "requests": dict(sorted(traffic_counts.items())),
             "violations": serving_dir.check(base) + _feedback_lost(
-                feedback_dir, logged_before, traffic_counts)}
+                feedback_dir, logged_before, traffic_counts) + [
+                f"{count} requests answered {status}" for status, count
+                in traffic_counts.items() if not status.endswith(" 200")]}
 
 
 def _traffic(gateways: tuple[str, ...], key: str, stop: threading.Event,
