@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(one_soak(tmp, args.seconds, args.parallel, seed))
         print(seed, rows[-1], flush=True)
-    lines = ["## Seams: concurrent pushes, label commands, rollbacks, kills and two gateways",
+    from bench_model import machine
+    lines = ["# Seams benchmark", "", f"Machine: {machine()}", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "## Concurrent pushes, label commands, rollbacks, kills and two gateways",
              "", f"{args.seeds} soaks of {args.seconds:g} s, {args.parallel} processes at a "
              "time (tools/soak.py), two gateway processes answering 4 clients who grade each "
              "answer through the other gateway; then the repair the next command does, "
