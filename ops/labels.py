@@ -122,9 +122,9 @@ def apply(args) -> str:
     with serving_dir.locked(args.push_dir):  # read, decide and write: a compare-and-set
         serving_dir.change_labels(args.push_dir, lambda labels: decide(args, labels),
                                   args.action, getattr(args, "reason", ""))
-        if not args.tf_serving:
+        if not args.tf_serving:  # the gateways load versions themselves: one step
             return settle(args)
-    return settle(args)
+    return settle(args)  # waits for TF Serving without holding the lock
 
 
 def decide(args, latest: Labels | None) -> Labels:
