@@ -40,7 +40,7 @@ browser: ## install Debian's Chromium for the browser test where apt-get can (el
 test: setup browser ## run the test suite
 	$(PY) -m pytest tests -v $(ARGS)
 
-BENCHES := pipeline model learning warm-start gateway
+BENCHES := pipeline model learning warm-start gateway seams
 
 bench: setup ## run the benchmarks (about 30 min); results in bench/results.md
 	$(PY) bench/bench_pipeline.py --out bench/results-pipeline.md
@@ -48,6 +48,7 @@ bench: setup ## run the benchmarks (about 30 min); results in bench/results.md
 	$(PY) bench/bench_learning.py --out bench/results-learning.md
 	$(PY) bench/bench_warm_start.py --out bench/results-warm-start.md
 	$(PY) bench/bench_gateway.py --out bench/results-gateway.md
+	$(PY) bench/bench_seams.py --out bench/results-seams.md
 	cat $(BENCHES:%=bench/results-%.md) > bench/results.md
 	rm $(BENCHES:%=bench/results-%.md)
 

@@ -7,8 +7,8 @@ on as parameters, so every downstream cache key changes exactly when the world d
 
 * ``DataSpan``: the span to read (the ``span`` run-time parameter, or the latest) and TFX's
   fingerprint of its files (names, sizes, modification times);
-* ``ServedVersion``: the version served by default (the ``stable`` label once version labels
-  are in use, else the highest under the model base dir: ``serving_dir.served_version``).
+* ``ServedVersion``: the version served (the ``stable`` label, else the highest version):
+  the model is gated against it, and pushed only if it is still served then.
 
 ``ServedModel`` turns that version into artifacts: a copy of the served SavedModel (the
 Evaluator's baseline and the warm-start source) and the statistics of the data it was trained
@@ -138,15 +138,15 @@ def ServedModel(
     statistics.split_names = json.dumps(["train"])
     if not version:
         return
-    source = os.path.join(base_directory, str(version))
-    if not os.path.isdir(source):
-        raise FileNotFoundError(f"served version {version} vanished from {base_directory} "
-                                f"(present: {serving_dir.versions(base_directory)})")
-    io_utils.copy_dir(source, os.path.join(model.uri, "Format-Serving"))
+    try:  # under the serving dir's lock: no publisher prunes it while it is copied
+        with serving_dir.reading(base_directory, version) as source:
+            io_utils.copy_dir(source, os.path.join(model.uri, "Format-Serving"))
+            stats = os.path.join(source, STATISTICS_PATH)
+            if os.path.isdir(stats):
+                io_utils.copy_dir(stats, statistics.uri)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"served version {version} vanished: {err}") from None
     entry = next((e for e in serving_dir.read_manifest(base_directory)
                   if e["version"] == version), {})
     if entry.get("model_id") is not None:
         model.set_int_custom_property(SOURCE_MODEL_ID, entry["model_id"])
-    stats = os.path.join(source, STATISTICS_PATH)
-    if os.path.isdir(stats):
-        io_utils.copy_dir(stats, statistics.uri)

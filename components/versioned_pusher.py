@@ -5,7 +5,9 @@ increasing versions, atomic appearance, retention of the newest N, and a manifes
 push (version, source model, metrics, blessing, data spans, time), also recorded on the
 PushedModel artifact in MLMD. A model is pushed at most once: a rerun that re-blesses it
 (against itself as baseline) pushes nothing, and a rollback away from it sticks until a new
-model is trained. (No ``from __future__ import annotations``: TFX reads the annotations at run
+model is trained. The push is a compare-and-set: a model gated against a version that is no
+longer served (another run pushed, an operator rolled back or moved the labels meanwhile) is
+not pushed, and the run says so. (No ``from __future__ import annotations``: TFX reads the annotations at run
 time.)
 """
 import json
@@ -19,7 +21,7 @@ from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils
 
-from components import serving_dir
+from components import class_map, serving_dir
 from components.contracts import PushResult
 from components.gate import overall_metric
 from components.image_validator import FINGERPRINT
@@ -42,21 +44,27 @@ def _training(model_dir: str):
     return json.loads(io_utils.read_string_file(path)) if fileio.exists(path) else None
 
 
-def _why_not(model, blessing, examples, manifest: list[dict], base: str) -> str:
-    """Why ``model`` is not pushed, or "" to push it."""
+def _why_not(model, examples, manifest: list[dict], base: str, classes: list[str],
+             allow_new_classes: bool) -> str:
+    """Why ``model`` (trained on ``classes``) is not pushed whatever its blessing, or ""
+    (called again under the lock)."""
     earlier = [e["version"] for e in manifest
                if e.get("model_uri") == model.uri and e.get("action") == "push"]
     if earlier:
         return f"already pushed as version {earlier[0]}"
     served = next((e for e in manifest if e["version"] == serving_dir.served_version(base)),
                   None)
+    mismatch = class_map.disagreement(classes, (served or {}).get("class_names"),
+                                      (served or {}).get("version", 0), allow_new_classes)
+    if mismatch:
+        return mismatch
     # A warm-started retrain on the data and settings of the served version is no news.
     if served and served.get("examples_uri") == examples.uri and served.get("retained") and \
             _training(path_utils.serving_model_path(model.uri)) == \
             _training(os.path.join(base, str(served["version"]))):
         return (f"{NO_NEW_DATA}: served version {served['version']} was trained on the same "
                 "examples with the same settings")
-    return "" if blessing.get_int_custom_property("blessed") else "not blessed"
+    return ""
 
 
 @component
@@ -71,15 +79,27 @@ def VersionedPusher(
     base_directory: Parameter[str],
     keep_versions: Parameter[int] = 5,
     definition: Parameter[str] = "",
+    class_names: Parameter[str] = "[]",
+    allow_new_classes: Parameter[int] = 0,
 ) -> None:
     """Publishes ``model`` under ``base_directory`` if ``model_blessing`` blessed it, with
     the training data's statistics (the next runs' drift baseline) in ``assets.extra``;
-    ``definition`` (the config's ``definition_sha256``) goes into the push record."""
-    manifest = serving_dir.read_manifest(base_directory)
-    reason = _why_not(model, model_blessing, examples, manifest, base_directory)
+    ``definition`` (the config's ``definition_sha256``) and ``class_names`` (JSON: the
+    model's classes in id order) go into the push record. A model whose classes disagree
+    with the served version's is not pushed (``allow_new_classes``: unless it only adds
+    classes)."""
+    classes = json.loads(class_names)
+
+    def why_not(manifest: list[dict]) -> str:
+        return _why_not(model, examples, manifest, base_directory, classes,
+                        bool(allow_new_classes))
+
+    reason = why_not(serving_dir.read_manifest(base_directory)) or (
+        "" if model_blessing.get_int_custom_property("blessed") else "not blessed")
     if reason:
         PushResult(pushed=False, reason=reason).write(pushed_model)
         return
+    gated_against = baseline_model.get_int_custom_property(SERVED_VERSION)
     accuracy = overall_metric(evaluation.uri)
     record = {
         "action": "push", "model_uri": model.uri, "model_id": model.id,
@@ -87,17 +107,23 @@ def VersionedPusher(
         "accuracy": accuracy, "spans": _spans(examples), "examples_uri": examples.uri,
         "data_fingerprint": (examples.get_string_custom_property(FINGERPRINT)
                              if examples.has_custom_property(FINGERPRINT) else None),
-        "baseline_version": baseline_model.get_int_custom_property(SERVED_VERSION) or None,
+        "baseline_version": gated_against or None,
         "baseline_model_id": (baseline_model.get_int_custom_property(SOURCE_MODEL_ID)
                               if model_blessing.has_custom_property(BASELINE_ID) else None),
-        "definition": definition,
+        "definition": definition, "class_names": classes,
     }
     with tempfile.TemporaryDirectory() as tmp:  # the pipeline root may be an object store
         source = os.path.join(tmp, "model")
         io_utils.copy_dir(path_utils.serving_model_path(model.uri), source)
         io_utils.copy_file(os.path.join(statistics.uri, TRAIN_STATISTICS),
                            os.path.join(source, STATISTICS_PATH, TRAIN_STATISTICS))
-        version = serving_dir.publish(source, base_directory, record, keep_versions)
+        try:  # a compare-and-set under the serving dir's lock: checked again there
+            version = serving_dir.publish(
+                source, base_directory, record, keep_versions, expected_served=gated_against,
+                refuse=why_not)
+        except serving_dir.ServedChanged as err:
+            PushResult(pushed=False, reason=str(err)).write(pushed_model)
+            return
     destination = os.path.join(base_directory, str(version))
     PushResult(pushed=True, version=version, destination=destination, record=record,
                accuracy=accuracy).write(pushed_model)

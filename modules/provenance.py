@@ -2,7 +2,7 @@
 uncommitted changes), a hash of the module files, and the package version. Recorded by the
 Trainer beside the model (``CODE_FILE``), never in a cache key: a commit that does not touch
 the modules must not retrain. What does key the cache is ``source_sha256``: the files a
-component's code is made of.
+component's code is made of (``modules/`` and ``components/``).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 import subprocess
 
 MODULES = os.path.dirname(os.path.abspath(__file__))
+PACKAGES = ("modules", "components")  # the project's code that TFX components run
 
 
 def _git(*args: str) -> str | None:
@@ -38,20 +39,32 @@ def modules_sha256() -> str:
     return _sha256(os.path.basename(p) for p in glob.glob(os.path.join(MODULES, "*.py")))
 
 
+def _file(module: str) -> str | None:
+    """``modules.<name>[.attr]`` or ``components.<name>[.attr]`` -> its file, relative to
+    ``MODULES`` (None: not a project module)."""
+    parts = module.split(".")
+    if parts[0] not in PACKAGES or len(parts) < 2:
+        return None
+    path = os.path.join(os.path.dirname(MODULES), parts[0], parts[1] + ".py")
+    return os.path.relpath(path, MODULES) if os.path.exists(path) else None
+
+
 def source_sha256(module: str) -> str:
-    """A hash over ``module``'s file (``modules.<name>``) and the module files it imports,
-    transitively: part of a component's cache key, so that editing the code a component runs
-    reruns it, and editing other code does not."""
+    """A hash over ``module``'s file (``modules.<name>`` or ``components.<name>``) and the
+    project files it imports, transitively: part of a component's cache key, so that editing
+    the code a component runs reruns it, and editing other code does not."""
     files, todo = set(), [module]
     while todo:
-        name = todo.pop().split(".")[1] + ".py"
-        if name in files:
+        name = _file(todo.pop())
+        if name is None or name in files:
             continue
         files.add(name)
         with open(os.path.join(MODULES, name), encoding="utf-8") as f:
             tree = ast.parse(f.read())
-        todo += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                 and (node.module or "").startswith("modules.")]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                todo.append(node.module)  # from modules.x import y
+                todo += [f"{node.module}.{alias.name}" for alias in node.names]  # from pkg import x
     return _sha256(files)
 
 

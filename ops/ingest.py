@@ -1,8 +1,11 @@
 """Image folders to TFRecords: ``python -m ops.ingest <image dir> <out dir>``.
 
 ``<image dir>/<class name>/**/<image>`` becomes sharded TFRecords of tf.Examples (``image``
-bytes, ``label`` id by sorted class name, ``label_name``, ``height``, ``width``,
-``source_path``, ``sha256``) under ``<out dir>/[span-N/]{train,eval}/``, split by content hash
+bytes, ``label`` id, ``label_name``, ``height``, ``width``, ``source_path``, ``sha256``)
+under ``<out dir>/[span-N/]{train,eval}/``. Label ids come from the class map
+``<out dir>/classes.json`` (``components.class_map``): the first ingest numbers the classes
+by sorted name, later spans keep those ids, give a new class the next id and report a class
+with no images (it keeps its id). Records are split by content hash
 (so a file stays in its split across re-ingestions) and sharded by hash. Files are checked in
 parallel; corrupt, unsupported, oversized or duplicated files are skipped and listed with the
 reason in ``manifest.json`` beside the records, never crashing the run. The command fails (exit
@@ -14,6 +17,7 @@ cannot decode as they are (CMYK, 16-bit, palette with transparency...) are re-en
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -22,6 +26,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from components import class_map
 from modules.features import MAX_PIXELS, SPLITS
 from pipeline.tfrecords import write_splits
 
@@ -144,12 +149,34 @@ def ingest(image_dir: str, out_dir: str, shards: int = 4, compress: bool = False
         raise IngestError(f"{len(skipped)} of {len(jobs)} files skipped, more than "
                           f"max_skipped_fraction={max_skipped_fraction}: " + "; ".join(
                               f"{s['path']}: {s['reason']}" for s in skipped[:10]))
-    labels = {name: index for index, name in enumerate(files)}
-    manifest = _write(kept, labels, out_dir, span, shards, compress, eval_fraction)
-    manifest.update(source=os.path.abspath(image_dir), files=len(jobs), skipped=skipped)
-    with open(os.path.join(manifest["root"], "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
+    # Another span's ingest may extend the map meanwhile; without spans the records are the
+    # data root, written once (by rename: nothing may be in it before).
+    with class_map.locked(out_dir) if span is not None else contextlib.nullcontext():
+        _adopt_legacy_ids(out_dir)
+        classes, added, missing = class_map.extend(out_dir, list(files))
+        labels = {name: classes.index(name) for name in files}
+        manifest = _write(kept, labels, out_dir, span, shards, compress, eval_fraction)
+        manifest.update(source=os.path.abspath(image_dir), files=len(jobs), skipped=skipped,
+                        classes=classes, added_classes=added, missing_classes=missing)
+        with open(os.path.join(manifest["root"], "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+        class_map.write(out_dir, classes)
     return manifest
+
+
+def _adopt_legacy_ids(out_dir: str) -> None:
+    """A data root written before class maps existed: its newest span's ingest manifest lists
+    the classes in id order; they become the class map, so ids keep their meaning."""
+    if not os.path.isdir(out_dir) or class_map.read(out_dir) is not None:
+        return
+    spans = sorted((int(n[5:]) for n in os.listdir(out_dir)
+                    if n.startswith("span-") and n[5:].isdigit()), reverse=True)
+    for span in spans:
+        path = os.path.join(out_dir, f"span-{span}", "manifest.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                class_map.write(out_dir, json.load(f)["classes"])
+            return
 
 
 def _write(kept, labels, out_dir, span, shards, compress, eval_fraction) -> dict:
@@ -166,7 +193,7 @@ def _write(kept, labels, out_dir, span, shards, compress, eval_fraction) -> dict
             yield split, _example(item, labels[item.label_name])
 
     write_splits(root, records(), shards, "data", compress)
-    return {"root": root, "classes": list(labels), "counts": counts, "span": span}
+    return {"root": root, "counts": counts, "span": span}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,8 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     totals = {split: sum(c.values()) for split, c in manifest["counts"].items()}
     print(f"Wrote {totals['train']} train and {totals['eval']} eval images of "
-          f"{len(manifest['classes'])} classes to {manifest['root']}; "
-          f"{len(manifest['skipped'])} skipped (see manifest.json)")
+          f"{len(manifest['classes']) - len(manifest['missing_classes'])} classes to "
+          f"{manifest['root']}; {len(manifest['skipped'])} skipped (see manifest.json)")
+    if manifest["added_classes"] and len(manifest["added_classes"]) < len(manifest["classes"]):
+        print(f"New classes, with the next ids: {', '.join(manifest['added_classes'])}")
+    if manifest["missing_classes"]:
+        print(f"warning: classes with no image in this span keep their ids: "
+              f"{', '.join(manifest['missing_classes'])}", file=sys.stderr)
     return 0
 
 

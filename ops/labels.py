@@ -2,13 +2,20 @@
 
 - ``show``: which version is ``stable`` and ``canary``, with the canary's traffic weight.
 - ``canary --version N --weight W``: send a share ``W`` of the traffic to version ``N``.
-- ``compare``: per-version accuracy from clients' feedback, with a two-proportion z-test.
-- ``promote``: the canary becomes stable (``--require-evidence``: only on a significant,
-  non-negative accuracy difference with enough feedback).
+- ``compare``: per-version accuracy from clients' feedback since the canary took effect, with
+  a fixed-horizon non-inferiority test (``serving.feedback.compare``).
+- ``promote``: the canary becomes stable (``--require-evidence``: only once the planned
+  feedback shows it is not worse than stable by more than ``--margin``).
 - ``rollback``: all traffic back to stable at once (``--to-version N``: stable is ``N``).
+- ``settle``: finish a label change that waited for TF Serving to load its version.
 
 Labels live in ``<push dir>/labels.json`` (the gateway routes by it) and TF Serving's
 ``<push dir>/models.config`` (``version_labels``); version directories are never touched.
+Each change reads, decides and writes under the serving dir's lock (a compare-and-set: a
+promotion decided on state a rollback has since changed cannot overwrite it), in two phases
+as TF Serving requires: ``models.config`` first asks it to load the new versions while the
+labels keep answering from the old ones; once it reports them AVAILABLE (``--tf-serving``)
+the labels move.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ import dataclasses
 import json
 import os
 import sys
+import time
+import urllib.request
 
 from components import serving_dir
 from components.serving_dir import Labels
@@ -24,9 +33,10 @@ from pipeline.config import PipelineConfig
 from serving.feedback import FEEDBACK, compare, read_feedback
 
 
-def current(push_dir: str) -> Labels:
-    """The labels in use; before the first label, the served (highest) version is stable."""
-    labels = serving_dir.read_labels(push_dir)
+def current(push_dir: str, labels: Labels | None = None) -> Labels:
+    """The labels in use (``labels``, else read); before the first label, the served
+    (highest) version is stable."""
+    labels = labels or serving_dir.read_labels(push_dir)
     if labels:
         return labels
     served = serving_dir.served_version(push_dir)
@@ -35,52 +45,107 @@ def current(push_dir: str) -> Labels:
     return Labels(stable=served)
 
 
-def comparison(push_dir: str, feedback_dir: str):
-    labels = current(push_dir)
+def comparison(args, labels: Labels | None = None):
+    """The non-inferiority test of the canary in effect, on the feedback given since it
+    took effect (``serving.feedback.compare``)."""
+    labels = current(args.push_dir, labels)
     if not labels.canary:
         raise ValueError("no canary to compare: python -m ops.labels canary --version N")
-    return compare(read_feedback(feedback_dir), labels.stable, labels.canary)
+    return compare(read_feedback(args.feedback_dir), labels.stable, labels.canary,
+                   since=serving_dir.labels_since(args.push_dir), margin=args.margin,
+                   sample_size=args.min_samples, max_per_subject=args.max_per_subject)
+
+
+def tf_serving_available(url: str, model_name: str, timeout: float = 5.0):
+    """``available(versions)``: whether TF Serving at ``url`` reports them all AVAILABLE."""
+    def available(wanted: list[int]) -> bool:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models/{model_name}",
+                                        timeout=timeout) as response:
+                states = json.load(response)["model_version_status"]
+        except (OSError, ValueError, KeyError):
+            return False
+        loaded = {int(s["version"]) for s in states if s["state"] == "AVAILABLE"}
+        return set(wanted) <= loaded
+    return available
+
+
+def settle(args) -> str:
+    """Phase two of a label change: waits (``--wait`` seconds) until TF Serving reports the
+    pending versions AVAILABLE, then moves the labels; without ``--tf-serving`` (the gateway
+    loads versions itself) at once."""
+    available = (tf_serving_available(args.tf_serving, os.path.basename(args.push_dir))
+                 if args.tf_serving else lambda _: True)
+    deadline = time.monotonic() + args.wait
+    while True:
+        pending = serving_dir.read_pending(args.push_dir)
+        labels = serving_dir.settle_labels(args.push_dir, available)
+        if not pending or serving_dir.read_pending(args.push_dir) is None:
+            return _describe(labels or current(args.push_dir))
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"TF Serving has not loaded version(s) {sorted(pending[0].versions.values())} "
+                f"after {args.wait:g} s: the labels still point to the versions that answer; "
+                f"models.config asks it to load them; finish with: python -m ops.labels "
+                f"--push-dir {args.push_dir} --tf-serving {args.tf_serving} settle")
+        time.sleep(0.5)
+
+
+def _describe(labels: Labels) -> str:
+    return (f"stable: version {labels.stable}" + (
+        f", canary: version {labels.canary} at {labels.canary_weight:.0%}"
+        if labels.canary else ""))
 
 
 def apply(args) -> str:
     """Does ``args.action``; returns what to print. ValueError for a request that cannot be
-    done (unknown version, no canary); PermissionError when the evidence refuses a promotion."""
-    labels, reason = current(args.push_dir), getattr(args, "reason", "")
+    done (unknown version, no canary); PermissionError when the evidence refuses a promotion;
+    TimeoutError when TF Serving did not load a newly labelled version in time."""
     if args.action == "show":
-        return json.dumps(dict(dataclasses.asdict(labels), in_use=bool(
+        pending = serving_dir.read_pending(args.push_dir)
+        return json.dumps(dict(dataclasses.asdict(current(args.push_dir)), in_use=bool(
             serving_dir.read_labels(args.push_dir)), versions=serving_dir.versions(
-                args.push_dir)))
+                args.push_dir), pending=dataclasses.asdict(pending[0]) if pending else None))
     if args.action == "compare":
-        result = comparison(args.push_dir, args.feedback_dir)
+        result = comparison(args)
         rows = [f"{'label':8} {'version':>7} {'answers':>8} {'correct':>8} {'accuracy':>9}"]
         rows += [f"{name:8} {arm.version:>7} {arm.total:>8} {arm.correct:>8} "
                  f"{arm.accuracy:>9.3f}" for name, arm in (("stable", result.stable),
                                                             ("canary", result.canary))]
-        why = result.verdict(args.alpha, args.min_samples)
-        rows.append(f"difference {result.difference:+.3f}, z={result.z:.2f}, "
-                    f"p={result.p_value:.3g}: " + (why or "canary may be promoted"))
+        why = result.verdict(args.alpha)
+        rows.append(f"difference {result.difference:+.3f}, margin {result.margin:.3f}, "
+                    f"z={result.z:.2f}, p={result.p_value:.3g}: "
+                    + (why or "canary may be promoted"))
         return "\n".join(rows)
+    if args.action == "settle":
+        return settle(args)
+    with serving_dir.locked(args.push_dir):  # read, decide and write: a compare-and-set
+        serving_dir.change_labels(args.push_dir, lambda labels: decide(args, labels),
+                                  args.action, getattr(args, "reason", ""))
+        if not args.tf_serving:  # the gateways load versions themselves: one step
+            return settle(args)
+    return settle(args)  # waits for TF Serving without holding the lock
+
+
+def decide(args, latest: Labels | None) -> Labels:
+    """The labels ``args.action`` asks for, from the latest labels decided (None: none yet)."""
+    labels = current(args.push_dir, latest)
     if args.action == "canary":
         stable = labels.stable
-        if stable == args.version and not serving_dir.read_labels(args.push_dir):
+        if stable == args.version and latest is None:
             # Labels start now, with the newest version as the canary: stable is the one before.
             stable = max((v for v in serving_dir.versions(args.push_dir) if v < stable),
                          default=stable)
-        new = Labels(stable, args.version, args.weight)
-    elif args.action == "promote":
+        return Labels(stable, args.version, args.weight)
+    if args.action == "promote":
         if not labels.canary:
             raise ValueError("no canary to promote")
         if args.require_evidence:
-            why = comparison(args.push_dir, args.feedback_dir).verdict(args.alpha,
-                                                                       args.min_samples)
+            why = comparison(args, labels).verdict(args.alpha)
             if why:
                 raise PermissionError(f"promotion refused: {why}")
-        new = Labels(labels.canary)
-    else:  # rollback
-        new = Labels(args.to_version or labels.stable)
-    serving_dir.set_labels(args.push_dir, new, args.action, reason)
-    return (f"stable: version {new.stable}" + (f", canary: version {new.canary} at "
-                                               f"{new.canary_weight:.0%}" if new.canary else ""))
+        return Labels(labels.canary)
+    return Labels(args.to_version or labels.stable)  # rollback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--push-dir", default=defaults.push_dir,
                         help="TF Serving model base directory (default: %(default)s)")
+    parser.add_argument("--tf-serving", default="",
+                        help="TF Serving's REST address (http://tf-serving:8501): a label moves "
+                             "only once it reports the version AVAILABLE (default: the gateway "
+                             "loads versions itself, labels move at once)")
+    parser.add_argument("--wait", type=float, default=120.0,
+                        help="seconds to wait for TF Serving to load a version")
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("show", help="the labels and versions")
     canary = actions.add_parser("canary", help="send a share of the traffic to a version")
@@ -96,16 +167,23 @@ def main(argv: list[str] | None = None) -> int:
     canary.add_argument("--weight", type=float, required=True, help="its share, in [0, 1]")
     evidence = argparse.ArgumentParser(add_help=False)
     evidence.add_argument("--feedback-dir", default="",
-                          help="the gateways' feedback logs (default: <push dir>/feedback)")
-    evidence.add_argument("--alpha", type=float, default=0.05, help="significance level")
+                          help="the gateways' feedback log (default: <push dir>/feedback)")
+    evidence.add_argument("--alpha", type=float, default=0.05,
+                          help="the test's error rate: promoting a canary worse by the margin")
+    evidence.add_argument("--margin", type=float, default=0.02,
+                          help="the accuracy a canary may lose and still be promoted")
     evidence.add_argument("--min-samples", type=int, default=100,
-                          help="answers with feedback needed per version")
+                          help="the planned answers with feedback per version (fixed horizon: "
+                               "the test uses the first ones since the canary took effect)")
+    evidence.add_argument("--max-per-subject", type=int, default=20,
+                          help="answers one feedback token's subject may count per version")
     actions.add_parser("compare", parents=[evidence], help="canary vs stable accuracy")
     promote = actions.add_parser("promote", parents=[evidence], help="canary becomes stable")
     promote.add_argument("--require-evidence", action="store_true",
-                         help="only on a significant, non-negative accuracy difference")
+                         help="only if the canary is shown not worse than stable by the margin")
     rollback = actions.add_parser("rollback", help="all traffic to stable (or --to-version)")
     rollback.add_argument("--to-version", type=int, default=0)
+    actions.add_parser("settle", help="finish a label change once TF Serving loaded the version")
     for action in (canary, promote, rollback):
         action.add_argument("--reason", default="", help="recorded in the labels' history")
     args = parser.parse_args(argv)
@@ -116,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"labels: {err}", file=sys.stderr)
         return 2
-    except PermissionError as err:
+    except (PermissionError, TimeoutError) as err:
         print(f"labels: {err}", file=sys.stderr)
         return 1
     return 0

@@ -4,6 +4,9 @@
 ``pipeline.local_runner``) runs the pipeline once on the latest span and exits with:
 
 * 0 ``pushed``: a new model was blessed and published as the next version;
+* 0 ``superseded``: the model was blessed against a version that is no longer served (another
+  run pushed, or an operator rolled back or moved the labels meanwhile): nothing pushed; the
+  next run gates against the version served now;
 * 0 ``unchanged``: nothing new (no new data: served from cache, whatever the earlier verdict,
   or a warm-started retrain on the served version's data and settings; or the blessed model
   is already published);
@@ -16,18 +19,21 @@ import sys
 import traceback
 
 from components.contracts import RunOutcome
+from components.serving_dir import SERVED_CHANGED
 from components.versioned_pusher import NO_NEW_DATA
 from pipeline.config import PipelineConfig
 from pipeline.local_runner import describe, run
 from pipeline.preflight import user_errors
 from pipeline.progress import readable_run
 
-EXIT_CODES = {"pushed": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
+EXIT_CODES = {"pushed": 0, "superseded": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
 
 
 def status(outcome: RunOutcome) -> str:
     if outcome.pushed:
         return "pushed"
+    if outcome.reason.startswith(SERVED_CHANGED):
+        return "superseded"
     unchanged = outcome.blessed or outcome.cached or outcome.reason.startswith(
         NO_NEW_DATA)
     return "unchanged" if unchanged else "not_blessed"

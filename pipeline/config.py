@@ -25,6 +25,11 @@ ENV_PREFIX = "TFX_IMAGE_"
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
 TUNER_FN = "modules.tuner.tuner_fn"
+# The custom components' code (``components/``), whose hashes key their executions.
+COMPONENT_MODULES = tuple(
+    f"components.{name[:-3]}" for name in sorted(os.listdir(os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components")))
+    if name.endswith(".py") and name != "__init__.py")
 BEAM_MODES = ("in_process", "multi_processing")
 # Beam options that tell where the pipeline's code is (TFX's dependency_utils reads them).
 BEAM_DEPENDENCY_FLAGS = ("--extra_package", "--extra_packages", "--setup_file",
@@ -194,6 +199,9 @@ class PipelineConfig:
     max_regression: float = _option(0.01, GATE, RUNNER,
                                     "the most accuracy a model may lose against the served one")
     min_class_recall: float = _option(0.0, GATE, RUNNER, "the least recall of every class; 0: off")
+    allow_new_classes: bool = _option(False, GATE, RUNNER,
+                                      "allow a model with classes the served one lacks (a new "
+                                      "head; the data's class map extends the served one's)")
     keep_versions: int = _option(5, SERVING, RUNNER, "pushed versions kept in the serving dir")
     # Running
     spans: bool = _option(False, DATA, RUNNER,
@@ -329,11 +337,17 @@ class PipelineConfig:
         """The Trainer's ``custom_config`` (JSON). It is part of the component's cache key,
         so runner-only fields stay out of it."""
         config = {name: getattr(self, name) for name in fields_in(TRANSFORM, TRAINER)}
-        config["class_names"] = list(self.class_names or map(str, range(self.num_classes)))
+        config["class_names"] = list(self.class_names or self._data_classes()
+                                     or map(str, range(self.num_classes)))
         config["augmentation"] = list(self.augmentation)
         config["code_version"] = package_version()  # a new release retrains
         config["source_sha256"] = source_sha256(RUN_FN)  # and so does an edited module
         return config
+
+    def _data_classes(self) -> list[str] | None:
+        """The class names of the data root's class map (``ops.ingest``), if it has one."""
+        from components import class_map
+        return class_map.read(self.data_root) if self.data_root else None
 
     def definition_sha256(self) -> str:
         """A hash of everything that decides what a run computes: every field but those that
@@ -341,8 +355,8 @@ class PipelineConfig:
         import hashlib
         import json
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_IT_RUNS}
-        code = [package_version()] + [source_sha256(f) for f in (PREPROCESSING_FN, RUN_FN,
-                                                                   TUNER_FN)]
+        code = [package_version()] + [source_sha256(f) for f in (
+            PREPROCESSING_FN, RUN_FN, TUNER_FN, *COMPONENT_MODULES)]
         return hashlib.sha256(json.dumps([fields, code], sort_keys=True).encode()).hexdigest()
 
     def tuner_config(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from components.live_inputs import DataSpan, ServedModel, ServedVersion
 from components.standard import TRAINER_PARAMETERS, Evaluator, ImportExampleGen, Trainer
 from components.versioned_pusher import VersionedPusher
 from modules.features import SPLITS
+from modules.provenance import source_sha256
 from pipeline.config import PREPROCESSING_FN, RUN_FN, TUNER_FN, PipelineConfig
 
 # Run-time parameters of the compiled Kubeflow pipeline (per run and per recurring run).
@@ -22,6 +23,9 @@ RUN_TIME_PARAMETERS = {"span": int, "train_steps": int, "epochs": int, "learning
                        "batch_size": int, "min_accuracy": float}
 # Steps that look at the world (data, serving dir): Kubeflow must never serve them from cache.
 OBSERVERS = ("DataSpan", "ServedVersion")
+# The execution property holding the hash of a custom component's code (``components/`` and
+# the project modules it imports): part of its cache key, so an edit reruns it.
+CODE_SHA256 = "code_sha256"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,14 +149,23 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         evaluation=evaluator.outputs["evaluation"], examples=examples,
         baseline_model=served.outputs["model"], statistics=statistics_gen.outputs["statistics"],
         base_directory=config.push_dir, keep_versions=config.keep_versions,
-        definition=served_version.outputs["definition"].future()[0].value)
+        definition=served_version.outputs["definition"].future()[0].value,
+        class_names=json.dumps(config.trainer_config()["class_names"]),
+        allow_new_classes=int(config.allow_new_classes))
+    components = [data_span, example_gen, image_validator, statistics_gen, schema_gen,
+                  example_validator, anomaly_gate, transform, *tuning, trainer, served_version,
+                  served, evaluator, pusher]
+    # TFX keys a component by its class path, not by its code. The observers are keyed by
+    # what they observe, which the runner computes with the current code (and Kubeflow runs
+    # them every time): keying them by code too would make every edit of the serving dir's
+    # code new data, retraining everything.
+    for node in components:
+        if type(node).__module__.startswith("components.") and node.id not in OBSERVERS:
+            node.exec_properties[CODE_SHA256] = source_sha256(type(node).__module__)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[data_span, example_gen, image_validator, statistics_gen, schema_gen,
-                    example_validator, anomaly_gate, transform, *tuning, trainer, served_version,
-                    served,
-                    evaluator, pusher],
+        components=components,
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_pipeline_args)

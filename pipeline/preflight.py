@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import json
 import os
 import sqlite3
 import sys
@@ -120,10 +121,11 @@ LABELS_SCANNED = 20_000  # records per split whose labels the preflight reads
 
 
 def check_data(config: PipelineConfig) -> None:
-    """Raises ``UserError`` for a missing data root, splits without TFRecord files, files that
-    hold no tf.Examples, image or label keys that are not in the data (naming those that are),
+    """Raises ``UserError`` for a missing data root, splits without TFRecord files (in the span
+    the run will read), files that hold no tf.Examples, image or label keys that are not in the data (naming those that are),
     and int labels outside ``[0, num_classes)`` (among the first ``LABELS_SCANNED`` of each
-    split; without ``schema_path``). Object-store data roots are left to the pipeline."""
+    split; without ``schema_path``), and a class map that disagrees (``check_class_map``).
+    Object-store data roots are left to the pipeline."""
     from modules.features import SPLITS
     root = config.data_root
     if "://" in root:
@@ -132,14 +134,60 @@ def check_data(config: PipelineConfig) -> None:
         raise UserError(f"--data-root {root} is not a directory: give the folder that holds "
                         f"{'span-N/' if config.spans else ''}{{{','.join(SPLITS)}}}/ TFRecord "
                         "files (python -m ops.ingest makes them from image folders)")
+    span = _span_folder(config)
     for split in SPLITS:
-        pattern = os.path.join(root, "span-*" if config.spans else "", split, "*")
+        pattern = os.path.join(root, span, split, "*")
         files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
         if not files:
             present = ", ".join(sorted(os.listdir(root))[:10]) or "nothing"
             raise UserError(f"--data-root {root}: no files match {pattern} (the folder holds: "
                             f"{present}); each split needs TFRecord files of tf.Examples")
         _check_records(config, split, files)
+    check_class_map(config)
+
+
+def _span_folder(config: PipelineConfig) -> str:
+    """The span folder the run will read (``--span``, else the highest span number, as
+    ImportExampleGen resolves it), "" without spans."""
+    if not config.spans:
+        return ""
+    from components.live_inputs import resolve_span
+    from pipeline.pipeline import input_config
+    try:
+        range_config, _ = resolve_span(config.data_root, input_config(config), config.span)
+    except ValueError as err:
+        raise UserError(f"--data-root{' --span %d' % config.span if config.span else ''}: "
+                        f"{err}") from None
+    return f"span-{json.loads(range_config)['static_range']['start_span_number']}"
+
+
+def check_class_map(config: PipelineConfig) -> None:
+    """Raises ``UserError`` naming the classes when the data's class map (``ops.ingest``'s
+    ``classes.json``) disagrees with ``--num-classes``/``--class-names`` or with the classes
+    of the served version (unless ``--allow-new-classes`` and it only adds classes)."""
+    from components import class_map, serving_dir
+    if "://" in config.data_root:
+        return
+    try:
+        classes = class_map.read(config.data_root)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if classes is None:
+        return
+    if len(classes) != config.num_classes or (config.class_names and
+                                              list(config.class_names) != classes):
+        raise UserError(f"{os.path.join(config.data_root, class_map.CLASS_MAP)} has "
+                        f"{len(classes)} classes ({', '.join(classes)}) but the run is set for "
+                        f"--num-classes {config.num_classes}"
+                        + (f" --class-names {' '.join(config.class_names)}"
+                           if config.class_names else "") + ": make them agree")
+    served = serving_dir.served_version(config.push_dir)
+    entry = next((e for e in serving_dir.read_manifest(config.push_dir)
+                  if e["version"] == served), {})
+    why = class_map.disagreement(classes, entry.get("class_names"), served,
+                                 config.allow_new_classes)
+    if why:
+        raise UserError(f"--data-root {config.data_root}: {why}")
 
 
 def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None:

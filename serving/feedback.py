@@ -1,71 +1,156 @@
-"""Evidence for A/B decisions: the true class of answered requests, per label and version.
+"""Evidence for canary decisions: the true class of answered requests, shared by every gateway
+replica, and the non-inferiority test ``ops.labels compare`` and ``promote`` decide on.
 
-The gateway remembers its recent answers (``Answers``); a client that later learns the true
-class posts it for the request id, and the pair is appended to a JSON-lines file, one file per
-gateway process, so replicas never interleave. ``compare`` turns those files into per-version
-accuracy and a two-proportion z-test.
+An answer's request id is signed and carries the answer (label, version, predicted class,
+time): ``<payload>.<HMAC-SHA256>``, with a key kept beside the log (``.key``, made once by the
+first gateway; every replica sharing the feedback volume uses it). Any replica verifies a
+feedback without having answered the request itself, and a client cannot grade answers it
+made up. Feedback is appended to one log, ``feedback.jsonl``, under an ``flock`` (several
+processes and pods on one volume), once per answer: each gateway keeps the ids it has seen and
+reads, under the lock, only what the others appended since. A line torn by a killed gateway
+is skipped by readers and never glued to the next entry.
 """
 from __future__ import annotations
 
-import collections
+import base64
+import contextlib
 import dataclasses
-import glob
+import fcntl
+import hashlib
+import hmac
 import json
 import math
 import os
-import socket
+import secrets
 import threading
 import time
+from typing import Callable
 
-FEEDBACK = "feedback"  # the logs' default folder, inside the model's serving dir
+FEEDBACK = "feedback"  # the log's default folder, inside the model's serving dir
+FEEDBACK_SCOPE = "feedback"  # the JWT scope a client needs to give feedback
+LOG = "feedback.jsonl"
+KEY = ".key"
 
 
 class UnknownRequest(KeyError):
-    """Feedback for a request id the gateway did not answer, forgot, or already has."""
+    """Feedback for a request id the gateways did not issue, or that already has feedback."""
+
+
+class BadFeedback(ValueError):
+    """Feedback that names a class the answering model does not have."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class Answers:
-    """The last ``capacity`` answers by request id, and the feedback log they go to."""
+    """Issues signed request ids for answers and records the feedback they get, in
+    ``feedback_dir`` shared by every replica."""
 
-    def __init__(self, feedback_dir: str, capacity: int = 100_000):
-        self.capacity = capacity
-        self.path = os.path.join(feedback_dir, f"{socket.gethostname()}-{os.getpid()}.jsonl")
-        self._answers: collections.OrderedDict[str, dict] = collections.OrderedDict()
+    def __init__(self, feedback_dir: str):
+        self.dir = feedback_dir
+        self.path = os.path.join(feedback_dir, LOG)
+        self._key: bytes | None = None
+        self._seen: set[str] = set()
+        self._offset = 0
+        self._classes: dict[int, list[str]] = {}  # version -> class names, as answered
         self._lock = threading.Lock()
 
-    def remember(self, request_id: str, label: str, version: int, predicted: str) -> None:
-        with self._lock:
-            self._answers[request_id] = {"label": label, "version": version,
-                                         "predicted": predicted}
-            while len(self._answers) > self.capacity:
-                self._answers.popitem(last=False)
+    @contextlib.contextmanager
+    def _locked(self):
+        os.makedirs(self.dir, exist_ok=True)
+        with self._lock, open(os.path.join(self.dir, ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
-    def record(self, request_id: str, true_class: str) -> dict:
-        """Appends the answer of ``request_id`` with its true class; returns the entry."""
-        with self._lock:
-            answer = self._answers.pop(request_id, None)
-            if answer is None:
-                raise UnknownRequest(
-                    f"request id {request_id!r} is unknown: feedback is taken once per answered "
-                    f"request, among the last {self.capacity} this gateway answered")
-            entry = dict(answer, request_id=request_id, true=true_class,
-                         correct=answer["predicted"] == true_class, time=time.time())
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as log:
-                log.write(json.dumps(entry) + "\n")
+    def key(self) -> bytes:
+        """The replicas' shared signing key, made by the first one."""
+        if self._key is None:
+            with self._locked():
+                path = os.path.join(self.dir, KEY)
+                if not os.path.exists(path):
+                    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    os.write(fd, secrets.token_bytes(32))
+                    os.fsync(fd)
+                    os.close(fd)
+                    os.replace(path + ".tmp", path)
+                with open(path, "rb") as f:
+                    self._key = f.read()
+        return self._key
+
+    def issue(self, label: str, version: int, predicted: str, class_names: list[str]) -> str:
+        """The request id of an answer: the answer itself, signed."""
+        self._classes[version] = list(class_names)
+        payload = _b64(json.dumps([label, version, predicted, round(time.time(), 3),
+                                   secrets.token_hex(6)]).encode())
+        return f"{payload}.{_b64(hmac.new(self.key(), payload.encode(), hashlib.sha256).digest())}"
+
+    def answer(self, request_id: str) -> dict:
+        """The answer a request id carries; ``UnknownRequest`` unless a gateway signed it."""
+        payload, _, signature = request_id.partition(".")
+        expected = _b64(hmac.new(self.key(), payload.encode(), hashlib.sha256).digest())
+        if not signature or not hmac.compare_digest(signature, expected):
+            raise UnknownRequest(f"request id {request_id[:80]!r} was not issued by this "
+                                 "model's gateways")
+        label, version, predicted, answered, _ = json.loads(base64.urlsafe_b64decode(
+            payload + "=" * (-len(payload) % 4)))
+        return {"label": label, "version": version, "predicted": predicted,
+                "answered": answered}
+
+    def record(self, request_id: str, true_class: str, subject: str = "",
+               classes_of: Callable[[int], list[str] | None] = lambda version: None) -> dict:
+        """Appends the answer of ``request_id`` with its true class and the ``subject`` who
+        gave it; returns the entry. ``classes_of(version)``: the version's class names when
+        this gateway did not answer it (None: unknown, not checked)."""
+        answer = self.answer(request_id)
+        names = self._classes.get(answer["version"]) or classes_of(answer["version"])
+        if names is not None and true_class not in names:
+            raise BadFeedback(f"class {true_class[:80]!r} is not one of version "
+                              f"{answer['version']}'s classes ({', '.join(names[:20])})")
+        entry = dict(answer, request_id=request_id, true=true_class, subject=subject,
+                     correct=answer["predicted"] == true_class, time=time.time())
+        with self._locked():
+            self._catch_up()
+            if request_id in self._seen:
+                raise UnknownRequest(f"request id {request_id[:80]!r} already has feedback: "
+                                     "it is taken once per answer")
+            with open(self.path, "ab") as log:
+                if log.tell() and not _ends_with_newline(self.path):
+                    log.write(b"\n")  # a line torn by a killed gateway stays apart
+                log.write(json.dumps(entry).encode() + b"\n")
+                log.flush()
+                os.fsync(log.fileno())
+                self._offset = log.tell()
+            self._seen.add(request_id)
         return entry
+
+    def _catch_up(self) -> None:
+        """Reads what other replicas appended since the last look (under the lock)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb") as log:
+            log.seek(self._offset)
+            for line in log:
+                with contextlib.suppress(ValueError):
+                    self._seen.add(json.loads(line)["request_id"])
+            self._offset = log.tell()
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def read_feedback(feedback_dir: str) -> list[dict]:
-    """Every entry in ``feedback_dir``'s logs (a torn last line of a killed gateway skipped)."""
+    """Every entry of ``feedback_dir``'s log (torn lines of a killed gateway skipped)."""
     entries = []
-    for path in sorted(glob.glob(os.path.join(feedback_dir, "*.jsonl"))):
-        with open(path, encoding="utf-8") as log:
-            for line in log:
-                try:
-                    entries.append(json.loads(line))
-                except ValueError:
-                    continue
+    with contextlib.suppress(FileNotFoundError), open(os.path.join(feedback_dir, LOG),
+                                                      "rb") as log:
+        for line in log:
+            with contextlib.suppress(ValueError, KeyError):
+                entries.append(json.loads(line))
     return entries
 
 
@@ -84,39 +169,67 @@ class Arm:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """Canary against stable: the accuracy difference and its two-sided p-value."""
+    """Canary against stable on a fixed sample: the accuracy difference, the non-inferiority
+    margin, and the one-sided p-value of "the canary is worse by the margin or more"."""
 
     stable: Arm
     canary: Arm
     difference: float
+    margin: float
     z: float
     p_value: float
+    sample_size: int  # the planned answers per version; the test uses the first ones
 
-    def verdict(self, alpha: float, min_samples: int) -> str:
+    def verdict(self, alpha: float) -> str:
         """"" when the canary may be promoted on this evidence, else why not."""
-        short = [a for a in (self.stable, self.canary) if a.total < min_samples]
+        short = [a for a in (self.stable, self.canary) if a.total < self.sample_size]
         if short:
             return (f"not enough feedback: version {short[0].version} has {short[0].total} of "
-                    f"the {min_samples} answers needed")
-        if self.difference < 0:
-            return (f"canary is less accurate: {self.canary.accuracy:.3f} vs "
-                    f"{self.stable.accuracy:.3f}")
+                    f"the {self.sample_size} answers planned")
         if not self.p_value < alpha:
-            return (f"the difference {self.difference:+.3f} is not significant "
-                    f"(p={self.p_value:.3g}, needs < {alpha})")
+            return (f"non-inferiority not shown: difference {self.difference:+.3f} with margin "
+                    f"{self.margin:.3f} (p={self.p_value:.3g}, needs < {alpha})")
         return ""
 
 
-def compare(entries: list[dict], stable: int, canary: int) -> Comparison:
-    """Two-proportion z-test of the canary's accuracy against the stable version's."""
-    arms = []
-    for version in (stable, canary):
-        mine = [e for e in entries if e["version"] == version]
-        arms.append(Arm(version, sum(bool(e["correct"]) for e in mine), len(mine)))
+def evidence(entries: list[dict], stable: int, canary: int, since: float,
+             max_per_subject: int) -> dict[int, list[bool]]:
+    """Per version, whether each answer was correct: answers given by label (not asked by
+    version number) at ``since`` or later, in answer order, at most ``max_per_subject`` per
+    subject and version (no client decides alone)."""
+    kept: dict[int, list[bool]] = {stable: [], canary: []}
+    per_subject: dict[tuple[int, str], int] = {}
+    for entry in sorted(entries, key=lambda e: e.get("answered", 0)):
+        version = entry.get("version")
+        if version not in kept or entry.get("label") not in ("stable", "canary") or \
+                entry.get("answered", 0) < since:
+            continue
+        key = (version, entry.get("subject", ""))
+        per_subject[key] = per_subject.get(key, 0) + 1
+        if per_subject[key] <= max_per_subject:
+            kept[version].append(bool(entry["correct"]))
+    return kept
+
+
+def compare(entries: list[dict], stable: int, canary: int, since: float = 0.0,
+            margin: float = 0.02, sample_size: int = 100,
+            max_per_subject: int = 20) -> Comparison:
+    """A fixed-horizon non-inferiority test of the canary's accuracy against the stable
+    version's (a z-test on the difference of proportions, one-sided, scipy's normal law):
+    H0 ``canary <= stable - margin``, with the variance of Agresti and Caffo. It uses the first ``sample_size`` answers per version
+    (see ``evidence``), so looking again with more feedback never changes a decided result:
+    the error rate stays ``alpha`` however often ``compare`` runs."""
+    from scipy.stats import norm
+    kept = evidence(entries, stable, canary, since, max_per_subject)
+    arms = [Arm(v, sum(kept[v][:sample_size]), len(kept[v][:sample_size]))
+            for v in (stable, canary)]
     a, b = arms
     difference = (b.accuracy - a.accuracy) if a.total and b.total else 0.0
-    pooled = (a.correct + b.correct) / (a.total + b.total) if a.total + b.total else 0.0
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / a.total + 1 / b.total)) \
-        if a.total and b.total else 0.0
-    z = difference / spread if spread else 0.0
-    return Comparison(a, b, difference, z, math.erfc(abs(z) / math.sqrt(2)) if spread else 1.0)
+    if not (a.total and b.total):
+        return Comparison(a, b, difference, margin, 0.0, 1.0, sample_size)
+    # The variance of Agresti and Caffo (one success and one failure added per arm), which
+    # stays positive when an observed accuracy is 0 or 1.
+    spread = math.sqrt(sum((arm.correct + 1) * (arm.total - arm.correct + 1)
+                           / (arm.total + 2) ** 3 for arm in arms))
+    z = (difference + margin) / spread
+    return Comparison(a, b, difference, margin, z, float(norm.sf(z)), sample_size)

@@ -30,7 +30,6 @@ import logging
 import os
 import pathlib
 import time
-import uuid
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
@@ -44,7 +43,7 @@ from starlette.routing import Route
 from modules.image_header import MAGIC, ImageRefused, model_pixel_limit, read_header
 from serving.auth import TokenPolicy
 from serving.backends import BadImage, Batcher, Unavailable
-from serving.feedback import Answers, UnknownRequest
+from serving.feedback import FEEDBACK_SCOPE, Answers, BadFeedback, UnknownRequest
 from serving.limits import Bodies, Rejected, json_object, offload, version_number
 from serving.rate import Peers, TokenBuckets
 from serving.routing import NoRoute, Router
@@ -224,6 +223,7 @@ class Guard:
 
     async def __call__(self, request: Request, route: str, handle) -> Response:
         start, client, size = time.perf_counter(), self.peers.client(request), 0
+        request.state.claims = None
         self.bodies = self.bodies or Bodies(self.config.max_bodies, self.config.max_bytes,
                                             self.config.body_timeout)
         try:
@@ -232,9 +232,11 @@ class Guard:
                 raise Rejected(404, "unknown_model",
                                f"no model {request.path_params['name'][:64]!r}")
             if self.policy:
-                subject = self.policy.claims(request.headers.get("authorization", ""))["sub"]
-                client = f"sub:{subject[:64]}"
+                claims = request.state.claims = self.policy.claims(
+                    request.headers.get("authorization", ""))
+                client = f"sub:{claims['sub'][:64]}"
                 self._take(self.by_subject, client)
+            request.state.client = client
             async with self.bodies:
                 body = await self.bodies.read(request)
                 size = len(body)
@@ -307,8 +309,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         results = []
         for row in probabilities:
             top = sorted(range(len(row)), key=lambda i: -row[i])[:config.top_k]
-            request_id = uuid.uuid4().hex
-            answers.remember(request_id, label, version, names[top[0]])
+            request_id = answers.issue(label, version, names[top[0]], names)
             results.append({"request_id": request_id, "model_version": version,
                             "label": label, "top": [{"class": names[i],
                                                      "probability": float(row[i])}
@@ -333,18 +334,25 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
         label, version, images, pixels = await checked(request, predict_checked, body)
         return {"predictions": await answer(label, version, images, pixels)}
 
-    def record_feedback(body: bytes) -> dict:
+    def record_feedback(body: bytes, claims: dict | None, client: str) -> dict:
         value = json_object(body, '{"request_id": ..., "class": ...}', config.max_json_depth)
         if not isinstance(value.get("request_id"), str) or not isinstance(value.get("class"),
                                                                           str):
             raise Rejected(400, "bad_request", 'expected {"request_id": "...", "class": "..."}')
+        if claims is not None and FEEDBACK_SCOPE not in str(claims.get("scope", "")).split():
+            raise Rejected(403, "no_feedback_scope",
+                           f"feedback needs a token with the {FEEDBACK_SCOPE!r} scope")
         try:
-            return answers.record(value["request_id"], value["class"])
+            return answers.record(value["request_id"], value["class"], client,
+                                  router.class_names)
         except UnknownRequest as err:
             raise Rejected(404, "unknown_request", err.args[0][:300]) from None
+        except BadFeedback as err:
+            raise Rejected(422, "unknown_class", str(err)[:300]) from None
 
     async def feedback(request: Request, body: bytes) -> dict:
-        entry = await offload(checks, config.check_timeout, record_feedback, body)
+        entry = await offload(checks, config.check_timeout, record_feedback, body,
+                              request.state.claims, request.state.client)
         metrics.feedback.labels(entry["label"], str(entry["correct"]).lower()).inc()
         return {"request_id": entry["request_id"], "correct": entry["correct"]}
 

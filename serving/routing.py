@@ -26,6 +26,7 @@ class Router:
         self.push_dir, self.backend, self.draw = push_dir, backend, draw
         self._lock = threading.Lock()
         self._cache: tuple[tuple | None, serving_dir.Labels | None] = ((), None)
+        self._followed: dict[str, int] | None = None
 
     def labels(self) -> serving_dir.Labels | None:
         """The labels in use, or None (then the highest version is stable)."""
@@ -40,12 +41,19 @@ class Router:
             return self._cache[1]
 
     def versions(self) -> dict[str, int]:
-        """Label -> version, for the labels that answer now."""
-        labels = self.labels()
+        """Label -> version, for the labels that answer now: the labels are followed only
+        once the backend has every labelled version available (TF Serving loads a newly
+        labelled version on its next config poll); until then the last mapping it could
+        serve keeps answering."""
+        labels, available = self.labels(), set(self.backend.versions())
         if labels:
-            return labels.versions
-        highest = max(self.backend.versions(), default=0)
-        return {"stable": highest} if highest else {}
+            wanted = labels.versions
+        else:
+            wanted = {"stable": max(available)} if available else {}
+        with self._lock:
+            if not self._followed or set(wanted.values()) <= available:
+                self._followed = wanted
+            return dict(self._followed)
 
     def choose(self, label: str = "", version: int = 0) -> tuple[str, int]:
         """``(label, version)`` for a request that asked for ``label``, ``version`` or
@@ -60,9 +68,18 @@ class Router:
             raise NoRoute("no model version is served yet", 503)
         if not label:
             labels = self.labels()
-            label = "canary" if labels and labels.canary and \
+            label = "canary" if "canary" in versions and labels and \
                 self.draw() < labels.canary_weight else "stable"
         if label not in versions:
+            labels = self.labels()
+            if labels and label in labels.versions:  # labelled, not loaded yet: 503 below
+                return label, labels.versions[label]
             raise NoRoute(f"no version is labelled {label!r} (labels: "
                           f"{', '.join(versions)})")
         return label, versions[label]
+
+    def class_names(self, version: int) -> list[str] | None:
+        """The classes of ``version`` from its push record (None: not recorded)."""
+        entry = next((e for e in serving_dir.read_manifest(self.push_dir)
+                      if e["version"] == version), {})
+        return entry.get("class_names")

@@ -121,3 +121,39 @@ def test_too_many_skipped_files_fail(tmp_path):
     with pytest.raises(ingest.IngestError, match="3 of 14 files skipped"):
         ingest.ingest(str(tmp_path / "images"), str(tmp_path / "out"),
                       max_skipped_fraction=0.1, progress=False)
+
+
+def _classes_tree(root, names, rng, per_class=3):
+    for name in names:
+        for i in range(per_class):
+            _save(f"{root}/{name}/{i}.png", encode(rng.integers(0, 256, (8 + i, 9, 3),
+                                                                dtype=np.uint8), "PNG"))
+
+
+def _label_pairs(root) -> set[tuple[str, int]]:
+    return {(e.features.feature["label_name"].bytes_list.value[0].decode(),
+             e.features.feature["label"].int64_list.value[0])
+            for split in ("train", "eval") for e in _records(root, split)}
+
+
+def test_class_ids_keep_their_meaning_across_spans(tmp_path, capsys):
+    """span-1 has cat and dog; span-2 adds ant (which sorts first) and lacks dog: cat keeps
+    id 0, dog keeps id 1 (reported missing), ant gets id 2. A legacy data root (spans written
+    before class maps) adopts the ids of its newest span's manifest."""
+    rng = np.random.default_rng(5)
+    out = str(tmp_path / "data")
+    _classes_tree(str(tmp_path / "s1"), ["cat", "dog"], rng)
+    _classes_tree(str(tmp_path / "s2"), ["ant", "cat"], rng)
+    assert ingest.main([str(tmp_path / "s1"), out, "--span", "1", "--compress"]) == 0
+    assert ingest.main([str(tmp_path / "s2"), out, "--span", "2", "--compress"]) == 0
+    captured = capsys.readouterr()
+    assert "New classes, with the next ids: ant" in captured.out
+    assert "classes with no image in this span keep their ids: dog" in captured.err
+    with open(os.path.join(out, "classes.json")) as f:
+        assert json.load(f) == {"classes": ["cat", "dog", "ant"]}
+    assert _label_pairs(os.path.join(out, "span-1")) == {("cat", 0), ("dog", 1)}
+    assert _label_pairs(os.path.join(out, "span-2")) == {("cat", 0), ("ant", 2)}
+    os.remove(os.path.join(out, "classes.json"))  # as before class maps existed
+    _classes_tree(str(tmp_path / "s3"), ["bee", "dog"], rng)
+    assert ingest.main([str(tmp_path / "s3"), out, "--span", "3", "--compress"]) == 0
+    assert _label_pairs(os.path.join(out, "span-3")) == {("dog", 1), ("bee", 3)}

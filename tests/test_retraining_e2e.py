@@ -165,3 +165,34 @@ def test_a_warm_started_retrain_pushes_new_data_only(cycle, capsys):
     assert "RETRAIN STATUS: unchanged" in out and serving_dir.versions(config.push_dir)[-1] == 4
     assert {e.last_known_state for e in metadata_store(config).get_executions()
             if e.id > last_id} == {metadata_store_pb2.Execution.CACHED}
+
+
+def test_a_rollback_while_a_run_trains_is_not_undone(cycle):
+    """An operator rolls back while a scheduled run trains on a new span (a real process):
+    the run was gated against the version served when it started, so it pushes nothing and
+    says why; the rollback stays served."""
+    import sys
+    import time
+
+    from tests.test_operator import _states
+    config, data, _ = cycle
+    if serving_dir.versions(config.push_dir)[-1:] != [4]:
+        pytest.skip("needs the versions of the tests above")
+    _write_span(data, 5, shuffle_labels=False)
+    trainers = len(_states(config).get("Trainer", []))
+    process = subprocess.Popen([sys.executable, "-m", "ops.retrain", "--data-root", data,
+                                "--work-dir", config.work_dir] + FLAGS, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while len(_states(config).get("Trainer", [])) == trainers:
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.2)
+    assert rollback.main(["--push-dir", config.push_dir, "--to-version", "2",
+                          "--reason", "v4 misbehaves"]) == 0
+    out, err = process.communicate(timeout=900)
+    assert process.returncode == 0, err
+    assert "served version changed since evaluation: gated against 4, now 5" in out
+    assert "RETRAIN STATUS: superseded" in out
+    assert serving_dir.versions(config.push_dir)[-1] == 5
+    assert serving_dir.served_version(config.push_dir) == 5
+    assert serving_dir.read_manifest(config.push_dir)[-1]["action"] == "rollback"

@@ -134,19 +134,6 @@ def test_impossible_labels_are_refused_and_change_nothing(tmp_path, labels, mess
     assert serving_dir.read_labels(base) is None
 
 
-def test_the_two_proportion_test_matches_the_textbook_numbers():
-    from serving.feedback import compare
-    entries = ([{"version": 1, "correct": i < 80} for i in range(100)]
-               + [{"version": 2, "correct": i < 90} for i in range(100)])
-    result = compare(entries, stable=1, canary=2)
-    assert (result.stable.accuracy, result.canary.accuracy) == (0.8, 0.9)
-    assert result.z == pytest.approx(1.980, abs=1e-3)  # 0.1 / sqrt(.85 * .15 * .02)
-    assert result.p_value == pytest.approx(0.0477, abs=1e-4)
-    assert result.verdict(alpha=0.05, min_samples=100) == ""
-    assert "not significant" in result.verdict(alpha=0.01, min_samples=100)
-    assert "less accurate" in compare(entries, stable=2, canary=1).verdict(0.05, 100)
-
-
 KILLED_PUBLISHER = """
 import os, signal, sys
 from components import serving_dir
@@ -186,3 +173,179 @@ def test_a_publisher_killed_at_any_point_leaves_a_state_the_next_push_repairs(tm
     with open(os.path.join(base, serving_dir.MANIFEST)) as f:  # healed on disk too
         assert [e["version"] for e in json.load(f)] == expected + [expected[-1] + 1]
     assert oct(os.stat(os.path.join(base, serving_dir.MANIFEST)).st_mode & 0o777) == "0o644"
+
+
+def _waiters(base: str) -> int:
+    """Processes blocked on ``base``'s lock (``/proc/locks`` lists them with ``->``)."""
+    inode = os.stat(os.path.join(base, serving_dir.LOCK)).st_ino
+    with open("/proc/locks") as f:
+        return sum(1 for line in f if "->" in line and f":{inode} " in line)
+
+
+def _held_while_started(base: str, commands: list[list[str]], meanwhile=lambda: None) -> list:
+    """Starts ``commands`` while this process holds ``base``'s lock; once every one of them
+    waits for it (a read-decide-write that read outside the lock has read the old state),
+    calls ``meanwhile`` and releases it; returns their ``CompletedProcess``es."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    with serving_dir.locked(base):
+        started = [subprocess.Popen([sys.executable, *c], cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for c in commands]
+        deadline = time.time() + 120
+        while _waiters(base) < len(started):
+            assert time.time() < deadline and all(p.poll() is None for p in started), \
+                [p.communicate() for p in started]
+            time.sleep(0.05)
+        meanwhile()
+    outputs = [p.communicate(timeout=120) for p in started]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out)
+            for p, out in zip(started, outputs)]
+
+
+OVERLAPPING_PUSH = """
+import sys
+from components import serving_dir
+try:
+    version = serving_dir.publish(sys.argv[1], sys.argv[2], {"action": "push",
+                                  "model_uri": sys.argv[1]}, keep=5, expected_served=1)
+    print("pushed", version)
+except serving_dir.ServedChanged as err:
+    print("refused:", err)
+"""
+
+
+def test_two_overlapping_pushes_gated_against_the_same_version_push_once(tmp_path):
+    """Two runs' pushers (real processes) gated against version 1 reach the serving dir at
+    the same moment: one pushes version 2, the other is refused and changes nothing."""
+    base = str(tmp_path / "serving" / "m")
+    serving_dir.publish(_model(tmp_path, "m1"), base, {"action": "push"}, keep=5)
+    runs = _held_while_started(base, [["-c", OVERLAPPING_PUSH, _model(tmp_path, name), base]
+                                      for name in ("a", "b")])
+    outputs = sorted(p.stdout.strip() for p in runs)
+    assert [p.returncode for p in runs] == [0, 0]
+    assert outputs[0] == "pushed 2"
+    assert outputs[1] == ("refused: served version changed since evaluation: gated against 1, "
+                          "now 2")
+    assert serving_dir.versions(base) == [1, 2]
+    assert [e["version"] for e in serving_dir.read_manifest(base)] == [1, 2]
+
+
+def test_a_push_gated_before_a_rollback_is_refused_and_the_rollback_sticks(tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    for name in ("m1", "m2"):
+        serving_dir.publish(_model(tmp_path, name), base, {"action": "push"}, keep=5)
+    assert rollback.main(["--push-dir", base, "--to-version", "1", "--reason", "bad"]) == 0
+    with pytest.raises(serving_dir.ServedChanged, match="gated against 2, now 3"):
+        serving_dir.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=5,
+                            expected_served=2)
+    assert serving_dir.versions(base) == [1, 2, 3] and serving_dir.served_version(base) == 3
+    serving_dir.set_labels(base, serving_dir.Labels(1, 3, 0.5), "canary")
+    with pytest.raises(serving_dir.ServedChanged, match="gated against 3, now 1"):
+        serving_dir.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=5,
+                            expected_served=3)
+    assert serving_dir.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=5,
+                               expected_served=1) == 4
+
+
+def test_a_promote_started_before_a_rollback_does_not_undo_it(tmp_path, capsys):
+    """``ops.labels promote`` (a real process) starts, then ``rollback --to-version 3`` runs
+    before it writes: the promote decides on the rolled-back state (no canary left) and
+    changes nothing; one that decided on what it saw first would make version 2 stable."""
+    from ops import labels as labels_command
+    base = str(tmp_path / "serving" / "m")
+    for i in (1, 2, 3):
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
+    serving_dir.set_labels(base, serving_dir.Labels(1, 2, 0.5), "canary")
+    promote, = _held_while_started(
+        base, [["-m", "ops.labels", "--push-dir", base, "promote"]],
+        meanwhile=lambda: labels_command.main(["--push-dir", base, "rollback",
+                                               "--to-version", "3"]))
+    assert "stable: version 3" in capsys.readouterr().out
+    assert promote.returncode == 2 and "no canary to promote" in promote.stderr
+    assert serving_dir.read_labels(base) == serving_dir.Labels(3)
+
+
+KILLED_LABELLER = """
+import os, signal, sys
+from components import serving_dir
+real = serving_dir._write_atomically
+def write(base, name, text):
+    if name == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(base, name, text)
+serving_dir._write_atomically = write
+serving_dir.set_labels(sys.argv[1], serving_dir.Labels(2, 3, 0.2), "canary")
+"""
+
+
+@pytest.mark.parametrize("killed_at", [serving_dir.LABELS, serving_dir.MODELS_CONFIG])
+def test_a_label_change_killed_mid_write_leaves_a_servable_state_the_next_one_repairs(
+        tmp_path, killed_at):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    base = str(tmp_path / "serving" / "m")
+    for i in (1, 2, 3):
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
+    serving_dir.set_labels(base, serving_dir.Labels(1, 2, 0.1), "canary")
+    killed = subprocess.run([sys.executable, "-c", KILLED_LABELLER, base, killed_at], cwd=ROOT)
+    assert killed.returncode == -9
+    assert serving_dir.read_labels(base) == serving_dir.Labels(1, 2, 0.1)  # still in effect
+    serving_dir.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=1)
+    # the labelled versions, in effect or pending, survive pruning
+    assert serving_dir.versions(base) == [1, 2, 3, 4] if killed_at == serving_dir.MODELS_CONFIG \
+        else [1, 2, 4]
+    serving_dir.set_labels(base, serving_dir.Labels(1), "rollback")
+    assert serving_dir.read_pending(base) is None
+    with open(os.path.join(base, serving_dir.MODELS_CONFIG)) as f:
+        assert "versions: 1\n" in f.read()
+
+
+def test_a_torn_manifest_is_rebuilt_from_the_versions_push_records(tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    for i in (1, 2):
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push", "n": i},
+                            keep=5)
+    with open(os.path.join(base, serving_dir.MANIFEST), "r+") as f:
+        f.truncate(40)  # a crash on a filesystem that lost the unsynced tail
+    assert [(e["version"], e["n"]) for e in serving_dir.read_manifest(base)] == [(1, 1), (2, 2)]
+    assert serving_dir.publish(_model(tmp_path, "m3"), base, {"action": "push", "n": 3},
+                               keep=5) == 3
+    with open(os.path.join(base, serving_dir.MANIFEST)) as f:
+        assert [e["version"] for e in json.load(f)] == [1, 2, 3]
+
+
+def test_the_invariant_check_names_what_is_wrong(tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    for i in (1, 2):
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5,
+                            expected_served=i - 1)
+    assert serving_dir.check(base) == []
+    os.rename(os.path.join(base, "1"), str(tmp_path / "gone"))
+    os.makedirs(os.path.join(base, "3"))
+    with open(os.path.join(base, serving_dir.LABELS), "w") as f:
+        json.dump({"stable": 9, "canary": 0, "canary_weight": 0.0}, f)
+    assert serving_dir.check(base) == [
+        "version 3 has no push record (partial)",
+        "manifest.json retains [1, 2], folders are [2, 3]",
+        "labels {'stable': 9} point to missing versions ([2, 3])",
+        "models.config labels {} are not labels.json's {'stable': 9}"]
+
+
+def test_versions_labelled_a_moment_ago_are_not_pruned_under_a_gateway(tmp_path, monkeypatch):
+    """A gateway that read the labels just before they moved may still load the old
+    versions: they stay for LABEL_GRACE_SECONDS after the move."""
+    base = str(tmp_path / "serving" / "m")
+    for i in (1, 2, 3):
+        serving_dir.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
+    serving_dir.set_labels(base, serving_dir.Labels(1, 2, 0.5), "canary")
+    serving_dir.set_labels(base, serving_dir.Labels(3), "rollback")
+    serving_dir.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=1)
+    assert serving_dir.versions(base) == [1, 2, 3, 4]
+    monkeypatch.setattr(serving_dir, "LABEL_GRACE_SECONDS", 0)
+    serving_dir.publish(_model(tmp_path, "m5"), base, {"action": "push"}, keep=1)
+    assert serving_dir.versions(base) == [3, 5]
