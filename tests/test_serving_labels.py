@@ -39,10 +39,17 @@ def tf_serving(tmp_path):
     poller.join(5)
 
 
+def _followed(router: Router) -> dict[str, int]:
+    """The labels the router follows once its backend re-read TF Serving's status (the
+    gateway's background refresh)."""
+    router.backend.refresh(set())
+    return router.versions()
+
+
 def test_labels_move_only_to_versions_tf_serving_has_loaded(tf_serving, capsys):
     push_dir, url, follower = tf_serving
-    router = Router(push_dir, HttpBackend(url, "image_classifier", status_ttl=0.0))
-    assert router.versions() == {"stable": 3}
+    router = Router(push_dir, HttpBackend(url, "image_classifier"))
+    assert _followed(router) == {"stable": 3}
     # Labels start: stable 2, canary 3. TF Serving must first load 2, unlabelled.
     assert labels_command.main(["--push-dir", push_dir, "--tf-serving", url, "canary",
                                 "--version", "3", "--weight", "0.2"]) == 0
@@ -52,21 +59,21 @@ def test_labels_move_only_to_versions_tf_serving_has_loaded(tf_serving, capsys):
     while follower.labels != {"stable": 2, "canary": 3}:
         assert time.time() < deadline, follower.errors
         time.sleep(0.05)
-    assert router.versions() == {"stable": 2, "canary": 3}
+    assert _followed(router) == {"stable": 2, "canary": 3}
     # A rollback to version 1, which TF Serving unloaded: with too short a wait the labels
     # stay where they answer, the change waits; `settle` finishes it.
     assert labels_command.main(["--push-dir", push_dir, "--tf-serving", url, "--wait", "0",
                                 "rollback", "--to-version", "1"]) == 1
     assert "has not loaded version(s) [1]" in capsys.readouterr().err
     assert serving_dir.read_labels(push_dir) == serving_dir.Labels(2, 3, 0.2)
-    assert router.versions() == {"stable": 2, "canary": 3}
+    assert _followed(router) == {"stable": 2, "canary": 3}
     assert labels_command.main(["--push-dir", push_dir, "--tf-serving", url, "settle"]) == 0
     assert serving_dir.read_labels(push_dir) == serving_dir.Labels(1)
     deadline = time.time() + 10
     while follower.labels != {"stable": 1} or sorted(follower.models) != [1]:
         assert time.time() < deadline, follower.errors
         time.sleep(0.05)
-    assert router.versions() == {"stable": 1}
+    assert _followed(router) == {"stable": 1}
     assert follower.errors == []  # TF Serving accepted every config it was given
 
 
@@ -75,8 +82,8 @@ def test_a_one_step_label_change_is_refused_by_tf_serving_and_not_followed(tf_se
     loaded; it refuses that config (keeping the old labels), and the router keeps answering
     from the versions it has."""
     push_dir, url, follower = tf_serving
-    router = Router(push_dir, HttpBackend(url, "image_classifier", status_ttl=0.0))
-    assert router.versions() == {"stable": 3}
+    router = Router(push_dir, HttpBackend(url, "image_classifier"))
+    assert _followed(router) == {"stable": 3}
     with open(os.path.join(push_dir, serving_dir.MODELS_CONFIG), "w") as f:
         f.write(serving_dir.models_config("image_classifier", serving_dir.Labels(1)))
     with open(os.path.join(push_dir, serving_dir.LABELS), "w") as f:
@@ -87,4 +94,4 @@ def test_a_one_step_label_change_is_refused_by_tf_serving_and_not_followed(tf_se
         time.sleep(0.05)
     assert "version 1 of model image_classifier, which is not currently available" in \
         follower.errors[0]
-    assert router.versions() == {"stable": 3} or 1 in follower.models
+    assert _followed(router) == {"stable": 3} or 1 in follower.models

@@ -200,7 +200,8 @@ def start_gateway(serving: str, feedback: str, key_file: str) -> tuple[subproces
     process = subprocess.Popen([sys.executable, "-m", "serving", "--serving-dir", serving,
                                 "--feedback-dir", feedback, "--port", str(port),
                                 "--jwt-key-file", key_file, "--rate", "1000", "--burst",
-                                "1000"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                "1000", "--address-rate", "5000", "--address-burst", "5000"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
