@@ -7,8 +7,10 @@ baseline is v3, v1's model, and the rolled-back model is not pushed again.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -50,45 +52,122 @@ def _snapshot(base):
             if os.path.isfile(f)}
 
 
+class Cycle:
+    """The retraining history every test here checks, one stage after another. A test asks
+    for the stage it needs (``reach``), which runs every earlier stage first, once: a test
+    run alone runs its history and fails loudly if any of it fails, never skips."""
+
+    STAGES = ("spans", "rollback", "warm_start", "rollback_mid_run")
+
+    def __init__(self, root):
+        self.data, work = str(root / "data"), str(root / "work")
+        self.config = PipelineConfig.from_args(["--data-root", self.data, "--work-dir", work]
+                                               + FLAGS, {})
+        self.results: dict[str, dict] = {}
+
+    def retrain(self, *extra: str) -> tuple[int, str]:
+        """``ops.retrain`` on the cycle's data; its exit code and what it printed."""
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = retrain.main(["--data-root", self.data, "--work-dir", self.config.work_dir,
+                                 *extra] + FLAGS)
+        return code, out.getvalue()
+
+    def last_execution(self) -> int:
+        return max(e.id for e in metadata_store(self.config).get_executions())
+
+    def states_since(self, execution_id: int) -> set:
+        return {e.last_known_state for e in metadata_store(self.config).get_executions()
+                if e.id > execution_id}
+
+    def reach(self, stage: str) -> dict:
+        for name in self.STAGES[:self.STAGES.index(stage) + 1]:
+            if name not in self.results:
+                self.results[name] = {"failed": True}  # an exception leaves it so
+                self.results[name] = getattr(self, name)()
+            assert not self.results[name].get("failed"), f"the stage {name!r} failed earlier"
+        return self.results[stage]
+
+    def spans(self) -> dict:
+        """span-1 -> v1; span-2 (shuffled labels) -> not blessed; no new span -> cached;
+        span-3 -> v2."""
+        base, r = self.config.push_dir, {}
+        _write_span(self.data, 1, shuffle_labels=False)
+        r["first"] = self.retrain()
+        r["v1"], r["versions_1"] = _snapshot(base), serving_dir.versions(base)
+        _write_span(self.data, 2, shuffle_labels=True)
+        r["shuffled"] = self.retrain()
+        r["after_shuffled"] = (serving_dir.versions(base), _snapshot(base))
+        last = self.last_execution()
+        r["unchanged"] = self.retrain()
+        r["unchanged_states"], r["after_unchanged"] = self.states_since(last), _snapshot(base)
+        _write_span(self.data, 3, shuffle_labels=False)
+        r["third"] = self.retrain()
+        r["versions_3"] = serving_dir.versions(base)
+        return r
+
+    def rollback(self) -> dict:
+        """Roll back to v1 (served as v3), then a run: its baseline is v1's model."""
+        r = {"v1_model": serving_dir.read_manifest(self.config.push_dir)[0]["model_id"]}
+        r["rollback"] = rollback.main(["--push-dir", self.config.push_dir, "--to-version", "1",
+                                       "--reason", "v2 misbehaves"])
+        r["versions"] = serving_dir.versions(self.config.push_dir)
+        r["run"] = self.retrain()
+        r["after_run"] = serving_dir.versions(self.config.push_dir)
+        return r
+
+    def warm_start(self) -> dict:
+        """span-4 warm-started -> v4; the identical rerun is all cache hits."""
+        _write_span(self.data, 4, shuffle_labels=False)
+        r = {"run": self.retrain("--warm-start", "true"),
+             "version": serving_dir.versions(self.config.push_dir)[-1]}
+        last = self.last_execution()
+        r["rerun"] = self.retrain("--warm-start", "true")
+        r["rerun_states"] = self.states_since(last)
+        return r
+
+    def rollback_mid_run(self) -> dict:
+        """A rollback to v2 while a real ``ops.retrain`` process trains on span-5."""
+        import sys
+        import time
+
+        from tests.test_operator import _states
+        config = self.config
+        _write_span(self.data, 5, shuffle_labels=False)
+        trainers = len(_states(config).get("Trainer", []))
+        process = subprocess.Popen([sys.executable, "-m", "ops.retrain", "--data-root",
+                                    self.data, "--work-dir", config.work_dir] + FLAGS, cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 600
+        while len(_states(config).get("Trainer", [])) == trainers:
+            assert process.poll() is None and time.time() < deadline, process.communicate()
+            time.sleep(0.2)
+        code = rollback.main(["--push-dir", config.push_dir, "--to-version", "2",
+                              "--reason", "v4 misbehaves"])
+        out, err = process.communicate(timeout=900)
+        return {"rollback": code, "run": (process.returncode, out, err)}
+
+
 @pytest.fixture(scope="module")
 def cycle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("retrain")
-    data, work = str(root / "data"), str(root / "work")
-    config = PipelineConfig.from_args(["--data-root", data, "--work-dir", work] + FLAGS, {})
-
-    def run(capsys=None):
-        return retrain.main(["--data-root", data, "--work-dir", work] + FLAGS)
-    return config, data, run
+    return Cycle(tmp_path_factory.mktemp("retrain"))
 
 
-def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
-    config, data, run = cycle
-    _write_span(data, 1, shuffle_labels=False)
-    assert run() == 0
-    assert "RETRAIN STATUS: pushed" in capsys.readouterr().out
-    assert serving_dir.versions(config.push_dir) == [1]
-    v1 = _snapshot(config.push_dir)
-
-    _write_span(data, 2, shuffle_labels=True)
-    assert run() == 2
-    out = capsys.readouterr().out
-    assert "RETRAIN STATUS: not_blessed" in out and "Model NOT blessed" in out
-    assert serving_dir.versions(config.push_dir) == [1]
-    assert _snapshot(config.push_dir) == v1
-
-    last_id = max(e.id for e in metadata_store(config).get_executions())
-    assert run() == 0  # no new span
-    assert "RETRAIN STATUS: unchanged" in capsys.readouterr().out
-    states = {e.last_known_state for e in metadata_store(config).get_executions()
-              if e.id > last_id}
-    assert states == {metadata_store_pb2.Execution.CACHED}  # observers included
-    assert _snapshot(config.push_dir) == v1
-
-    _write_span(data, 3, shuffle_labels=False)
-    assert run() == 0
-    out = capsys.readouterr().out
-    assert "RETRAIN STATUS: pushed" in out and ">= served version 1's" in out
-    assert serving_dir.versions(config.push_dir) == [1, 2]
+def test_only_blessed_models_are_pushed_across_spans(cycle):
+    r, config = cycle.reach("spans"), cycle.config
+    code, out = r["first"]
+    assert code == 0 and "RETRAIN STATUS: pushed" in out
+    assert r["versions_1"] == [1]
+    code, out = r["shuffled"]
+    assert code == 2 and "RETRAIN STATUS: not_blessed" in out and "Model NOT blessed" in out
+    assert r["after_shuffled"] == ([1], r["v1"])
+    code, out = r["unchanged"]  # no new span
+    assert code == 0 and "RETRAIN STATUS: unchanged" in out
+    assert r["unchanged_states"] == {metadata_store_pb2.Execution.CACHED}  # observers too
+    assert r["after_unchanged"] == r["v1"]
+    code, out = r["third"]
+    assert code == 0 and "RETRAIN STATUS: pushed" in out and ">= served version 1's" in out
+    assert r["versions_3"] == [1, 2]
     manifest = serving_dir.read_manifest(config.push_dir)
     assert [(e["version"], e["spans"]) for e in manifest] == [(1, [1]), (2, [3])]
     assert manifest[0]["baseline_model_id"] is None
@@ -118,79 +197,46 @@ def test_only_blessed_models_are_pushed_across_spans(cycle, capsys):
     assert [m["pushed_as"] for m in fed[2]] == [[]]  # trained, not blessed, never served
     assert [m["pushed_as"] for m in fed[3]] == [[2]]
     runs = lineage.Lineage(metadata_store(config)).runs()
-    assert [r["pushed_version"] for r in runs] == [1, None, None, 2]
+    assert [run["pushed_version"] for run in runs] == [1, None, None, 2]
     assert v2["run"] == runs[3]["run"] and lineage.version_lineage(config, 1)["run"] == \
         runs[0]["run"]
 
 
-def test_after_a_rollback_the_baseline_is_the_rolled_back_version(cycle, capsys):
-    config, data, run = cycle
-    if serving_dir.versions(config.push_dir) != [1, 2]:
-        pytest.skip("needs the pushes of test_only_blessed_models_are_pushed_across_spans")
-    v1_model = serving_dir.read_manifest(config.push_dir)[0]["model_id"]
-    assert rollback.main(["--push-dir", config.push_dir, "--to-version", "1",
-                          "--reason", "v2 misbehaves"]) == 0
-    assert serving_dir.versions(config.push_dir) == [1, 2, 3]
-    capsys.readouterr()
-    assert run() == 0
-    out = capsys.readouterr().out
-    assert "served version 3's" in out and "RETRAIN STATUS: unchanged" in out
+def test_after_a_rollback_the_baseline_is_the_rolled_back_version(cycle):
+    r = cycle.reach("rollback")
+    assert r["rollback"] == 0 and r["versions"] == [1, 2, 3]
+    code, out = r["run"]
+    assert code == 0 and "served version 3's" in out and "RETRAIN STATUS: unchanged" in out
     assert "already pushed as version 2" in out
-    store = metadata_store(config)
+    store = metadata_store(cycle.config)  # the rollback stage's run is the latest one here
     baseline = latest_artifact(store, "Model", "ServedModel")
     assert baseline.custom_properties["served_version"].int_value == 3
-    assert baseline.custom_properties["source_model_id"].int_value == v1_model
+    assert baseline.custom_properties["source_model_id"].int_value == r["v1_model"]
     blessing = latest_artifact(store, "ModelBlessing")
     assert blessing.custom_properties["baseline_model_id"].int_value == baseline.id
-    assert serving_dir.versions(config.push_dir) == [1, 2, 3]  # the rollback sticks
+    assert r["after_run"] == [1, 2, 3]  # the rollback sticks
 
 
-def test_a_warm_started_retrain_pushes_new_data_only(cycle, capsys):
-    config, data, run = cycle
-    if serving_dir.versions(config.push_dir) != [1, 2, 3]:
-        pytest.skip("needs the versions of the tests above")
-    warm = ["--data-root", data, "--work-dir", config.work_dir, "--warm-start", "true"] + FLAGS
-    _write_span(data, 4, shuffle_labels=False)
-    capsys.readouterr()
-    assert retrain.main(warm) == 0
-    out = capsys.readouterr().out
-    assert "Warm start: initialised from" in out and "RETRAIN STATUS: pushed" in out
-    assert serving_dir.versions(config.push_dir)[-1] == 4
+def test_a_warm_started_retrain_pushes_new_data_only(cycle):
+    r = cycle.reach("warm_start")
+    code, out = r["run"]
+    assert code == 0 and "Warm start: initialised from" in out
+    assert "RETRAIN STATUS: pushed" in out and r["version"] == 4
     # v4 is served now and came from this very run: the rerun is all cache hits (the warm
     # start from v4 is not retried).
-    last_id = max(e.id for e in metadata_store(config).get_executions())
-    assert retrain.main(warm) == 0
-    out = capsys.readouterr().out
-    assert "already pushed as version 4" in out and "every component served from cache" in out
-    assert "RETRAIN STATUS: unchanged" in out and serving_dir.versions(config.push_dir)[-1] == 4
-    assert {e.last_known_state for e in metadata_store(config).get_executions()
-            if e.id > last_id} == {metadata_store_pb2.Execution.CACHED}
+    code, out = r["rerun"]
+    assert code == 0 and "already pushed as version 4" in out
+    assert "every component served from cache" in out and "RETRAIN STATUS: unchanged" in out
+    assert r["rerun_states"] == {metadata_store_pb2.Execution.CACHED}
 
 
 def test_a_rollback_while_a_run_trains_is_not_undone(cycle):
     """An operator rolls back while a scheduled run trains on a new span (a real process):
     the run was gated against the version served when it started, so it pushes nothing and
     says why; the rollback stays served."""
-    import sys
-    import time
-
-    from tests.test_operator import _states
-    config, data, _ = cycle
-    if serving_dir.versions(config.push_dir)[-1:] != [4]:
-        pytest.skip("needs the versions of the tests above")
-    _write_span(data, 5, shuffle_labels=False)
-    trainers = len(_states(config).get("Trainer", []))
-    process = subprocess.Popen([sys.executable, "-m", "ops.retrain", "--data-root", data,
-                                "--work-dir", config.work_dir] + FLAGS, cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while len(_states(config).get("Trainer", [])) == trainers:
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.2)
-    assert rollback.main(["--push-dir", config.push_dir, "--to-version", "2",
-                          "--reason", "v4 misbehaves"]) == 0
-    out, err = process.communicate(timeout=900)
-    assert process.returncode == 0, err
+    r, config = cycle.reach("rollback_mid_run"), cycle.config
+    code, out, err = r["run"]
+    assert r["rollback"] == 0 and code == 0, err
     assert "served version changed since evaluation: gated against 4, now 5" in out
     assert "RETRAIN STATUS: superseded" in out
     assert serving_dir.versions(config.push_dir)[-1] == 5
