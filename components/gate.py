@@ -16,9 +16,11 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
     """Bless the candidate only if, on the eval split:
 
     * its accuracy is at least ``min_accuracy``;
-    * it is at most ``max_regression`` (absolute) less accurate than the baseline, a copy of
-      the model being served (``ServedModel``: the ``stable`` label's version, else the
-      highest; without one, on the first run, TFX drops this check);
+    * it is at most ``max_regression`` (absolute; 0: no regression) less accurate than the
+      baseline, a copy of the model being served (``ServedModel``: the ``stable`` label's
+      version, else the highest; without one, on the first run, TFX drops this check); with a
+      tolerance, also at least the best version pushed on the same data less that tolerance
+      (``regression_floor``), so that successive pushes cannot each lose it;
     * with ``min_class_recall`` > 0, every class's recall (the accuracy of its label slice)
       is at least that.
 
@@ -48,6 +50,39 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"), accuracy,
             tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")])])
+
+
+def tolerance(eval_config_json: str) -> float:
+    """The regression ``eval_config`` allows against the served model (``max_regression``)."""
+    config = json_format.Parse(eval_config_json, tfma.EvalConfig())
+    return max([-t.threshold.change_threshold.absolute.value
+                for spec in config.metrics_specs for m in spec.metrics
+                if m.class_name == "SparseCategoricalAccuracy"
+                for t in m.per_slice_thresholds if t.threshold.HasField("change_threshold")],
+               default=0.0)
+
+
+def regression_floor(manifest: list[dict], data_fingerprint: str | None,
+                     max_regression: float) -> tuple[float, str] | None:
+    """With a tolerance, the accuracy a candidate needs against the best version ever pushed
+    on the same data (the serving dir's push records: equal ``data_fingerprint``, so the same
+    eval split): that version's accuracy less ``max_regression``, and why. None without a
+    tolerance, a fingerprint or such a version."""
+    same = [e for e in manifest if e.get("action", "push") == "push" and data_fingerprint
+            and e.get("data_fingerprint") == data_fingerprint and e.get("accuracy") is not None]
+    if not max_regression or not same:
+        return None
+    best = max(same, key=lambda e: e["accuracy"])
+    return (best["accuracy"] - max_regression,
+            f"best version pushed on this data: version {best['version']} at "
+            f"{best['accuracy']:.4f}, less the tolerance {max_regression:g}")
+
+
+def accuracy_bound(min_accuracy: float, floor: tuple[float, str] | None) -> tuple[float, str]:
+    """The overall accuracy bound the gate applies, and where it comes from."""
+    if floor and floor[0] > min_accuracy:
+        return floor
+    return min_accuracy, "min_accuracy"
 
 
 def with_min_accuracy(eval_config_json: str, min_accuracy: float) -> str:

@@ -9,12 +9,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from google.protobuf import json_format
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
 
+from components import serving_dir  # noqa: E402
+from components.gate import (accuracy_bound, eval_config, regression_floor,  # noqa: E402
+                             tolerance, with_min_accuracy)
 from make_shapes import write_shapes  # noqa: E402
 from modules.features import IMAGE_XF, ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
 from modules.trainer import (FIT, VALIDATION, Inputs, carve, class_weight,  # noqa: E402
                             fit_arguments)
 
@@ -108,3 +114,45 @@ def test_fit_and_the_tuner_choose_on_the_validation_part_with_the_class_weights(
     arguments = fit_arguments(inputs, eval_steps=5)
     assert arguments["x"] is fit and arguments["validation_data"] is validation
     assert arguments["class_weight"] == {0: 0.6, 1: 5.0} and inputs.examples == 110
+
+
+def _bound_in(config_json: str) -> float:
+    config = json_format.Parse(config_json, tfma.EvalConfig())
+    return next(t.threshold.value_threshold.lower_bound.value
+                for m in config.metrics_specs[0].metrics for t in m.per_slice_thresholds
+                if list(t.slicing_specs) == [tfma.SlicingSpec()])
+
+
+def test_the_gate_defaults_to_no_regression():
+    config = json_format.MessageToJson(eval_config("label", 0.9, PipelineConfig().max_regression))
+    assert PipelineConfig().max_regression == 0.0 and tolerance(config) == 0.0
+
+
+def test_a_tolerance_cannot_compound_over_pushes_on_the_same_data(tmp_path):
+    """Each candidate is ``tolerance`` below the served model, which the check against the
+    served model alone would bless every time; measured against the best version pushed on
+    the same data (the serving dir's push records), the second such step is refused."""
+    base, model = str(tmp_path / "serving" / "m"), tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"x")
+    config = json_format.MessageToJson(eval_config("label", 0.5, 0.01))
+    served, blessed = 0.95, []
+    serving_dir.publish(str(model), base, {"action": "push", "accuracy": served,
+                                           "data_fingerprint": "span-1"}, keep=5)
+    for _ in range(4):
+        candidate = served - tolerance(config)  # within tolerance of the served model
+        bound, reason = accuracy_bound(0.5, regression_floor(
+            serving_dir.read_manifest(base), "span-1", tolerance(config)))
+        if candidate < bound - 1e-9:
+            break
+        blessed.append(candidate)
+        serving_dir.publish(str(model), base, {"action": "push", "accuracy": candidate,
+                                               "data_fingerprint": "span-1"}, keep=5)
+        served = candidate
+    assert blessed == [pytest.approx(0.94)]
+    assert bound == pytest.approx(0.94) and "version 1 at 0.9500" in reason
+    assert _bound_in(with_min_accuracy(config, bound)) == pytest.approx(0.94)
+    # Other data (another span: another eval split) is not compared; nor without a tolerance.
+    assert regression_floor(serving_dir.read_manifest(base), "span-2", 0.01) is None
+    assert regression_floor(serving_dir.read_manifest(base), "span-1", 0.0) is None
+    assert accuracy_bound(0.97, (0.94, "best")) == (0.97, "min_accuracy")
