@@ -21,6 +21,7 @@ from make_shapes import write_shapes  # noqa: E402
 from modules.features import IMAGE_XF, ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.report import class_figures, rare_classes  # noqa: E402
 from modules.trainer import (FIT, VALIDATION, Inputs, carve, class_weight,  # noqa: E402
                             fit_arguments)
 
@@ -156,3 +157,14 @@ def test_a_tolerance_cannot_compound_over_pushes_on_the_same_data(tmp_path):
     assert regression_floor(serving_dir.read_manifest(base), "span-2", 0.01) is None
     assert regression_floor(serving_dir.read_manifest(base), "span-1", 0.0) is None
     assert accuracy_bound(0.97, (0.94, "best")) == (0.97, "min_accuracy")
+
+
+def test_per_class_figures_and_rare_classes_from_the_confusion_matrix():
+    # actual x predicted: 8 circles (6 right), 10 squares (all right), 2 triangles (1 right)
+    matrix = {(0, 0): 6, (0, 1): 2, (1, 1): 10, (2, 2): 1, (2, 0): 1}
+    precision, recall, f1 = class_figures(matrix, 0, 3)
+    assert (precision, recall) == (6 / 7, 6 / 8) and f1 == pytest.approx(0.8)
+    assert class_figures(matrix, 1, 3)[:2] == (10 / 12, 1.0)
+    assert class_figures({}, 2, 3) == (None, None, None)
+    assert class_figures({(0, 1): 3}, 0, 2) == (None, 0.0, None)
+    assert rare_classes([8, 10, 2]) == [2] and rare_classes([5, 5, 4]) == []
