@@ -9,6 +9,7 @@ from modules.features import LABEL_XF, PROBABILITIES, TRANSFORM_SIGNATURE
 
 ACCURACY_METRIC = "sparse_categorical_accuracy"
 CANDIDATE, BASELINE = "candidate", "baseline"
+CLASS_METRICS = "class_metrics.json"  # per-class figures beside the Evaluator's output
 
 
 def eval_config(label_key: str, min_accuracy: float, max_regression: float,
@@ -123,3 +124,45 @@ def overall_metric(evaluation_uri: str, name: str = ACCURACY_METRIC,
     if () not in values:
         raise KeyError(f"no overall {name} of the {model} model in {evaluation_uri}")
     return values[()]
+
+
+def confusion_matrix(evaluation_uri: str, model: str = CANDIDATE) -> dict[tuple[int, int], float]:
+    """``{(actual, predicted): examples}`` of the overall slice for the candidate or the
+    ``BASELINE``; empty when that model was not evaluated."""
+    for plots in tfma.load_plots(evaluation_uri):
+        if plots.slice_key.single_slice_keys:
+            continue
+        for entry in plots.plot_keys_and_values:
+            matrices = entry.value.multi_class_confusion_matrix_at_thresholds.matrices
+            if matrices and (entry.key.model_name == BASELINE) == (model == BASELINE):
+                return {(e.actual_class_id, e.predicted_class_id): e.num_weighted_examples
+                        for e in matrices[0].entries}
+    return {}
+
+
+def class_figures(matrix: dict[tuple[int, int], float], i: int,
+                  classes: int) -> tuple[float | None, float | None, float | None]:
+    """Precision, recall and F1 of class ``i`` from a confusion matrix (None: undefined)."""
+    hit = matrix.get((i, i), 0)
+    actual = sum(matrix.get((i, j), 0) for j in range(classes))
+    predicted = sum(matrix.get((j, i), 0) for j in range(classes))
+    precision = hit / predicted if predicted else None
+    recall = hit / actual if actual else None
+    f1 = (2 * precision * recall / (precision + recall) if precision and recall else
+          (0.0 if precision is not None and recall is not None else None))
+    return precision, recall, f1
+
+
+def class_metrics(evaluation_uri: str, names: list[str]) -> dict:
+    """``{model: [{class, support, precision, recall, f1}]}`` for the candidate and (when
+    compared) the baseline: what the Evaluator records beside its evaluation
+    (``CLASS_METRICS``) for the model card."""
+    result = {}
+    for model in (CANDIDATE, BASELINE):
+        matrix = confusion_matrix(evaluation_uri, model)
+        if matrix:
+            result[model] = [dict(zip(("precision", "recall", "f1"),
+                                      class_figures(matrix, i, len(names))), **{
+                "class": name, "support": sum(matrix.get((i, j), 0) for j in range(len(names)))})
+                for i, name in enumerate(names)]
+    return result

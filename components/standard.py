@@ -11,11 +11,14 @@ Each subclass keeps TFX's component (its spec, driver and id) and wraps its exec
   same data less the tolerance (``components.gate.regression_floor``, from the push records
   in ``serving_dir``), and evaluates without a baseline when the served-model input is empty
   (nothing served yet: only the absolute bound applies). The bound it applied and why are
-  custom properties of its evaluation (``ACCURACY_BOUND``, ``BOUND_REASON``).
+  custom properties of its evaluation (``ACCURACY_BOUND``, ``BOUND_REASON``); the
+  precision, recall, F1 and support per class name of the candidate and the served model
+  are written beside it (``CLASS_METRICS``, for the model card).
 """
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from tfx import v1 as tfx
@@ -28,11 +31,13 @@ from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_component_specs as keys
-from tfx.utils import path_utils, proto_utils
+from tfx.utils import io_utils, path_utils, proto_utils
 
 from components import serving_dir as serving_dir_lib
-from components.gate import accuracy_bound, regression_floor, tolerance, with_min_accuracy
+from components.gate import (CLASS_METRICS, accuracy_bound, class_metrics, regression_floor,
+                             tolerance, with_min_accuracy)
 from components.image_validator import FINGERPRINT
+from modules.features import TRAINING_FILE
 
 TRAINER_PARAMETERS = ("train_steps", "epochs", "learning_rate", "batch_size")
 ACCURACY_BOUND, BOUND_REASON = "accuracy_bound", "accuracy_bound_reason"
@@ -119,6 +124,11 @@ class _ServedBaselineEvaluatorExecutor(evaluator_executor.Executor):
         evaluation.set_string_custom_property(BOUND_REASON, reason)
         super().Do(input_dict, output_dict, dict(
             exec_properties, **{keys.EVAL_CONFIG_KEY: with_min_accuracy(config, bound)}))
+        model = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
+        names = json.loads(io_utils.read_string_file(os.path.join(
+            path_utils.serving_model_path(model.uri), TRAINING_FILE)))["class_names"]
+        io_utils.write_string_file(os.path.join(evaluation.uri, CLASS_METRICS), json.dumps(
+            class_metrics(evaluation.uri, names), indent=1))
 
 
 class Evaluator(tfx.components.Evaluator):

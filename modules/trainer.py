@@ -406,7 +406,7 @@ def run_fn(fn_args: FnArgs) -> None:
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
     inputs = read_inputs(fn_args, config, batch_size, fn_args.train_steps)
     config["train_steps"] = inputs.steps
-    names = class_names(config, inputs.tf_transform_output)
+    names = config["class_names"] = class_names(config, inputs.tf_transform_output)
     with strategy.scope():
         model = model_for(config, inputs.steps, api)
         warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None

@@ -22,7 +22,7 @@ from tfx.utils import io_utils, path_utils
 
 from components import serving_dir
 from components.contracts import RunOutcome
-from components.gate import BASELINE
+from components.gate import BASELINE, CANDIDATE, class_figures, confusion_matrix
 from components.standard import ACCURACY_BOUND, BOUND_REASON
 from modules.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, TUNER_RESULTS,
                                ImageSpec)
@@ -159,19 +159,8 @@ class RunReport:
             rows.append(row)
         return _table(header, rows)
 
-    def confusion(self, model: str = "candidate") -> dict[tuple[int, int], float]:
-        """``{(actual, predicted): examples}`` of the overall slice for the candidate or the
-        ``BASELINE``; empty when that model was not evaluated."""
-        import tensorflow_model_analysis as tfma
-        for plots in tfma.load_plots(self.evaluation().uri):
-            if plots.slice_key.single_slice_keys:
-                continue
-            for entry in plots.plot_keys_and_values:
-                matrices = entry.value.multi_class_confusion_matrix_at_thresholds.matrices
-                if matrices and (entry.key.model_name == BASELINE) == (model == BASELINE):
-                    return {(e.actual_class_id, e.predicted_class_id): e.num_weighted_examples
-                            for e in matrices[0].entries}
-        return {}
+    def confusion(self, model: str = CANDIDATE) -> dict[tuple[int, int], float]:
+        return confusion_matrix(self.evaluation().uri, model)
 
     def summary(self) -> dict:
         """The Trainer's ``TRAINER_SUMMARY`` (empty when absent)."""
@@ -377,19 +366,6 @@ def rare_classes(counts: list[float]) -> list[int]:
     """The ids of the classes under ``RARE_SHARE`` of an even share of ``counts``."""
     total = sum(counts)
     return [i for i, n in enumerate(counts) if total and n / total < RARE_SHARE / len(counts)]
-
-
-def class_figures(matrix: dict[tuple[int, int], float], i: int,
-                  classes: int) -> tuple[float | None, float | None, float | None]:
-    """Precision, recall and F1 of class ``i`` from a confusion matrix (None: undefined)."""
-    hit = matrix.get((i, i), 0)
-    actual = sum(matrix.get((i, j), 0) for j in range(classes))
-    predicted = sum(matrix.get((j, i), 0) for j in range(classes))
-    precision = hit / predicted if predicted else None
-    recall = hit / actual if actual else None
-    f1 = (2 * precision * recall / (precision + recall) if precision and recall else
-          (0.0 if precision is not None and recall is not None else None))
-    return precision, recall, f1
 
 
 def _ratio(value: float | None) -> str:

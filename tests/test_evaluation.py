@@ -15,13 +15,13 @@ from google.protobuf import json_format
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
 
 from components import serving_dir  # noqa: E402
-from components.gate import (accuracy_bound, eval_config, regression_floor,  # noqa: E402
-                             tolerance, with_min_accuracy)
+from components.gate import (accuracy_bound, class_figures, eval_config,  # noqa: E402
+                             regression_floor, tolerance, with_min_accuracy)
 from make_shapes import write_shapes  # noqa: E402
 from modules.features import IMAGE_XF, ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.report import class_figures, rare_classes  # noqa: E402
+from pipeline.report import rare_classes  # noqa: E402
 from modules.trainer import (FIT, VALIDATION, Inputs, carve, class_weight,  # noqa: E402
                             fit_arguments)
 
