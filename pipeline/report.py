@@ -280,10 +280,13 @@ class RunReport:
         recalls = {names[i]: class_figures(matrix, i, len(names))[1] for i in range(len(names))}
         recalls = {k: v for k, v in recalls.items() if v is not None}
         lowest = min(recalls, key=recalls.get) if recalls else None
+        under = [n for n, r in recalls.items() if r < c.min_class_recall]
         rows.append(["lowest class recall (eval split)",
                      f"{recalls[lowest]:.4f} ({lowest})" if lowest else "n/a",
                      f">= {c.min_class_recall}" if c.min_class_recall
                      else "off (--min-class-recall)"])
+        if under:
+            rows.append(["classes under the recall bound", ", ".join(under), ""])
         summary = self.summary() if evaluation is not None else {}
         validation = sum(summary.get("class_counts", {}).get("validation", []))
         chose = (f"the validation part of the train split: {validation} images "

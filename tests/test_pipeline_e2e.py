@@ -262,6 +262,8 @@ def test_per_class_recall_is_computed_and_can_gate(first_run):
     outcome = local_runner.run(dataclasses.replace(config, min_class_recall=1.0))
     assert outcome.accuracy < 1.0  # so some class is below a recall of 1.0
     assert not outcome.blessed and not outcome.pushed
+    with open(outcome.report, encoding="utf-8") as f:
+        assert "<td>classes under the recall bound</td>" in f.read()  # by name, in the report
     evaluation = max(metadata_store(config).get_artifacts_by_type("ModelEvaluation"),
                      key=lambda a: a.id)
     per_class = {k: v for k, v in sliced_metric(evaluation.uri).items() if k}
