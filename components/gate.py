@@ -153,16 +153,16 @@ def class_figures(matrix: dict[tuple[int, int], float], i: int,
     return precision, recall, f1
 
 
+def class_rows(matrix: dict[tuple[int, int], float], names: list[str]) -> list[dict]:
+    """``[{class, support, precision, recall, f1}]`` per class name, from a confusion matrix."""
+    return [dict(zip(("precision", "recall", "f1"), class_figures(matrix, i, len(names))),
+                 **{"class": name, "support": sum(matrix.get((i, j), 0)
+                                                  for j in range(len(names)))})
+            for i, name in enumerate(names)]
+
+
 def class_metrics(evaluation_uri: str, names: list[str]) -> dict:
-    """``{model: [{class, support, precision, recall, f1}]}`` for the candidate and (when
-    compared) the baseline: what the Evaluator records beside its evaluation
-    (``CLASS_METRICS``) for the model card."""
-    result = {}
-    for model in (CANDIDATE, BASELINE):
-        matrix = confusion_matrix(evaluation_uri, model)
-        if matrix:
-            result[model] = [dict(zip(("precision", "recall", "f1"),
-                                      class_figures(matrix, i, len(names))), **{
-                "class": name, "support": sum(matrix.get((i, j), 0) for j in range(len(names)))})
-                for i, name in enumerate(names)]
-    return result
+    """``{model: class_rows}`` for the candidate and (when compared) the baseline: what the
+    Evaluator records beside its evaluation (``CLASS_METRICS``) for the model card."""
+    matrices = {model: confusion_matrix(evaluation_uri, model) for model in (CANDIDATE, BASELINE)}
+    return {model: class_rows(matrix, names) for model, matrix in matrices.items() if matrix}

@@ -2,6 +2,7 @@
 rare class is not left behind (issue 25)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -15,13 +16,15 @@ from google.protobuf import json_format
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
 
 from components import serving_dir  # noqa: E402
-from components.gate import (accuracy_bound, class_figures, eval_config,  # noqa: E402
-                             regression_floor, tolerance, with_min_accuracy)
+from components.gate import (CLASS_METRICS, accuracy_bound, class_figures,  # noqa: E402
+                             class_rows, eval_config, regression_floor, tolerance,
+                             with_min_accuracy)
 from make_shapes import write_shapes  # noqa: E402
 from modules.features import IMAGE_XF, ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.report import rare_classes  # noqa: E402
+from serving.model_card import model_card, report_of  # noqa: E402
 from modules.trainer import (FIT, VALIDATION, Inputs, carve, class_weight,  # noqa: E402
                             fit_arguments)
 
@@ -168,3 +171,33 @@ def test_per_class_figures_and_rare_classes_from_the_confusion_matrix():
     assert class_figures({}, 2, 3) == (None, None, None)
     assert class_figures({(0, 1): 3}, 0, 2) == (None, 0.0, None)
     assert rare_classes([8, 10, 2]) == [2] and rare_classes([5, 5, 4]) == []
+
+
+def test_model_card_shows_each_label_with_its_classes_figures_data_and_report(tmp_path):
+    """Two pushed versions (stable 1, canary 2) from one pipeline root: each section names
+    its classes and figures, and the run report written after its push is linked."""
+    root, base = tmp_path / "root", str(tmp_path / "serving" / "shapes")
+    for version, accuracy in ((1, 0.91), (2, 0.93)):
+        model, evaluation = tmp_path / f"model{version}", root / "Evaluator" / "evaluation" / \
+            str(version)
+        (model / "assets.extra").mkdir(parents=True)
+        (model / "assets.extra" / "training.json").write_text(json.dumps(
+            {"class_names": ["circle", "square"]}))
+        evaluation.mkdir(parents=True)
+        if version == 2:
+            (evaluation / CLASS_METRICS).write_text(json.dumps({"candidate": class_rows(
+                {(0, 0): 9, (0, 1): 1, (1, 1): 10}, ["circle", "square"])}))
+        serving_dir.publish(str(model), base, {
+            "action": "push", "accuracy": accuracy, "evaluation_uri": str(evaluation),
+            "spans": [version], "data_fingerprint": f"fp{version}",
+            "baseline_version": version - 1 or None}, keep=5)
+    (root / "reports").mkdir()
+    (root / "reports" / "run-29990101T000000.html").write_text("<h2>Decision</h2>")
+    card = model_card(base, {"stable": 1, "canary": 2})
+    stable, canary = card.split("<h2>canary: version 2</h2>")
+    assert "<h2>stable: version 1</h2>" in stable and "not recorded for this version" in stable
+    assert "<td>circle, square</td>" in stable and "<td>fp1</td>" in stable
+    assert "<td>circle</td><td>10</td><td>1.000</td><td>0.900</td>" in canary
+    assert "nothing (first version)" in stable and "<td>version 1</td>" in canary
+    assert "href='/model-card/report/canary'" in canary
+    assert report_of(base, 2) == "<h2>Decision</h2>" and report_of(base, 7) is None
