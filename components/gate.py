@@ -9,6 +9,7 @@ from modules.features import LABEL_XF, PROBABILITIES, TRANSFORM_SIGNATURE
 
 ACCURACY_METRIC = "sparse_categorical_accuracy"
 CANDIDATE, BASELINE = "candidate", "baseline"
+CLASS_METRICS = "class_metrics.json"  # per-class figures beside the Evaluator's output
 
 
 def eval_config(label_key: str, min_accuracy: float, max_regression: float,
@@ -16,9 +17,11 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
     """Bless the candidate only if, on the eval split:
 
     * its accuracy is at least ``min_accuracy``;
-    * it is at most ``max_regression`` (absolute) less accurate than the baseline, a copy of
-      the model being served (``ServedModel``: the ``stable`` label's version, else the
-      highest; without one, on the first run, TFX drops this check);
+    * it is at most ``max_regression`` (absolute; 0: no regression) less accurate than the
+      baseline, a copy of the model being served (``ServedModel``: the ``stable`` label's
+      version, else the highest; without one, on the first run, TFX drops this check); with a
+      tolerance, also at least the best version pushed on the same data less that tolerance
+      (``regression_floor``), so that successive pushes cannot each lose it;
     * with ``min_class_recall`` > 0, every class's recall (the accuracy of its label slice)
       is at least that.
 
@@ -48,6 +51,39 @@ def eval_config(label_key: str, min_accuracy: float, max_regression: float,
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"), accuracy,
             tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")])])
+
+
+def tolerance(eval_config_json: str) -> float:
+    """The regression ``eval_config`` allows against the served model (``max_regression``)."""
+    config = json_format.Parse(eval_config_json, tfma.EvalConfig())
+    return max([-t.threshold.change_threshold.absolute.value
+                for spec in config.metrics_specs for m in spec.metrics
+                if m.class_name == "SparseCategoricalAccuracy"
+                for t in m.per_slice_thresholds if t.threshold.HasField("change_threshold")],
+               default=0.0)
+
+
+def regression_floor(manifest: list[dict], data_fingerprint: str | None,
+                     max_regression: float) -> tuple[float, str] | None:
+    """With a tolerance, the accuracy a candidate needs against the best version ever pushed
+    on the same data (the serving dir's push records: equal ``data_fingerprint``, so the same
+    eval split): that version's accuracy less ``max_regression``, and why. None without a
+    tolerance, a fingerprint or such a version."""
+    same = [e for e in manifest if e.get("action", "push") == "push" and data_fingerprint
+            and e.get("data_fingerprint") == data_fingerprint and e.get("accuracy") is not None]
+    if not max_regression or not same:
+        return None
+    best = max(same, key=lambda e: e["accuracy"])
+    return (best["accuracy"] - max_regression,
+            f"best version pushed on this data: version {best['version']} at "
+            f"{best['accuracy']:.4f}, less the tolerance {max_regression:g}")
+
+
+def accuracy_bound(min_accuracy: float, floor: tuple[float, str] | None) -> tuple[float, str]:
+    """The overall accuracy bound the gate applies, and where it comes from."""
+    if floor and floor[0] > min_accuracy:
+        return floor
+    return min_accuracy, "min_accuracy"
 
 
 def with_min_accuracy(eval_config_json: str, min_accuracy: float) -> str:
@@ -88,3 +124,45 @@ def overall_metric(evaluation_uri: str, name: str = ACCURACY_METRIC,
     if () not in values:
         raise KeyError(f"no overall {name} of the {model} model in {evaluation_uri}")
     return values[()]
+
+
+def confusion_matrix(evaluation_uri: str, model: str = CANDIDATE) -> dict[tuple[int, int], float]:
+    """``{(actual, predicted): examples}`` of the overall slice for the candidate or the
+    ``BASELINE``; empty when that model was not evaluated."""
+    for plots in tfma.load_plots(evaluation_uri):
+        if plots.slice_key.single_slice_keys:
+            continue
+        for entry in plots.plot_keys_and_values:
+            matrices = entry.value.multi_class_confusion_matrix_at_thresholds.matrices
+            if matrices and (entry.key.model_name == BASELINE) == (model == BASELINE):
+                return {(e.actual_class_id, e.predicted_class_id): e.num_weighted_examples
+                        for e in matrices[0].entries}
+    return {}
+
+
+def class_figures(matrix: dict[tuple[int, int], float], i: int,
+                  classes: int) -> tuple[float | None, float | None, float | None]:
+    """Precision, recall and F1 of class ``i`` from a confusion matrix (None: undefined)."""
+    hit = matrix.get((i, i), 0)
+    actual = sum(matrix.get((i, j), 0) for j in range(classes))
+    predicted = sum(matrix.get((j, i), 0) for j in range(classes))
+    precision = hit / predicted if predicted else None
+    recall = hit / actual if actual else None
+    f1 = (2 * precision * recall / (precision + recall) if precision and recall else
+          (0.0 if precision is not None and recall is not None else None))
+    return precision, recall, f1
+
+
+def class_rows(matrix: dict[tuple[int, int], float], names: list[str]) -> list[dict]:
+    """``[{class, support, precision, recall, f1}]`` per class name, from a confusion matrix."""
+    return [dict(zip(("precision", "recall", "f1"), class_figures(matrix, i, len(names))),
+                 **{"class": name, "support": sum(matrix.get((i, j), 0)
+                                                  for j in range(len(names)))})
+            for i, name in enumerate(names)]
+
+
+def class_metrics(evaluation_uri: str, names: list[str]) -> dict:
+    """``{model: class_rows}`` for the candidate and (when compared) the baseline: what the
+    Evaluator records beside its evaluation (``CLASS_METRICS``) for the model card."""
+    matrices = {model: confusion_matrix(evaluation_uri, model) for model in (CANDIDATE, BASELINE)}
+    return {model: class_rows(matrix, names) for model, matrix in matrices.items() if matrix}

@@ -7,12 +7,18 @@ Each subclass keeps TFX's component (its spec, driver and id) and wraps its exec
   pre-cache check), and takes ``data_fingerprint`` so that its cache key changes with the data;
 * ``Trainer`` takes ``train_steps``, ``epochs``, ``learning_rate`` and ``batch_size`` as
   execution properties (Kubeflow run-time parameters) and hands them to ``run_fn``;
-* ``Evaluator`` takes ``min_accuracy`` likewise, and evaluates without a baseline when the
-  served-model input is empty (nothing served yet: only the absolute bound applies).
+* ``Evaluator`` takes ``min_accuracy`` likewise, raised to the best version pushed on the
+  same data less the tolerance (``components.gate.regression_floor``, from the push records
+  in ``serving_dir``), and evaluates without a baseline when the served-model input is empty
+  (nothing served yet: only the absolute bound applies). The bound it applied and why are
+  custom properties of its evaluation (``ACCURACY_BOUND``, ``BOUND_REASON``); the
+  precision, recall, F1 and support per class name of the candidate and the served model
+  are written beside it (``CLASS_METRICS``, for the model card).
 """
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from tfx import v1 as tfx
@@ -25,11 +31,16 @@ from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_component_specs as keys
-from tfx.utils import path_utils, proto_utils
+from tfx.utils import io_utils, path_utils, proto_utils
 
-from components.gate import with_min_accuracy
+from components import serving_dir as serving_dir_lib
+from components.gate import (CLASS_METRICS, accuracy_bound, class_metrics, regression_floor,
+                             tolerance, with_min_accuracy)
+from components.image_validator import FINGERPRINT
+from modules.features import TRAINING_FILE
 
 TRAINER_PARAMETERS = ("train_steps", "epochs", "learning_rate", "batch_size")
+ACCURACY_BOUND, BOUND_REASON = "accuracy_bound", "accuracy_bound_reason"
 
 
 def _add_exec_properties(component, values: dict[str, Any]) -> None:
@@ -102,14 +113,28 @@ class _ServedBaselineEvaluatorExecutor(evaluator_executor.Executor):
         input_dict = dict(input_dict)
         if not all(has_served_model(b) for b in input_dict.get(keys.BASELINE_MODEL_KEY, [])):
             del input_dict[keys.BASELINE_MODEL_KEY]  # nothing served: absolute bound only
-        exec_properties = dict(exec_properties, **{keys.EVAL_CONFIG_KEY: with_min_accuracy(
-            exec_properties[keys.EVAL_CONFIG_KEY], float(exec_properties["min_accuracy"]))})
-        super().Do(input_dict, output_dict, exec_properties)
+        examples = input_dict[keys.EXAMPLES_KEY][0]
+        config = exec_properties[keys.EVAL_CONFIG_KEY]
+        bound, reason = accuracy_bound(float(exec_properties["min_accuracy"]), regression_floor(
+            serving_dir_lib.read_manifest(exec_properties["serving_dir"]),
+            examples.get_string_custom_property(FINGERPRINT)
+            if examples.has_custom_property(FINGERPRINT) else None, tolerance(config)))
+        evaluation = artifact_utils.get_single_instance(output_dict[keys.EVALUATION_KEY])
+        evaluation.set_float_custom_property(ACCURACY_BOUND, bound)
+        evaluation.set_string_custom_property(BOUND_REASON, reason)
+        super().Do(input_dict, output_dict, dict(
+            exec_properties, **{keys.EVAL_CONFIG_KEY: with_min_accuracy(config, bound)}))
+        model = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
+        names = json.loads(io_utils.read_string_file(os.path.join(
+            path_utils.serving_model_path(model.uri), TRAINING_FILE)))["class_names"]
+        io_utils.write_string_file(os.path.join(evaluation.uri, CLASS_METRICS), json.dumps(
+            class_metrics(evaluation.uri, names), indent=1))
 
 
 class Evaluator(tfx.components.Evaluator):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(_ServedBaselineEvaluatorExecutor)
 
-    def __init__(self, *, min_accuracy, **kwargs):
+    def __init__(self, *, min_accuracy, serving_dir: str, **kwargs):
+        """``serving_dir``: the model's versions and push records (``config.push_dir``)."""
         super().__init__(**kwargs)
-        _add_exec_properties(self, {"min_accuracy": min_accuracy})
+        _add_exec_properties(self, {"min_accuracy": min_accuracy, "serving_dir": serving_dir})

@@ -85,7 +85,13 @@ def tflite_bytes(model, spec: ImageSpec, mode: str) -> bytes:
     signature = [tf.TensorSpec((1,) + spec.shape, tf.float32, name=IMAGE_XF)]
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(model, keras.Model):  # Keras 3: a traced tf.function converts to NaNs
-            model.export(tmp, format="tf_saved_model", verbose=False, input_signature=signature)
+            # Inference mode stated: ``model.export`` leaves ``training`` open, which keeps
+            # the random augmentation ops (rotate, zoom) that TFLite cannot convert.
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint("serving_default", lambda pixels: model(pixels, training=False),
+                                 input_signature=signature)
+            archive.write_out(tmp, verbose=False)
         else:  # tf_keras
             tf.saved_model.save(model, tmp, signatures=tf.function(
                 lambda pixels: model(pixels, training=False), input_signature=signature))

@@ -26,6 +26,7 @@ AUGMENTATIONS = ("flip", "rotate", "zoom", "colour", "invert")
 # Colour-robust by default: a class must not be learnt from its colours or brightness alone.
 DEFAULT_AUGMENTATION = ("colour", "flip")
 LR_SCHEDULES = ("warmup_cosine", "plateau", "constant")
+CLASS_WEIGHTS = ("auto", "balanced", "none")  # the loss's class weights (modules.trainer)
 
 
 @dataclasses.dataclass(frozen=True)

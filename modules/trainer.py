@@ -16,8 +16,9 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import (CODE_FILE, EPOCH_LOG, IMAGE_XF, LABEL_XF, RESULT_FILE,
-                               TRAINER_SUMMARY, TRAINING_FILE, WARM_START_DIR, ImageSpec)
+from modules.features import (CLASS_WEIGHTS, CODE_FILE, EPOCH_LOG, IMAGE_XF, LABEL_XF,
+                               RESULT_FILE, TRAINER_SUMMARY, TRAINING_FILE, WARM_START_DIR,
+                               ImageSpec)
 from modules.model import build_model, learning_rate, unfreeze_top
 from modules.preprocessing import model_pixels
 from modules.provenance import code_version
@@ -66,29 +67,95 @@ def make_strategy(kind: str, devices: list[str]) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+# The parts of the train split: FIT trains the weights; VALIDATION (a share of the examples,
+# chosen by a hash of each image's content) chooses the model: early stopping, the Tuner.
+# The eval split is the Evaluator's alone: the data that judges a model never chose it.
+FIT, VALIDATION = "fit", "validation"
+
+
+def is_validation(image: tf.Tensor, percent: int) -> tf.Tensor:
+    """Whether one transformed example's ``image_xf`` (encoded bytes or pixels) is in the
+    validation part: ``percent`` of 100 hash buckets of its content, so the same image is
+    always on the same side, whatever the order, shard or run (as ``ops.ingest`` splits by
+    its SHA-256; a different hash, so the carve is independent of that split)."""
+    content = image if image.dtype == tf.string else tf.io.serialize_tensor(image)
+    return tf.strings.to_hash_bucket_fast(tf.reshape(content, [-1])[0], 100) < percent
+
+
+def carve(dataset: tf.data.Dataset, part: str, percent: int) -> tf.data.Dataset:
+    """The ``part`` (``FIT`` or ``VALIDATION``) of unbatched ``(features, label)`` elements."""
+    if part not in (FIT, VALIDATION):
+        raise ValueError(f"part must be {FIT} or {VALIDATION}, got {part!r}")
+    wanted = part == VALIDATION
+    return dataset.filter(lambda features, _: is_validation(features[IMAGE_XF], percent)
+                          == wanted)
+
+
 def input_fn(files: list[str], data_accessor: DataAccessor,
              tf_transform_output: tft.TFTransformOutput, spec: ImageSpec, batch_size: int,
-             cache: bool = False, seed: int | None = None) -> tf.data.Dataset:
-    """Shuffled batches of ``({image_xf: pixels}, label_xf)`` from transformed examples, repeated.
+             cache: bool = False, seed: int | None = None, part: str | None = None,
+             validation_percent: int = 0) -> tf.data.Dataset:
+    """Shuffled batches of ``({image_xf: pixels}, label_xf)`` from transformed examples, repeated;
+    only the ``part`` of them (``carve``) when given.
 
     tfxio reads with parallel interleave and parsing (AUTOTUNE); images are decoded in parallel
     (``model_pixels``) and prefetched. With ``cache`` the decoded examples are kept in memory
     after the first epoch and reshuffled every epoch.
     """
     schema = tf_transform_output.transformed_metadata.schema
+    read = (dict(batch_size=256, num_epochs=1, shuffle=False) if cache else
+            dict(batch_size=batch_size, shuffle_seed=seed))
+    dataset = data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
+        label_key=LABEL_XF, **read), schema)
+    if part:
+        dataset = carve(dataset.unbatch(), part, validation_percent).batch(read["batch_size"])
 
     def pixels(features, label):
         return {IMAGE_XF: model_pixels(features[IMAGE_XF], spec)}, label
 
+    dataset = dataset.map(pixels, num_parallel_calls=tf.data.AUTOTUNE)
     if not cache:
-        dataset = data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
-            batch_size=batch_size, label_key=LABEL_XF, shuffle_seed=seed), schema)
-        return dataset.map(pixels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-            tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+    return (dataset.cache().unbatch().shuffle(10_000, seed=seed).batch(batch_size).repeat()
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def class_counts(files: list[str], data_accessor: DataAccessor,
+                 tf_transform_output: tft.TFTransformOutput, num_classes: int,
+                 validation_percent: int) -> dict[str, list[int]]:
+    """``{FIT: [examples per class id], VALIDATION: [...]}`` of the train split, in one read
+    (parsing only, no decoding)."""
     dataset = data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
-        batch_size=256, label_key=LABEL_XF, num_epochs=1, shuffle=False), schema)
-    return (dataset.map(pixels, num_parallel_calls=tf.data.AUTOTUNE).cache().unbatch()
-            .shuffle(10_000, seed=seed).batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE))
+        batch_size=256, label_key=LABEL_XF, num_epochs=1, shuffle=False),
+        tf_transform_output.transformed_metadata.schema).unbatch()
+
+    def add(counts, example):
+        features, label = example
+        row = tf.cast(is_validation(features[IMAGE_XF], validation_percent), tf.int64)
+        index = tf.stack([row, tf.reshape(tf.cast(label, tf.int64), [-1])[0]])
+        return tf.tensor_scatter_nd_add(counts, index[tf.newaxis], tf.constant([1], tf.int64))
+
+    counts = dataset.reduce(tf.zeros([2, num_classes], tf.int64), add).numpy().tolist()
+    return {FIT: counts[0], VALIDATION: counts[1]}
+
+
+# ``auto`` weighs the loss when the largest class has over this many times the smallest's
+# examples.
+IMBALANCE_RATIO = 5.0
+
+
+def class_weight(counts: list[int], mode: str) -> dict[int, float] | None:
+    """Keras ``class_weight``: ``balanced`` gives each class ``total / (classes * count)`` (each
+    class then weighs as much in the loss); ``none`` gives None; ``auto`` is balanced when the
+    classes are over ``IMBALANCE_RATIO`` apart, else none. Classes without examples get 1."""
+    if mode not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {mode!r}")
+    present = [c for c in counts if c]
+    if mode == "none" or not present or (
+            mode == "auto" and max(present) <= IMBALANCE_RATIO * min(present)):
+        return None
+    total = sum(present)
+    return {i: (total / (len(present) * c) if c else 1.0) for i, c in enumerate(counts)}
 
 
 def fits_in_memory(examples: int, spec: ImageSpec, limit_mb: int) -> bool:
@@ -176,13 +243,6 @@ TUNED = ("learning_rate", "width", "dropout")
 AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS, VALIDATIONS = 48_000, 5, 100, 10
 
 
-def count_examples(patterns: list[str]) -> int:
-    """The number of records in (GZIP'd) TFRecord files matching ``patterns``."""
-    files = [f for pattern in patterns for f in tf.io.gfile.glob(pattern)]
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
-    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
-
-
 def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -> int:
     """``train_steps`` if given, else ``epochs`` passes over ``examples`` (derived from their
     number when 0: see ``AUTO_EXAMPLES``)."""
@@ -244,10 +304,12 @@ def setup_training(config: dict):
 
 def fit_arguments(inputs: Inputs, eval_steps: int) -> dict:
     """``model.fit`` arguments for ``inputs.steps`` in ``VALIDATIONS`` rounds (Keras epochs),
-    each ending in a validation of ``eval_steps`` batches."""
+    each ending in a validation of ``eval_steps`` batches of the validation part (never the
+    eval split); the loss weighted by ``inputs.class_weight``."""
     rounds = min(VALIDATIONS, inputs.steps)
-    return dict(x=inputs.train, validation_data=inputs.evaluation, epochs=rounds,
-                steps_per_epoch=inputs.steps // rounds, validation_steps=eval_steps, verbose=0)
+    return dict(x=inputs.train, validation_data=inputs.validation, epochs=rounds,
+                steps_per_epoch=inputs.steps // rounds, validation_steps=eval_steps, verbose=0,
+                class_weight=inputs.class_weight)
 
 
 def _fit(model, inputs: Inputs, fn_args: FnArgs, config: dict, strategy, api):
@@ -280,31 +342,47 @@ def _export(model, out_dir: str, config: dict, tf_transform_output, spec: ImageS
 
 @dataclasses.dataclass
 class Inputs:
-    """What training reads: the Transform output, the example count, the step budget, and
-    the repeated train and eval datasets at the global batch size."""
+    """What training reads: the Transform output, the train split's examples per class in
+    its fit and validation parts, the step budget, the loss's class weights and the repeated
+    fit and validation datasets at the global batch size."""
     tf_transform_output: tft.TFTransformOutput
-    examples: int
+    counts: dict[str, list[int]]
     steps: int
+    class_weight: dict[int, float] | None
     train: tf.data.Dataset
-    evaluation: tf.data.Dataset
+    validation: tf.data.Dataset
+
+    @property
+    def examples(self) -> int:
+        return sum(map(sum, self.counts.values()))
 
 
 def read_inputs(fn_args: FnArgs, config: dict, batch_size: int, train_steps: int,
                 share: float = 1.0) -> Inputs:
-    """The datasets and ``share`` of a step budget of ``train_steps`` (0: derived, see
-    ``step_budget``)."""
+    """The datasets and ``share`` of a step budget of ``train_steps`` (0: derived from the
+    train split's size, see ``step_budget``). Reads the train split only: the eval split is
+    the Evaluator's."""
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-    examples = count_examples(fn_args.train_files)
+    percent = config["validation_percent"]
+    counts = class_counts(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
+                          config["num_classes"], percent)
+    if not sum(counts[VALIDATION]) or not sum(counts[FIT]):
+        raise ValueError(f"validation_percent={percent} of the {sum(map(sum, counts.values()))} "
+                         "training examples leaves a part empty: use more data or another "
+                         "percentage")
+    examples = sum(map(sum, counts.values()))
     steps = max(1, round(share * step_budget(train_steps, config["epochs"], examples,
                                              batch_size)))
     spec = ImageSpec.from_custom_config(config)
     cache = fits_in_memory(examples, spec, config["cache_input_mb"])
-    absl.logging.info("%d training examples, global batch %d: %d steps; in-memory cache %s",
-                      examples, batch_size, steps, cache)
-    train, evaluation = (input_fn(files, fn_args.data_accessor, tf_transform_output, spec,
-                                  batch_size, cache, config["seed"])
-                         for files in (fn_args.train_files, fn_args.eval_files))
-    return Inputs(tf_transform_output, examples, steps, train, evaluation)
+    weights = class_weight(counts[FIT], config["class_weights"])
+    absl.logging.info("%d training examples (%d validation), global batch %d: %d steps; "
+                      "in-memory cache %s; class weights %s", examples, sum(counts[VALIDATION]),
+                      batch_size, steps, cache, weights)
+    train, validation = (input_fn(fn_args.train_files, fn_args.data_accessor,
+                                  tf_transform_output, spec, batch_size, cache, config["seed"],
+                                  part, percent) for part in (FIT, VALIDATION))
+    return Inputs(tf_transform_output, counts, steps, weights, train, validation)
 
 
 def model_for(config: dict, steps: int, api):
@@ -318,8 +396,9 @@ def model_for(config: dict, steps: int, api):
 def run_fn(fn_args: FnArgs) -> None:
     """Set up the strategy, read the transformed examples, build (and warm-start) the model
     with the Tuner's best hyperparameters if any, fit within the step budget, evaluate,
-    export; ``TRAINER_SUMMARY`` in the ModelRun records the budget, the final eval metrics and
-    the seconds of each phase."""
+    export; ``TRAINER_SUMMARY`` in the ModelRun records the budget, the class names, the
+    examples per class of the fit and validation parts, the class weights, the final
+    validation metrics and the seconds of each phase."""
     clock = _Clock()
     tuned = tuned_values(fn_args.hyperparameters)
     config = dict(fn_args.custom_config, **tuned)
@@ -327,14 +406,14 @@ def run_fn(fn_args: FnArgs) -> None:
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
     inputs = read_inputs(fn_args, config, batch_size, fn_args.train_steps)
     config["train_steps"] = inputs.steps
-    names = class_names(config, inputs.tf_transform_output)
+    names = config["class_names"] = class_names(config, inputs.tf_transform_output)
     with strategy.scope():
         model = model_for(config, inputs.steps, api)
         warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None
     clock.lap("input_and_compile")
     history = _fit(model, inputs, fn_args, config, strategy, api)
     clock.lap("fit")
-    metrics = model.evaluate(inputs.evaluation, steps=fn_args.eval_steps, verbose=0,
+    metrics = model.evaluate(inputs.validation, steps=fn_args.eval_steps, verbose=0,
                              return_dict=True)
     clock.lap("evaluate")
     # Every worker saves (collective ops need all of them); only the chief's copy is the model.
@@ -344,7 +423,10 @@ def run_fn(fn_args: FnArgs) -> None:
     clock.lap("export")
     _write_json(os.path.join(fn_args.model_run_dir, TRAINER_SUMMARY), {
         "train_examples": inputs.examples, "batch_size": batch_size, "train_steps": inputs.steps,
-        "rounds_run": len(history.get("loss", [])), "eval_metrics": metrics,
+        "class_names": names, "class_counts": inputs.counts,
+        "validation_percent": config["validation_percent"],
+        "class_weight": inputs.class_weight and list(inputs.class_weight.values()),
+        "rounds_run": len(history.get("loss", [])), "validation_metrics": metrics,
         "last_round_train_accuracy": history.get("accuracy", [None])[-1],
         "tuned": tuned, "seconds": clock.seconds})
 

@@ -1,9 +1,10 @@
 """Tuner's ``tuner_fn``: a KerasTuner random search over learning rate, width and dropout.
 
 Each trial trains the Trainer's model on the same transformed examples for a quarter of the
-Trainer's step budget (``tune_steps`` when set) and is scored by ``val_accuracy``. The search
-stops after ``tune_trials`` trials or when ``tune_minutes`` have passed, whichever is first;
-the Trainer then takes the best values (``modules.trainer.tuned_values``).
+Trainer's step budget (``tune_steps`` when set) and is scored by ``val_accuracy`` on the
+validation part the Trainer carves from the train split (never the eval split, which judges).
+The search stops after ``tune_trials`` trials or when ``tune_minutes`` have passed, whichever is
+first; the Trainer then takes the best values (``modules.trainer.tuned_values``).
 """
 from __future__ import annotations
 

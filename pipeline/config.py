@@ -15,8 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from modules.features import (AUGMENTATIONS, BACKBONES, DEFAULT_AUGMENTATION, IMAGE_FORMATS,
-                              LABEL_FORMATS, LR_SCHEDULES, MAX_PIXELS, RESIZE_MODES,
+from modules.features import (AUGMENTATIONS, BACKBONES, CLASS_WEIGHTS, DEFAULT_AUGMENTATION,
+                              IMAGE_FORMATS, LABEL_FORMATS, LR_SCHEDULES, MAX_PIXELS, RESIZE_MODES,
                               TFLITE_MODES)
 from modules.provenance import package_version, source_sha256
 
@@ -178,6 +178,13 @@ class PipelineConfig:
     augmentation: tuple[str, ...] = _option(DEFAULT_AUGMENTATION, TRAINING, TRAINER,
                                             "training-only layers: colour, flip, rotate, zoom, "
                                             "invert")
+    validation_percent: int = _option(10, TRAINING, TRAINER,
+                                      "share of the train split (by image content hash) that "
+                                      "chooses the model: early stopping, the Tuner; the eval "
+                                      "split only judges it")
+    class_weights: str = _option("auto", TRAINING, TRAINER,
+                                 "balanced (each class weighs the same in the loss), none, or "
+                                 "auto: balanced when the largest class is over 5x the smallest")
     early_stopping_patience: int = _option(4, TRAINING, TRAINER,
                                            "validation rounds without a better loss before "
                                            "stopping")
@@ -196,8 +203,11 @@ class PipelineConfig:
     min_accuracy: float = _option(0.9, GATE, RUNNER,
                                   "the least eval accuracy a model needs to be blessed (run-time "
                                   "parameter)")
-    max_regression: float = _option(0.01, GATE, RUNNER,
-                                    "the most accuracy a model may lose against the served one")
+    max_regression: float = _option(0.0, GATE, RUNNER,
+                                    "the most accuracy a model may lose against the served one "
+                                    "(0: no regression); a tolerance is also measured against "
+                                    "the best version pushed on the same data, so it cannot "
+                                    "compound")
     min_class_recall: float = _option(0.0, GATE, RUNNER, "the least recall of every class; 0: off")
     allow_new_classes: bool = _option(False, GATE, RUNNER,
                                       "allow a model with classes the served one lacks (a new "
@@ -238,7 +248,8 @@ class PipelineConfig:
         for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),
                               ("strategy", STRATEGIES), ("backbone", BACKBONES),
                               ("tflite", TFLITE_MODES), ("image_format", IMAGE_FORMATS),
-                              ("label_format", LABEL_FORMATS), ("lr_schedule", LR_SCHEDULES)):
+                              ("label_format", LABEL_FORMATS), ("lr_schedule", LR_SCHEDULES),
+                              ("class_weights", CLASS_WEIGHTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if set(self.augmentation) - set(AUGMENTATIONS):
@@ -271,6 +282,9 @@ class PipelineConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        if not 1 <= self.validation_percent <= 50:
+            raise ValueError(f"validation_percent must be in [1, 50], got "
+                             f"{self.validation_percent}")
         if self.tune_trials < 1 or self.tune_steps < 0 or self.tune_minutes <= 0:
             raise ValueError("tune_trials must be >= 1, tune_steps >= 0 and tune_minutes > 0")
         if min(self.train_steps, self.epochs) < 0:

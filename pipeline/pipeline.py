@@ -143,7 +143,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         baseline_model=served.outputs["model"],
         eval_config=eval_config(config.label_key, config.min_accuracy, config.max_regression,
                                 config.min_class_recall),
-        min_accuracy=run_time["min_accuracy"])
+        min_accuracy=run_time["min_accuracy"], serving_dir=config.push_dir)
     pusher = VersionedPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"], examples=examples,

@@ -1,25 +1,31 @@
 """A self-contained HTML report of one run, built from MLMD and the run's artifacts.
 
-Sections: dataset (examples per split and per class, image feature statistics), data checks
-(bad images, anomalies), schema, the Tuner's trials, the Trainer's budget, tuned values and
-seconds per phase, training curves (the Trainer's TensorBoard logs), metrics
-overall and per class, the confusion matrix, the gate decision with its thresholds and the
-baseline, the push, and component durations. Charts are inline SVG: one file to open or attach.
+Sections: the gate decision (its bounds and where they come from, which data chose the model
+and which judged it) and the push; dataset (examples per split, the class balance of the fit,
+validation and eval data with rare classes flagged, image feature statistics), data checks
+(bad images, anomalies), schema, the Tuner's trials, the Trainer's budget, class weights,
+tuned values and seconds per phase, training curves (the Trainer's TensorBoard logs),
+precision, recall, F1 and support per class by name (candidate beside the served model), the
+confusion matrix with names, and component durations. Charts are inline SVG: one file to open
+or attach.
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 import os
 import time
 
 from tfx.dsl.io import fileio
-from tfx.utils import io_utils
+from tfx.utils import io_utils, path_utils
 
 from components import serving_dir
 from components.contracts import RunOutcome
-from components.gate import BASELINE, sliced_metric
-from modules.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS
+from components.gate import BASELINE, CANDIDATE, class_figures, confusion_matrix
+from components.standard import ACCURACY_BOUND, BOUND_REASON
+from modules.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, TUNER_RESULTS,
+                               ImageSpec)
 from pipeline.config import PipelineConfig
 from pipeline.outcome import (executions_since, latest_artifact, metadata_store, run_outputs,
                               seconds)
@@ -28,7 +34,12 @@ CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;co
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 8px;
 text-align:right}th{background:#f4f4f4}.ok{color:#186a1b;font-weight:bold}
-.bad{color:#a31515;font-weight:bold}svg text{font:11px sans-serif}"""
+.bad{color:#a31515;font-weight:bold}svg text{font:11px sans-serif}
+figure.thumb{display:inline-block;margin:4px;font-size:11px;text-align:center;width:110px}
+figure.thumb img{width:96px;height:96px;image-rendering:pixelated;border:1px solid #ccc}"""
+# The eval images the report predicts for its gallery, at most; the mistakes and the correct
+# examples per class it shows.
+GALLERY_EXAMPLES, GALLERY_MISTAKES, GALLERY_CORRECT = 2000, 24, 3
 
 
 def _table(header: list, rows: list[list]) -> str:
@@ -131,35 +142,64 @@ class RunReport:
     def evaluation(self):
         return self.latest("ModelEvaluation", "Evaluator")
 
-    def per_class(self) -> list[list]:
-        evaluation = self.evaluation().uri
-        accuracy = sliced_metric(evaluation)
-        counts = sliced_metric(evaluation, "example_count")
-        return [[key[0][1], f"{counts.get(key, 0):g}", f"{value:.4f}"]
-                for key, value in sorted(accuracy.items()) if key]
+    def per_class(self, names: list[str]) -> str:
+        """Precision, recall, F1 and support per class on the eval split: the candidate beside
+        the served model (when one was compared)."""
+        models = {"candidate": self.confusion()}
+        baseline = self.confusion(BASELINE)
+        if baseline:
+            models["served"] = baseline
+        header, rows = ["class", "support"], []
+        for model in models:
+            header += [f"{model} {m}" for m in ("precision", "recall", "F1")]
+        for i, name in enumerate(names):
+            row = [name, f"{sum(models['candidate'].get((i, j), 0) for j in range(len(names))):g}"]
+            for matrix in models.values():
+                row += [_ratio(v) for v in class_figures(matrix, i, len(names))]
+            rows.append(row)
+        return _table(header, rows)
 
-    def confusion(self) -> dict[tuple[int, int], float]:
-        import tensorflow_model_analysis as tfma
-        for plots in tfma.load_plots(self.evaluation().uri):
-            if plots.slice_key.single_slice_keys:
-                continue
-            for entry in plots.plot_keys_and_values:
-                matrices = entry.value.multi_class_confusion_matrix_at_thresholds.matrices
-                if matrices and entry.key.model_name != BASELINE:
-                    return {(e.actual_class_id, e.predicted_class_id): e.num_weighted_examples
-                            for e in matrices[0].entries}
-        return {}
+    def confusion(self, model: str = CANDIDATE) -> dict[tuple[int, int], float]:
+        return confusion_matrix(self.evaluation().uri, model)
+
+    def summary(self) -> dict:
+        """The Trainer's ``TRAINER_SUMMARY`` (empty when absent)."""
+        run = self.latest("ModelRun", "Trainer")
+        path = os.path.join(run.uri, TRAINER_SUMMARY) if run else ""
+        return json.loads(io_utils.read_string_file(path)) if path and fileio.exists(path) else {}
+
+    def balance(self, names: list[str]) -> str:
+        """Examples per class of the fit and validation parts of the train split and of the
+        eval split; classes under ``RARE_SHARE`` of an even share of the fit data flagged."""
+        counts = self.summary().get("class_counts", {})
+        matrix = self.confusion()
+        parts = {"fit": counts.get("fit"), "validation": counts.get("validation"),
+                 "eval": [sum(matrix.get((i, j), 0) for j in range(len(names)))
+                          for i in range(len(names))] if matrix else None}
+        parts = {k: v for k, v in parts.items() if v}
+        if not parts:
+            return ""
+        rare = rare_classes(parts.get("fit") or next(iter(parts.values())))
+        rows = [[name + (" (rare)" if i in rare else "")]
+                + [f"{v[i]:g} ({v[i] / max(sum(v), 1):.1%})" for v in parts.values()]
+                for i, name in enumerate(names)]
+        flag = (f'<p class="bad">Rare classes (under {RARE_SHARE:.0%} of an even share of the '
+                f"training data): {html.escape(', '.join(names[i] for i in rare))}. Read their "
+                "recall below, not the overall accuracy.</p>") if rare else ""
+        return flag + _table(["class"] + list(parts), rows)
 
     def budget(self) -> str:
-        """The Trainer's step budget, tuned values and seconds per phase."""
-        path = os.path.join(self.latest("ModelRun", "Trainer").uri, TRAINER_SUMMARY)
-        if not fileio.exists(path):
+        """The Trainer's step budget, class weights, tuned values and seconds per phase."""
+        summary = self.summary()
+        if not summary:
             return ""
-        summary = json.loads(io_utils.read_string_file(path))
+        weights = summary.get("class_weight")
         rows = [["training examples", summary["train_examples"]],
                 ["global batch", summary["batch_size"]],
                 ["steps (budget)", summary["train_steps"]],
-                ["validation rounds run", summary["rounds_run"]]]
+                ["validation rounds run", summary["rounds_run"]],
+                ["class weights in the loss", ", ".join(f"{w:.3g}" for w in weights)
+                 if weights else "none"]]
         rows += [[f"tuned {name}", f"{value:.4g}"] for name, value in summary["tuned"].items()]
         rows += [[f"seconds: {phase}", f"{seconds:.1f}"]
                  for phase, seconds in summary["seconds"].items()]
@@ -219,38 +259,98 @@ class RunReport:
                 + (_table(["split", "feature", "type", "description"],
                           [list(a.values()) for a in anomalies]) if anomalies else ""))
 
-    def gate(self) -> str:
+    def gate(self, names: list[str]) -> str:
         o, c = self.outcome, self.config
         verdict = '<span class="ok">BLESSED</span>' if o.blessed else \
             '<span class="bad">NOT BLESSED</span>'
-        rows = [["accuracy (eval split)", f"{o.accuracy:.4f}", f">= {c.min_accuracy}"]]
+        evaluation = self.evaluation()
+        bound, reason = c.min_accuracy, "min_accuracy"
+        if evaluation is not None and ACCURACY_BOUND in evaluation.custom_properties:
+            bound = evaluation.custom_properties[ACCURACY_BOUND].double_value
+            reason = evaluation.custom_properties[BOUND_REASON].string_value
+        rows = [["accuracy (eval split)", f"{o.accuracy:.4f}", f">= {bound:.4g} ({reason})"]]
         if o.baseline_accuracy is None:
             rows.append(["baseline", "none (nothing served yet)", "absolute bound only"])
         else:
             rows.append([f"baseline accuracy (served version {o.baseline_version})",
                          f"{o.baseline_accuracy:.4f}",
-                         f"candidate >= baseline - {c.max_regression}"])
-        if c.min_class_recall:
-            rows.append(["per-class recall", "see below", f">= {c.min_class_recall}"])
+                         f"candidate >= baseline - {c.max_regression}" if c.max_regression
+                         else "candidate >= baseline (no regression)"])
+        matrix = self.confusion() if evaluation is not None else {}
+        recalls = {names[i]: class_figures(matrix, i, len(names))[1] for i in range(len(names))}
+        recalls = {k: v for k, v in recalls.items() if v is not None}
+        lowest = min(recalls, key=recalls.get) if recalls else None
+        under = [n for n, r in recalls.items() if r < c.min_class_recall]
+        rows.append(["lowest class recall (eval split)",
+                     f"{recalls[lowest]:.4f} ({lowest})" if lowest else "n/a",
+                     f">= {c.min_class_recall}" if c.min_class_recall
+                     else "off (--min-class-recall)"])
+        if under:
+            rows.append(["classes under the recall bound", ", ".join(under), ""])
+        summary = self.summary() if evaluation is not None else {}
+        validation = sum(summary.get("class_counts", {}).get("validation", []))
+        chose = (f"the validation part of the train split: {validation} images "
+                 f"({summary.get('validation_percent')}% by content hash), for early stopping"
+                 " and the Tuner" if validation else "the train split")
+        selection = (f"<p>Chose the model: {html.escape(chose)}. Judged it: the eval split "
+                     "(read by the Evaluator only).</p>")
         push = (f"Pushed version {o.pushed_version}: {html.escape(o.pushed_path)}"
                 if o.pushed else f"Nothing pushed: {html.escape(str(o.reason))}")
         versions = serving_dir.versions(c.push_dir)
         return (f"<p>Gate: {verdict}</p>" + _table(["check", "value", "threshold"], rows)
+                + selection
                 + f"<p>{push}. Versions now in {html.escape(c.push_dir)}: "
                   f"{versions or 'none'} (highest is served).</p>")
 
+    def gallery(self, names: list[str]) -> str:
+        """The candidate's mistakes on the eval split as thumbnails, the most confident first
+        (true class, predicted class, probability), and a few correct examples per class."""
+        model, examples = self.latest("Model", "Trainer"), self.latest("Examples",
+                                                                       "ImageValidator")
+        spec = ImageSpec.from_custom_config(self.config.trainer_config())
+        if model is None or examples is None:
+            return "<p>No trained model in this run.</p>"
+        if spec.image_format != "encoded":
+            return "<p>Thumbnails are shown for encoded images only.</p>"
+        serialized, probabilities, labels = eval_predictions(
+            path_utils.serving_model_path(model.uri), examples.uri)
+        predicted = probabilities.argmax(axis=1)
+        confidence = probabilities.max(axis=1)
+        wrong = [i for i in sorted(range(len(labels)), key=lambda i: -confidence[i])
+                 if predicted[i] != labels[i]]
+        right = [i for c in range(len(names))
+                 for i in [i for i in range(len(labels)) if labels[i] == predicted[i] == c][
+                     :GALLERY_CORRECT]]
+        shown = wrong[:GALLERY_MISTAKES]
+        pictures = thumbnails([serialized[i] for i in shown + right], spec)
+
+        def figure(i: int, picture: str) -> str:
+            caption = (f"true {names[labels[i]]}<br>predicted {names[predicted[i]]} "
+                       f"{confidence[i]:.2f}" if labels[i] != predicted[i] else
+                       f"{names[labels[i]]} {confidence[i]:.2f}")
+            return (f'<figure class="thumb"><img alt="{html.escape(names[labels[i]])}" '
+                    f'src="data:image/png;base64,{picture}"><figcaption>'
+                    f"{caption}</figcaption></figure>")
+
+        scope = f"the first {len(labels)}" if len(labels) >= GALLERY_EXAMPLES else len(labels)
+        return (f"<p>{len(wrong)} mistakes among {scope} eval images; the {len(shown)} most "
+                "confident:</p>"
+                + "".join(figure(i, p) for i, p in zip(shown, pictures))
+                + "<p>Correct examples per class:</p>"
+                + "".join(figure(i, p) for i, p in zip(right, pictures[len(shown):])))
+
     def html(self) -> str:
-        names = _class_names(self.config)
+        names = self.summary().get("class_names") or _class_names(self.config)
         sections = [
-            ("Decision", self.gate()),
-            ("Dataset", self.dataset()),
+            ("Decision", self.gate(names)),
+            ("Dataset", self.dataset() + self.balance(names)),
             ("Data checks", self.checks()),
             ("Schema", self.schema()),
             ("Tuning", self.tuning()),
             ("Training", self.budget() + self.curves()),
-            ("Metrics per class (eval split)", _table(["label", "examples", "accuracy"],
-                                                      self.per_class())),
+            ("Metrics per class (eval split)", self.per_class(names)),
             ("Confusion matrix (eval split)", confusion_svg(self.confusion(), names)),
+            ("Errors you can see (eval split)", self.gallery(names)),
             ("Components", _table(["component", "state", "seconds"], self.durations())),
         ]
         body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
@@ -259,6 +359,49 @@ class RunReport:
                 f"{html.escape(self.config.pipeline_name)} run report</title><style>{CSS}"
                 f"</style></head><body><h1>{html.escape(self.config.pipeline_name)}: run of "
                 f"{stamp}</h1>{body}</body></html>")
+
+
+# A class is rare under this fraction of an even share (1 / classes) of the training data.
+RARE_SHARE = 0.5
+
+
+def rare_classes(counts: list[float]) -> list[int]:
+    """The ids of the classes under ``RARE_SHARE`` of an even share of ``counts``."""
+    total = sum(counts)
+    return [i for i, n in enumerate(counts) if total and n / total < RARE_SHARE / len(counts)]
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def eval_predictions(model_dir: str, examples_uri: str, limit: int = GALLERY_EXAMPLES):
+    """``(serialized examples, probabilities, label ids)`` of the first ``limit`` examples of
+    the eval split, from the exported model's own signatures (labels mapped as in training)."""
+    import numpy as np
+    import tensorflow as tf
+    model = tf.saved_model.load(model_dir)
+    files = sorted(fileio.glob(os.path.join(examples_uri, "Split-eval", "*")))
+    serialized, probabilities, labels = [], [], []
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit).batch(256):
+        serialized += batch.numpy().tolist()
+        probabilities.append(model.serve_examples(batch)[PROBABILITIES].numpy())
+        labels.append(model.transform_labels(batch)[LABEL_XF].numpy().reshape(-1))
+    if not serialized:
+        return [], np.zeros((0, 1)), np.zeros(0, int)
+    return serialized, np.concatenate(probabilities), np.concatenate(labels)
+
+
+def thumbnails(serialized: list[bytes], spec: ImageSpec) -> list[str]:
+    """Base64 PNGs of the examples' images as the model sees them (decoded, resized)."""
+    import tensorflow as tf
+    from modules.preprocessing import decode_images
+    if not serialized:
+        return []
+    images = tf.io.parse_example(tf.constant(serialized), {
+        spec.image_key: tf.io.FixedLenFeature([], tf.string)})[spec.image_key]
+    pixels = tf.image.convert_image_dtype(decode_images(images, spec), tf.uint8, saturate=True)
+    return [base64.b64encode(tf.io.encode_png(p).numpy()).decode() for p in pixels]
 
 
 def _class_names(config: PipelineConfig) -> list[str]:

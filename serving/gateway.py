@@ -45,6 +45,7 @@ from serving.auth import TokenPolicy
 from serving.backends import BadImage, Batcher, Unavailable
 from serving.feedback import FEEDBACK_SCOPE, Answers, BadFeedback, UnknownRequest
 from serving.limits import Bodies, Rejected, json_object, offload, version_number
+from serving.model_card import model_card, report_of
 from serving.rate import Peers, TokenBuckets
 from serving.routing import NoRoute, Router
 
@@ -53,6 +54,10 @@ PAGE = pathlib.Path(__file__).with_name("page.html")  # the try-it page, no buil
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
                 "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
                 "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
+# The model card and run reports: no scripts, images inline.
+CARD_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; "
+                "style-src 'unsafe-inline'", "X-Content-Type-Options": "nosniff",
+                "X-Frame-Options": "DENY"}
 PREDICT_BODY = '{"instances": [{"b64": ...}]}'
 # HTTP status of each of the header parser's refusals.
 IMAGE_STATUS = {"not_an_image": 415, "bad_header": 422, "too_many_pixels": 422}
@@ -402,6 +407,20 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
     async def page_route(_: Request) -> Response:
         return HTMLResponse(page, headers=PAGE_HEADERS)
 
+    async def card_route(request: Request) -> Response:
+        """The model card (``serving.model_card``), or the run report of a label's version."""
+        label = request.path_params.get("label")
+        try:
+            guard.address_limit(request)
+            text = await offload(control, config.control_timeout, lambda: model_card(
+                router.push_dir, router.versions()) if label is None else report_of(
+                router.push_dir, router.versions().get(label, 0)))
+        except Rejected as rejected:
+            return refusal(rejected)
+        if text is None:
+            return JSONResponse({"error": f"no run report for label {label!r}"}, 404)
+        return HTMLResponse(text, headers=CARD_HEADERS)
+
     def refresh() -> None:
         router.backend.refresh(set(router.versions().values()))
 
@@ -433,5 +452,7 @@ def create_app(config: GatewayConfig, router: Router, answers: Answers,
                    Route(f"{model}{target}:predict", route(predict, "predict"),
                          methods=["POST"])]
     return Starlette(routes=routes + [
-        Route("/", page_route), Route("/healthz", healthz), Route("/readyz", readyz),
+        Route("/", page_route), Route("/model-card", card_route),
+        Route("/model-card/report/{label}", card_route),
+        Route("/healthz", healthz), Route("/readyz", readyz),
         Route("/metrics", metrics_route)], lifespan=lifespan)

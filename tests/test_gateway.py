@@ -430,3 +430,15 @@ def test_rs256_tokens_verify_against_a_public_key_and_hs256_ones_forged_with_it_
         forged = b".".join([head, body, base64.urlsafe_b64encode(mac).rstrip(b"=")]).decode()
         response = call(forged)
         assert (response.status_code, response.json()["reason"]) == (401, "invalid_token")
+
+
+def test_the_model_card_shows_the_served_version_with_per_class_figures_and_its_report(server):
+    card = httpx.get(f"{server}/model-card")
+    assert card.status_code == 200 and "default-src 'none'" in card.headers[
+        "content-security-policy"]
+    assert "stable: version 1" in card.text and "this version recall" in card.text
+    assert 'href="/model-card"' in httpx.get(server).text  # beside the try-it page
+    assert "<th>classes</th><td>0, 1, 2, 3, 4, 5, 6, 7, 8, 9</td>" in card.text
+    report = httpx.get(f"{server}/model-card/report/stable")
+    assert report.status_code == 200 and "Errors you can see" in report.text
+    assert httpx.get(f"{server}/model-card/report/canary").status_code == 404

@@ -275,3 +275,19 @@ def test_warmup_cosine_rises_then_decays_and_plateau_is_constant():
     assert learning_rate("plateau", 0.01, 100) == 0.01
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         learning_rate("step", 0.01, 100)
+
+
+@pytest.mark.parametrize("api", ["keras", "tf_keras"])
+def test_tflite_export_with_every_augmentation(api):
+    """Rotate and zoom draw random numbers in Keras's inference graph unless the export
+    states inference mode: the converted model must exist and agree with Keras."""
+    spec = ImageSpec("image", "label", 8, 8, 3, 2)
+    model = build_model(spec, augmentation=AUGMENTATIONS, api=importlib.import_module(api))
+    interpreter = tf.lite.Interpreter(model_content=tflite_bytes(model, spec, "float16"))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    image = np.random.default_rng(0).random((1, 8, 8, 3)).astype("float32")
+    interpreter.set_tensor(inp["index"], image)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(out["index"]),
+                               model(image, training=False), atol=0.02)

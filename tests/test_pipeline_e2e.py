@@ -10,6 +10,7 @@ import dataclasses
 import glob
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -261,6 +262,8 @@ def test_per_class_recall_is_computed_and_can_gate(first_run):
     outcome = local_runner.run(dataclasses.replace(config, min_class_recall=1.0))
     assert outcome.accuracy < 1.0  # so some class is below a recall of 1.0
     assert not outcome.blessed and not outcome.pushed
+    with open(outcome.report, encoding="utf-8") as f:
+        assert "<td>classes under the recall bound</td>" in f.read()  # by name, in the report
     evaluation = max(metadata_store(config).get_artifacts_by_type("ModelEvaluation"),
                      key=lambda a: a.id)
     per_class = {k: v for k, v in sliced_metric(evaluation.uri).items() if k}
@@ -301,6 +304,8 @@ def test_run_report_shows_what_mlmd_and_the_artifacts_say(first_run):
                     "Metrics per class", "Confusion matrix", "Components"):
         assert f"<h2>{section}" in report
     assert f"{outcome.accuracy:.4f}" in report
+    assert "Judged it: the eval split" in report and "candidate precision" in report
+    assert "Errors you can see" in report and 'src="data:image/png;base64,' in report
     assert 'class="ok">BLESSED' in report  # the blessing of the first run
     assert "none (nothing served yet)" in report
     assert f"Pushed version 1: {outcome.pushed_path}" in report
@@ -315,3 +320,25 @@ def test_run_report_shows_what_mlmd_and_the_artifacts_say(first_run):
     assert sum(cells) == 360  # every eval example lands in one cell
     for component in COMPONENTS:
         assert f"<td>{component}</td>" in report
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="no Chromium on this machine")
+def test_run_report_shows_its_thumbnails_in_chromium(first_run):
+    """The one HTML file renders its own images (no network, no other file): every
+    thumbnail decodes, mistakes carry true and predicted class names."""
+    from playwright.sync_api import sync_playwright
+    _, outcome = first_run
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(f"file://{outcome.report}")
+            widths = page.eval_on_selector_all("figure.thumb img",
+                                               "images => images.map(i => i.naturalWidth)")
+            assert widths and all(w > 0 for w in widths)
+            assert "predicted" in page.inner_text("figure.thumb figcaption")
+            page.locator("h2", has_text="Errors you can see").scroll_into_view_if_needed()
+            page.screenshot(path=os.path.join(ROOT, "outputs", "screenshots", "run-report.png"))
+        finally:
+            browser.close()
