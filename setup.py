@@ -38,8 +38,10 @@ setup(
         "numpy",
         "pillow",
         "scikit-learn",
+        "scipy",  # serving/feedback.py's non-inferiority test
         "starlette",
         "uvicorn",
+        "h11",  # serving/server.py: uvicorn's h11 protocol with header limits
         "httptools",  # uvicorn's fast HTTP parser and event loop, found when installed
         "uvloop",
         "prometheus-client",

@@ -60,3 +60,5 @@ class RunOutcome:
     baseline_version: int | None
     warm_start: str | None  # how the warm start went; None when it was off
     report: str | None = None  # the HTML run report
+    accuracy_bound: float | None = None  # the absolute bound the gate applied
+    bound_reason: str | None = None  # where it came from (min_accuracy or a tolerance floor)

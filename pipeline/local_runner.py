@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def describe(outcome: RunOutcome, config: PipelineConfig) -> str:
     """The gate decision and the push, in words."""
-    gate = f"accuracy {outcome.accuracy:.4f} (gate: >= {config.min_accuracy}"
+    bound = config.min_accuracy if outcome.accuracy_bound is None else outcome.accuracy_bound
+    gate = f"accuracy {outcome.accuracy:.4f} (gate: >= {bound:g}"
+    if outcome.bound_reason and outcome.bound_reason != "min_accuracy":
+        gate += f", {outcome.bound_reason}"
     if outcome.baseline_accuracy is None:
         gate += "; nothing served yet: absolute bound only)"
     else:

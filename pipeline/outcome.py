@@ -105,7 +105,17 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
         reason=push.reason,
         baseline_version=served.custom_properties[SERVED_VERSION].int_value
         if has_baseline and served is not None else None,
-        warm_start=_warm_start(latest_artifact(store, "Model", "Trainer", outputs)))
+        warm_start=_warm_start(latest_artifact(store, "Model", "Trainer", outputs)),
+        accuracy_bound=_property(evaluation, "accuracy_bound"),
+        bound_reason=_property(evaluation, "accuracy_bound_reason"))
+
+
+def _property(artifact, key: str):
+    """A custom property's value (None when absent)."""
+    if key not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[key]
+    return getattr(value, value.WhichOneof("value"))
 
 
 def _warm_start(model) -> str | None:

@@ -201,3 +201,18 @@ def test_model_card_shows_each_label_with_its_classes_figures_data_and_report(tm
     assert "nothing (first version)" in stable and "<td>version 1</td>" in canary
     assert "href='/model-card/report/canary'" in canary
     assert report_of(base, 2) == "<h2>Decision</h2>" and report_of(base, 7) is None
+
+
+def test_the_run_summary_states_the_bound_the_gate_applied():
+    """A tolerance floor above --min-accuracy is what the gate applied: the summary says so."""
+    from components.contracts import RunOutcome
+    from pipeline.config import PipelineConfig
+    from pipeline.local_runner import describe
+    outcome = RunOutcome(cached=False, accuracy=0.93, baseline_accuracy=0.95, blessed=False,
+                         pushed=False, pushed_path=None, pushed_version=None,
+                         reason="not blessed", baseline_version=2, warm_start=None,
+                         accuracy_bound=0.94, bound_reason="best version pushed on this data: "
+                         "version 2 at 0.9500, less the tolerance 0.01")
+    text = describe(outcome, PipelineConfig(min_accuracy=0.9, max_regression=0.01))
+    assert "(gate: >= 0.94, best version pushed on this data: version 2" in text
+    assert ">= 0.9 " not in text and "(gate: >= 0.9 and" not in text
