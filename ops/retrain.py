@@ -23,7 +23,7 @@ from components.serving_dir import SERVED_CHANGED
 from components.versioned_pusher import NO_NEW_DATA
 from pipeline.config import PipelineConfig
 from pipeline.local_runner import describe, run
-from pipeline.preflight import user_errors
+from pipeline.preflight import is_user_error
 from pipeline.progress import readable_run
 
 EXIT_CODES = {"pushed": 0, "superseded": 0, "unchanged": 0, "not_blessed": 2, "failed": 1}
@@ -44,12 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with readable_run(config):
             outcome = run(config)
-    except user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        print("RETRAIN STATUS: failed")
-        return EXIT_CODES["failed"]
-    except Exception:  # noqa: BLE001 - any failure is reported as such to the scheduler
-        traceback.print_exc()
+    except Exception as err:  # noqa: BLE001 - any failure is reported as such to the scheduler
+        if is_user_error(err):
+            print(f"error: {err}", file=sys.stderr)
+        else:
+            traceback.print_exc()
         print("RETRAIN STATUS: failed")
         return EXIT_CODES["failed"]
     result = status(outcome)

@@ -68,18 +68,17 @@ def _replayed_push(config: PipelineConfig, fingerprint: str, served: int) -> int
 def run(config: PipelineConfig) -> RunOutcome:
     """Runs the pipeline once; returns its outcome (see ``pipeline.outcome``) and the path of
     its HTML report (``report``)."""
-    import ml_metadata as mlmd
-    from tfx import v1 as tfx
-
-    from pipeline.outcome import last_execution_id, latest_outcome
-    from pipeline.pipeline import create_pipeline
-    from pipeline.report import write_report
-
     preflight.check_serving_dir(config)
     with preflight.run_lock(config):
         preflight.check_metadata(config)
         config = resolve_data(config)
         preflight.check_data(config)
+        import ml_metadata as mlmd  # the training stack: once the preflight has passed
+        from tfx import v1 as tfx
+
+        from pipeline.outcome import last_execution_id, latest_outcome
+        from pipeline.pipeline import create_pipeline
+        from pipeline.report import write_report
         connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
             config.metadata_path)
         if os.path.exists(config.metadata_path):

@@ -25,11 +25,15 @@ class UserError(Exception):
     """A mistake the user can fix: shown as one line, exit code 2."""
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """The failures a user fixes (bad options, data or state), told in words, not tracebacks."""
+def is_user_error(err: BaseException) -> bool:
+    """A failure the user fixes (bad options, data or state), told in words, not a traceback.
+    (The components' error classes are imported only past a ``UserError``: a preflight
+    answer needs no TensorFlow.)"""
+    if isinstance(err, UserError):
+        return True
     from components.anomaly_gate import DataAnomalyError
     from components.image_validator import BadImageError
-    return UserError, DataAnomalyError, BadImageError
+    return isinstance(err, (DataAnomalyError, BadImageError))
 
 
 @contextlib.contextmanager
@@ -38,8 +42,8 @@ def one_line_errors(config: PipelineConfig):
     traceback under ``--verbose``)."""
     try:
         yield
-    except user_errors() as err:
-        if config.verbose:
+    except Exception as err:  # noqa: BLE001 - anything else is re-raised as it is
+        if config.verbose or not is_user_error(err):
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
