@@ -62,3 +62,5 @@ class RunOutcome:
     report: str | None = None  # the HTML run report
     accuracy_bound: float | None = None  # the absolute bound the gate applied
     bound_reason: str | None = None  # where it came from (min_accuracy or a tolerance floor)
+    weakest_class: str | None = None  # the candidate's class of lowest recall, by name
+    weakest_recall: float | None = None

@@ -170,7 +170,7 @@ def version_summary(result: dict) -> str:
     epochs = run.get("epochs") or "auto"
     options = (f"{trainer.get('backbone')} {trainer.get('image_height')}x"
                f"{trainer.get('image_width')}x{trainer.get('image_channels')}, "
-               f"{trainer.get('num_classes')} classes, "
+               f"{trainer.get('num_classes')} classes{_names(entry.get('class_names'))}, "
                + (f"{run['train_steps']} steps" if run.get("train_steps") else
                   f"epochs {epochs}")
                + f", batch {run.get('batch_size')}, learning rate {run.get('learning_rate')}, "
@@ -189,6 +189,14 @@ def version_summary(result: dict) -> str:
             ("model", entry["model_uri"])]
     return "\n".join([f"version {result['version']}, pushed {entry['time']} by run "
                       f"{result['run']}"] + [f"  {name:<10} {text}" for name, text in rows])
+
+
+def _names(class_names: list[str] | None, shown: int = 12) -> str:
+    """`` (name, name, ...)`` of a version's classes, the first ``shown`` of them."""
+    if not class_names:
+        return ""
+    more = f", ... {len(class_names) - shown} more" if len(class_names) > shown else ""
+    return f" ({', '.join(class_names[:shown])}{more})"
 
 
 def runs_summary(runs: list[dict]) -> str:

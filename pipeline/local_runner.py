@@ -118,6 +118,10 @@ def describe(outcome: RunOutcome, config: PipelineConfig) -> str:
     else:
         gate += (f" and >= served version {outcome.baseline_version}'s "
                  f"{outcome.baseline_accuracy:.4f} - {config.max_regression})")
+    if outcome.weakest_class is not None:
+        gate += (f"\nWeakest class: {outcome.weakest_class}, recall {outcome.weakest_recall:.4f}"
+                 + (f" (gate: >= {config.min_class_recall:g} for every class)"
+                    if config.min_class_recall else ""))
     if outcome.warm_start:
         gate += f"\nWarm start: {outcome.warm_start}"
     if outcome.pushed:

@@ -107,7 +107,25 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
         if has_baseline and served is not None else None,
         warm_start=_warm_start(latest_artifact(store, "Model", "Trainer", outputs)),
         accuracy_bound=_property(evaluation, "accuracy_bound"),
-        bound_reason=_property(evaluation, "accuracy_bound_reason"))
+        bound_reason=_property(evaluation, "accuracy_bound_reason"),
+        **_weakest_class(evaluation.uri))
+
+
+def _weakest_class(evaluation_uri: str) -> dict:
+    """The candidate's class of lowest recall (``weakest_class``, ``weakest_recall``) from the
+    per-class figures the Evaluator wrote; empty when there are none."""
+    from tfx.dsl.io import fileio
+    from tfx.utils import io_utils
+
+    from components.gate import CANDIDATE, CLASS_METRICS
+    path = os.path.join(evaluation_uri, CLASS_METRICS)
+    if not fileio.exists(path):
+        return {}
+    rows = [r for r in json.loads(io_utils.read_string_file(path)).get(CANDIDATE, [])
+            if r.get("recall") is not None]
+    weakest = min(rows, key=lambda r: r["recall"], default=None)
+    return {} if weakest is None else {"weakest_class": weakest["class"],
+                                       "weakest_recall": weakest["recall"]}
 
 
 def _property(artifact, key: str):

@@ -203,8 +203,9 @@ def test_model_card_shows_each_label_with_its_classes_figures_data_and_report(tm
     assert report_of(base, 2) == "<h2>Decision</h2>" and report_of(base, 7) is None
 
 
-def test_the_run_summary_states_the_bound_the_gate_applied():
-    """A tolerance floor above --min-accuracy is what the gate applied: the summary says so."""
+def test_the_run_summary_states_the_bound_the_gate_applied_and_the_weakest_class():
+    """A tolerance floor above --min-accuracy is what the gate applied, and the class of
+    lowest recall is named beside its bound: the summary says both."""
     from components.contracts import RunOutcome
     from pipeline.config import PipelineConfig
     from pipeline.local_runner import describe
@@ -212,7 +213,10 @@ def test_the_run_summary_states_the_bound_the_gate_applied():
                          pushed=False, pushed_path=None, pushed_version=None,
                          reason="not blessed", baseline_version=2, warm_start=None,
                          accuracy_bound=0.94, bound_reason="best version pushed on this data: "
-                         "version 2 at 0.9500, less the tolerance 0.01")
-    text = describe(outcome, PipelineConfig(min_accuracy=0.9, max_regression=0.01))
+                         "version 2 at 0.9500, less the tolerance 0.01",
+                         weakest_class="triangle", weakest_recall=0.61)
+    text = describe(outcome, PipelineConfig(min_accuracy=0.9, max_regression=0.01,
+                                            min_class_recall=0.7))
     assert "(gate: >= 0.94, best version pushed on this data: version 2" in text
+    assert "Weakest class: triangle, recall 0.6100 (gate: >= 0.7 for every class)" in text
     assert ">= 0.9 " not in text and "(gate: >= 0.9 and" not in text

@@ -71,6 +71,12 @@ def test_every_component_succeeded_in_mlmd(first_run):
         assert executions[component].last_known_state == metadata_store_pb2.Execution.COMPLETE
 
 
+def test_the_outcome_names_the_class_of_lowest_recall(first_run):
+    _, outcome = first_run
+    assert outcome.weakest_class in [str(digit) for digit in range(10)]
+    assert 0.0 <= outcome.weakest_recall <= outcome.accuracy + 1e-9
+
+
 def test_schema_has_the_image_and_label_features(first_run):
     import tensorflow_data_validation as tfdv
     config, _ = first_run

@@ -191,6 +191,7 @@ def test_only_blessed_models_are_pushed_across_spans(cycle):
     assert summary[4].startswith(f"  code       git {commit[:12]}") and "modules sha256" in \
         summary[4]
     assert "blessed; baseline: served version 1" in summary[6]
+    assert "10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)," in summary[5]  # the class map's names
     assert lineage.version_lineage(config, 1)["spans"] == [1]
     fed = {s: lineage.span_lineage(config, s)["models"] for s in (1, 2, 3)}
     assert [m["pushed_as"] for m in fed[1]] == [[1]]
