@@ -25,7 +25,7 @@ from components import serving_dir
 from modules.features import CODE_FILE
 from pipeline.config import PipelineConfig
 from pipeline.mlmd_queries import (DOWNSTREAM, INPUT_EVENTS, OUTPUT_EVENTS, UPSTREAM,
-                                   lineage_graph, run_push)
+                                   lineage_graph, run_push, value_of)
 from pipeline.outcome import component_names, metadata_store, produced_by
 
 class Lineage:
@@ -35,15 +35,12 @@ class Lineage:
         self.store = store
         self.execution_types = component_names(store)
 
-    def _value(self, value):
-        return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
-
     def describe_execution(self, execution) -> dict:
         properties = dict(execution.properties)
         properties.update(execution.custom_properties)  # TFX records exec properties here
         return {"execution_id": execution.id,
                 "component": self.execution_types[execution.type_id],
-                "properties": {k: self._value(v) for k, v in properties.items()}}
+                "properties": {k: value_of(v) for k, v in properties.items()}}
 
     def upstream(self, artifact_id: int) -> dict:
         """The artifact, its producer (the original when cache hits reused it), and what that
@@ -61,7 +58,7 @@ class Lineage:
         def node(aid: int) -> dict:
             artifact = artifacts[aid]
             found = {"artifact_id": aid, "uri": artifact.uri,
-                     "custom": {k: self._value(v) for k, v in artifact.custom_properties.items()
+                     "custom": {k: value_of(v) for k, v in artifact.custom_properties.items()
                                 if k in ("span", "version", "blessed", "pushed_version")}}
             if producers[aid]:
                 execution = executions[min(producers[aid])]

@@ -323,6 +323,12 @@ class PipelineConfig:
         return str(Path(self.work_dir).absolute() / "data" / "digits")
 
     @property
+    def local_root(self) -> str:
+        """Where this machine keeps a run's log and report: the pipeline root, or the work dir
+        when the root is an object store (they are opened here)."""
+        return self.work_dir if "://" in self.pipeline_root else self.pipeline_root
+
+    @property
     def package_path(self) -> str:
         """The compiled Kubeflow package: ``kfp_package``, else ``<work_dir>/kfp/<name>.yaml``."""
         return self.kfp_package or os.path.join(self.work_dir, "kfp", f"{self.pipeline_name}.yaml")

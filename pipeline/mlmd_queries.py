@@ -18,6 +18,12 @@ UPSTREAM = metadata_store_pb2.LineageSubgraphQueryOptions.UPSTREAM
 DOWNSTREAM = metadata_store_pb2.LineageSubgraphQueryOptions.DOWNSTREAM
 
 
+def value_of(value: metadata_store_pb2.Value):
+    """An MLMD property value as Python (None when unset)."""
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
 def run_push(store, executions) -> PushResult | None:
     """What the pusher among ``executions`` (one run's) did, read from its PushedModel; None
     when none of them output one. A CACHED pusher's PushedModel is the record of the

@@ -10,7 +10,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.contracts import RunOutcome
 from modules.features import RESULT_FILE, WARM_START_DIR
 from pipeline.config import PipelineConfig
-from pipeline.mlmd_queries import run_push
+from pipeline.mlmd_queries import run_push, value_of
 
 
 NODE_CONTEXT = "node"  # TFX's MLMD context of a pipeline node, named <pipeline>.<node id>
@@ -130,10 +130,8 @@ def _weakest_class(evaluation_uri: str) -> dict:
 
 def _property(artifact, key: str):
     """A custom property's value (None when absent)."""
-    if key not in artifact.custom_properties:
-        return None
-    value = artifact.custom_properties[key]
-    return getattr(value, value.WhichOneof("value"))
+    return value_of(artifact.custom_properties[key]) if key in artifact.custom_properties \
+        else None
 
 
 def _warm_start(model) -> str | None:

@@ -160,8 +160,7 @@ def readable_run(config: PipelineConfig, out=None):
         yield None
         return
     out = out or sys.stdout
-    log_dir = os.path.join(config.work_dir if "://" in config.pipeline_root
-                           else config.pipeline_root, "logs")
+    log_dir = os.path.join(config.local_root, "logs")
     os.makedirs(log_dir, exist_ok=True)
     path = os.path.join(log_dir, time.strftime("run-%Y%m%dT%H%M%S.log"))
     out.write(f"Run log (the libraries' messages): {path}\n")

@@ -424,8 +424,7 @@ def write_report(config: PipelineConfig, outcome: RunOutcome,
                  since_execution_id: int) -> str:
     """Writes ``<pipeline root>/reports/run-<time>.html`` (under the work dir when the root
     is an object store: a report is opened locally); returns its path."""
-    root = config.work_dir if "://" in config.pipeline_root else config.pipeline_root
-    path = os.path.join(root, "reports",
+    path = os.path.join(config.local_root, "reports",
                         time.strftime("run-%Y%m%dT%H%M%S.html", time.gmtime()))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
