@@ -74,6 +74,11 @@ WARM_START_DIR = "assets.extra/warm_start"
 RESULT_FILE = "warm_start.json"
 # The Trainer's log line per validation round (the local runner's progress shows it).
 EPOCH_LOG = "Round %d/%d: loss %.4f, accuracy %.4f; validation loss %.4f, accuracy %.4f"
+# Validation accuracy gains up to this are noise: the Trainer's plateau (modules.trainer
+# Convergence) and the rounds the local runner shows.
+ACCURACY_DELTA = 0.005
+# The Trainer's last line: steps run of the budget, and why it stopped (target, plateau, budget).
+STOP_LOG = "Stopped after %d of %d steps: %s"
 # In the Trainer's ModelRun: step budget, final eval metrics and seconds per phase.
 TRAINER_SUMMARY = "trainer_summary.json"
 # In the Tuner's TunerResults: its trials, best first (the file TFX's Tuner executor writes).

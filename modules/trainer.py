@@ -16,7 +16,7 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import (CLASS_WEIGHTS, CODE_FILE, EPOCH_LOG, IMAGE_XF, LABEL_XF,
+from modules.features import (ACCURACY_DELTA, CLASS_WEIGHTS, CODE_FILE, EPOCH_LOG, IMAGE_XF, LABEL_XF, STOP_LOG,
                                RESULT_FILE, TRAINER_SUMMARY, TRAINING_FILE, WARM_START_DIR,
                                ImageSpec)
 from modules.model import build_model, learning_rate, unfreeze_top
@@ -94,17 +94,19 @@ def carve(dataset: tf.data.Dataset, part: str, percent: int) -> tf.data.Dataset:
 def input_fn(files: list[str], data_accessor: DataAccessor,
              tf_transform_output: tft.TFTransformOutput, spec: ImageSpec, batch_size: int,
              cache: bool = False, seed: int | None = None, part: str | None = None,
-             validation_percent: int = 0) -> tf.data.Dataset:
+             validation_percent: int = 0, batches: int = 0) -> tf.data.Dataset:
     """Shuffled batches of ``({image_xf: pixels}, label_xf)`` from transformed examples, repeated;
-    only the ``part`` of them (``carve``) when given.
+    only the ``part`` of them (``carve``) when given. With ``batches``: instead, the first
+    ``batches`` batches in file order, once (a validation that sees the same images every
+    round), decoded once and kept in memory when ``cache``.
 
     tfxio reads with parallel interleave and parsing (AUTOTUNE); images are decoded in parallel
     (``model_pixels``) and prefetched. With ``cache`` the decoded examples are kept in memory
     after the first epoch and reshuffled every epoch.
     """
     schema = tf_transform_output.transformed_metadata.schema
-    read = (dict(batch_size=256, num_epochs=1, shuffle=False) if cache else
-            dict(batch_size=batch_size, shuffle_seed=seed))
+    read = (dict(batch_size=256 if cache else batch_size, num_epochs=1, shuffle=False)
+            if cache or batches else dict(batch_size=batch_size, shuffle_seed=seed))
     dataset = data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
         label_key=LABEL_XF, **read), schema)
     if part:
@@ -114,6 +116,9 @@ def input_fn(files: list[str], data_accessor: DataAccessor,
         return {IMAGE_XF: model_pixels(features[IMAGE_XF], spec)}, label
 
     dataset = dataset.map(pixels, num_parallel_calls=tf.data.AUTOTUNE)
+    if batches:
+        dataset = dataset.unbatch().batch(batch_size).take(batches)
+        return (dataset.cache() if cache else dataset).prefetch(tf.data.AUTOTUNE)
     if not cache:
         return dataset.prefetch(tf.data.AUTOTUNE)
     return (dataset.cache().unbatch().shuffle(10_000, seed=seed).batch(batch_size).repeat()
@@ -239,8 +244,18 @@ def export_warm_start(model, out_dir: str, config: dict, result: dict | None) ->
 TUNED = ("learning_rate", "width", "dropout")
 # The derived step budget (train_steps=0): passes over the data to see about AUTO_EXAMPLES
 # images (small datasets need many passes), at least MIN_EPOCHS and at most MAX_EPOCHS of them
-# (epochs=0); the budget is split into VALIDATIONS rounds, each ending in a validation.
-AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS, VALIDATIONS = 48_000, 5, 100, 10
+# (epochs=0). The budget is a cap: training runs in validation rounds (Keras epochs) of at
+# least MIN_ROUND_STEPS steps and ROUND_COST times the batches one validation reads, so a check
+# costs a few percent of a round, and stops early (``Convergence``).
+AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 48_000, 5, 100
+MIN_ROUND_STEPS, ROUND_COST = 25, 8
+# Convergence: a round improves when its validation accuracy beats the best by more than
+# ACCURACY_DELTA or its validation loss is LOSS_DROP below the lowest (on a small validation
+# part accuracy moves in coarse steps while the model still learns); the plateau is PATIENCE
+# rounds, and at least PLATEAU_SHARE of the steps the last improvement took, without one; no
+# plateau counts before MIN_SHARE of the budget (the learning rate's warm-up and the first
+# steps at chance).
+LOSS_DROP, PATIENCE, PLATEAU_SHARE, MIN_SHARE = 0.1, 3, 0.5, 0.2
 
 
 def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -> int:
@@ -253,24 +268,84 @@ def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -
     return passes * max(1, math.ceil(examples / batch_size))
 
 
-def _callbacks(config: dict, log_dir: str, api) -> list:
-    """A log line per validation round (``EPOCH_LOG``), TensorBoard, early stopping with
-    best-weights restore, and ReduceLROnPlateau when ``lr_schedule=plateau``; patience counts
-    validation rounds."""
-    patience = config["early_stopping_patience"]
+def round_steps(steps: int, validation_batches: int) -> int:
+    """Steps per validation round within a budget of ``steps``."""
+    return max(1, min(steps, max(MIN_ROUND_STEPS, ROUND_COST * validation_batches)))
 
-    class LogRounds(api.callbacks.Callback):
+
+class Convergence:
+    """Decides after each validation round whether training goes on, and keeps the weights
+    of the best round. ``stop`` is ``target`` once validation accuracy reaches
+    ``target_accuracy`` (0: none); ``plateau`` once neither it nor the loss has improved (see
+    ``LOSS_DROP``) for ``PATIENCE`` rounds and ``PLATEAU_SHARE`` of the steps the last
+    improvement took (not before ``MIN_SHARE`` of ``budget``), after an annealing tail of
+    that length when ``schedule`` can anneal (``WarmupCosine``: the rate decays to its floor
+    by the end of the tail); else ``budget`` at the end. ``per_round`` is the steps of a
+    round; ``rounds`` holds ``(steps, seconds since start, validation accuracy)``."""
+
+    def __init__(self, budget: int, per_round: int, target_accuracy: float, started: float,
+                 schedule=None):
+        self.budget, self.per_round, self.schedule = budget, per_round, schedule
+        self.target, self.started = target_accuracy, started
+        self.rounds: list[tuple[int, float, float]] = []
+        self.stop, self.best_weights, self.annealed_at = "budget", None, 0
+        self._best = (-1.0, math.inf)  # (accuracy, loss) of the kept weights; loss breaks ties
+        # The accuracy and loss to beat, and the steps of the round that last improved.
+        self._level, self._lowest, self._improved = -1.0, math.inf, 0
+        self._end = budget  # the step training ends at
+
+    def update(self, steps: int, accuracy: float, loss: float, weights) -> bool:
+        """Records a round; returns whether to stop."""
+        self.rounds.append((steps, round(time.perf_counter() - self.started, 2), accuracy))
+        if (accuracy, -loss) > (self._best[0], -self._best[1]):
+            self._best, self.best_weights = (accuracy, loss), weights()
+        if accuracy > self._level + ACCURACY_DELTA or loss < (1 - LOSS_DROP) * self._lowest:
+            self._improved = steps
+        self._level, self._lowest = max(self._level, accuracy), min(self._lowest, loss)
+        tail = max(PATIENCE * self.per_round, PLATEAU_SHARE * self._improved)
+        if self.target and accuracy >= self.target:
+            self.stop = "target"
+        elif steps >= self._end:
+            self.stop = "plateau" if self.annealed_at else "budget"
+        elif (not self.annealed_at and steps >= MIN_SHARE * self.budget
+              and steps - self._improved >= tail):
+            self.annealed_at = steps
+            if not hasattr(self.schedule, "anneal"):
+                self.stop = "plateau"
+            else:  # the tail in whole rounds
+                self._end = min(self.budget, steps + self.per_round * math.ceil(
+                    tail / self.per_round))
+                self.schedule.anneal(steps, self._end - steps)
+        return self.stop != "budget"
+
+    def time_to_accuracy(self, final: float) -> float | None:
+        """Seconds until validation accuracy first came within ``ACCURACY_DELTA`` of ``final``."""
+        return next((s for _, s, a in self.rounds if a >= final - ACCURACY_DELTA), None)
+
+
+def _callbacks(config: dict, log_dir: str, api, convergence: Convergence) -> list:
+    """A log line per validation round (``EPOCH_LOG``), TensorBoard, ``convergence``'s stop
+    and best-weights restore, and ReduceLROnPlateau when ``lr_schedule=plateau``."""
+
+    class Rounds(api.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            absl.logging.info(EPOCH_LOG, epoch + 1, self.params["epochs"], *(
-                logs.get(k, float("nan")) for k in ("loss", "accuracy", "val_loss",
-                                                    "val_accuracy")))
+            values = [logs.get(k, float("nan")) for k in ("loss", "accuracy", "val_loss",
+                                                          "val_accuracy")]
+            absl.logging.info(EPOCH_LOG, epoch + 1, self.params["epochs"], *values)
+            steps = (epoch + 1) * self.params["steps"]
+            if convergence.update(steps, values[3], values[2], self.model.get_weights):
+                self.model.stop_training = True
 
-    callbacks = [LogRounds(), api.callbacks.TensorBoard(log_dir=log_dir),
-                 api.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                             restore_best_weights=True)]
+        def on_train_end(self, logs=None):
+            if convergence.best_weights is not None:
+                self.model.set_weights(convergence.best_weights)
+            absl.logging.info(STOP_LOG, convergence.rounds[-1][0] if convergence.rounds else 0,
+                              convergence.budget, convergence.stop)
+
+    callbacks = [Rounds(), api.callbacks.TensorBoard(log_dir=log_dir)]
     if config["lr_schedule"] == "plateau":
-        callbacks.append(api.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.3, patience=max(1, patience // 2)))
+        callbacks.append(api.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                                         patience=PATIENCE))
     return callbacks
 
 
@@ -278,7 +353,8 @@ class _Clock:
     """Seconds per named phase, in order."""
 
     def __init__(self):
-        self.seconds, self._last = {}, time.perf_counter()
+        self.seconds, self.started = {}, time.perf_counter()
+        self._last = self.started
 
     def lap(self, phase: str) -> None:
         now = time.perf_counter()
@@ -302,27 +378,28 @@ def setup_training(config: dict):
     return tf_config, api, strategy
 
 
-def fit_arguments(inputs: Inputs, eval_steps: int) -> dict:
-    """``model.fit`` arguments for ``inputs.steps`` in ``VALIDATIONS`` rounds (Keras epochs),
-    each ending in a validation of ``eval_steps`` batches of the validation part (never the
-    eval split); the loss weighted by ``inputs.class_weight``."""
-    rounds = min(VALIDATIONS, inputs.steps)
-    return dict(x=inputs.train, validation_data=inputs.validation, epochs=rounds,
-                steps_per_epoch=inputs.steps // rounds, validation_steps=eval_steps, verbose=0,
+def fit_arguments(inputs: Inputs) -> dict:
+    """``model.fit`` arguments for ``inputs.steps`` in validation rounds (Keras epochs,
+    ``round_steps``), each ending in a validation on the validation part (never the eval
+    split); the loss weighted by ``inputs.class_weight``."""
+    per_round = round_steps(inputs.steps, inputs.validation_batches)
+    return dict(x=inputs.train, validation_data=inputs.validation,
+                epochs=inputs.steps // per_round, steps_per_epoch=per_round, verbose=0,
                 class_weight=inputs.class_weight)
 
 
-def _fit(model, inputs: Inputs, fn_args: FnArgs, config: dict, strategy, api):
-    """Fits the step budget in validation rounds; fine-tunes an application backbone if
-    asked."""
-    fit = dict(fit_arguments(inputs, fn_args.eval_steps),
-               callbacks=_callbacks(config, fn_args.model_run_dir, api))
+def _fit(model, inputs: Inputs, fn_args: FnArgs, config: dict, strategy, api,
+         convergence: Convergence):
+    """Fits within the step budget in validation rounds until ``convergence`` stops it;
+    fine-tunes an application backbone if asked."""
+    fit = dict(fit_arguments(inputs),
+               callbacks=_callbacks(config, fn_args.model_run_dir, api, convergence))
     history = model.fit(**fit).history
     if config["backbone"] != "cnn" and config["fine_tune_layers"] and config["fine_tune_epochs"]:
         absl.logging.info("Fine-tuning the top %d backbone layers", config["fine_tune_layers"])
         with strategy.scope():
             unfreeze_top(model, config["fine_tune_layers"], config["learning_rate"] / 10, api)
-        model.fit(**dict(fit, epochs=config["fine_tune_epochs"]))
+        model.fit(**dict(fit, epochs=config["fine_tune_epochs"], callbacks=fit["callbacks"][1:]))
     return history
 
 
@@ -343,14 +420,15 @@ def _export(model, out_dir: str, config: dict, tf_transform_output, spec: ImageS
 @dataclasses.dataclass
 class Inputs:
     """What training reads: the Transform output, the train split's examples per class in
-    its fit and validation parts, the step budget, the loss's class weights and the repeated
-    fit and validation datasets at the global batch size."""
+    its fit and validation parts, the step budget, the loss's class weights, the repeated fit
+    dataset and the validation's ``validation_batches``, at the global batch size."""
     tf_transform_output: tft.TFTransformOutput
     counts: dict[str, list[int]]
     steps: int
     class_weight: dict[int, float] | None
     train: tf.data.Dataset
     validation: tf.data.Dataset
+    validation_batches: int
 
     @property
     def examples(self) -> int:
@@ -379,16 +457,19 @@ def read_inputs(fn_args: FnArgs, config: dict, batch_size: int, train_steps: int
     absl.logging.info("%d training examples (%d validation), global batch %d: %d steps; "
                       "in-memory cache %s; class weights %s", examples, sum(counts[VALIDATION]),
                       batch_size, steps, cache, weights)
+    validation_batches = min(fn_args.eval_steps, math.ceil(sum(counts[VALIDATION]) / batch_size))
     train, validation = (input_fn(fn_args.train_files, fn_args.data_accessor,
                                   tf_transform_output, spec, batch_size, cache, config["seed"],
-                                  part, percent) for part in (FIT, VALIDATION))
-    return Inputs(tf_transform_output, counts, steps, weights, train, validation)
+                                  part, percent, batches)
+                         for part, batches in ((FIT, 0), (VALIDATION, validation_batches)))
+    return Inputs(tf_transform_output, counts, steps, weights, train, validation,
+                  validation_batches)
 
 
-def model_for(config: dict, steps: int, api):
-    """The configured model, compiled with its learning-rate schedule over ``steps``."""
-    return build_model(ImageSpec.from_custom_config(config),
-                       learning_rate(config["lr_schedule"], config["learning_rate"], steps, api),
+def model_for(config: dict, rate, api):
+    """The configured model, compiled with the learning rate ``rate`` (a number or a
+    schedule)."""
+    return build_model(ImageSpec.from_custom_config(config), rate,
                        tuple(config["augmentation"]), config["backbone"],
                        config["pretrained_weights"], api, config["width"], config["dropout"])
 
@@ -398,7 +479,8 @@ def run_fn(fn_args: FnArgs) -> None:
     with the Tuner's best hyperparameters if any, fit within the step budget, evaluate,
     export; ``TRAINER_SUMMARY`` in the ModelRun records the budget, the class names, the
     examples per class of the fit and validation parts, the class weights, the final
-    validation metrics and the seconds of each phase."""
+    validation metrics, the seconds of each phase, the rounds run and why training stopped,
+    and the time to accuracy (``Convergence``)."""
     clock = _Clock()
     tuned = tuned_values(fn_args.hyperparameters)
     config = dict(fn_args.custom_config, **tuned)
@@ -408,13 +490,16 @@ def run_fn(fn_args: FnArgs) -> None:
     config["train_steps"] = inputs.steps
     names = config["class_names"] = class_names(config, inputs.tf_transform_output)
     with strategy.scope():
-        model = model_for(config, inputs.steps, api)
+        schedule = learning_rate(config["lr_schedule"], config["learning_rate"], inputs.steps,
+                                 api)
+        model = model_for(config, schedule, api)
         warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None
     clock.lap("input_and_compile")
-    history = _fit(model, inputs, fn_args, config, strategy, api)
+    convergence = Convergence(inputs.steps, round_steps(inputs.steps, inputs.validation_batches),
+                              config["target_accuracy"], clock.started, schedule)
+    history = _fit(model, inputs, fn_args, config, strategy, api, convergence)
     clock.lap("fit")
-    metrics = model.evaluate(inputs.validation, steps=fn_args.eval_steps, verbose=0,
-                             return_dict=True)
+    metrics = model.evaluate(inputs.validation, verbose=0, return_dict=True)
     clock.lap("evaluate")
     # Every worker saves (collective ops need all of them); only the chief's copy is the model.
     out_dir = fn_args.serving_model_dir if is_chief(tf_config) else tempfile.mkdtemp()
@@ -428,6 +513,9 @@ def run_fn(fn_args: FnArgs) -> None:
         "class_weight": inputs.class_weight and list(inputs.class_weight.values()),
         "rounds_run": len(history.get("loss", [])), "validation_metrics": metrics,
         "last_round_train_accuracy": history.get("accuracy", [None])[-1],
+        "steps_run": convergence.rounds[-1][0] if convergence.rounds else 0,
+        "stopped": convergence.stop, "rounds": convergence.rounds,
+        "time_to_accuracy": convergence.time_to_accuracy(metrics["accuracy"]),
         "tuned": tuned, "seconds": clock.seconds})
 
 

@@ -14,6 +14,7 @@ import keras_tuner
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.v1.components import TunerFnResult
 
+from modules.model import learning_rate
 from modules.trainer import fit_arguments, model_for, read_inputs, setup_training
 
 WIDTHS = (16, 32, 48, 64)  # multiples of 8 (GroupNorm groups)
@@ -51,7 +52,9 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
         inputs = read_inputs(fn_args, config, batch_size, fn_args.train_steps, share=0.25)
 
     def build(hp: keras_tuner.HyperParameters):
-        return model_for(dict(config, **hp.values), inputs.steps, api)
+        values = dict(config, **hp.values)
+        return model_for(values, learning_rate(values["lr_schedule"], values["learning_rate"],
+                                               inputs.steps, api), api)
 
     oracle = DeadlineRandomSearch(
         deadline=time.monotonic() + 60 * config["tune_minutes"],
@@ -61,4 +64,4 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     tuner = keras_tuner.Tuner(oracle=oracle, hypermodel=build, directory=fn_args.working_dir,
                               project_name="search", overwrite=True,
                               distribution_strategy=strategy)
-    return TunerFnResult(tuner=tuner, fit_kwargs=fit_arguments(inputs, fn_args.eval_steps))
+    return TunerFnResult(tuner=tuner, fit_kwargs=fit_arguments(inputs))

@@ -148,7 +148,8 @@ class PipelineConfig:
                               "bombs)")
     # Training
     train_steps: int = _option(0, TRAINING, RUNNER,
-                               "training steps; 0: --epochs passes (run-time parameter)")
+                               "the most training steps (training stops earlier at the "
+                               "validation plateau); 0: --epochs passes (run-time parameter)")
     eval_steps: int = _option(20, TRAINING, RUNNER, "validation and evaluation batches")
     epochs: int = _option(0, TRAINING, RUNNER,
                           "passes over the training data; 0: derived from its size (run-time "
@@ -185,9 +186,9 @@ class PipelineConfig:
     class_weights: str = _option("auto", TRAINING, TRAINER,
                                  "balanced (each class weighs the same in the loss), none, or "
                                  "auto: balanced when the largest class is over 5x the smallest")
-    early_stopping_patience: int = _option(4, TRAINING, TRAINER,
-                                           "validation rounds without a better loss before "
-                                           "stopping")
+    target_accuracy: float = _option(0.0, TRAINING, TRAINER,
+                                     "stop training once validation accuracy reaches this; 0: "
+                                     "at its plateau or the step budget")
     tune: bool = _option(False, TRAINING, RUNNER, "run the KerasTuner Tuner before the Trainer")
     tune_trials: int = _option(8, TRAINING, RUNNER, "the Tuner's most trials")
     tune_steps: int = _option(0, TRAINING, RUNNER,
@@ -261,7 +262,7 @@ class PipelineConfig:
         if self.trainer_gpus < 0 or self.trainer_cpu <= 0 or self.data_cpu <= 0:
             raise ValueError("trainer_gpus must be >= 0, trainer_cpu and data_cpu > 0")
         for name in ("max_bad_image_fraction", "max_regression", "min_class_recall",
-                     "label_drift_threshold", "size_drift_threshold"):
+                     "label_drift_threshold", "size_drift_threshold", "target_accuracy"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.raw_max_value <= self.raw_min_value:

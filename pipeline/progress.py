@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from modules.features import EPOCH_LOG, SPLITS
+from modules.features import ACCURACY_DELTA, EPOCH_LOG, SPLITS
 from pipeline.config import PipelineConfig
 
 # LocalDagRunner's log formats around each node (tfx/orchestration/local/local_dag_runner.py).
@@ -64,19 +64,35 @@ def _figure(store, component: str, execution_id: int) -> str:
         return f"pushed version {push.version}" if push.pushed else f"not pushed: {push.reason}"
     if component == "AnomalyGate":
         return "no blocking anomalies"
+    if component == "Trainer":
+        return _trained(by_type["ModelRun"].uri)
     return ""
 
 
-def _decoded(uri: str) -> str:
+def _json(uri: str, name: str):
+    """A JSON file in an artifact (any filesystem TFX reads)."""
     import json
 
     from tfx.utils import io_utils
+    return json.loads(io_utils.read_string_file(os.path.join(uri, name)))
 
+
+def _trained(uri: str) -> str:
+    """The Trainer's validation accuracy, steps run and time to accuracy (its summary)."""
+    from modules.features import TRAINER_SUMMARY
+    summary = _json(uri, TRAINER_SUMMARY)
+    reached = summary["time_to_accuracy"]
+    return (f"validation accuracy {summary['validation_metrics']['accuracy']:.4f} after "
+            f"{summary['steps_run']} of {summary['train_steps']} steps ({summary['stopped']})"
+            + (f", within {ACCURACY_DELTA:.1%} of it after {reached:.0f} s" if reached is not None
+               else ""))
+
+
+def _decoded(uri: str) -> str:
     from components.image_validator import REPORT
     counts = []
     for split in SPLITS:
-        report = json.loads(io_utils.read_string_file(os.path.join(uri,
-                                                                   REPORT.format(split=split))))
+        report = _json(uri, REPORT.format(split=split))
         counts.append(f"{report['valid']:,} {split}" + (f" ({len(report['bad'])} bad dropped)"
                                                          if report["bad"] else ""))
     return " + ".join(counts) + " images"
@@ -106,16 +122,15 @@ class Progress(logging.Handler):
             self._component, self._started, self._rounds = args[0], time.monotonic(), ()
             self.components += 1
             self._tick()
-        elif message == EPOCH_LOG:
-            self._rounds, text = args, EPOCH_LOG % args
-            self._line(f"    {self._component} {text[0].lower()}{text[1:]}")
+        elif message == EPOCH_LOG:  # shown when validation accuracy gains more than noise
+            best = self._rounds[-1] if self._rounds else -1.0
+            if args[-1] > best + ACCURACY_DELTA:
+                self._rounds, text = args, EPOCH_LOG % args
+                self._line(f"    {self._component} {text[0].lower()}{text[1:]}")
         elif message == FINISHED and args[0] == self._component:
             self.stop()
             took = time.monotonic() - self._started
             figure = _summary(self._config, self._component)
-            if self._rounds and figure != "cache hit":
-                figure = (f"validation accuracy {self._rounds[-1]:.4f} after "
-                          f"{self._rounds[0]} rounds")
             self._line(f"  {self._component:<18} {took:6.1f} s" + (f"  {figure}" if figure
                                                                   else ""))
 

@@ -189,15 +189,21 @@ class RunReport:
         return flag + _table(["class"] + list(parts), rows)
 
     def budget(self) -> str:
-        """The Trainer's step budget, class weights, tuned values and seconds per phase."""
+        """The Trainer's step budget and what it used, why it stopped, its time to accuracy,
+        class weights, tuned values and seconds per phase."""
         summary = self.summary()
         if not summary:
             return ""
         weights = summary.get("class_weight")
+        reached = summary.get("time_to_accuracy")
         rows = [["training examples", summary["train_examples"]],
                 ["global batch", summary["batch_size"]],
-                ["steps (budget)", summary["train_steps"]],
+                ["steps run (budget)", f"{summary.get('steps_run', summary['train_steps'])} "
+                                       f"({summary['train_steps']})"],
                 ["validation rounds run", summary["rounds_run"]],
+                ["stopped at", summary.get("stopped", "budget")],
+                ["seconds to within 0.5 points of the final validation accuracy",
+                 "-" if reached is None else f"{reached:.1f}"],
                 ["class weights in the loss", ", ".join(f"{w:.3g}" for w in weights)
                  if weights else "none"]]
         rows += [[f"tuned {name}", f"{value:.4g}"] for name, value in summary["tuned"].items()]

@@ -26,7 +26,7 @@ from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.report import rare_classes  # noqa: E402
 from serving.model_card import model_card, report_of  # noqa: E402
 from modules.trainer import (FIT, VALIDATION, Inputs, carve, class_weight,  # noqa: E402
-                            fit_arguments)
+                            fit_arguments, MIN_ROUND_STEPS)
 
 
 def _shapes(tmp_path, per_class: int, classes: int = 3, seed: int = 0):
@@ -113,10 +113,12 @@ def test_fit_and_the_tuner_choose_on_the_validation_part_with_the_class_weights(
     """``fit_arguments`` (the Trainer's fit and the Tuner's trials): the validation part
     carved from the train split, never the eval split, and the loss's class weights."""
     fit, validation = tf.data.Dataset.range(3), tf.data.Dataset.range(2)
-    inputs = Inputs(None, {FIT: [90, 10], VALIDATION: [9, 1]}, 20, {0: 0.6, 1: 5.0}, fit,
-                    validation)
-    arguments = fit_arguments(inputs, eval_steps=5)
+    inputs = Inputs(None, {FIT: [90, 10], VALIDATION: [9, 1]}, 200, {0: 0.6, 1: 5.0}, fit,
+                    validation, 1)
+    arguments = fit_arguments(inputs)
     assert arguments["x"] is fit and arguments["validation_data"] is validation
+    assert arguments["epochs"] * arguments["steps_per_epoch"] <= 200 and (
+        arguments["steps_per_epoch"] == MIN_ROUND_STEPS)
     assert arguments["class_weight"] == {0: 0.6, 1: 5.0} and inputs.examples == 110
 
 
