@@ -250,12 +250,10 @@ TUNED = ("learning_rate", "width", "dropout")
 AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 48_000, 5, 100
 MIN_ROUND_STEPS, ROUND_COST = 25, 8
 # Convergence: a round improves when its validation accuracy beats the best by more than
-# ACCURACY_DELTA or its validation loss is LOSS_DROP below the lowest (on a small validation
-# part accuracy moves in coarse steps while the model still learns); the plateau is PATIENCE
-# rounds, and at least PLATEAU_SHARE of the steps the last improvement took, without one; no
-# plateau counts before MIN_SHARE of the budget (the learning rate's warm-up and the first
-# steps at chance).
-LOSS_DROP, PATIENCE, PLATEAU_SHARE, MIN_SHARE = 0.1, 3, 0.5, 0.2
+# ACCURACY_DELTA; the plateau is PATIENCE rounds, and at least PLATEAU_SHARE of the steps the
+# last improvement took, without one; no plateau counts before MIN_SHARE of the budget (the
+# learning rate's warm-up and the first steps at chance).
+PATIENCE, PLATEAU_SHARE, MIN_SHARE = 3, 0.5, 0.2
 
 
 def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -> int:
@@ -276,8 +274,8 @@ def round_steps(steps: int, validation_batches: int) -> int:
 class Convergence:
     """Decides after each validation round whether training goes on, and keeps the weights
     of the best round. ``stop`` is ``target`` once validation accuracy reaches
-    ``target_accuracy`` (0: none); ``plateau`` once neither it nor the loss has improved (see
-    ``LOSS_DROP``) for ``PATIENCE`` rounds and ``PLATEAU_SHARE`` of the steps the last
+    ``target_accuracy`` (0: none); ``plateau`` once it has not improved by more than
+    ``ACCURACY_DELTA`` for ``PATIENCE`` rounds and ``PLATEAU_SHARE`` of the steps its last
     improvement took (not before ``MIN_SHARE`` of ``budget``), after an annealing tail of
     that length when ``schedule`` can anneal (``WarmupCosine``: the rate decays to its floor
     by the end of the tail); else ``budget`` at the end. ``per_round`` is the steps of a
@@ -290,8 +288,7 @@ class Convergence:
         self.rounds: list[tuple[int, float, float]] = []
         self.stop, self.best_weights, self.annealed_at = "budget", None, 0
         self._best = (-1.0, math.inf)  # (accuracy, loss) of the kept weights; loss breaks ties
-        # The accuracy and loss to beat, and the steps of the round that last improved.
-        self._level, self._lowest, self._improved = -1.0, math.inf, 0
+        self._level, self._improved = -1.0, 0  # the accuracy to beat, the last improvement
         self._end = budget  # the step training ends at
 
     def update(self, steps: int, accuracy: float, loss: float, weights) -> bool:
@@ -299,9 +296,9 @@ class Convergence:
         self.rounds.append((steps, round(time.perf_counter() - self.started, 2), accuracy))
         if (accuracy, -loss) > (self._best[0], -self._best[1]):
             self._best, self.best_weights = (accuracy, loss), weights()
-        if accuracy > self._level + ACCURACY_DELTA or loss < (1 - LOSS_DROP) * self._lowest:
+        if accuracy > self._level + ACCURACY_DELTA:
             self._improved = steps
-        self._level, self._lowest = max(self._level, accuracy), min(self._lowest, loss)
+        self._level = max(self._level, accuracy)
         tail = max(PATIENCE * self.per_round, PLATEAU_SHARE * self._improved)
         if self.target and accuracy >= self.target:
             self.stop = "target"
