@@ -97,8 +97,9 @@ def input_fn(files: list[str], data_accessor: DataAccessor,
              validation_percent: int = 0, batches: int = 0) -> tf.data.Dataset:
     """Shuffled batches of ``({image_xf: pixels}, label_xf)`` from transformed examples, repeated;
     only the ``part`` of them (``carve``) when given. With ``batches``: instead, the first
-    ``batches`` batches in file order, once (a validation that sees the same images every
-    round), decoded once and kept in memory when ``cache``.
+    ``batches`` batches in file order, repeated (a validation of ``batches`` steps sees the
+    same images every round; a fixed step count keeps the workers of a multi-worker strategy
+    in step), decoded once and kept in memory when ``cache``.
 
     tfxio reads with parallel interleave and parsing (AUTOTUNE); images are decoded in parallel
     (``model_pixels``) and prefetched. With ``cache`` the decoded examples are kept in memory
@@ -118,7 +119,7 @@ def input_fn(files: list[str], data_accessor: DataAccessor,
     dataset = dataset.map(pixels, num_parallel_calls=tf.data.AUTOTUNE)
     if batches:
         dataset = dataset.unbatch().batch(batch_size).take(batches)
-        return (dataset.cache() if cache else dataset).prefetch(tf.data.AUTOTUNE)
+        return (dataset.cache() if cache else dataset).repeat().prefetch(tf.data.AUTOTUNE)
     if not cache:
         return dataset.prefetch(tf.data.AUTOTUNE)
     return (dataset.cache().unbatch().shuffle(10_000, seed=seed).batch(batch_size).repeat()
@@ -381,8 +382,8 @@ def fit_arguments(inputs: Inputs) -> dict:
     split); the loss weighted by ``inputs.class_weight``."""
     per_round = round_steps(inputs.steps, inputs.validation_batches)
     return dict(x=inputs.train, validation_data=inputs.validation,
-                epochs=inputs.steps // per_round, steps_per_epoch=per_round, verbose=0,
-                class_weight=inputs.class_weight)
+                validation_steps=inputs.validation_batches, epochs=inputs.steps // per_round,
+                steps_per_epoch=per_round, verbose=0, class_weight=inputs.class_weight)
 
 
 def _fit(model, inputs: Inputs, fn_args: FnArgs, config: dict, strategy, api,
@@ -496,7 +497,8 @@ def run_fn(fn_args: FnArgs) -> None:
                               config["target_accuracy"], clock.started, schedule)
     history = _fit(model, inputs, fn_args, config, strategy, api, convergence)
     clock.lap("fit")
-    metrics = model.evaluate(inputs.validation, verbose=0, return_dict=True)
+    metrics = model.evaluate(inputs.validation, steps=inputs.validation_batches, verbose=0,
+                             return_dict=True)
     clock.lap("evaluate")
     # Every worker saves (collective ops need all of them); only the chief's copy is the model.
     out_dir = fn_args.serving_model_dir if is_chief(tf_config) else tempfile.mkdtemp()

@@ -177,19 +177,27 @@ WORKER = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     from modules.features import ImageSpec
-    from modules.model import build_model
-    from modules.trainer import keras_api, make_strategy, strategy_kind
+    from modules.model import build_model, learning_rate
+    from modules.trainer import Convergence, _callbacks, keras_api, make_strategy, strategy_kind
     kind = strategy_kind("auto", 0, os.environ["TF_CONFIG"])
-    strategy = make_strategy(kind, [])
+    strategy, api = make_strategy(kind, []), keras_api(kind)
     with strategy.scope():
-        model = build_model(ImageSpec("image", "label", 8, 8, 1, 2), api=keras_api(kind))
+        schedule = learning_rate("warmup_cosine", 0.01, 12, api)
+        model = build_model(ImageSpec("image", "label", 8, 8, 1, 2), schedule, api=api)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 64)
     images = (rng.random((64, 8, 8, 1)) * 0.2 + labels[:, None, None, None] * 0.8)
     data = tf.data.Dataset.from_tensor_slices((images.astype("float32"), labels)).batch(16)
-    history = model.fit(data.repeat(), steps_per_epoch=4, epochs=2, verbose=0)
+    # The Trainer's rounds: a fixed validation, the convergence callback, an annealed rate.
+    convergence = Convergence(12, 4, 0.0, 0.0, schedule)
+    callbacks = _callbacks({"lr_schedule": "warmup_cosine"}, sys.argv[1], api, convergence)
+    history = model.fit(data.repeat(), steps_per_epoch=4, epochs=2, verbose=0,
+                        validation_data=data.take(2).repeat(), validation_steps=2,
+                        callbacks=callbacks)
+    schedule.anneal(8, 4)
+    model.fit(data.repeat(), steps_per_epoch=4, epochs=1, verbose=0)
     print("RESULT", kind, type(strategy).__name__, strategy.num_replicas_in_sync,
-          history.history["loss"][-1])
+          history.history["loss"][-1], len(convergence.rounds), float(schedule(12)))
 """)
 
 
@@ -200,13 +208,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_multi_worker_training_with_two_local_workers_on_loopback():
+def test_multi_worker_training_with_two_local_workers_on_loopback(tmp_path):
+    """Two workers train one model with the Trainer's validation rounds, its convergence
+    callback and learning-rate schedule, annealed between two fits."""
     workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
     procs = []
     for index in range(2):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CONFIG=json.dumps(
             {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER], env=env, text=True,
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / str(index))],
+                                      env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     results = []
     for proc in procs:
@@ -215,6 +226,7 @@ def test_multi_worker_training_with_two_local_workers_on_loopback():
         results.append([line for line in out.splitlines() if line.startswith("RESULT")][0].split())
     for result in results:
         assert result[1:4] == ["multi_worker", "CollectiveAllReduceStrategy", "2"]  # = MWMS
+        assert result[5] == "2" and float(result[6]) == pytest.approx(1e-4)  # rounds, floor
     assert results[0][4] == results[1][4]  # one synchronised model: the same loss on both
 
 
