@@ -402,6 +402,7 @@ def test_a_change_of_config_code_served_version_or_data_takes_the_normal_path(
     """Each change alone makes the rerun's identity differ from the last run's, and
     ``replay`` records nothing. (Last in this module: it rolls back and touches the data.)"""
     config, _ = first_run
+    local_runner.run(config)  # after other settings' runs: the normal path records its key
     recorded = _runs(config)[-1].custom_properties[rerun.KEY].string_value
     assert rerun.identity(config).key == recorded
 
