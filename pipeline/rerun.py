@@ -187,8 +187,9 @@ def record(config: PipelineConfig, found: Identity | None, data_fingerprint: str
         return
     from pipeline.outcome import metadata_store
     store = metadata_store(config, writable=True)
+    run_type = _run_type(store)
     runs = {c.id: c for e in store.get_executions() if e.id > since_execution_id
-            for c in store.get_contexts_by_execution(e.id) if c.type_id == _run_type(store)}
+            for c in store.get_contexts_by_execution(e.id) if c.type_id == run_type}
     if len(runs) == 1:
         _mark(store, *runs.values(), found.key, outcome, outcome.report)
 
