@@ -59,15 +59,25 @@ def identity(config: PipelineConfig) -> Identity | None:
     files = _files_digest(config.data_root)
     if not config.enable_cache or fingerprint is None or files is None:
         return None
-    from importlib import metadata
     served = observed_version(config, fingerprint)
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "verbose"}
     schema = _files_digest(config.schema_path) if config.schema_path else ""
     key = hashlib.sha256(json.dumps([
-        fields, config.trainer_config(), project_sha256(),
-        [metadata.version(name) for name in STACK], files, schema, fingerprint, served],
-        sort_keys=True).encode()).hexdigest()
+        fields, config.trainer_config(), project_sha256(), _versions(), files, schema,
+        fingerprint, served], sort_keys=True).encode()).hexdigest()
     return Identity(key, fingerprint, served)
+
+
+def _versions() -> list[str | None]:
+    """The installed versions of ``STACK`` (None: not installed under that name)."""
+    from importlib import metadata
+    found = []
+    for name in STACK:
+        try:
+            found.append(metadata.version(name))
+        except metadata.PackageNotFoundError:
+            found.append(None)
+    return found
 
 
 def observed_version(config: PipelineConfig, fingerprint: str) -> int:
