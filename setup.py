@@ -38,7 +38,6 @@ setup(
         "numpy",
         "pillow",
         "scikit-learn",
-        "scipy",  # serving/feedback.py's non-inferiority test
         "starlette",
         "uvicorn",
         "h11",  # serving/server.py: uvicorn's h11 protocol with header limits

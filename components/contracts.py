@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+NO_NEW_DATA = "no new data"  # the start of a push's reason when a rerun brought nothing new
+
 
 @dataclasses.dataclass(frozen=True)
 class PushResult:

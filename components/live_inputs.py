@@ -19,7 +19,6 @@ local runner observes the same facts just before the run and passes them as ``ob
 they are cached exactly while nothing changed. (No ``from __future__ import annotations``:
 TFX reads the annotations at run time.)
 """
-import hashlib
 import json
 import os
 from typing import TypedDict
@@ -82,25 +81,6 @@ def DataSpan(data_root: Parameter[str], input_config: Parameter[str], span: Para
     return {"range_config": range_config, "fingerprint": fingerprint}
 
 
-def run_definition(definition: str, run_time: dict) -> str:
-    """What decides a run's result: the config's ``definition_sha256`` and the values of the
-    run-time parameters (on Kubeflow they change per run)."""
-    return hashlib.sha256(json.dumps([definition, run_time], sort_keys=True).encode()).hexdigest()
-
-
-def identical_push(base_directory: str, definition: str, data_fingerprint: str) -> dict | None:
-    """The manifest entry of the served version if a run of the same ``definition``
-    (``run_definition``) on the same data pushed it, else None."""
-    served = serving_dir.served_version(base_directory)
-    entry = next((e for e in serving_dir.read_manifest(base_directory)
-                  if e["version"] == served), None)
-    if (entry is None or entry.get("action") != "push" or not data_fingerprint
-            or entry.get("definition") != definition
-            or entry.get("data_fingerprint") != data_fingerprint):
-        return None
-    return entry
-
-
 @component
 def ServedVersion(base_directory: Parameter[str], config_sha256: Parameter[str],
                   span: Parameter[int], train_steps: Parameter[int], epochs: Parameter[int],
@@ -108,7 +88,7 @@ def ServedVersion(base_directory: Parameter[str], config_sha256: Parameter[str],
                   min_accuracy: Parameter[float], observed: Parameter[str] = "",
                   data_fingerprint: Parameter[str] = "") -> ServedVersionOutputs:
     """The served version under ``base_directory`` (0: nothing served) and the run's
-    ``run_definition`` of ``config_sha256`` (the config's ``definition_sha256``) and the
+    ``serving_dir.run_definition`` of ``config_sha256`` (the config's ``definition_sha256``) and the
     run-time values (the pusher records it).
 
     Given the data's fingerprint (Kubeflow, where this step is never cached): if an
@@ -116,10 +96,10 @@ def ServedVersion(base_directory: Parameter[str], config_sha256: Parameter[str],
     identical run replays from cache. (Were its cached steps gone, the new model would meet a
     push against a served version it was not gated against, which the pusher refuses.)"""
     del observed  # the local runner's copy of ``version``: only part of the cache key
-    definition = run_definition(config_sha256, {
+    definition = serving_dir.run_definition(config_sha256, {
         "span": span, "train_steps": train_steps, "epochs": epochs,
         "learning_rate": learning_rate, "batch_size": batch_size, "min_accuracy": min_accuracy})
-    entry = identical_push(base_directory, definition, data_fingerprint)
+    entry = serving_dir.identical_push(base_directory, definition, data_fingerprint)
     version = serving_dir.served_version(base_directory) if entry is None else \
         entry.get("baseline_version") or 0
     return {"version": version, "definition": definition}

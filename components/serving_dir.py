@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -164,6 +165,25 @@ def served_version(base: str) -> int:
     pending = read_pending(base)
     labels = pending[0] if pending else read_labels(base)
     return labels.stable if labels else max(versions(base), default=0)
+
+
+def run_definition(definition: str, run_time: dict) -> str:
+    """What decides a run's result: the config's ``definition_sha256`` and the values of the
+    run-time parameters (on Kubeflow they change per run)."""
+    return hashlib.sha256(json.dumps([definition, run_time], sort_keys=True).encode()).hexdigest()
+
+
+def identical_push(base_directory: str, definition: str, data_fingerprint: str) -> dict | None:
+    """The manifest entry of the served version if a run of the same ``definition``
+    (``run_definition``) on the same data pushed it, else None."""
+    served = served_version(base_directory)
+    entry = next((e for e in read_manifest(base_directory)
+                  if e["version"] == served), None)
+    if (entry is None or entry.get("action") != "push" or not data_fingerprint
+            or entry.get("definition") != definition
+            or entry.get("data_fingerprint") != data_fingerprint):
+        return None
+    return entry
 
 
 def models_config(model_name: str, labels: Labels | None, loading: tuple[int, ...] = ()) -> str:

@@ -22,7 +22,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils
 
 from components import class_map, serving_dir
-from components.contracts import PushResult
+from components.contracts import NO_NEW_DATA, PushResult
 from components.gate import overall_metric
 from components.image_validator import FINGERPRINT
 from components.live_inputs import (SERVED_VERSION, SOURCE_MODEL_ID, STATISTICS_PATH,
@@ -31,7 +31,6 @@ from modules.features import TRAINING_FILE
 
 
 BASELINE_ID = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
-NO_NEW_DATA = "no new data"  # the start of the reason when a rerun brought nothing new
 
 
 def _spans(examples) -> list[int]:

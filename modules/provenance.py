@@ -68,6 +68,13 @@ def source_sha256(module: str) -> str:
     return _sha256(files)
 
 
+def project_sha256() -> str:
+    """One hash over every project module the pipeline runs (``pipeline/``, ``components/``,
+    ``modules/``): an identical rerun must find it unchanged."""
+    return _sha256(os.path.relpath(path, MODULES) for package in ("pipeline", *PACKAGES)
+                   for path in glob.glob(os.path.join(os.path.dirname(MODULES), package, "*.py")))
+
+
 def package_version() -> str:
     """The installed project's version (``unknown`` when run from a bare checkout)."""
     from importlib import metadata

@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(
         rest + (["--pipeline-root", args.pipeline_root] if args.pipeline_root else []),
         prog="python -m ops.schedule")
+    if not args.host and not args.dry_run:
+        parser.error("--host (or KFP_HOST) is required unless --dry-run")
     package = args.package
     if not package:
         from pipeline.kubeflow_runner import compile_pipeline
@@ -195,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(json.dumps(plan(**request), indent=1))
         return 0
-    if not args.host:
-        parser.error("--host (or KFP_HOST) is required unless --dry-run")
+    import warnings
+
     import kfp
-    client = kfp.Client(host=args.host, existing_token=os.environ.get("KFP_TOKEN") or None)
+    with warnings.catch_warnings():  # "This client only works with KFP v2.0.0-beta.2 and later"
+        warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+        client = kfp.Client(host=args.host, existing_token=os.environ.get("KFP_TOKEN") or None)
     result = schedule(client, **request)
     print(json.dumps(result, indent=1))
     return 0

@@ -66,6 +66,9 @@ def fields_in(*scopes: str) -> list[str]:
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # Fields that change how a run goes, not what it computes (outside ``definition_sha256``).
 HOW_IT_RUNS = ("verbose", "beam_mode", "beam_workers")
+# Run-time parameters of the compiled Kubeflow pipeline (per run and per recurring run).
+RUN_TIME_PARAMETERS = {"span": int, "train_steps": int, "epochs": int, "learning_rate": float,
+                       "batch_size": int, "min_accuracy": float}
 
 
 @dataclasses.dataclass(frozen=True)

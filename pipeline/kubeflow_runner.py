@@ -12,7 +12,7 @@ The package runs on open-source Kubeflow Pipelines (``for_open_source``): only c
 executors (compiling fails on any other kind), every task run by ``pipeline.kfp_entrypoint``
 (which adapts the backend's ExecutorInput to TFX), producer task names and parameter types
 the backend's compiler and driver accept, the observer steps never cached, and the run-time
-parameters (``pipeline.pipeline.RUN_TIME_PARAMETERS``) declared as root inputs defaulting to
+parameters (``pipeline.config.RUN_TIME_PARAMETERS``) declared as root inputs defaulting to
 the config's values. What cannot work on a cluster is refused at compile time
 (``cluster_problem``): no data root, paths of this machine without a volume, a pipeline root
 the backend refuses.

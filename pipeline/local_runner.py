@@ -10,7 +10,7 @@ import os
 import sys
 
 from components.contracts import RunOutcome
-from pipeline import preflight
+from pipeline import preflight, rerun
 from pipeline.config import OBJECT_STORES, STAGED_STORES, PipelineConfig
 from pipeline.preflight import UserError
 from pipeline.progress import readable_run
@@ -26,52 +26,31 @@ def resolve_data(config: PipelineConfig) -> PipelineConfig:
 
 
 def observe(config: PipelineConfig):
-    """The data span's fingerprint and the served version, as the pipeline's observers will
-    see them: their cache keys, so that they rerun exactly when the world changed."""
+    """The data span's fingerprint and the served version (or the one an identical run saw:
+    ``rerun.observed_version``), as the pipeline's observers will see them: their cache keys,
+    so that they rerun exactly when the world changed."""
     from components.live_inputs import resolve_span
-    from components.serving_dir import served_version
     from pipeline.pipeline import Observed, input_config
     try:
         _, fingerprint = resolve_span(config.data_root, input_config(config), config.span)
     except ValueError as err:  # a missing span or files
         raise UserError(f"--data-root: {err}") from None
-    served = served_version(config.push_dir)
-    replayed = _replayed_push(config, fingerprint, served)
     return Observed(data_fingerprint=fingerprint,
-                    served_version=served if replayed is None else replayed)
-
-
-def _replayed_push(config: PipelineConfig, fingerprint: str, served: int) -> int | None:
-    """If the served version was pushed by a run identical to this one (same definition, same
-    data, its model in this MLMD), the version that run saw served; else None.
-
-    Such a run would only re-evaluate its own model against its served copy and push nothing
-    ("already pushed"). Showing it what the pushing run saw makes every step a cache hit
-    instead; anything different (a new model, new data or settings, a rollback to another
-    model, a new metadata db) keeps the served version as the baseline.
-    """
-    from components.live_inputs import identical_push, run_definition
-    from pipeline.outcome import metadata_store
-    from pipeline.pipeline import RUN_TIME_PARAMETERS
-    entry = identical_push(config.push_dir, run_definition(
-        config.definition_sha256(), {name: getattr(config, name) for name in RUN_TIME_PARAMETERS}),
-        fingerprint)
-    if (not config.enable_cache or entry is None or entry["version"] != served
-            or not os.path.exists(config.metadata_path)):
-        return None
-    models = metadata_store(config).get_artifacts_by_id([entry["model_id"]])
-    if not models or models[0].uri != entry["model_uri"]:
-        return None
-    return entry.get("baseline_version") or 0
+                    served_version=rerun.observed_version(config, fingerprint))
 
 
 def run(config: PipelineConfig) -> RunOutcome:
     """Runs the pipeline once; returns its outcome (see ``pipeline.outcome``) and the path of
-    its HTML report (``report``)."""
+    its HTML report (``report``). An identical rerun of the last completed run is recorded
+    as its cache hits without importing the training stack (``pipeline.rerun``)."""
     preflight.check_serving_dir(config)
     with preflight.run_lock(config):
         preflight.check_metadata(config)
         config = resolve_data(config)
+        identity = rerun.identity(config)  # before the observers look: the world it keys
+        replayed = rerun.replay(config, identity)
+        if replayed is not None:
+            return replayed
         preflight.check_data(config)
         import ml_metadata as mlmd  # the training stack: once the preflight has passed
         from tfx import v1 as tfx
@@ -84,10 +63,13 @@ def run(config: PipelineConfig) -> RunOutcome:
         if os.path.exists(config.metadata_path):
             preflight.abandon_interrupted(mlmd.MetadataStore(connection))
         before = last_execution_id(config)
-        tfx.orchestration.LocalDagRunner().run(
-            create_pipeline(config, connection, observe(config)))
+        observed = observe(config)
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection, observed))
         outcome = latest_outcome(config, before)
-        return dataclasses.replace(outcome, report=write_report(config, outcome, before))
+        outcome = dataclasses.replace(outcome, report=write_report(config, outcome, before))
+        rerun.record(config, identity, observed.data_fingerprint, observed.served_version,
+                     outcome, before)
+        return outcome
 
 
 def main(argv: list[str] | None = None) -> int:

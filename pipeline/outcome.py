@@ -16,10 +16,12 @@ from pipeline.mlmd_queries import run_push, value_of
 NODE_CONTEXT = "node"  # TFX's MLMD context of a pipeline node, named <pipeline>.<node id>
 
 
-def metadata_store(config: PipelineConfig) -> mlmd.MetadataStore:
+def metadata_store(config: PipelineConfig, writable: bool = False) -> mlmd.MetadataStore:
+    """The run's MLMD (read-only unless ``writable``)."""
+    modes = metadata_store_pb2.SqliteMetadataSourceConfig
     connection = metadata_store_pb2.ConnectionConfig()
     connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    connection.sqlite.connection_mode = modes.READWRITE if writable else modes.READONLY
     return mlmd.MetadataStore(connection)
 
 

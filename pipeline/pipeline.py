@@ -16,11 +16,9 @@ from components.standard import TRAINER_PARAMETERS, Evaluator, ImportExampleGen,
 from components.versioned_pusher import VersionedPusher
 from modules.features import SPLITS
 from modules.provenance import source_sha256
-from pipeline.config import PREPROCESSING_FN, RUN_FN, TUNER_FN, PipelineConfig
+from pipeline.config import (PREPROCESSING_FN, RUN_FN, RUN_TIME_PARAMETERS, TUNER_FN,
+                             PipelineConfig)
 
-# Run-time parameters of the compiled Kubeflow pipeline (per run and per recurring run).
-RUN_TIME_PARAMETERS = {"span": int, "train_steps": int, "epochs": int, "learning_rate": float,
-                       "batch_size": int, "min_accuracy": float}
 # Steps that look at the world (data, serving dir): Kubeflow must never serve them from cache.
 OBSERVERS = ("DataSpan", "ServedVersion")
 # The execution property holding the hash of a custom component's code (``components/`` and

@@ -17,13 +17,8 @@ import json
 import os
 import time
 
-from tfx.dsl.io import fileio
-from tfx.utils import io_utils, path_utils
-
 from components import serving_dir
 from components.contracts import RunOutcome
-from components.gate import BASELINE, CANDIDATE, class_figures, confusion_matrix
-from components.standard import ACCURACY_BOUND, BOUND_REASON
 from modules.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, TUNER_RESULTS,
                                ImageSpec)
 from pipeline.config import PipelineConfig
@@ -145,6 +140,7 @@ class RunReport:
     def per_class(self, names: list[str]) -> str:
         """Precision, recall, F1 and support per class on the eval split: the candidate beside
         the served model (when one was compared)."""
+        from components.gate import BASELINE, class_figures
         models = {"candidate": self.confusion()}
         baseline = self.confusion(BASELINE)
         if baseline:
@@ -159,11 +155,15 @@ class RunReport:
             rows.append(row)
         return _table(header, rows)
 
-    def confusion(self, model: str = CANDIDATE) -> dict[tuple[int, int], float]:
-        return confusion_matrix(self.evaluation().uri, model)
+    def confusion(self, model: str = "") -> dict[tuple[int, int], float]:
+        """The confusion matrix of the candidate (or ``model``)."""
+        from components.gate import CANDIDATE, confusion_matrix
+        return confusion_matrix(self.evaluation().uri, model or CANDIDATE)
 
     def summary(self) -> dict:
         """The Trainer's ``TRAINER_SUMMARY`` (empty when absent)."""
+        from tfx.dsl.io import fileio
+        from tfx.utils import io_utils
         run = self.latest("ModelRun", "Trainer")
         path = os.path.join(run.uri, TRAINER_SUMMARY) if run else ""
         return json.loads(io_utils.read_string_file(path)) if path and fileio.exists(path) else {}
@@ -213,6 +213,7 @@ class RunReport:
 
     def tuning(self) -> str:
         """The Tuner's trials, best first (empty when no Tuner ran in this run)."""
+        from tfx.utils import io_utils
         if not any(name == "Tuner" for name, _ in self.executions):
             return "<p>off (<code>--tune true</code> searches learning rate, width, dropout)</p>"
         results = self.latest("TunerResults", "Tuner")
@@ -223,6 +224,7 @@ class RunReport:
             for t in trials])
 
     def curves(self) -> str:
+        from tfx.dsl.io import fileio
         trainer = self.latest("ModelRun", "Trainer")
         charts = []
         for tag in ("epoch_loss", "epoch_accuracy"):
@@ -248,6 +250,8 @@ class RunReport:
         return _table(["feature", "type", "min presence", "domain"], rows)
 
     def checks(self) -> str:
+        from tfx.dsl.io import fileio
+        from tfx.utils import io_utils
         validated = self.latest("Examples", "ImageValidator")
         bad = []
         for report in fileio.glob(os.path.join(validated.uri, "bad_images-*.json")):
@@ -266,6 +270,8 @@ class RunReport:
                           [list(a.values()) for a in anomalies]) if anomalies else ""))
 
     def gate(self, names: list[str]) -> str:
+        from components.gate import class_figures
+        from components.standard import ACCURACY_BOUND, BOUND_REASON
         o, c = self.outcome, self.config
         verdict = '<span class="ok">BLESSED</span>' if o.blessed else \
             '<span class="bad">NOT BLESSED</span>'
@@ -311,6 +317,7 @@ class RunReport:
     def gallery(self, names: list[str]) -> str:
         """The candidate's mistakes on the eval split as thumbnails, the most confident first
         (true class, predicted class, probability), and a few correct examples per class."""
+        from tfx.utils import path_utils
         model, examples = self.latest("Model", "Trainer"), self.latest("Examples",
                                                                        "ImageValidator")
         spec = ImageSpec.from_custom_config(self.config.trainer_config())
@@ -386,6 +393,7 @@ def eval_predictions(model_dir: str, examples_uri: str, limit: int = GALLERY_EXA
     the eval split, from the exported model's own signatures (labels mapped as in training)."""
     import numpy as np
     import tensorflow as tf
+    from tfx.dsl.io import fileio
     model = tf.saved_model.load(model_dir)
     files = sorted(fileio.glob(os.path.join(examples_uri, "Split-eval", "*")))
     serialized, probabilities, labels = [], [], []
@@ -430,9 +438,27 @@ def write_report(config: PipelineConfig, outcome: RunOutcome,
                  since_execution_id: int) -> str:
     """Writes ``<pipeline root>/reports/run-<time>.html`` (under the work dir when the root
     is an object store: a report is opened locally); returns its path."""
-    path = os.path.join(config.local_root, "reports",
-                        time.strftime("run-%Y%m%dT%H%M%S.html", time.gmtime()))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return _write(config, RunReport(config, outcome, since_execution_id).html())
+
+
+def write_rerun_report(config: PipelineConfig, replayed_report: str, note: str) -> str:
+    """Writes the report of an identical rerun (``pipeline.rerun``): ``note`` above the report
+    of the run it replays; returns its path."""
+    with open(replayed_report, encoding="utf-8") as f:
+        text = f.read()
+    return _write(config, text.replace("<body>", f'<body><p class="ok">{html.escape(note)}</p>',
+                                       1))
+
+
+def _write(config: PipelineConfig, text: str) -> str:
+    """Writes a new ``run-<time>[-N].html`` (never over an earlier report)."""
+    folder = os.path.join(config.local_root, "reports")
+    os.makedirs(folder, exist_ok=True)
+    stem, number = time.strftime("run-%Y%m%dT%H%M%S", time.gmtime()), 1
+    path = os.path.join(folder, f"{stem}.html")
+    while os.path.exists(path):
+        number += 1
+        path = os.path.join(folder, f"{stem}-{number}.html")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(RunReport(config, outcome, since_execution_id).html())
+        f.write(text)
     return path

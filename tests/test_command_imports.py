@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tests.test_lineage import store  # noqa: F401 - the fixture: an MLMD history of 3 runs
 
 HEAVY = ("tensorflow", "tensorflow_model_analysis", "apache_beam", "tensorflow_transform")
 PROBE = """
@@ -44,3 +45,45 @@ def test_a_preflight_error_comes_before_the_training_stack(tmp_path):
     assert done.stdout.strip().splitlines()[-2:] == ["2", "[]"], done.stdout[-300:]
     assert done.stderr.startswith(f"error: --data-root {tmp_path / 'missing'} is not a "
                                   "directory") and len(done.stderr.splitlines()) == 1
+
+
+def _probe(module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``module`` run with ``args`` in a fresh process; prints its exit code, then the heavy
+    modules it imported."""
+    return subprocess.run([sys.executable, "-c", PROBE.format(
+        module=module, args=args, heavy=HEAVY).replace(
+        "except SystemExit:\n    pass", "except SystemExit as exit:\n    print(exit.code)")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_operator_commands_in_use_import_no_training_stack_and_print_no_library_noise(
+        tmp_path, store):
+    """Lineage of a recorded history, a rollback, every label action, and a schedule sent to
+    a KFP API: exit 0, nothing on stderr, no TensorFlow, TFX executors, TFMA or Beam."""
+    from components import serving_dir
+    from tests.kfp_contract_server import KfpContractServer
+
+    push = str(tmp_path / "serving" / "model")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"a model")
+    for _ in range(2):
+        serving_dir.publish(str(model), push, {"action": "push"}, keep=5)
+    package = tmp_path / "package.yaml"
+    package.write_text("root:\n  inputDefinitions:\n    parameters:\n      train_steps:\n"
+                       "        parameterType: NUMBER_INTEGER\n        defaultValue: 100\n")
+    metadata = ["--metadata-path", str(tmp_path / "metadata.sqlite")]
+    with KfpContractServer() as kfp:
+        commands = [("ops.lineage", ["runs", *metadata]), ("ops.lineage", ["span", "1", *metadata]),
+                    ("ops.rollback", ["--push-dir", push, "--to-version", "1", "--reason", "r"]),
+                    *[("ops.labels", ["--push-dir", push, *action]) for action in (
+                        ["show"], ["canary", "--version", "2", "--weight", "0.1"],
+                        ["compare", "--feedback-dir", str(tmp_path / "feedback")], ["promote"],
+                        ["canary", "--version", "3", "--weight", "0.1"], ["rollback"])],
+                    ("ops.schedule", ["--package", str(package), "--host", kfp.url,
+                                      "--param", "train_steps=5"])]
+        for module, args in commands:
+            done = _probe(module, args)
+            assert done.stdout.strip().splitlines()[-2:] == ["0", "[]"], (module, args,
+                                                                        done.stdout[-500:])
+            assert done.stderr == "", (module, args, done.stderr)

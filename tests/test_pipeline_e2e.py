@@ -22,11 +22,12 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from modules.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
 from components import serving_dir
-from ops import predict
-from pipeline import local_runner
+from ops import predict, rollback
+from pipeline import local_runner, rerun
 from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, latest_artifact, metadata_store
 from tests.conftest import ROOT
+from tests.test_command_imports import HEAVY, PROBE
 
 COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
               "ExampleValidator", "AnomalyGate", "Transform", "Tuner", "Trainer", "Evaluator",
@@ -99,6 +100,52 @@ def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
     assert out[PROBABILITIES].shape == (len(records), config.num_classes)
     assert accuracy >= max(config.min_accuracy, 0.95)  # the default CNN's bar
     assert accuracy == pytest.approx(outcome.accuracy, abs=1e-6)
+
+
+def _runs(config) -> list:
+    """The MLMD run contexts, oldest first."""
+    return sorted(metadata_store(config).get_contexts_by_type(rerun.RUN_CONTEXT),
+                  key=lambda c: c.id)
+
+
+def _run_outputs(store, run) -> tuple[list[int], list[int]]:
+    """A run's execution states (by execution) and the artifacts they output."""
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.id)
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    return ([e.last_known_state for e in executions],
+            sorted(e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT))
+
+
+def test_an_identical_rerun_is_recorded_in_mlmd_without_importing_the_training_stack(
+        first_run):
+    """A fresh process: the rerun is found before TensorFlow, TFX, TFMA or Beam is imported,
+    and MLMD records it as TFX records cache hits (a run context, one CACHED execution per
+    component, the same output artifacts), with the outcome and a report."""
+    config, outcome = first_run
+    before = _serving_snapshot(config)
+    done = subprocess.run([sys.executable, "-c", PROBE.format(
+        module="pipeline.local_runner", heavy=HEAVY, args=["--work-dir", config.work_dir] + FAST)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:] + done.stderr
+    assert "every component served from cache" in done.stdout
+    assert "Nothing pushed (already pushed as version 1)" in done.stdout
+    assert f"accuracy {outcome.accuracy:.4f}" in done.stdout
+    lines = _progress_lines(done.stdout)
+    assert all(lines[c].endswith(" s  cache hit") for c in COMPONENTS), lines
+    store = metadata_store(config)
+    first, second = _runs(config)[-2:]
+    assert first.custom_properties[rerun.KEY].string_value == \
+        second.custom_properties[rerun.KEY].string_value == rerun.identity(config).key
+    (states, outputs), (replayed, replayed_outputs) = (_run_outputs(store, run)
+                                                       for run in (second, first))
+    assert set(states) == {metadata_store_pb2.Execution.CACHED}
+    assert len(states) == len(replayed) and outputs == replayed_outputs
+    report = done.stdout.split("Run report: ")[1].split("\n")[0]
+    with open(report, encoding="utf-8") as f:
+        text = f.read()
+    assert f"Identical rerun (MLMD run {second.name}) of the run {first.name}" in text
+    assert f"Pushed version 1: {outcome.pushed_path}" in text  # the report of that run
+    assert _serving_snapshot(config) == before
 
 
 def _progress_lines(out: str) -> dict[str, str]:
@@ -352,3 +399,39 @@ def test_run_report_shows_its_thumbnails_in_chromium(first_run):
             page.screenshot(path=os.path.join(ROOT, "outputs", "screenshots", "run-report.png"))
         finally:
             browser.close()
+
+
+def test_a_change_of_config_code_served_version_or_data_takes_the_normal_path(
+        first_run, tmp_path):
+    """Each change alone makes the rerun's identity differ from the last run's, and
+    ``replay`` records nothing. (Last in this module: it rolls back and touches the data.)"""
+    config, _ = first_run
+    local_runner.run(config)  # after other settings' runs: the normal path records its key
+    recorded = _runs(config)[-1].custom_properties[rerun.KEY].string_value
+    assert rerun.identity(config).key == recorded
+
+    def normal_path(changed):
+        found, runs = rerun.identity(changed), len(_runs(config))
+        assert found.key != recorded and rerun.replay(changed, found) is None
+        assert len(_runs(config)) == runs
+
+    normal_path(dataclasses.replace(config, learning_rate=config.learning_rate / 2))
+    for edit in ("", "# an edit\n"):  # the same code in another checkout, then edited
+        copy = tmp_path / ("edited" if edit else "same")
+        for package in ("pipeline", "components", "modules"):
+            shutil.copytree(os.path.join(ROOT, package), copy / package,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        with open(copy / "components" / "anomaly_gate.py", "a") as f:
+            f.write(edit)
+        argv = ["--work-dir", config.work_dir, "--data-root", config.data_root] + FAST
+        key = subprocess.run([sys.executable, "-c", (
+            "from pipeline import rerun; from pipeline.config import PipelineConfig; "
+            f"print(rerun.identity(PipelineConfig.from_args({argv!r}, {{}})).key)")],
+            capture_output=True, text=True, cwd=copy, timeout=60, check=True).stdout.strip()
+        assert (key == recorded) == (not edit)
+    assert rollback.main(["--push-dir", config.push_dir, "--to-version", "1",
+                          "--reason", "a served version changed"]) == 0
+    normal_path(config)
+    data = sorted(glob.glob(os.path.join(config.data_root, "train", "*")))[0]
+    os.utime(data, (os.stat(data).st_atime, os.stat(data).st_mtime + 1))
+    normal_path(config)
