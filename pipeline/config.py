@@ -153,7 +153,9 @@ class PipelineConfig:
     train_steps: int = _option(0, TRAINING, RUNNER,
                                "the most training steps (training stops earlier at the "
                                "validation plateau); 0: --epochs passes (run-time parameter)")
-    eval_steps: int = _option(20, TRAINING, RUNNER, "validation and evaluation batches")
+    eval_steps: int = _option(20, TRAINING, RUNNER,
+                              "the most validation batches of a training round (fewer when the "
+                              "validation part is smaller)")
     epochs: int = _option(0, TRAINING, RUNNER,
                           "passes over the training data; 0: derived from its size (run-time "
                           "parameter)")
