@@ -27,6 +27,7 @@ from components.standard import ACCURACY_BOUND, BOUND_REASON
 from modules.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, TUNER_RESULTS,
                                ImageSpec)
 from pipeline.config import PipelineConfig
+from pipeline.tfrecords import compression
 from pipeline.outcome import (executions_since, latest_artifact, metadata_store, run_outputs,
                               seconds)
 
@@ -383,7 +384,8 @@ def eval_predictions(model_dir: str, examples_uri: str, limit: int = GALLERY_EXA
     model = tf.saved_model.load(model_dir)
     files = sorted(fileio.glob(os.path.join(examples_uri, "Split-eval", "*")))
     serialized, probabilities, labels = [], [], []
-    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit).batch(256):
+    for batch in tf.data.TFRecordDataset(files, compression_type=compression(files[0]) if files
+                                         else "").take(limit).batch(256):
         serialized += batch.numpy().tolist()
         probabilities.append(model.serve_examples(batch)[PROBABILITIES].numpy())
         labels.append(model.transform_labels(batch)[LABEL_XF].numpy().reshape(-1))
