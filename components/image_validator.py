@@ -101,12 +101,15 @@ class _CheckImages(beam.DoFn):
                 "record": name, "error": problem}
 
 
-def _records(path: str):
-    """``(path, index, record)`` for every record of one TFRecord file (gzip by suffix)."""
+def _batches(path: str):
+    """Lists of up to ``BATCH`` ``(path, index, record)``, every record of one TFRecord file
+    (gzip by suffix) in order."""
     import tensorflow as tf
-    dataset = tf.data.TFRecordDataset(path, compression_type=compression(path))
-    for index, record in enumerate(dataset.as_numpy_iterator()):
-        yield path, index, record
+    dataset = tf.data.TFRecordDataset(path, compression_type=compression(path)).batch(BATCH)
+    index = 0
+    for records in dataset.as_numpy_iterator():
+        yield [(path, index + i, record) for i, record in enumerate(records)]
+        index += len(records)
 
 
 def check_fractions(reports: dict[str, dict], max_bad_fraction: float) -> None:
@@ -152,8 +155,7 @@ def ImageValidator(
             checked = (pipeline
                        | f"Files[{split}]" >> beam.Create(sorted(fileio.glob(pattern)))
                        | f"Spread[{split}]" >> beam.Reshuffle()
-                       | f"Read[{split}]" >> beam.FlatMap(_records)
-                       | f"Batch[{split}]" >> beam.BatchElements(max_batch_size=BATCH)
+                       | f"Read[{split}]" >> beam.FlatMap(_batches)
                        | f"Check[{split}]" >> beam.ParDo(_CheckImages(spec, split, id_key))
                        .with_outputs("bad", main="valid"))
             # Uncompressed: encoded images do not shrink, and gzip cost about as much as decoding.

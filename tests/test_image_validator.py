@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from components.image_validator import (REPORT, BadImageError, ImageValidator, _CheckImages,
-                                        check_fractions)
+from components.image_validator import (BATCH, REPORT, BadImageError, ImageValidator,
+                                        _batches, _CheckImages, check_fractions)
 from modules.features import ImageSpec
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
@@ -108,6 +108,17 @@ def test_a_batch_with_bad_images_names_each_and_passes_the_good_ones():
     # A batch of good images only is one decode, and passes whole.
     assert list(check.process([("/d/p", i, _example(g, "g")) for i, g in enumerate(good)])) == [
         _example(g, "g") for g in good]
+
+
+def test_records_are_read_in_batches_with_their_index_in_the_file(tmp_path):
+    path = str(tmp_path / "part.tfrecord.gz")
+    records = [_example(None, f"r{i}") for i in range(BATCH + 3)]
+    with tf.io.TFRecordWriter(path, "GZIP") as writer:
+        for record in records:
+            writer.write(record)
+    batches = list(_batches(path))
+    assert [len(b) for b in batches] == [BATCH, 3]
+    assert [item for b in batches for item in b] == [(path, i, r) for i, r in enumerate(records)]
 
 
 def test_check_fractions():
