@@ -27,9 +27,9 @@ from components.standard import ACCURACY_BOUND, BOUND_REASON
 from modules.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, TUNER_RESULTS,
                                ImageSpec)
 from pipeline.config import PipelineConfig
-from pipeline.tfrecords import compression
 from pipeline.outcome import (executions_since, latest_artifact, metadata_store, run_outputs,
                               seconds)
+from pipeline.tfrecords import compression
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
