@@ -166,14 +166,20 @@ def _check_files(root: str, jobs: list[tuple[str, str]], max_pixels: int) -> lis
 def _check_all(pool, root: str, jobs: list[tuple[str, str]], max_pixels: int,
                in_flight: int) -> Iterator[Checked]:
     """``check_file`` of every job, in order, with at most ``in_flight`` chunks of ``CHUNK``
-    submitted and not yet consumed."""
-    pending = collections.deque()
-    for start in range(0, len(jobs), CHUNK):
-        pending.append(pool.submit(_check_files, root, jobs[start:start + CHUNK], max_pixels))
-        if len(pending) >= in_flight:
+    submitted and not yet consumed. The first are submitted at once, so that the processes
+    start before the writer imports TensorFlow."""
+    chunks = [jobs[start:start + CHUNK] for start in range(0, len(jobs), CHUNK)]
+    pending = collections.deque(pool.submit(_check_files, root, chunk, max_pixels)
+                                for chunk in chunks[:in_flight])
+
+    def results():
+        for chunk in chunks[in_flight:]:
             yield from pending.popleft().result()
-    while pending:
-        yield from pending.popleft().result()
+            pending.append(pool.submit(_check_files, root, chunk, max_pixels))
+        while pending:
+            yield from pending.popleft().result()
+
+    return results()
 
 
 def _records(checked: Iterable[Checked], labels: dict[str, int], counts: dict, skipped: list,
