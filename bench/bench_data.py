@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,24 +55,18 @@ def _rss_mib(pid: int) -> float:
         return float("nan")
 
 
-def sampled(command: list[str]) -> tuple[str, list[tuple[float, float]]]:
-    """Runs ``command``; returns its stdout and ``(epoch seconds, MiB)`` samples of its RSS (the
+def sampled(command: list[str]) -> list[tuple[float, float]]:
+    """Runs ``command``; returns ``(epoch seconds, MiB)`` samples of its RSS every 0.2 s (the
     in-process DirectRunner runs every component in the one process)."""
     samples = []
-    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True) as process:
-        def sample():
-            while process.poll() is None:
-                samples.append((time.time(), _rss_mib(process.pid)))
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        out = process.stdout.read()
-        sampler.join()
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as process:
+        while process.poll() is None:
+            samples.append((time.time(), _rss_mib(process.pid)))
+            time.sleep(0.2)
     if process.returncode:
         raise RuntimeError(f"{' '.join(command[:4])} ... exited {process.returncode}")
-    return out, samples
+    return samples
 
 
 def _peak(samples, start: float = 0, end: float = float("inf")) -> float:
@@ -112,7 +105,7 @@ def measure(work: str, size: str) -> dict:
     result = {"images": n, "eval_images": sum(counts["eval"].values()),
               "ingest_s": ingest_s, "ingest_mib": ingest_mib}
     start = time.perf_counter()
-    _, samples = sampled([sys.executable, "-m", "pipeline.local_runner", "--work-dir", run_dir,
+    samples = sampled([sys.executable, "-m", "pipeline.local_runner", "--work-dir", run_dir,
                           "--data-root", records] + RUN_ARGS)
     result.update(run_s=time.perf_counter() - start, run_mib=_peak(samples), components={})
     for name, execution in executions_since(metadata_store(PipelineConfig(work_dir=run_dir))):
