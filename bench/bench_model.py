@@ -3,8 +3,8 @@
 On photo-like 224x224 JPEGs (``tools/make_shapes.py``, re-encoded), through the pipeline:
 1. Transform's output bytes per image against the encoded input's (target <= 1.5x).
 2. Trainer input pipeline (``modules.trainer.input_fn`` on Transform's output) in images/s,
-   against a reference: reading and decoding the same images from the GZIP'd raw TFRecords
-   ``ops.ingest`` wrote. Not a ceiling (the input_fn reads Transform's output and can be
+   against a reference: reading and decoding the same images from the raw TFRecords
+   ImageValidator wrote. Not a ceiling (the input_fn reads Transform's output and can be
    faster), so no target.
 3. Latency of the pushed model's raw-image-bytes signature against the bare Keras model on
    pre-decoded pixels (same architecture, in-process), per batch.
@@ -37,6 +37,7 @@ from modules.preprocessing import decode_images  # noqa: E402
 from pipeline import local_runner  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.outcome import latest_artifact, metadata_store  # noqa: E402
+from pipeline.tfrecords import compression  # noqa: E402
 
 BATCH = 32
 ROUNDS = 5
@@ -100,12 +101,12 @@ def input_pipeline(config: PipelineConfig) -> dict:
         parsed = tf.io.parse_example(serialized, feature_spec)
         return decode_images(parsed[config.image_key], spec), parsed[config.label_key]
 
-    reference = (tf.data.TFRecordDataset(raw_files, compression_type="GZIP",
+    reference = (tf.data.TFRecordDataset(raw_files, compression_type=compression(raw_files[0]),
                                          num_parallel_reads=tf.data.AUTOTUNE)
                  .repeat().batch(BATCH)
                  .map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE)
                  .prefetch(tf.data.AUTOTUNE))
-    results = {"reference: raw GZIP TFRecord read + parse + decode": best_rate(reference, 100)}
+    results = {"reference: raw TFRecord read + parse + decode": best_rate(reference, 100)}
     for cache in (False, True):
         dataset = input_fn(files, accessor, tft_output, spec, BATCH, cache=cache, seed=0)
         results[f"Trainer input_fn (cache={cache})"] = best_rate(dataset, 100)
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
                   "| pipeline | images/s | vs reference |", "|---|---:|---:|"]
         lines += [f"| {name} | {rate:,.0f} | {rate / reference:.2f}x |"
                   for name, rate in rates.items()]
-        lines += ["", "The reference reads the GZIP'd raw TFRecords, the input_fn Transform's "
+        lines += ["", "The reference reads the raw TFRecords, the input_fn Transform's "
                   "output: a comparison, not a ceiling (no target)."]
         spec = ImageSpec.from_custom_config(config.transform_config())
         pushed = tf.saved_model.load(outcome.pushed_path)

@@ -21,17 +21,21 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 
 from modules.features import ImageSpec
+from pipeline.tfrecords import compression
 
 REPORT = "bad_images-{split}.json"  # at the artifact's root: Split-*/ holds records only
 SHOWN = 10  # bad records listed in an error message
+BATCH = 64  # images decoded in one TensorFlow call
 
 
 class BadImageError(ValueError):
     """More undecodable images than the configured fraction allows."""
 
 
-class _CheckImage(beam.DoFn):
-    """``(file, index, serialized example)`` -> the example, or to ``bad`` a description."""
+class _CheckImages(beam.DoFn):
+    """Batches of ``(file, index, serialized example)`` -> each example whose image decodes, or
+    to ``bad`` a description of it. A batch's images decode in one TensorFlow call; only a
+    batch that fails is decoded again image by image, to name the bad ones."""
 
     def __init__(self, spec: ImageSpec, split: str, id_key: str):
         self._spec, self._split, self._id_key = spec, split, id_key
@@ -41,11 +45,15 @@ class _CheckImage(beam.DoFn):
 
         from modules.preprocessing import decode_failure, decode_images
         self._tf, self._failure = tf, decode_failure
-        self._decode = tf.function(lambda data: decode_images(tf.reshape(data, [1]), self._spec),
-                                   input_signature=[tf.TensorSpec([], tf.string)])
+        self._decode = tf.function(lambda data: decode_images(data, self._spec),
+                                   input_signature=[tf.TensorSpec([None], tf.string)])
 
-    def _problem(self, feature) -> str | None:
+    def _feature_problem(self, features) -> str | None:
+        """What is wrong with the image feature short of decoding it."""
         spec = self._spec
+        if spec.image_key not in features:
+            return f"no '{spec.image_key}' feature"
+        feature = features[spec.image_key]
         if spec.image_format == "raw":
             values = feature.float_list.value or feature.int64_list.value
             expected = spec.raw_shape[0] * spec.raw_shape[1] * spec.raw_shape[2]
@@ -53,41 +61,55 @@ class _CheckImage(beam.DoFn):
                 f"{len(values)} pixel values, expected {expected} ({spec.raw_shape})")
         if len(feature.bytes_list.value) != 1:
             return f"{len(feature.bytes_list.value)} images in the feature, expected 1"
-        data = feature.bytes_list.value[0]
-        try:
-            self._decode(data)
-        except self._tf.errors.InvalidArgumentError as err:
-            return self._failure(err.message, data)
         return None
 
-    def process(self, element):
-        filename, index, record = element
-        example = self._tf.train.Example.FromString(record)
-        features = example.features.feature
-        if self._spec.image_key in features:
-            problem = self._problem(features[self._spec.image_key])
-        else:
-            problem = f"no '{self._spec.image_key}' feature"
-        if problem is None:
-            yield record
-            return
-        ident = features[self._id_key].bytes_list.value[:1] if self._id_key in features else []
+    def _decode_problems(self, images: list[bytes]) -> list[str | None]:
+        """Why each image does not decode (``None``: it does)."""
+        try:
+            self._decode(self._tf.constant(images, self._tf.string))
+            return [None] * len(images)
+        except self._tf.errors.InvalidArgumentError as err:
+            if len(images) == 1:
+                return [self._failure(err.message, images[0])]
+        return [problem for image in images for problem in self._decode_problems([image])]
+
+    def process(self, batch):
+        examples = [(filename, index, record,
+                     self._tf.train.Example.FromString(record).features.feature)
+                    for filename, index, record in batch]
+        problems = [self._feature_problem(features) for *_, features in examples]
+        if self._spec.image_format != "raw":
+            encoded = [i for i, problem in enumerate(problems) if problem is None]
+            images = [examples[i][3][self._spec.image_key].bytes_list.value[0] for i in encoded]
+            for i, problem in zip(encoded, self._decode_problems(images) if images else []):
+                problems[i] = problem
+        for (filename, index, record, features), problem in zip(examples, problems):
+            if problem is None:
+                yield record
+            else:
+                yield beam.pvalue.TaggedOutput("bad", self._bad(filename, index, record,
+                                                                features, problem))
+
+    def _bad(self, filename, index, record, features, problem) -> dict:
+        ident = (features[self._id_key].bytes_list.value[:1] if self._id_key in features
+                 else [])
         if ident:
             name = ident[0].decode("utf-8", "replace")
         else:
             name = "sha256:" + hashlib.sha256(record).hexdigest()[:16]
-        yield beam.pvalue.TaggedOutput("bad", {
-            "split": self._split, "file": os.path.basename(filename), "index": index,
-            "record": name, "error": problem})
+        return {"split": self._split, "file": os.path.basename(filename), "index": index,
+                "record": name, "error": problem}
 
 
-def _records(path: str):
-    """``(path, index, record)`` for every record of one TFRecord file (gzip by suffix)."""
+def _batches(path: str):
+    """Lists of up to ``BATCH`` ``(path, index, record)``, every record of one TFRecord file
+    (gzip by suffix) in order."""
     import tensorflow as tf
-    dataset = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz")
-                                      else "")
-    for index, record in enumerate(dataset.as_numpy_iterator()):
-        yield path, index, record
+    dataset = tf.data.TFRecordDataset(path, compression_type=compression(path)).batch(BATCH)
+    index = 0
+    for records in dataset.as_numpy_iterator():
+        yield [(path, index + i, record) for i, record in enumerate(records)]
+        index += len(records)
 
 
 def check_fractions(reports: dict[str, dict], max_bad_fraction: float) -> None:
@@ -133,11 +155,12 @@ def ImageValidator(
             checked = (pipeline
                        | f"Files[{split}]" >> beam.Create(sorted(fileio.glob(pattern)))
                        | f"Spread[{split}]" >> beam.Reshuffle()
-                       | f"Read[{split}]" >> beam.FlatMap(_records)
-                       | f"Check[{split}]" >> beam.ParDo(_CheckImage(spec, split, id_key))
+                       | f"Read[{split}]" >> beam.FlatMap(_batches)
+                       | f"Check[{split}]" >> beam.ParDo(_CheckImages(spec, split, id_key))
                        .with_outputs("bad", main="valid"))
+            # Uncompressed: encoded images do not shrink, and gzip cost about as much as decoding.
             _ = checked.valid | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                os.path.join(out_dir, "data_tfrecord"), file_name_suffix=".gz")
+                os.path.join(out_dir, "data_tfrecord"))
             valid_count = checked.valid | f"Count[{split}]" >> beam.combiners.Count.Globally()
             _ = (checked.bad
                  | f"Bad[{split}]" >> beam.combiners.ToList()

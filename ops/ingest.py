@@ -17,6 +17,7 @@ cannot decode as they are (CMYK, 16-bit, palette with transparency...) are re-en
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import io
@@ -25,6 +26,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from components import class_map
 from modules.features import MAX_PIXELS, SPLITS
@@ -32,6 +34,8 @@ from pipeline.tfrecords import write_splits
 
 KEEP_FORMATS = {"JPEG": ("L", "RGB"), "PNG": ("L", "RGB", "RGBA", "LA"), "GIF": ("L", "P"),
                 "BMP": ("L", "RGB")}
+CHUNK = 16  # files a checking process takes at a time
+IN_FLIGHT = 4  # chunks submitted per process and not yet written
 
 
 class IngestError(ValueError):
@@ -87,11 +91,12 @@ def _example(item: Checked, label: int) -> bytes:
         return tf.train.Feature(bytes_list=tf.train.BytesList(
             value=[value if isinstance(value, bytes) else value.encode()]))
 
+    # Deterministic: the feature map in key order, so reruns write the same bytes.
     return tf.train.Example(features=tf.train.Features(feature={
         "image": feature(item.data), "label": feature(label), "label_name": feature(item.label_name),
         "height": feature(item.height), "width": feature(item.width),
         "source_path": feature(item.path), "sha256": feature(item.sha256),
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)
 
 
 def split_of(sha256: str, eval_fraction: float) -> str:
@@ -120,48 +125,91 @@ def ingest(image_dir: str, out_dir: str, shards: int = 4, compress: bool = False
            eval_fraction: float = 0.2, span: int | None = None, workers: int | None = None,
            max_skipped_fraction: float = 0.05, max_pixels: int = MAX_PIXELS,
            progress: bool = True) -> dict:
-    """Converts ``image_dir``; returns the manifest (also written as ``manifest.json``)."""
+    """Converts ``image_dir``; returns the manifest (also written as ``manifest.json``).
+
+    Images stream from the checking processes to the shard writers in file order, a few
+    chunks in flight: memory stays flat in the number of images."""
     from tqdm import tqdm
 
     files = scan(image_dir)
     jobs = [(path, name) for name, paths in files.items() for path in paths]
-    with ProcessPoolExecutor(workers) as pool:
-        checked = list(tqdm(pool.map(check_file, [image_dir] * len(jobs), *zip(*jobs),
-                                     [max_pixels] * len(jobs), chunksize=16) if jobs else [],
-                            total=len(jobs), disable=not progress, desc="images", unit="img"))
-    kept, skipped, first_seen = [], [], {}
-    for item in checked:
-        if not item.skipped and item.sha256 in first_seen:
-            other = first_seen[item.sha256]
-            if other.label_name != item.label_name:
-                raise IngestError(f"the same image is labelled '{other.label_name}' "
-                                  f"({other.path}) and '{item.label_name}' ({item.path})")
-            item.skipped = f"duplicate of {other.path}"
-        if item.skipped:
-            skipped.append({"path": item.path, "reason": item.skipped})
-        else:
-            first_seen[item.sha256] = item
-            kept.append(item)
-    empty = [name for name in files if not any(i.label_name == name for i in kept)]
-    if empty:
-        raise IngestError(f"class folder(s) with no usable image: {', '.join(empty)}")
-    if jobs and len(skipped) / len(jobs) > max_skipped_fraction:
-        raise IngestError(f"{len(skipped)} of {len(jobs)} files skipped, more than "
-                          f"max_skipped_fraction={max_skipped_fraction}: " + "; ".join(
-                              f"{s['path']}: {s['reason']}" for s in skipped[:10]))
+    root = os.path.join(out_dir, f"span-{span}") if span is not None else out_dir
     # Another span's ingest may extend the map meanwhile; without spans the records are the
     # data root, written once (by rename: nothing may be in it before).
     with class_map.locked(out_dir) if span is not None else contextlib.nullcontext():
+        if os.path.exists(root) and os.listdir(root):
+            raise IngestError(f"{root} exists and is not empty")
         _adopt_legacy_ids(out_dir)
         classes, added, missing = class_map.extend(out_dir, list(files))
         labels = {name: classes.index(name) for name in files}
-        manifest = _write(kept, labels, out_dir, span, shards, compress, eval_fraction)
-        manifest.update(source=os.path.abspath(image_dir), files=len(jobs), skipped=skipped,
-                        classes=classes, added_classes=added, missing_classes=missing)
-        with open(os.path.join(manifest["root"], "manifest.json"), "w") as f:
+        counts = {split: {name: 0 for name in labels} for split in SPLITS}
+        skipped = []
+        with ProcessPoolExecutor(workers) as pool:
+            checked = tqdm(_check_all(pool, image_dir, jobs, max_pixels,
+                                      IN_FLIGHT * (workers or os.cpu_count() or 1)),
+                           total=len(jobs), disable=not progress, desc="images", unit="img")
+            write_splits(root, _records(checked, labels, counts, skipped, eval_fraction,
+                                        max_skipped_fraction), shards, "data", compress)
+        manifest = {"root": root, "counts": counts, "span": span,
+                    "source": os.path.abspath(image_dir), "files": len(jobs), "skipped": skipped,
+                    "classes": classes, "added_classes": added, "missing_classes": missing}
+        with open(os.path.join(root, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
         class_map.write(out_dir, classes)
     return manifest
+
+
+def _check_files(root: str, jobs: list[tuple[str, str]], max_pixels: int) -> list[Checked]:
+    return [check_file(root, path, name, max_pixels) for path, name in jobs]
+
+
+def _check_all(pool, root: str, jobs: list[tuple[str, str]], max_pixels: int,
+               in_flight: int) -> Iterator[Checked]:
+    """``check_file`` of every job, in order, with at most ``in_flight`` chunks of ``CHUNK``
+    submitted and not yet consumed. The first are submitted at once, so that the processes
+    start before the writer imports TensorFlow."""
+    chunks = [jobs[start:start + CHUNK] for start in range(0, len(jobs), CHUNK)]
+    pending = collections.deque(pool.submit(_check_files, root, chunk, max_pixels)
+                                for chunk in chunks[:in_flight])
+
+    def results():
+        for chunk in chunks[in_flight:]:
+            yield from pending.popleft().result()
+            pending.append(pool.submit(_check_files, root, chunk, max_pixels))
+        while pending:
+            yield from pending.popleft().result()
+
+    return results()
+
+
+def _records(checked: Iterable[Checked], labels: dict[str, int], counts: dict, skipped: list,
+             eval_fraction: float, max_skipped_fraction: float) -> Iterator[tuple[str, bytes]]:
+    """``(split, serialized example)`` of each image kept, counted in ``counts``; the skipped
+    ones go to ``skipped``. Raises ``IngestError`` (the writer then keeps nothing) on the same
+    content under two classes, at the end on a class with no image or too many skipped."""
+    first_seen, total = {}, 0  # sha256 -> (path, class name) of the image kept
+    for item in checked:
+        total += 1
+        if not item.skipped and item.sha256 in first_seen:
+            path, name = first_seen[item.sha256]
+            if name != item.label_name:
+                raise IngestError(f"the same image is labelled '{name}' ({path}) and "
+                                  f"'{item.label_name}' ({item.path})")
+            item.skipped = f"duplicate of {path}"
+        if item.skipped:
+            skipped.append({"path": item.path, "reason": item.skipped})
+            continue
+        first_seen[item.sha256] = (item.path, item.label_name)
+        split = split_of(item.sha256, eval_fraction)
+        counts[split][item.label_name] += 1
+        yield split, _example(item, labels[item.label_name])
+    empty = [name for name in labels if not any(counts[split][name] for split in SPLITS)]
+    if empty:
+        raise IngestError(f"class folder(s) with no usable image: {', '.join(empty)}")
+    if total and len(skipped) / total > max_skipped_fraction:
+        raise IngestError(f"{len(skipped)} of {total} files skipped, more than "
+                          f"max_skipped_fraction={max_skipped_fraction}: " + "; ".join(
+                              f"{s['path']}: {s['reason']}" for s in skipped[:10]))
 
 
 def _adopt_legacy_ids(out_dir: str) -> None:
@@ -177,23 +225,6 @@ def _adopt_legacy_ids(out_dir: str) -> None:
             with open(path, encoding="utf-8") as f:
                 class_map.write(out_dir, json.load(f)["classes"])
             return
-
-
-def _write(kept, labels, out_dir, span, shards, compress, eval_fraction) -> dict:
-    """Writes the records into a staging folder renamed into place: all or nothing."""
-    root = os.path.join(out_dir, f"span-{span}") if span is not None else out_dir
-    if os.path.exists(root) and os.listdir(root):
-        raise IngestError(f"{root} exists and is not empty")
-    counts = {split: {name: 0 for name in labels} for split in SPLITS}
-
-    def records():
-        for item in kept:
-            split = split_of(item.sha256, eval_fraction)
-            counts[split][item.label_name] += 1
-            yield split, _example(item, labels[item.label_name])
-
-    write_splits(root, records(), shards, "data", compress)
-    return {"root": root, "counts": counts, "span": span}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import sys
 import time
 
 from pipeline.config import PipelineConfig
+from pipeline.tfrecords import compression
 
 
 class UserError(Exception):
@@ -201,10 +202,9 @@ def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None
     # anomaly of the data at once.
     scan_labels = config.label_format == "int" and not config.schema_path
     for path in files:
-        compression = "GZIP" if path.endswith(".gz") else ""
         try:
             for index, record in enumerate(tf.data.TFRecordDataset(
-                    path, compression_type=compression).as_numpy_iterator()):
+                    path, compression_type=compression(path)).as_numpy_iterator()):
                 features = tf.train.Example.FromString(record).features.feature
                 where = f"{path} record {index}"
                 for option, key in (("--image-key", config.image_key),

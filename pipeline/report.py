@@ -24,6 +24,7 @@ from modules.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, 
 from pipeline.config import PipelineConfig
 from pipeline.outcome import (executions_since, latest_artifact, metadata_store, run_outputs,
                               seconds)
+from pipeline.tfrecords import compression
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
@@ -397,7 +398,8 @@ def eval_predictions(model_dir: str, examples_uri: str, limit: int = GALLERY_EXA
     model = tf.saved_model.load(model_dir)
     files = sorted(fileio.glob(os.path.join(examples_uri, "Split-eval", "*")))
     serialized, probabilities, labels = [], [], []
-    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit).batch(256):
+    for batch in tf.data.TFRecordDataset(files, compression_type=compression(files[0]) if files
+                                         else "").take(limit).batch(256):
         serialized += batch.numpy().tolist()
         probabilities.append(model.serve_examples(batch)[PROBABILITIES].numpy())
         labels.append(model.transform_labels(batch)[LABEL_XF].numpy().reshape(-1))

@@ -11,6 +11,11 @@ from modules.features import SPLITS
 READABLE_DIR, READABLE_FILE = 0o755, 0o644
 
 
+def compression(path: str) -> str:
+    """The ``compression_type`` of a TFRecord file for TensorFlow: GZIP by its ``.gz`` suffix."""
+    return "GZIP" if path.endswith(".gz") else ""
+
+
 def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int = 1,
                  name: str = "data", compress: bool = False) -> dict[str, int]:
     """Writes ``(split, serialized record)`` pairs round-robin into ``shards`` files per split,

@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from components.image_validator import REPORT, BadImageError, ImageValidator, check_fractions
+from components.image_validator import (BATCH, REPORT, BadImageError, ImageValidator,
+                                        _batches, _CheckImages, check_fractions)
+from modules.features import ImageSpec
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
 
@@ -75,8 +77,7 @@ def test_too_many_bad_images_stop_the_run_naming_each(messy_data, tmp_path):
 def test_tolerated_bad_images_are_dropped_and_reported(messy_data, tmp_path):
     [artifact] = _run(messy_data, tmp_path, max_bad_fraction=0.5)
     kept = [tf.train.Example.FromString(r.numpy()).features.feature["path"].bytes_list.value[0]
-            for r in tf.data.TFRecordDataset(glob.glob(f"{artifact}/Split-train/*"),
-                                             compression_type="GZIP")]
+            for r in tf.data.TFRecordDataset(glob.glob(f"{artifact}/Split-train/*"))]
     assert sorted(kept) == [f"good{i}.img".encode() for i in range(5)]
     with open(os.path.join(artifact, REPORT.format(split="train"))) as f:
         report = json.load(f)
@@ -84,6 +85,40 @@ def test_tolerated_bad_images_are_dropped_and_reported(messy_data, tmp_path):
     assert sorted(b["record"] for b in report["bad"]) == ["no-image", "notes.txt",
                                                          "truncated.jpg"]
     assert all(b["error"] and b["file"].startswith("data_tfrecord") for b in report["bad"])
+
+
+def test_a_batch_with_bad_images_names_each_and_passes_the_good_ones():
+    config = PipelineConfig(image_height=9, image_width=9, image_channels=3)
+    check = _CheckImages(ImageSpec.from_custom_config(config.transform_config()), "train", "path")
+    check.setup()
+    rng = np.random.default_rng(1)
+    good = [encode(rng.integers(0, 256, (9 + i, 7, 3), dtype=np.uint8), "PNG" if i % 2 else "JPEG")
+            for i in range(6)]
+    records = [_example(good[0], "g0"), _example(good[1][:40], "cut"), _example(good[2], "g2"),
+               _example(b"just some text", "notes.txt"), _example(good[3], "g3"),
+               _example(None, "none"), _example(good[4], "g4")]
+    outputs = list(check.process([(f"/d/part-{i % 2}", i, r) for i, r in enumerate(records)]))
+    assert [o for o in outputs if isinstance(o, bytes)] == [records[i] for i in (0, 2, 4, 6)]
+    bad = {(o.value["file"], o.value["index"], o.value["record"]): o.value["error"]
+           for o in outputs if not isinstance(o, bytes)}
+    assert {key: error.split(" (")[0] for key, error in bad.items()} == {
+        ("part-1", 1, "cut"): "corrupt or truncated image data",
+        ("part-1", 3, "notes.txt"): "not a JPEG, PNG, GIF, BMP or WebP image",
+        ("part-1", 5, "none"): "no 'image' feature"}
+    # A batch of good images only is one decode, and passes whole.
+    assert list(check.process([("/d/p", i, _example(g, "g")) for i, g in enumerate(good)])) == [
+        _example(g, "g") for g in good]
+
+
+def test_records_are_read_in_batches_with_their_index_in_the_file(tmp_path):
+    path = str(tmp_path / "part.tfrecord.gz")
+    records = [_example(None, f"r{i}") for i in range(BATCH + 3)]
+    with tf.io.TFRecordWriter(path, "GZIP") as writer:
+        for record in records:
+            writer.write(record)
+    batches = list(_batches(path))
+    assert [len(b) for b in batches] == [BATCH, 3]
+    assert [item for b in batches for item in b] == [(path, i, r) for i, r in enumerate(records)]
 
 
 def test_check_fractions():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 
@@ -93,6 +94,36 @@ def test_split_and_shards_are_deterministic(tmp_path):
             with open(tmp_path / "out0" / split / name, "rb") as a, \
                     open(tmp_path / "out1" / split / name, "rb") as b:
                 assert a.read() == b.read()
+
+
+def test_images_stream_to_the_shards_in_file_order(tmp_path):
+    """More files than the checking process has in flight, with bad files and duplicates
+    among them: every shard holds the kept images of its split in file order, round-robin."""
+    rng = np.random.default_rng(4)
+    expected = {"train": [], "eval": []}
+    for name in ("a", "b"):
+        for i in range(ingest.CHUNK * ingest.IN_FLIGHT + 7):
+            path = f"{name}/{i:03d}.png"
+            data = encode(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8), "PNG")
+            if i % 29 == 3:
+                data = data[:30]  # truncated: skipped
+            elif i % 31 == 5:
+                with open(tmp_path / "images" / name / f"{i - 1:03d}.png", "rb") as f:
+                    data = f.read()  # a duplicate: skipped
+            else:
+                split = ingest.split_of(hashlib.sha256(data).hexdigest(), 0.3)
+                expected[split].append(path.encode())
+            _save(str(tmp_path / "images" / path), data)
+    manifest = ingest.ingest(str(tmp_path / "images"), str(tmp_path / "out"), shards=3,
+                             compress=True, eval_fraction=0.3, workers=1,
+                             max_skipped_fraction=0.2, progress=False)
+    assert len(manifest["skipped"]) == manifest["files"] - sum(map(len, expected.values()))
+    for split, paths in expected.items():
+        for shard in range(3):
+            records = tf.data.TFRecordDataset(
+                str(tmp_path / "out" / split / f"data-{shard:05d}-of-00003.tfrecord.gz"), "GZIP")
+            assert [tf.train.Example.FromString(r.numpy()).features.feature["source_path"]
+                    .bytes_list.value[0] for r in records] == paths[shard::3]
 
 
 @pytest.mark.parametrize("make_bad, message", [
