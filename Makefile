@@ -40,10 +40,11 @@ browser: ## install Debian's Chromium for the browser test where apt-get can (el
 test: setup browser ## run the test suite
 	$(PY) -m pytest tests -v $(ARGS)
 
-BENCHES := pipeline model learning warm-start gateway seams
+BENCHES := pipeline data model learning warm-start gateway seams
 
-bench: setup ## run the benchmarks (about 30 min); results in bench/results.md
+bench: setup ## run the benchmarks (about 45 min); results in bench/results.md
 	$(PY) bench/bench_pipeline.py --out bench/results-pipeline.md
+	$(PY) bench/bench_data.py --out bench/results-data.md
 	$(PY) bench/bench_model.py --out bench/results-model.md
 	$(PY) bench/bench_learning.py --out bench/results-learning.md
 	$(PY) bench/bench_warm_start.py --out bench/results-warm-start.md
