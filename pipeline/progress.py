@@ -84,8 +84,8 @@ def _trained(uri: str) -> str:
     reached = summary["time_to_accuracy"]
     return (f"validation accuracy {summary['validation_metrics']['accuracy']:.4f} after "
             f"{summary['steps_run']} of {summary['train_steps']} steps ({summary['stopped']})"
-            + (f", within {ACCURACY_DELTA:.1%} of it after {reached:.0f} s" if reached is not None
-               else ""))
+            + (f", within {ACCURACY_DELTA * 100:g} points of it after {reached:.0f} s"
+               if reached is not None else ""))
 
 
 def _decoded(uri: str) -> str:
