@@ -16,9 +16,9 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import (ACCURACY_DELTA, CLASS_WEIGHTS, CODE_FILE, EPOCH_LOG, IMAGE_XF, LABEL_XF, STOP_LOG,
-                               RESULT_FILE, TRAINER_SUMMARY, TRAINING_FILE, WARM_START_DIR,
-                               ImageSpec)
+from modules.features import (ACCURACY_DELTA, CLASS_WEIGHTS, CODE_FILE, EPOCH_LOG, IMAGE_XF,
+                               LABEL_XF, RESULT_FILE, STOP_LOG, TRAINER_SUMMARY, TRAINING_FILE,
+                               WARM_START_DIR, ImageSpec)
 from modules.model import build_model, learning_rate, unfreeze_top
 from modules.preprocessing import model_pixels
 from modules.provenance import code_version
@@ -288,15 +288,15 @@ class Convergence:
         self.target, self.started = target_accuracy, started
         self.rounds: list[tuple[int, float, float]] = []
         self.stop, self.best_weights, self.annealed_at = "budget", None, 0
-        self._best = (-1.0, math.inf)  # (accuracy, loss) of the kept weights; loss breaks ties
+        self._best = (-1.0, -math.inf)  # (accuracy, -loss) of the kept weights
         self._level, self._improved = -1.0, 0  # the accuracy to beat, the last improvement
         self._end = budget  # the step training ends at
 
     def update(self, steps: int, accuracy: float, loss: float, weights) -> bool:
         """Records a round; returns whether to stop."""
         self.rounds.append((steps, round(time.perf_counter() - self.started, 2), accuracy))
-        if (accuracy, -loss) > (self._best[0], -self._best[1]):
-            self._best, self.best_weights = (accuracy, loss), weights()
+        if (accuracy, -loss) > self._best:  # the lower loss breaks a tie
+            self._best, self.best_weights = (accuracy, -loss), weights()
         if accuracy > self._level + ACCURACY_DELTA:
             self._improved = steps
         self._level = max(self._level, accuracy)
@@ -380,10 +380,10 @@ def fit_arguments(inputs: Inputs) -> dict:
     """``model.fit`` arguments for ``inputs.steps`` in validation rounds (Keras epochs,
     ``round_steps``), each ending in a validation on the validation part (never the eval
     split); the loss weighted by ``inputs.class_weight``."""
-    per_round = round_steps(inputs.steps, inputs.validation_batches)
     return dict(x=inputs.train, validation_data=inputs.validation,
-                validation_steps=inputs.validation_batches, epochs=inputs.steps // per_round,
-                steps_per_epoch=per_round, verbose=0, class_weight=inputs.class_weight)
+                validation_steps=inputs.validation_batches,
+                epochs=inputs.steps // inputs.round_steps, steps_per_epoch=inputs.round_steps,
+                verbose=0, class_weight=inputs.class_weight)
 
 
 def _fit(model, inputs: Inputs, fn_args: FnArgs, config: dict, strategy, api,
@@ -427,6 +427,11 @@ class Inputs:
     train: tf.data.Dataset
     validation: tf.data.Dataset
     validation_batches: int
+
+    @property
+    def round_steps(self) -> int:
+        """Steps per validation round (``round_steps``)."""
+        return round_steps(self.steps, self.validation_batches)
 
     @property
     def examples(self) -> int:
@@ -493,8 +498,8 @@ def run_fn(fn_args: FnArgs) -> None:
         model = model_for(config, schedule, api)
         warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None
     clock.lap("input_and_compile")
-    convergence = Convergence(inputs.steps, round_steps(inputs.steps, inputs.validation_batches),
-                              config["target_accuracy"], clock.started, schedule)
+    convergence = Convergence(inputs.steps, inputs.round_steps, config["target_accuracy"],
+                              clock.started, schedule)
     history = _fit(model, inputs, fn_args, config, strategy, api, convergence)
     clock.lap("fit")
     metrics = model.evaluate(inputs.validation, steps=inputs.validation_batches, verbose=0,
