@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.12",
-    packages=["pipeline", "components", "modules", "ops", "serving"],
+    packages=["domain", "modules", "components", "pipeline", "ops", "serving"],
     package_data={"serving": ["page.html"]},
     install_requires=[
         "tfx==1.21.0",
@@ -22,7 +22,7 @@ setup(
         "tfx-bsl==1.21.*",
         "ml-metadata==1.21.*",
         "tensorflow-metadata==1.21.*",  # schema and anomalies protos
-        "tensorflow-serving-api>=2.19.1,<2.22",  # models.config (components/serving_dir.py)
+        "tensorflow-serving-api>=2.19.1,<2.22",  # models.config (domain/registry.py)
         "keras-tuner>=1.4.2,<2",  # modules/tuner.py
         "protobuf",
         "absl-py",

@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from bench_model import jpeg_folder, machine
-    from modules.features import RAW_INPUT, RAW_SIGNATURE
+    from domain.features import RAW_INPUT, RAW_SIGNATURE
     from ops.ingest import ingest
     from pipeline import local_runner
     from pipeline.config import PipelineConfig

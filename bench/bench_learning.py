@@ -30,7 +30,7 @@ from bench.bench_model import machine, write_results  # noqa: E402
 from bench.bench_pipeline import durations, timed_run  # noqa: E402
 from make_digits import write_digits  # noqa: E402
 from make_shapes import write_shapes  # noqa: E402
-from modules.features import TRAINER_SUMMARY  # noqa: E402
+from domain.features import TRAINER_SUMMARY  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from ops.ingest import ingest  # noqa: E402
 from pipeline.outcome import latest_artifact, latest_outcome, metadata_store  # noqa: E402
@@ -96,7 +96,7 @@ def keras_ceiling(run: dict, shape: tuple[int, int, int], classes: int) -> float
     import keras
     import tensorflow as tf
 
-    from modules.features import ImageSpec
+    from domain.features import ImageSpec
     from modules.model import build_model, learning_rate
     defaults = PipelineConfig()
     keras.utils.set_random_seed(0)

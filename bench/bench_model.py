@@ -31,13 +31,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from make_shapes import write_shapes  # noqa: E402
-from modules.features import RAW_SIGNATURE, SPLITS, ImageSpec  # noqa: E402
+from domain.features import RAW_SIGNATURE, SPLITS, ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from modules.preprocessing import decode_images  # noqa: E402
 from pipeline import local_runner  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.outcome import latest_artifact, metadata_store  # noqa: E402
-from pipeline.tfrecords import compression  # noqa: E402
+from domain.records import compression  # noqa: E402
 
 BATCH = 32
 ROUNDS = 5

@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_model import machine, write_results  # noqa: E402
-from modules.features import SPLITS  # noqa: E402
+from domain.features import SPLITS  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.outcome import (executions_since, last_execution_id,  # noqa: E402
                               latest_outcome, metadata_store, seconds)

@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from components import serving_dir  # noqa: E402
+from domain import registry  # noqa: E402
 from tools import soak  # noqa: E402
 
 KEY = "bench-seams-" + "k" * 20
@@ -28,8 +28,8 @@ def one_soak(tmp: str, seconds: float, parallel: int, seed: int) -> dict:
     model = soak.tiny_model(os.path.join(tmp, "model"), ["a", "b", "c"], pad_megabytes=8)
     base = os.path.join(tmp, "serving", "image_classifier")
     for _ in (1, 2):
-        serving_dir.publish(model, base, {"action": "push"}, keep=3)
-    serving_dir.set_labels(base, serving_dir.Labels(1, 2, 0.5), "canary")
+        registry.publish(model, base, {"action": "push"}, keep=3)
+    registry.set_labels(base, registry.Labels(1, 2, 0.5), "canary")
     feedback = os.path.join(tmp, "feedback")
     gateways = [soak.start_gateway(os.path.dirname(base), feedback, os.path.join(tmp, "jwt"))
                 for _ in range(2)]
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
              "", f"{args.seeds} soaks of {args.seconds:g} s, {args.parallel} processes at a "
              "time (tools/soak.py), two gateway processes answering 4 clients who grade each "
              "answer through the other gateway; then the repair the next command does, "
-             "serving_dir.check's invariants and the feedback log.", "",
+             "registry.check's invariants and the feedback log.", "",
              "| seed | processes | kills | pushes done | pushes refused (served changed) | "
              "label changes | requests (non-200) | feedback logged | violations |",
              "|---|---|---|---|---|---|---|---|---|"]

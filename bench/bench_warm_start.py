@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.bench_model import write_results  # noqa: E402
-from modules.features import ImageSpec  # noqa: E402
+from domain.features import ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from modules.trainer import export_warm_start, warm_start  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402

@@ -5,7 +5,7 @@ import tensorflow_model_analysis as tfma
 from google.protobuf import json_format
 from tensorflow_model_analysis.proto import config_pb2
 
-from modules.features import LABEL_XF, PROBABILITIES, TRANSFORM_SIGNATURE
+from domain.features import LABEL_XF, PROBABILITIES, TRANSFORM_SIGNATURE
 
 ACCURACY_METRIC = "sparse_categorical_accuracy"
 CANDIDATE, BASELINE = "candidate", "baseline"

@@ -20,8 +20,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 
-from modules.features import ImageSpec
-from pipeline.tfrecords import compression
+from domain.features import ImageSpec
+from domain.records import compression
 
 REPORT = "bad_images-{split}.json"  # at the artifact's root: Split-*/ holds records only
 SHOWN = 10  # bad records listed in an error message

@@ -30,7 +30,7 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils, proto_utils
 
-from components import serving_dir
+from domain import registry
 
 SERVED_VERSION = "served_version"
 SOURCE_MODEL_ID = "source_model_id"
@@ -88,7 +88,7 @@ def ServedVersion(base_directory: Parameter[str], config_sha256: Parameter[str],
                   min_accuracy: Parameter[float], observed: Parameter[str] = "",
                   data_fingerprint: Parameter[str] = "") -> ServedVersionOutputs:
     """The served version under ``base_directory`` (0: nothing served) and the run's
-    ``serving_dir.run_definition`` of ``config_sha256`` (the config's ``definition_sha256``) and the
+    ``registry.run_definition`` of ``config_sha256`` (the config's ``definition_sha256``) and the
     run-time values (the pusher records it).
 
     Given the data's fingerprint (Kubeflow, where this step is never cached): if an
@@ -96,11 +96,11 @@ def ServedVersion(base_directory: Parameter[str], config_sha256: Parameter[str],
     identical run replays from cache. (Were its cached steps gone, the new model would meet a
     push against a served version it was not gated against, which the pusher refuses.)"""
     del observed  # the local runner's copy of ``version``: only part of the cache key
-    definition = serving_dir.run_definition(config_sha256, {
+    definition = registry.run_definition(config_sha256, {
         "span": span, "train_steps": train_steps, "epochs": epochs,
         "learning_rate": learning_rate, "batch_size": batch_size, "min_accuracy": min_accuracy})
-    entry = serving_dir.identical_push(base_directory, definition, data_fingerprint)
-    version = serving_dir.served_version(base_directory) if entry is None else \
+    entry = registry.identical_push(base_directory, definition, data_fingerprint)
+    version = registry.served_version(base_directory) if entry is None else \
         entry.get("baseline_version") or 0
     return {"version": version, "definition": definition}
 
@@ -119,14 +119,14 @@ def ServedModel(
     if not version:
         return
     try:  # under the serving dir's lock: no publisher prunes it while it is copied
-        with serving_dir.reading(base_directory, version) as source:
+        with registry.reading(base_directory, version) as source:
             io_utils.copy_dir(source, os.path.join(model.uri, "Format-Serving"))
             stats = os.path.join(source, STATISTICS_PATH)
             if os.path.isdir(stats):
                 io_utils.copy_dir(stats, statistics.uri)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"served version {version} vanished: {err}") from None
-    entry = next((e for e in serving_dir.read_manifest(base_directory)
+    entry = next((e for e in registry.read_manifest(base_directory)
                   if e["version"] == version), {})
     if entry.get("model_id") is not None:
         model.set_int_custom_property(SOURCE_MODEL_ID, entry["model_id"])

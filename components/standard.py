@@ -33,11 +33,11 @@ from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_component_specs as keys
 from tfx.utils import io_utils, path_utils, proto_utils
 
-from components import serving_dir as serving_dir_lib
+from domain import registry
 from components.gate import (CLASS_METRICS, accuracy_bound, class_metrics, regression_floor,
                              tolerance, with_min_accuracy)
 from components.image_validator import FINGERPRINT
-from modules.features import TRAINING_FILE
+from domain.features import TRAINING_FILE
 
 TRAINER_PARAMETERS = ("train_steps", "epochs", "learning_rate", "batch_size")
 ACCURACY_BOUND, BOUND_REASON = "accuracy_bound", "accuracy_bound_reason"
@@ -116,7 +116,7 @@ class _ServedBaselineEvaluatorExecutor(evaluator_executor.Executor):
         examples = input_dict[keys.EXAMPLES_KEY][0]
         config = exec_properties[keys.EVAL_CONFIG_KEY]
         bound, reason = accuracy_bound(float(exec_properties["min_accuracy"]), regression_floor(
-            serving_dir_lib.read_manifest(exec_properties["serving_dir"]),
+            registry.read_manifest(exec_properties["serving_dir"]),
             examples.get_string_custom_property(FINGERPRINT)
             if examples.has_custom_property(FINGERPRINT) else None, tolerance(config)))
         evaluation = artifact_utils.get_single_instance(output_dict[keys.EVALUATION_KEY])

@@ -1,6 +1,6 @@
 """VersionedPusher: push blessed models only, atomically, as TF Serving integer versions.
 
-Replaces TFX's Pusher for a filesystem destination (see ``components.serving_dir``): strictly
+Replaces TFX's Pusher for a filesystem destination (see ``domain.registry``): strictly
 increasing versions, atomic appearance, retention of the newest N, and a manifest entry per
 push (version, source model, metrics, blessing, data spans, time), also recorded on the
 PushedModel artifact in MLMD. A model is pushed at most once: a rerun that re-blesses it
@@ -21,13 +21,13 @@ from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils
 
-from components import class_map, serving_dir
-from components.contracts import NO_NEW_DATA, PushResult
+from domain import class_map, registry
+from domain.contracts import NO_NEW_DATA, PushResult
 from components.gate import overall_metric
 from components.image_validator import FINGERPRINT
 from components.live_inputs import (SERVED_VERSION, SOURCE_MODEL_ID, STATISTICS_PATH,
                                     TRAIN_STATISTICS)
-from modules.features import TRAINING_FILE
+from domain.features import TRAINING_FILE
 
 
 BASELINE_ID = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
@@ -51,7 +51,7 @@ def _why_not(model, examples, manifest: list[dict], base: str, classes: list[str
                if e.get("model_uri") == model.uri and e.get("action") == "push"]
     if earlier:
         return f"already pushed as version {earlier[0]}"
-    served = next((e for e in manifest if e["version"] == serving_dir.served_version(base)),
+    served = next((e for e in manifest if e["version"] == registry.served_version(base)),
                   None)
     mismatch = class_map.disagreement(classes, (served or {}).get("class_names"),
                                       (served or {}).get("version", 0), allow_new_classes)
@@ -93,7 +93,7 @@ def VersionedPusher(
         return _why_not(model, examples, manifest, base_directory, classes,
                         bool(allow_new_classes))
 
-    reason = why_not(serving_dir.read_manifest(base_directory)) or (
+    reason = why_not(registry.read_manifest(base_directory)) or (
         "" if model_blessing.get_int_custom_property("blessed") else "not blessed")
     if reason:
         PushResult(pushed=False, reason=reason).write(pushed_model)
@@ -117,10 +117,10 @@ def VersionedPusher(
         io_utils.copy_file(os.path.join(statistics.uri, TRAIN_STATISTICS),
                            os.path.join(source, STATISTICS_PATH, TRAIN_STATISTICS))
         try:  # a compare-and-set under the serving dir's lock: checked again there
-            version = serving_dir.publish(
+            version = registry.publish(
                 source, base_directory, record, keep_versions, expected_served=gated_against,
                 refuse=why_not)
-        except serving_dir.ServedChanged as err:
+        except registry.ServedChanged as err:
             PushResult(pushed=False, reason=str(err)).write(pushed_model)
             return
     destination = os.path.join(base_directory, str(version))

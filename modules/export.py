@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from modules.features import (CLASS_IDS, CLASS_NAMES, CLASSES, IMAGE_XF, LABEL_VOCABULARY,
+from domain.features import (CLASS_IDS, CLASS_NAMES, CLASSES, IMAGE_XF, LABEL_VOCABULARY,
                               LABEL_XF, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, SERVING_INPUT,
                               TFLITE_MODES, TRANSFORM_SIGNATURE, ImageSpec)
 from modules.preprocessing import decode_images, model_pixels

@@ -13,7 +13,7 @@ import math
 import keras
 import tensorflow as tf
 
-from modules.features import (AUGMENTATIONS, BACKBONES, DEFAULT_AUGMENTATION, IMAGE_XF,
+from domain.features import (AUGMENTATIONS, BACKBONES, DEFAULT_AUGMENTATION, IMAGE_XF,
                                LR_SCHEDULES, ImageSpec)
 
 def _random_invert(x):

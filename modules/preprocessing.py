@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from modules.features import IMAGE_XF, LABEL_VOCABULARY, LABEL_XF, ImageSpec
+from domain.features import IMAGE_XF, LABEL_VOCABULARY, LABEL_XF, ImageSpec
 
 
 PARALLEL_DECODES = 16  # images of a batch decoded concurrently

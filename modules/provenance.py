@@ -13,7 +13,7 @@ import os
 import subprocess
 
 MODULES = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ("modules", "components")  # the project's code that TFX components run
+PACKAGES = ("domain", "modules", "components")  # the project's code that TFX components run
 
 
 def _git(*args: str) -> str | None:

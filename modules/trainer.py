@@ -16,7 +16,7 @@ from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
 from modules.export import TFLITE_PATH, ServingModule, class_names, tflite_bytes
-from modules.features import (ACCURACY_DELTA, CLASS_WEIGHTS, CODE_FILE, EPOCH_LOG, IMAGE_XF,
+from domain.features import (ACCURACY_DELTA, CLASS_WEIGHTS, CODE_FILE, EPOCH_LOG, IMAGE_XF,
                                LABEL_XF, RESULT_FILE, STOP_LOG, TRAINER_SUMMARY, TRAINING_FILE,
                                WARM_START_DIR, ImageSpec)
 from modules.model import build_model, learning_rate, unfreeze_top

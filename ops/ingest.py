@@ -3,7 +3,7 @@
 ``<image dir>/<class name>/**/<image>`` becomes sharded TFRecords of tf.Examples (``image``
 bytes, ``label`` id, ``label_name``, ``height``, ``width``, ``source_path``, ``sha256``)
 under ``<out dir>/[span-N/]{train,eval}/``. Label ids come from the class map
-``<out dir>/classes.json`` (``components.class_map``): the first ingest numbers the classes
+``<out dir>/classes.json`` (``domain.class_map``): the first ingest numbers the classes
 by sorted name, later spans keep those ids, give a new class the next id and report a class
 with no images (it keeps its id). Records are split by content hash
 (so a file stays in its split across re-ingestions) and sharded by hash. Files are checked in
@@ -28,9 +28,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from components import class_map
-from modules.features import MAX_PIXELS, SPLITS
-from pipeline.tfrecords import write_splits
+from domain import class_map
+from domain.features import MAX_PIXELS, SPLITS
+from domain.records import write_splits
 
 KEEP_FORMATS = {"JPEG": ("L", "RGB"), "PNG": ("L", "RGB", "RGBA", "LA"), "GIF": ("L", "P"),
                 "BMP": ("L", "RGB")}

@@ -27,8 +27,8 @@ import sys
 import time
 import urllib.request
 
-from components import serving_dir
-from components.serving_dir import Labels
+from domain import registry
+from domain.registry import Labels
 from pipeline.config import PipelineConfig
 from serving.feedback import FEEDBACK, compare, read_feedback
 
@@ -36,10 +36,10 @@ from serving.feedback import FEEDBACK, compare, read_feedback
 def current(push_dir: str, labels: Labels | None = None) -> Labels:
     """The labels in use (``labels``, else read); before the first label, the served
     (highest) version is stable."""
-    labels = labels or serving_dir.read_labels(push_dir)
+    labels = labels or registry.read_labels(push_dir)
     if labels:
         return labels
-    served = serving_dir.served_version(push_dir)
+    served = registry.served_version(push_dir)
     if not served:
         raise ValueError(f"no version in {push_dir} to label")
     return Labels(stable=served)
@@ -52,7 +52,7 @@ def comparison(args, labels: Labels | None = None):
     if not labels.canary:
         raise ValueError("no canary to compare: python -m ops.labels canary --version N")
     return compare(read_feedback(args.feedback_dir), labels.stable, labels.canary,
-                   since=serving_dir.labels_since(args.push_dir), margin=args.margin,
+                   since=registry.labels_since(args.push_dir), margin=args.margin,
                    sample_size=args.min_samples, max_per_subject=args.max_per_subject)
 
 
@@ -78,9 +78,9 @@ def settle(args) -> str:
                  if args.tf_serving else lambda _: True)
     deadline = time.monotonic() + args.wait
     while True:
-        pending = serving_dir.read_pending(args.push_dir)
-        labels = serving_dir.settle_labels(args.push_dir, available)
-        if not pending or serving_dir.read_pending(args.push_dir) is None:
+        pending = registry.read_pending(args.push_dir)
+        labels = registry.settle_labels(args.push_dir, available)
+        if not pending or registry.read_pending(args.push_dir) is None:
             return _describe(labels or current(args.push_dir))
         if time.monotonic() >= deadline:
             raise TimeoutError(
@@ -102,9 +102,9 @@ def apply(args) -> str:
     done (unknown version, no canary); PermissionError when the evidence refuses a promotion;
     TimeoutError when TF Serving did not load a newly labelled version in time."""
     if args.action == "show":
-        pending = serving_dir.read_pending(args.push_dir)
+        pending = registry.read_pending(args.push_dir)
         return json.dumps(dict(dataclasses.asdict(current(args.push_dir)), in_use=bool(
-            serving_dir.read_labels(args.push_dir)), versions=serving_dir.versions(
+            registry.read_labels(args.push_dir)), versions=registry.versions(
                 args.push_dir), pending=dataclasses.asdict(pending[0]) if pending else None))
     if args.action == "compare":
         result = comparison(args)
@@ -119,8 +119,8 @@ def apply(args) -> str:
         return "\n".join(rows)
     if args.action == "settle":
         return settle(args)
-    with serving_dir.locked(args.push_dir):  # read, decide and write: a compare-and-set
-        serving_dir.change_labels(args.push_dir, lambda labels: decide(args, labels),
+    with registry.locked(args.push_dir):  # read, decide and write: a compare-and-set
+        registry.change_labels(args.push_dir, lambda labels: decide(args, labels),
                                   args.action, getattr(args, "reason", ""))
         if not args.tf_serving:  # the gateways load versions themselves: one step
             return settle(args)
@@ -134,7 +134,7 @@ def decide(args, latest: Labels | None) -> Labels:
         stable = labels.stable
         if stable == args.version and latest is None:
             # Labels start now, with the newest version as the canary: stable is the one before.
-            stable = max((v for v in serving_dir.versions(args.push_dir) if v < stable),
+            stable = max((v for v in registry.versions(args.push_dir) if v < stable),
                          default=stable)
         return Labels(stable, args.version, args.weight)
     if args.action == "promote":

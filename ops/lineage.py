@@ -21,10 +21,10 @@ from collections import defaultdict
 from ml_metadata.proto import metadata_store_pb2
 from tfx.utils.path_constants import SERVING_MODEL_DIR
 
-from components import serving_dir
-from modules.features import CODE_FILE
+from domain import registry
+from domain.features import CODE_FILE
 from pipeline.config import PipelineConfig
-from pipeline.mlmd_queries import (DOWNSTREAM, INPUT_EVENTS, OUTPUT_EVENTS, UPSTREAM,
+from domain.mlmd_queries import (DOWNSTREAM, INPUT_EVENTS, OUTPUT_EVENTS, UPSTREAM,
                                    lineage_graph, run_push, value_of)
 from pipeline.outcome import component_names, metadata_store, produced_by
 
@@ -114,7 +114,7 @@ class Lineage:
 
 
 def version_lineage(config: PipelineConfig, version: int) -> dict:
-    entry = next((e for e in serving_dir.read_manifest(config.push_dir)
+    entry = next((e for e in registry.read_manifest(config.push_dir)
                   if e["version"] == version), None)
     if entry is None:
         raise KeyError(f"version {version} is not in {config.push_dir}/manifest.json")
@@ -128,7 +128,7 @@ def span_lineage(config: PipelineConfig, span: int) -> dict:
     lineage = Lineage(metadata_store(config))
     models = lineage.models_fed_by_span(span)
     pushed = defaultdict(list)
-    for entry in serving_dir.read_manifest(config.push_dir):
+    for entry in registry.read_manifest(config.push_dir):
         pushed[entry.get("model_id")].append(entry["version"])
     return {"span": span, "models": [{"model_id": m, "pushed_as": pushed.get(m, [])}
                                      for m in models]}

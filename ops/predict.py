@@ -11,28 +11,28 @@ import argparse
 import os
 import sys
 
-from components import serving_dir
-from modules.features import PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
+from domain import registry
+from domain.features import PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
 
 
 def resolve_model_dir(path: str, version: int = 0, label: str = "") -> str:
     """``path`` itself if it is a SavedModel; in a model base, ``version`` if given, else the
-    version ``label`` names, else the one served by default (``serving_dir.served_version``).
+    version ``label`` names, else the one served by default (``registry.served_version``).
     Raises FileNotFoundError, in words, when there is no such version."""
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         if version or label:
             raise FileNotFoundError(f"{path} is a SavedModel: it has no versions or labels")
         return path
-    present = serving_dir.versions(path)
+    present = registry.versions(path)
     if not present:
         raise FileNotFoundError(f"{path} is neither a SavedModel nor a directory of versions")
     if label:
-        labels = serving_dir.read_labels(path)
+        labels = registry.read_labels(path)
         version = (labels.versions if labels else {}).get(label, 0)
         if not version:
             raise FileNotFoundError(f"{path}: no version is labelled {label!r} (labels: "
                                     f"{labels.versions if labels else 'none in use'})")
-    version = version or serving_dir.served_version(path)
+    version = version or registry.served_version(path)
     if version not in present:
         raise FileNotFoundError(f"{path} has no version {version} (present: {present})")
     return os.path.join(path, str(version))

@@ -18,8 +18,8 @@ from __future__ import annotations
 import sys
 import traceback
 
-from components.contracts import NO_NEW_DATA, RunOutcome
-from components.serving_dir import SERVED_CHANGED
+from domain.contracts import NO_NEW_DATA, RunOutcome
+from domain.registry import SERVED_CHANGED
 from pipeline.config import PipelineConfig
 from pipeline.local_runner import describe, run
 from pipeline.preflight import is_user_error

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from components import serving_dir
+from domain import registry
 from pipeline.config import PipelineConfig
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-versions", type=int, default=defaults.keep_versions)
     args = parser.parse_args(argv)
     try:
-        version = serving_dir.rollback(args.push_dir, args.to_version, args.reason,
+        version = registry.rollback(args.push_dir, args.to_version, args.reason,
                                        args.keep_versions)
     except (FileNotFoundError, ValueError) as err:
         print(f"rollback: {err}", file=sys.stderr)

@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from modules.features import (AUGMENTATIONS, BACKBONES, CLASS_WEIGHTS, DEFAULT_AUGMENTATION,
+from domain.features import (AUGMENTATIONS, BACKBONES, CLASS_WEIGHTS, DEFAULT_AUGMENTATION,
                               IMAGE_FORMATS, LABEL_FORMATS, LR_SCHEDULES, MAX_PIXELS, RESIZE_MODES,
                               TFLITE_MODES)
 from modules.provenance import package_version, source_sha256
@@ -372,7 +372,7 @@ class PipelineConfig:
 
     def _data_classes(self) -> list[str] | None:
         """The class names of the data root's class map (``ops.ingest``), if it has one."""
-        from components import class_map
+        from domain import class_map
         return class_map.read(self.data_root) if self.data_root else None
 
     def definition_sha256(self) -> str:

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from modules.features import SPLITS
-from pipeline.tfrecords import write_splits
+from domain.features import SPLITS
+from domain.records import write_splits
 
 EVAL_EVERY = 5  # every 5th image (by index) is held out: a deterministic 80/20 split
 

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import sys
 
-from components.contracts import RunOutcome
+from domain.contracts import RunOutcome
 from pipeline import preflight, rerun
 from pipeline.config import OBJECT_STORES, STAGED_STORES, PipelineConfig
 from pipeline.preflight import UserError

@@ -7,10 +7,10 @@ import os
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
-from components.contracts import RunOutcome
-from modules.features import RESULT_FILE, WARM_START_DIR
+from domain.contracts import RunOutcome
+from domain.features import RESULT_FILE, WARM_START_DIR
 from pipeline.config import PipelineConfig
-from pipeline.mlmd_queries import run_push, value_of
+from domain.mlmd_queries import run_push, value_of
 
 
 NODE_CONTEXT = "node"  # TFX's MLMD context of a pipeline node, named <pipeline>.<node id>

@@ -14,7 +14,7 @@ from components.image_validator import ImageValidator
 from components.live_inputs import DataSpan, ServedModel, ServedVersion
 from components.standard import TRAINER_PARAMETERS, Evaluator, ImportExampleGen, Trainer
 from components.versioned_pusher import VersionedPusher
-from modules.features import SPLITS
+from domain.features import SPLITS
 from modules.provenance import source_sha256
 from pipeline.config import (PREPROCESSING_FN, RUN_FN, RUN_TIME_PARAMETERS, TUNER_FN,
                              PipelineConfig)

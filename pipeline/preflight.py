@@ -19,7 +19,7 @@ import sys
 import time
 
 from pipeline.config import PipelineConfig
-from pipeline.tfrecords import compression
+from domain.records import compression
 
 
 class UserError(Exception):
@@ -131,7 +131,7 @@ def check_data(config: PipelineConfig) -> None:
     and int labels outside ``[0, num_classes)`` (among the first ``LABELS_SCANNED`` of each
     split; without ``schema_path``), and a class map that disagrees (``check_class_map``).
     Object-store data roots are left to the pipeline."""
-    from modules.features import SPLITS
+    from domain.features import SPLITS
     root = config.data_root
     if "://" in root:
         return
@@ -170,7 +170,7 @@ def check_class_map(config: PipelineConfig) -> None:
     """Raises ``UserError`` naming the classes when the data's class map (``ops.ingest``'s
     ``classes.json``) disagrees with ``--num-classes``/``--class-names`` or with the classes
     of the served version (unless ``--allow-new-classes`` and it only adds classes)."""
-    from components import class_map, serving_dir
+    from domain import class_map, registry
     if "://" in config.data_root:
         return
     try:
@@ -186,8 +186,8 @@ def check_class_map(config: PipelineConfig) -> None:
                         f"--num-classes {config.num_classes}"
                         + (f" --class-names {' '.join(config.class_names)}"
                            if config.class_names else "") + ": make them agree")
-    served = serving_dir.served_version(config.push_dir)
-    entry = next((e for e in serving_dir.read_manifest(config.push_dir)
+    served = registry.served_version(config.push_dir)
+    entry = next((e for e in registry.read_manifest(config.push_dir)
                   if e["version"] == served), {})
     why = class_map.disagreement(classes, entry.get("class_names"), served,
                                  config.allow_new_classes)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from modules.features import ACCURACY_DELTA, EPOCH_LOG, SPLITS
+from domain.features import ACCURACY_DELTA, EPOCH_LOG, SPLITS
 from pipeline.config import PipelineConfig
 
 # LocalDagRunner's log formats around each node (tfx/orchestration/local/local_dag_runner.py).
@@ -28,7 +28,7 @@ def _summary(config: PipelineConfig, component: str) -> str:
     """``cache hit``, or the key figure of the component's newest execution (from MLMD)."""
     from ml_metadata.proto import metadata_store_pb2
 
-    from pipeline.mlmd_queries import latest_execution
+    from domain.mlmd_queries import latest_execution
     from pipeline.outcome import metadata_store
     store = metadata_store(config)
     execution = latest_execution(store, config.pipeline_name, component)
@@ -43,7 +43,7 @@ def _figure(store, component: str, execution_id: int) -> str:
     """The key figure of a finished execution, read from its output artifacts."""
     from ml_metadata.proto import metadata_store_pb2
 
-    from components.contracts import PushResult
+    from domain.contracts import PushResult
     from components.gate import overall_metric
     from components.live_inputs import SERVED_VERSION
     events = store.get_events_by_execution_ids([execution_id])
@@ -79,7 +79,7 @@ def _json(uri: str, name: str):
 
 def _trained(uri: str) -> str:
     """The Trainer's validation accuracy, steps run and time to accuracy (its summary)."""
-    from modules.features import TRAINER_SUMMARY
+    from domain.features import TRAINER_SUMMARY
     summary = _json(uri, TRAINER_SUMMARY)
     reached = summary["time_to_accuracy"]
     return (f"validation accuracy {summary['validation_metrics']['accuracy']:.4f} after "

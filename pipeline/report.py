@@ -17,14 +17,14 @@ import json
 import os
 import time
 
-from components import serving_dir
-from components.contracts import RunOutcome
-from modules.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, TUNER_RESULTS,
+from domain import registry
+from domain.contracts import RunOutcome
+from domain.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, TUNER_RESULTS,
                                ImageSpec)
 from pipeline.config import PipelineConfig
 from pipeline.outcome import (executions_since, latest_artifact, metadata_store, run_outputs,
                               seconds)
-from pipeline.tfrecords import compression
+from domain.records import compression
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
@@ -309,7 +309,7 @@ class RunReport:
                      "(read by the Evaluator only).</p>")
         push = (f"Pushed version {o.pushed_version}: {html.escape(o.pushed_path)}"
                 if o.pushed else f"Nothing pushed: {html.escape(str(o.reason))}")
-        versions = serving_dir.versions(c.push_dir)
+        versions = registry.versions(c.push_dir)
         return (f"<p>Gate: {verdict}</p>" + _table(["check", "value", "threshold"], rows)
                 + selection
                 + f"<p>{push}. Versions now in {html.escape(c.push_dir)}: "

@@ -30,9 +30,9 @@ import os
 import stat
 import uuid
 
-from components import serving_dir
-from components.contracts import RunOutcome
-from modules.features import SPLITS
+from domain import registry
+from domain.contracts import RunOutcome
+from domain.features import SPLITS
 from modules.provenance import project_sha256
 from pipeline.config import RUN_TIME_PARAMETERS, PipelineConfig
 
@@ -89,8 +89,8 @@ def observed_version(config: PipelineConfig, fingerprint: str) -> int:
     instead; anything different (a new model, new data or settings, a rollback to another
     model, a new metadata db) keeps the served version as the baseline.
     """
-    served = serving_dir.served_version(config.push_dir)
-    entry = serving_dir.identical_push(config.push_dir, serving_dir.run_definition(
+    served = registry.served_version(config.push_dir)
+    entry = registry.identical_push(config.push_dir, registry.run_definition(
         config.definition_sha256(), {name: getattr(config, name) for name in RUN_TIME_PARAMETERS}),
         fingerprint)
     if (not config.enable_cache or entry is None or entry["version"] != served
@@ -280,7 +280,7 @@ def _outcome(config: PipelineConfig, store, last, run, copies: list[int],
              report: str) -> RunOutcome:
     """The replayed run's figures with this run's push (none: a cached pusher replays), its
     report written and everything recorded on ``run``."""
-    from pipeline.mlmd_queries import run_push
+    from domain.mlmd_queries import run_push
     from pipeline.report import write_rerun_report
     push = run_push(store, store.get_executions_by_id(copies))
     outcome = dataclasses.replace(

@@ -12,8 +12,8 @@ import threading
 import urllib.error
 import urllib.request
 
-from components import serving_dir
-from modules.features import CLASSES, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
+from domain import registry
+from domain.features import CLASSES, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
 
 
 def _cause(message: str, images: list[bytes]) -> str:
@@ -45,7 +45,7 @@ class LocalBackend:
         self._pinned: set[int] = set()
 
     def versions(self) -> list[int]:
-        return serving_dir.versions(self.push_dir)
+        return registry.versions(self.push_dir)
 
     def refresh(self, wanted: set[int]) -> None:
         """Loads the ``wanted`` versions (the labelled ones) and keeps them loaded."""

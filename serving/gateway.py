@@ -6,7 +6,7 @@ per request, in order: the per-address token bucket (``serving.rate``: every req
 authenticated or not, ``/readyz`` and ``/metrics`` too; 429), the path (404), the JWT
 (``serving.auth``: 401), the per-subject bucket (429), the body's size, deadline and
 concurrency (``serving.limits``: 413/408/503), and the image checks in a worker thread
-(``modules.image_header``: type and magic 415, a bounded header walk 422, pixels against a
+(``domain.image_header``: type and magic 415, a bounded header walk 422, pixels against a
 limit derived from the model's input size 422, instance and pixel budgets 413). Only then does
 the ``Router``'s label and version's backend classify, through the ``Batcher``.
 
@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from modules.image_header import MAGIC, ImageRefused, model_pixel_limit, read_header
+from domain.image_header import MAGIC, ImageRefused, model_pixel_limit, read_header
 from serving.auth import TokenPolicy
 from serving.backends import BadImage, Batcher, Unavailable
 from serving.feedback import FEEDBACK_SCOPE, Answers, BadFeedback, UnknownRequest

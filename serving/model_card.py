@@ -3,7 +3,7 @@ canary), the version's classes, its per-class figures on the eval split (the can
 beside the model it was compared with), the data spans and fingerprint it was trained and
 judged on, when it was pushed, and where its run report is.
 
-Read from the serving dir's push records (``components.serving_dir``), the version's own
+Read from the serving dir's push records (``domain.registry``), the version's own
 ``assets.extra/training.json`` and the figures the Evaluator wrote beside its evaluation
 (``components.gate.CLASS_METRICS``); the run report is served at
 ``/model-card/report/<label>`` (found from the push record, never from the request's path).
@@ -17,9 +17,9 @@ import json
 import os
 import time
 
-from components import serving_dir
+from domain import registry
 from components.gate import BASELINE, CANDIDATE, CLASS_METRICS
-from modules.features import TRAINING_FILE
+from domain.features import TRAINING_FILE
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 8px;
@@ -90,7 +90,7 @@ def version_card(push_dir: str, label: str, version: int, record: dict | None) -
 
 def report_of(push_dir: str, version: int) -> str | None:
     """The run report (HTML) of the run that pushed ``version``, None when not found."""
-    record = next((e for e in serving_dir.read_manifest(push_dir)
+    record = next((e for e in registry.read_manifest(push_dir)
                    if e["version"] == version and e.get("action", "push") == "push"), None)
     path = run_report(record) if record else None
     if not path:
@@ -101,7 +101,7 @@ def report_of(push_dir: str, version: int) -> str | None:
 
 def model_card(push_dir: str, versions: dict[str, int]) -> str:
     """The model card of ``versions`` (``{label: version}``, as the router serves them)."""
-    records = {e["version"]: e for e in serving_dir.read_manifest(push_dir)
+    records = {e["version"]: e for e in registry.read_manifest(push_dir)
                if e.get("action", "push") == "push"}
     name = os.path.basename(os.path.normpath(push_dir))
     sections = "".join(version_card(push_dir, label, version, records.get(version))

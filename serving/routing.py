@@ -1,4 +1,4 @@
-"""Which version answers a request: the serving dir's labels (``components.serving_dir``),
+"""Which version answers a request: the serving dir's labels (``domain.registry``),
 the same ones TF Serving's ``models.config`` carries."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import random
 import threading
 
-from components import serving_dir
+from domain import registry
 
 
 class NoRoute(Exception):
@@ -25,19 +25,19 @@ class Router:
     def __init__(self, push_dir: str, backend, draw=random.random):
         self.push_dir, self.backend, self.draw = push_dir, backend, draw
         self._lock = threading.Lock()
-        self._cache: tuple[tuple | None, serving_dir.Labels | None] = ((), None)
+        self._cache: tuple[tuple | None, registry.Labels | None] = ((), None)
         self._followed: dict[str, int] | None = None
 
-    def labels(self) -> serving_dir.Labels | None:
+    def labels(self) -> registry.Labels | None:
         """The labels in use, or None (then the highest version is stable)."""
         try:
-            stat = os.stat(os.path.join(self.push_dir, serving_dir.LABELS))
+            stat = os.stat(os.path.join(self.push_dir, registry.LABELS))
             key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         except FileNotFoundError:
             key = None
         with self._lock:
             if key != self._cache[0]:
-                self._cache = (key, serving_dir.read_labels(self.push_dir) if key else None)
+                self._cache = (key, registry.read_labels(self.push_dir) if key else None)
             return self._cache[1]
 
     def versions(self) -> dict[str, int]:
@@ -80,6 +80,6 @@ class Router:
 
     def class_names(self, version: int) -> list[str] | None:
         """The classes of ``version`` from its push record (None: not recorded)."""
-        entry = next((e for e in serving_dir.read_manifest(self.push_dir)
+        entry = next((e for e in registry.read_manifest(self.push_dir)
                       if e["version"] == version), {})
         return entry.get("class_names")

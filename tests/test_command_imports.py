@@ -60,7 +60,7 @@ def test_operator_commands_in_use_import_no_training_stack_and_print_no_library_
         tmp_path, store):
     """Lineage of a recorded history, a rollback, every label action, and a schedule sent to
     a KFP API: exit 0, nothing on stderr, no TensorFlow, TFX executors, TFMA or Beam."""
-    from components import serving_dir
+    from domain import registry
     from tests.kfp_contract_server import KfpContractServer
 
     push = str(tmp_path / "serving" / "model")
@@ -68,7 +68,7 @@ def test_operator_commands_in_use_import_no_training_stack_and_print_no_library_
     model.mkdir()
     (model / "saved_model.pb").write_bytes(b"a model")
     for _ in range(2):
-        serving_dir.publish(str(model), push, {"action": "push"}, keep=5)
+        registry.publish(str(model), push, {"action": "push"}, keep=5)
     package = tmp_path / "package.yaml"
     package.write_text("root:\n  inputDefinitions:\n    parameters:\n      train_steps:\n"
                        "        parameterType: NUMBER_INTEGER\n        defaultValue: 100\n")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import serving_dir
+from domain import registry
 from components.anomaly_gate import DataAnomalyError
 from ops import ingest, schema
 from pipeline import local_runner
@@ -68,7 +68,7 @@ def test_ingested_data_trains_and_a_curated_schema_stops_bad_spans(tmp_path):
     base = ["--data-root", data, "--work-dir", work] + FLAGS
     config = PipelineConfig.from_args(base, {})
     outcome = local_runner.run(config)
-    assert outcome.pushed and serving_dir.versions(config.push_dir) == [1]
+    assert outcome.pushed and registry.versions(config.push_dir) == [1]
 
     schema_file = str(tmp_path / "schema" / "schema.pbtxt")
     assert schema.main(["--out", schema_file] + base) == 0
@@ -106,5 +106,5 @@ def test_ingested_data_trains_and_a_curated_schema_stops_bad_spans(tmp_path):
                                                "--allowed-anomalies", "SCHEMA_NEW_COLUMN"], {})
     outcome = local_runner.run(allowed)
     assert outcome.blessed and outcome.pushed
-    assert serving_dir.versions(config.push_dir) == [1, 2]
-    assert serving_dir.read_manifest(config.push_dir)[-1]["spans"] == [3]
+    assert registry.versions(config.push_dir) == [1, 2]
+    assert registry.read_manifest(config.push_dir)[-1]["spans"] == [3]

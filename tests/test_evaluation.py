@@ -15,12 +15,12 @@ from google.protobuf import json_format
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
 
-from components import serving_dir  # noqa: E402
+from domain import registry  # noqa: E402
 from components.gate import (CLASS_METRICS, accuracy_bound, class_figures,  # noqa: E402
                              class_rows, eval_config, regression_floor, tolerance,
                              with_min_accuracy)
 from make_shapes import write_shapes  # noqa: E402
-from modules.features import IMAGE_XF, ImageSpec  # noqa: E402
+from domain.features import IMAGE_XF, ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.report import rare_classes  # noqa: E402
@@ -143,24 +143,24 @@ def test_a_tolerance_cannot_compound_over_pushes_on_the_same_data(tmp_path):
     (model / "saved_model.pb").write_bytes(b"x")
     config = json_format.MessageToJson(eval_config("label", 0.5, 0.01))
     served, blessed = 0.95, []
-    serving_dir.publish(str(model), base, {"action": "push", "accuracy": served,
+    registry.publish(str(model), base, {"action": "push", "accuracy": served,
                                            "data_fingerprint": "span-1"}, keep=5)
     for _ in range(4):
         candidate = served - tolerance(config)  # within tolerance of the served model
         bound, reason = accuracy_bound(0.5, regression_floor(
-            serving_dir.read_manifest(base), "span-1", tolerance(config)))
+            registry.read_manifest(base), "span-1", tolerance(config)))
         if candidate < bound - 1e-9:
             break
         blessed.append(candidate)
-        serving_dir.publish(str(model), base, {"action": "push", "accuracy": candidate,
+        registry.publish(str(model), base, {"action": "push", "accuracy": candidate,
                                                "data_fingerprint": "span-1"}, keep=5)
         served = candidate
     assert blessed == [pytest.approx(0.94)]
     assert bound == pytest.approx(0.94) and "version 1 at 0.9500" in reason
     assert _bound_in(with_min_accuracy(config, bound)) == pytest.approx(0.94)
     # Other data (another span: another eval split) is not compared; nor without a tolerance.
-    assert regression_floor(serving_dir.read_manifest(base), "span-2", 0.01) is None
-    assert regression_floor(serving_dir.read_manifest(base), "span-1", 0.0) is None
+    assert regression_floor(registry.read_manifest(base), "span-2", 0.01) is None
+    assert regression_floor(registry.read_manifest(base), "span-1", 0.0) is None
     assert accuracy_bound(0.97, (0.94, "best")) == (0.97, "min_accuracy")
 
 
@@ -189,7 +189,7 @@ def test_model_card_shows_each_label_with_its_classes_figures_data_and_report(tm
         if version == 2:
             (evaluation / CLASS_METRICS).write_text(json.dumps({"candidate": class_rows(
                 {(0, 0): 9, (0, 1): 1, (1, 1): 10}, ["circle", "square"])}))
-        serving_dir.publish(str(model), base, {
+        registry.publish(str(model), base, {
             "action": "push", "accuracy": accuracy, "evaluation_uri": str(evaluation),
             "spans": [version], "data_fingerprint": f"fp{version}",
             "baseline_version": version - 1 or None}, keep=5)
@@ -208,7 +208,7 @@ def test_model_card_shows_each_label_with_its_classes_figures_data_and_report(tm
 def test_the_run_summary_states_the_bound_the_gate_applied_and_the_weakest_class():
     """A tolerance floor above --min-accuracy is what the gate applied, and the class of
     lowest recall is named beside its bound: the summary says both."""
-    from components.contracts import RunOutcome
+    from domain.contracts import RunOutcome
     from pipeline.config import PipelineConfig
     from pipeline.local_runner import describe
     outcome = RunOutcome(cached=False, accuracy=0.93, baseline_accuracy=0.95, blessed=False,

@@ -11,7 +11,7 @@ import jwt
 import numpy as np
 import pytest
 
-from components import serving_dir
+from domain import registry
 from serving.feedback import Answers, BadFeedback, UnknownRequest, compare, read_feedback
 from tests.conftest import encode
 from tools import soak
@@ -101,9 +101,9 @@ def two_gateways(tmp_path_factory):
     push_dir = str(root / "serving" / "image_classifier")
     model = soak.tiny_model(str(root / "model"), ["a", "b", "c"], pad_megabytes=4)
     for _ in (1, 2):
-        serving_dir.publish(model, push_dir, {"action": "push", "class_names": ["a", "b", "c"]},
+        registry.publish(model, push_dir, {"action": "push", "class_names": ["a", "b", "c"]},
                             keep=5)
-    serving_dir.set_labels(push_dir, serving_dir.Labels(1, 2, 0.5), "canary")
+    registry.set_labels(push_dir, registry.Labels(1, 2, 0.5), "canary")
     feedback = str(root / "feedback")
     gateways = [soak.start_gateway(str(root / "serving"), feedback, str(root / "jwt"))
                 for _ in range(2)]
@@ -154,7 +154,7 @@ def test_a_soak_of_the_seams_keeps_every_invariant(two_gateways):
     """For 12 s, real processes at once — pushes gated against what they saw served,
     canaries, promotions, rollbacks by label and by re-publishing, about two SIGKILLs a
     second — while both gateways answer and take each other's feedback: after the repair
-    the next command does, every invariant of ``serving_dir.check`` holds, every request is
+    the next command does, every invariant of ``registry.check`` holds, every request is
     answered and no accepted feedback is lost or doubled."""
     push_dir, model, feedback, key, urls = two_gateways
     result = soak.soak(push_dir, model, seconds=12, parallel=4, kill_rate=2.0, seed=1,

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
-from components import serving_dir
+from domain import registry
 from ops import labels as labels_command
 from serving.backends import LocalBackend
 from serving.feedback import Answers
@@ -81,7 +81,7 @@ def two_versions(pushed, tmp_path_factory):
     push_dir = str(tmp_path_factory.mktemp("labels") / "image_classifier")
     source = os.path.join(pushed.push_dir, "1")
     for _ in range(2):
-        serving_dir.publish(source, push_dir, {"action": "push"}, keep=5)
+        registry.publish(source, push_dir, {"action": "push"}, keep=5)
     yield from ((push_dir, url) for url in serve(gateway(push_dir, rate_per_second=1000.0,
                                                          burst=1000)))
 
@@ -252,10 +252,10 @@ def test_feedback_is_taken_once_and_compare_reports_per_version_accuracy(two_ver
     # 3 right against 3 wrong shows non-inferiority (p=3e-5), but not the 100 answers planned:
     assert labels_command.main(["--push-dir", push_dir, "promote", "--require-evidence"]) == 1
     assert "not enough feedback" in capsys.readouterr().err
-    assert serving_dir.read_labels(push_dir).canary == 2
+    assert registry.read_labels(push_dir).canary == 2
     assert labels_command.main(["--push-dir", push_dir, "promote", "--require-evidence",
                                 "--min-samples", "3"]) == 0
-    assert serving_dir.read_labels(push_dir) == serving_dir.Labels(stable=2)
+    assert registry.read_labels(push_dir) == registry.Labels(stable=2)
     assert _classify(url)["model_version"] == 2
 
 
@@ -334,7 +334,7 @@ def over_tf_serving(pushed, tmp_path_factory):
     from tests.tf_serving_contract_server import tf_serving_app
     push_dir = str(tmp_path_factory.mktemp("http") / "image_classifier")
     for _ in range(2):
-        serving_dir.publish(os.path.join(pushed.push_dir, "1"), push_dir, {"action": "push"},
+        registry.publish(os.path.join(pushed.push_dir, "1"), push_dir, {"action": "push"},
                             keep=5)
     paths: list[str] = []
     for tf_serving in serve(tf_serving_app(push_dir, "image_classifier", [1], paths)):
@@ -366,7 +366,7 @@ def test_over_tf_serving_bad_pixels_get_422_and_an_unloaded_version_503(over_tf_
     response = httpx.post(f"{url}/v1/models/image_classifier:classify", content=_png(32)[:60],
                           headers=_headers("http-bad"))
     assert (response.status_code, response.json()["reason"]) == (422, "undecodable")
-    serving_dir.set_labels(push_dir, serving_dir.Labels(1, 2, 0.0), "canary")
+    registry.set_labels(push_dir, registry.Labels(1, 2, 0.0), "canary")
     response = httpx.post(f"{url}/v1/models/image_classifier/labels/canary:classify",
                           content=_png(), headers=_headers("http-canary"))
     assert (response.status_code, response.json()["reason"]) == (503, "unavailable")

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import serving_dir
-from modules.features import (CLASSES, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, TRAINING_FILE,
+from domain import registry
+from domain.features import (CLASSES, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, TRAINING_FILE,
                               ImageSpec)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +123,7 @@ def push_dir(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("attacks")
     save_model(str(root / "model"))
     base = str(root / "serving" / MODEL)
-    serving_dir.publish(str(root / "model"), base, {"action": "push"}, keep=3)
+    registry.publish(str(root / "model"), base, {"action": "push"}, keep=3)
     return base
 
 
@@ -431,7 +431,7 @@ def test_a_load_holds_only_its_own_version_and_happens_once(push_dir, tmp_path):
     from serving.backends import LocalBackend
     base = str(tmp_path / MODEL)
     for _ in range(2):
-        serving_dir.publish(os.path.join(push_dir, "1"), base, {"action": "push"}, keep=3)
+        registry.publish(os.path.join(push_dir, "1"), base, {"action": "push"}, keep=3)
     loads, disk = [], threading.Event()
 
     class SlowDisk(LocalBackend):  # the real backend; version 2's files come when told

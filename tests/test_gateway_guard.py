@@ -13,7 +13,7 @@ import jwt
 import pytest
 from PIL import Image
 
-from modules.image_header import (MAX_FRAMES, ImageRefused, pixel_limit, read_header, sniff)
+from domain.image_header import (MAX_FRAMES, ImageRefused, pixel_limit, read_header, sniff)
 from serving.auth import TokenPolicy, load_key
 from serving.limits import Rejected, json_object, version_number
 
@@ -205,8 +205,8 @@ print("tensorflow" in sys.modules)
 
 
 def test_a_models_pixel_limit_comes_from_its_training_options(tmp_path):
-    from modules.features import TRAINING_FILE
-    from modules.image_header import model_pixel_limit
+    from domain.features import TRAINING_FILE
+    from domain.image_header import model_pixel_limit
     assert model_pixel_limit(str(tmp_path)) == 2**20  # no options: the floor
     (tmp_path / TRAINING_FILE).parent.mkdir(parents=True)
     (tmp_path / TRAINING_FILE).write_text('{"image_height": 512, "image_width": 384, '

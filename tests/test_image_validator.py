@@ -13,7 +13,7 @@ from tfx import v1 as tfx
 
 from components.image_validator import (BATCH, REPORT, BadImageError, ImageValidator,
                                         _batches, _CheckImages, check_fractions)
-from modules.features import ImageSpec
+from domain.features import ImageSpec
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
 

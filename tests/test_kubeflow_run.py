@@ -17,8 +17,8 @@ import time
 import httpx
 import pytest
 
-from components import serving_dir
-from modules.features import TRAINER_SUMMARY
+from domain import registry
+from domain.features import TRAINER_SUMMARY
 from pipeline.config import PipelineConfig
 from pipeline.kubeflow_runner import compile_pipeline
 from tests.kfp_backend import Backend, BackendError
@@ -57,21 +57,21 @@ def test_runs_caching_spans_run_time_parameters_and_the_gateway(cluster):
     backend, package, config, volume, records = cluster
     first = backend.create_run(package)  # the cluster's default root: minio://
     assert first.executed() == ALL and first.root.startswith("minio://mlpipeline/v2/artifacts/")
-    assert serving_dir.versions(config.push_dir) == [1]
+    assert registry.versions(config.push_dir) == [1]
     assert all("executor-logs" in task.artifacts for task in first.tasks.values())
     trained = first.tasks["Trainer"].artifacts["model"]
     assert backend.store_path(trained.uri).is_dir()  # uploaded by the launcher from /minio/
-    first_entry = serving_dir.read_manifest(config.push_dir)[0]
+    first_entry = registry.read_manifest(config.push_dir)[0]
     assert first_entry["baseline_version"] is None
 
     second = backend.create_run(package)
     assert second.executed() == OBSERVERS  # identical: everything else from cache
-    assert serving_dir.versions(config.push_dir) == [1]
+    assert registry.versions(config.push_dir) == [1]
 
     _write_examples(volume / "images" / "span-2", records[900:])
     third = backend.create_run(package, {"min_accuracy": 1.01})  # a gate nothing passes
     assert third.executed() == ALL  # a new span: ImportExampleGen and everything after it
-    assert serving_dir.versions(config.push_dir) == [1]
+    assert registry.versions(config.push_dir) == [1]
     _, pushed = _pushed(backend, third)
     assert pushed["pushed"] == 0 and "not blessed" in pushed["reason"]
     assert third.tasks["ImportExampleGen"].artifacts["examples"].properties["custom:span"] == 2
@@ -80,8 +80,8 @@ def test_runs_caching_spans_run_time_parameters_and_the_gateway(cluster):
     assert fourth.executed() == OBSERVERS | {"Trainer", "Evaluator", "VersionedPusher"}
     summary = backend.store_path(fourth.tasks["Trainer"].artifacts["model_run"].uri)
     assert json.loads((summary / TRAINER_SUMMARY).read_text())["train_steps"] == 90
-    assert serving_dir.versions(config.push_dir) == [1, 2]
-    entry = serving_dir.read_manifest(config.push_dir)[-1]
+    assert registry.versions(config.push_dir) == [1, 2]
+    entry = registry.read_manifest(config.push_dir)[-1]
     assert entry["baseline_version"] == 1 and entry["spans"] == [2]
     assert entry["baseline_model_id"] == first_entry["model_id"] > 2 ** 53  # exact ids
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
 
 from make_shapes import write_shapes  # noqa: E402
-from modules.features import ImageSpec  # noqa: E402
+from domain.features import ImageSpec  # noqa: E402
 from modules.model import build_model, learning_rate  # noqa: E402
 from modules.preprocessing import decode_images  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402

@@ -6,9 +6,9 @@ import pytest
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2 as pb
 
-from components.contracts import PushResult
+from domain.contracts import PushResult
 from ops import lineage
-from pipeline import mlmd_queries
+from domain import mlmd_queries
 
 PIPELINE = "image-classifier"
 COMPONENTS = {"ImportExampleGen": "tfx.components.example_gen.import_example_gen.component."

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules.features import AUGMENTATIONS, IMAGE_XF, ImageSpec
+from domain.features import AUGMENTATIONS, IMAGE_XF, ImageSpec
 from modules.export import tflite_bytes
 from modules.model import backbone_of, build_model, learning_rate, unfreeze_top
 from modules.trainer import (MIN_ROUND_STEPS, Convergence, is_chief, keras_api, make_strategy,
@@ -176,7 +176,7 @@ WORKER = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     import tensorflow as tf
-    from modules.features import ImageSpec
+    from domain.features import ImageSpec
     from modules.model import build_model, learning_rate
     from modules.trainer import Convergence, _callbacks, keras_api, make_strategy, strategy_kind
     kind = strategy_kind("auto", 0, os.environ["TF_CONFIG"])

@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
-from components import serving_dir
+from domain import registry
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, metadata_store
-from pipeline.tfrecords import write_splits
+from domain.records import write_splits
 from tests.conftest import ROOT
 
 SMALL = ["--train-steps", "60", "--eval-steps", "5", "--min-accuracy", "0.3"]
@@ -129,12 +129,12 @@ def _states(config) -> dict[str, list[int]]:
 
 def _check_serving_consistent(config) -> list[int]:
     """No partial version, and the manifest lists exactly the version directories."""
-    versions = serving_dir.versions(config.push_dir)
+    versions = registry.versions(config.push_dir)
     for version in versions:
         assert os.path.exists(os.path.join(config.push_dir, str(version), "saved_model.pb"))
         assert os.path.exists(os.path.join(config.push_dir, str(version), "variables",
                                            "variables.index"))
-    with open(os.path.join(config.push_dir, serving_dir.MANIFEST)) as f:
+    with open(os.path.join(config.push_dir, registry.MANIFEST)) as f:
         listed = [e["version"] for e in json.load(f)]
     assert listed == versions and len(set(listed)) == len(listed)
     return versions

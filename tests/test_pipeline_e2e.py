@@ -20,8 +20,8 @@ import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from modules.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
-from components import serving_dir
+from domain.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
+from domain import registry
 from ops import predict, rollback
 from pipeline import local_runner, rerun
 from pipeline.config import PipelineConfig
@@ -90,7 +90,7 @@ def test_schema_has_the_image_and_label_features(first_run):
 def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
     config, outcome = first_run
     assert outcome.blessed and outcome.pushed
-    assert serving_dir.versions(config.push_dir) == [1] and outcome.pushed_version == 1
+    assert registry.versions(config.push_dir) == [1] and outcome.pushed_version == 1
     assert outcome.pushed_path == os.path.join(config.push_dir, "1")
     assert outcome.baseline_accuracy is None  # first run: absolute bound only
     model = tf.saved_model.load(outcome.pushed_path)
@@ -222,7 +222,7 @@ def test_raw_bytes_signature_agrees_with_the_example_signature(first_run):
 
 def test_tflite_artifact_agrees_with_the_pushed_saved_model(first_run):
     from modules.export import TFLITE_PATH
-    from modules.features import ImageSpec
+    from domain.features import ImageSpec
     from modules.preprocessing import decode_images
     config, outcome = first_run
     model = tf.saved_model.load(outcome.pushed_path)

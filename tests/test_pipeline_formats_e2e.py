@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules.features import CLASS_NAMES
+from domain.features import CLASS_NAMES
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules.features import IMAGE_XF, LABEL_XF, ImageSpec
+from domain.features import IMAGE_XF, LABEL_XF, ImageSpec
 from modules.preprocessing import (NOT_AN_IMAGE, TOO_LARGE, decode_images, image_dims,
                                    model_pixels, pixels_from_values, preprocessing_fn)
 from pipeline.config import PipelineConfig

@@ -7,8 +7,8 @@ import contextlib
 import os
 import stat
 
-from components import serving_dir
-from pipeline.tfrecords import write_splits
+from domain import registry
+from domain.records import write_splits
 
 
 @contextlib.contextmanager
@@ -45,7 +45,7 @@ def test_a_published_version_is_readable_by_others_whatever_the_umask(tmp_path):
         (source / "variables").mkdir(parents=True)
         (source / "saved_model.pb").write_bytes(b"graph")
         (source / "variables" / "variables.index").write_bytes(b"index")
-        version = serving_dir.publish(str(source), str(tmp_path / "serving" / "m"), {}, keep=2)
+        version = registry.publish(str(source), str(tmp_path / "serving" / "m"), {}, keep=2)
     assert _modes(tmp_path / "serving" / "m" / str(version)) == {
         "1": 0o755, "1/saved_model.pb": 0o644, "1/variables": 0o755,
         "1/variables/variables.index": 0o644, "1/assets.extra": 0o755,

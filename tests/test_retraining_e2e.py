@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
-from components import serving_dir
+from domain import registry
 from ops import retrain, rollback
 from pipeline.config import PipelineConfig
 from pipeline.default_data import digits_examples
@@ -94,33 +94,33 @@ class Cycle:
         base, r = self.config.push_dir, {}
         _write_span(self.data, 1, shuffle_labels=False)
         r["first"] = self.retrain()
-        r["v1"], r["versions_1"] = _snapshot(base), serving_dir.versions(base)
+        r["v1"], r["versions_1"] = _snapshot(base), registry.versions(base)
         _write_span(self.data, 2, shuffle_labels=True)
         r["shuffled"] = self.retrain()
-        r["after_shuffled"] = (serving_dir.versions(base), _snapshot(base))
+        r["after_shuffled"] = (registry.versions(base), _snapshot(base))
         last = self.last_execution()
         r["unchanged"] = self.retrain()
         r["unchanged_states"], r["after_unchanged"] = self.states_since(last), _snapshot(base)
         _write_span(self.data, 3, shuffle_labels=False)
         r["third"] = self.retrain()
-        r["versions_3"] = serving_dir.versions(base)
+        r["versions_3"] = registry.versions(base)
         return r
 
     def rollback(self) -> dict:
         """Roll back to v1 (served as v3), then a run: its baseline is v1's model."""
-        r = {"v1_model": serving_dir.read_manifest(self.config.push_dir)[0]["model_id"]}
+        r = {"v1_model": registry.read_manifest(self.config.push_dir)[0]["model_id"]}
         r["rollback"] = rollback.main(["--push-dir", self.config.push_dir, "--to-version", "1",
                                        "--reason", "v2 misbehaves"])
-        r["versions"] = serving_dir.versions(self.config.push_dir)
+        r["versions"] = registry.versions(self.config.push_dir)
         r["run"] = self.retrain()
-        r["after_run"] = serving_dir.versions(self.config.push_dir)
+        r["after_run"] = registry.versions(self.config.push_dir)
         return r
 
     def warm_start(self) -> dict:
         """span-4 warm-started -> v4; the identical rerun is all cache hits."""
         _write_span(self.data, 4, shuffle_labels=False)
         r = {"run": self.retrain("--warm-start", "true"),
-             "version": serving_dir.versions(self.config.push_dir)[-1]}
+             "version": registry.versions(self.config.push_dir)[-1]}
         last = self.last_execution()
         r["rerun"] = self.retrain("--warm-start", "true")
         r["rerun_states"] = self.states_since(last)
@@ -168,7 +168,7 @@ def test_only_blessed_models_are_pushed_across_spans(cycle):
     code, out = r["third"]
     assert code == 0 and "RETRAIN STATUS: pushed" in out and ">= served version 1's" in out
     assert r["versions_3"] == [1, 2]
-    manifest = serving_dir.read_manifest(config.push_dir)
+    manifest = registry.read_manifest(config.push_dir)
     assert [(e["version"], e["spans"]) for e in manifest] == [(1, [1]), (2, [3])]
     assert manifest[0]["baseline_model_id"] is None
     assert manifest[1]["baseline_model_id"] == manifest[0]["model_id"]
@@ -240,6 +240,6 @@ def test_a_rollback_while_a_run_trains_is_not_undone(cycle):
     assert r["rollback"] == 0 and code == 0, err
     assert "served version changed since evaluation: gated against 4, now 5" in out
     assert "RETRAIN STATUS: superseded" in out
-    assert serving_dir.versions(config.push_dir)[-1] == 5
-    assert serving_dir.served_version(config.push_dir) == 5
-    assert serving_dir.read_manifest(config.push_dir)[-1]["action"] == "rollback"
+    assert registry.versions(config.push_dir)[-1] == 5
+    assert registry.served_version(config.push_dir) == 5
+    assert registry.read_manifest(config.push_dir)[-1]["action"] == "rollback"

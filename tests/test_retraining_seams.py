@@ -10,11 +10,11 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from components import class_map, serving_dir
+from domain import class_map, registry
 from modules import provenance
 from pipeline import preflight
 from pipeline.config import PipelineConfig
-from pipeline.tfrecords import write_splits
+from domain.records import write_splits
 
 
 def _example(label: int) -> bytes:
@@ -63,7 +63,7 @@ def _serve(tmp_path, classes: list[str]) -> None:
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
     (model / "saved_model.pb").write_text("graph")
-    serving_dir.publish(str(model), _config(tmp_path / "data").push_dir,
+    registry.publish(str(model), _config(tmp_path / "data").push_dir,
                         {"action": "push", "class_names": classes}, keep=5)
 
 
@@ -100,7 +100,7 @@ def test_the_class_map_must_match_the_run_options_and_names_the_model_outputs(tm
 
 def test_editing_a_components_code_changes_its_cache_key_and_the_definition(tmp_path,
                                                                             monkeypatch):
-    """A copy of the project's code: editing ``serving_dir.py`` changes the hash of the
+    """A copy of the project's code: editing ``registry.py`` changes the hash of the
     pusher that imports it and the run's ``definition_sha256``, not the ImageValidator's."""
     from pipeline import config as config_module
     root = tmp_path / "code"
@@ -113,7 +113,7 @@ def test_editing_a_components_code_changes_its_cache_key_and_the_definition(tmp_
     before = {m: provenance.source_sha256(m) for m in ("components.versioned_pusher",
                                                         "components.image_validator")}
     definition = config.definition_sha256()
-    with open(root / "components" / "serving_dir.py", "a") as f:
+    with open(root / "components" / "registry.py", "a") as f:
         f.write("\n# a changed rule\n")
     assert provenance.source_sha256("components.versioned_pusher") != \
         before["components.versioned_pusher"]

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import manylinux_repair  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pipeline", "components", "modules", "ops", "serving", "tools", "bench", "tests")
+SOURCES = ("domain", "pipeline", "components", "modules", "ops", "serving", "tools", "bench", "tests")
 
 
 def _name(requirement: str) -> str:

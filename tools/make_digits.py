@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from pipeline.default_data import EVAL_EVERY
-from pipeline.tfrecords import write_splits
+from domain.records import write_splits
 
 
 def digit_images(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@ tests): real processes at once against one serving dir — pushes gated against 
 saw served (as a run's pusher is), ``ops.labels`` canaries, promotions and rollbacks,
 ``ops.rollback`` — with ``kill -9`` at random moments, while gateway processes take traffic
 and feedback (each answer graded through another replica); then the repair every next command
-does, ``components.serving_dir.check``'s invariants, every request answered (200), and the
+does, ``domain.registry.check``'s invariants, every request answered (200), and the
 feedback log against the feedback the gateways accepted.
 """
 from __future__ import annotations
@@ -20,27 +20,27 @@ import sys
 import threading
 import time
 
-from components import serving_dir
+from domain import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A run's push: the served version it was gated against, then (training) a while later the
 # publish, a compare-and-set against it.
 PUSH = """
 import sys, time
-from components import serving_dir
+from domain import registry
 base, model, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
-served = serving_dir.served_version(base)
+served = registry.served_version(base)
 time.sleep(wait)
 try:
-    print("pushed", serving_dir.publish(model, base, {"action": "push", "model_uri": model},
+    print("pushed", registry.publish(model, base, {"action": "push", "model_uri": model},
                                         keep=3, expected_served=served))
-except serving_dir.ServedChanged as err:
+except registry.ServedChanged as err:
     print("refused:", err)
 """
 
 
 def _command(kind: str, base: str, model: str, rng: random.Random) -> list[str]:
-    present = serving_dir.versions(base) or [1]
+    present = registry.versions(base) or [1]
     version = str(rng.choice(present))
     labels = [sys.executable, "-m", "ops.labels", "--push-dir", base]
     return {
@@ -96,17 +96,17 @@ def soak(base: str, model: str, seconds: float, parallel: int = 4, kill_rate: fl
     stop.set()
     if gateways:
         traffic.join()
-    serving_dir.repair(base)  # what the next command does first
-    path = os.path.join(base, serving_dir.LABELS)
+    registry.repair(base)  # what the next command does first
+    path = os.path.join(base, registry.LABELS)
     with open(path if os.path.exists(path) else os.devnull, encoding="utf-8") as f:
         history = json.loads(f.read() or "{}").get("history", [])
     return {"seconds": round(time.monotonic() - start, 1), "processes": sum(counts.values()),
             "outcomes": dict(sorted(counts.items())),
             "kills": sum(v for k, v in counts.items() if k.endswith("killed")),
-            "pushed versions": len(serving_dir.read_manifest(base)),
+            "pushed versions": len(registry.read_manifest(base)),
             "label changes": sum(h.get("event") == "effective" for h in history),
             "requests": dict(sorted(traffic_counts.items())),
-            "violations": serving_dir.check(base) + _feedback_lost(
+            "violations": registry.check(base) + _feedback_lost(
                 feedback_dir, logged_before, traffic_counts) + [
                 f"{count} requests answered {status}" for status, count
                 in traffic_counts.items() if not status.endswith(" 200")]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ml_metadata.proto import metadata_store_pb2
 
-from components.contracts import PushResult
+from domain.contracts import PushResult
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)

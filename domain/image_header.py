@@ -16,7 +16,7 @@ import os
 import re
 import struct
 
-from modules.features import TRAINING_FILE
+from domain.features import TRAINING_FILE
 
 # Content types a client may send, and the magic bytes each must start with.
 MAGIC = {"image/jpeg": (b"\xff\xd8\xff",), "image/png": (b"\x89PNG\r\n\x1a\n",),

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from typing import Iterable
 
-from modules.features import SPLITS
+from domain.features import SPLITS
 
 READABLE_DIR, READABLE_FILE = 0o755, 0o644
 

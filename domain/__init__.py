@@ -1,0 +1,1 @@
+"""The shared domain: facts several processes agree on (no TensorFlow, TFX or Beam)."""
