@@ -7,9 +7,7 @@ from tensorflow_model_analysis.proto import config_pb2
 
 from domain.features import LABEL_XF, PROBABILITIES, TRANSFORM_SIGNATURE
 
-ACCURACY_METRIC = "sparse_categorical_accuracy"
-CANDIDATE, BASELINE = "candidate", "baseline"
-CLASS_METRICS = "class_metrics.json"  # per-class figures beside the Evaluator's output
+from domain.contracts import ACCURACY_METRIC, BASELINE, CANDIDATE, CLASS_METRICS
 
 
 def eval_config(label_key: str, min_accuracy: float, max_regression: float,

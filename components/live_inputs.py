@@ -126,7 +126,6 @@ def ServedModel(
                 io_utils.copy_dir(stats, statistics.uri)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"served version {version} vanished: {err}") from None
-    entry = next((e for e in registry.read_manifest(base_directory)
-                  if e["version"] == version), {})
+    entry = registry.manifest_entry(base_directory, version) or {}
     if entry.get("model_id") is not None:
         model.set_int_custom_property(SOURCE_MODEL_ID, entry["model_id"])

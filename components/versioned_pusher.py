@@ -51,8 +51,7 @@ def _why_not(model, examples, manifest: list[dict], base: str, classes: list[str
                if e.get("model_uri") == model.uri and e.get("action") == "push"]
     if earlier:
         return f"already pushed as version {earlier[0]}"
-    served = next((e for e in manifest if e["version"] == registry.served_version(base)),
-                  None)
+    served = registry.entry_of(manifest, registry.served_version(base))
     mismatch = class_map.disagreement(classes, (served or {}).get("class_names"),
                                       (served or {}).get("version", 0), allow_new_classes)
     if mismatch:

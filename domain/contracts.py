@@ -10,6 +10,11 @@ import dataclasses
 import json
 
 NO_NEW_DATA = "no new data"  # the start of a push's reason when a rerun brought nothing new
+# The Evaluator's names: its accuracy metric, its two models, and the per-class figures file
+# it writes beside its output (read by the outcome, the report and the model card).
+ACCURACY_METRIC = "sparse_categorical_accuracy"
+CANDIDATE, BASELINE = "candidate", "baseline"
+CLASS_METRICS = "class_metrics.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,6 +85,16 @@ def read_manifest(base: str) -> list[dict]:
     return sorted(entries, key=lambda e: e["version"])
 
 
+def entry_of(manifest: list[dict], version: int) -> dict | None:
+    """The manifest entry of ``version`` (None: never published)."""
+    return next((e for e in manifest if e["version"] == version), None)
+
+
+def manifest_entry(base: str, version: int) -> dict | None:
+    """The manifest entry of ``version`` in ``base`` (None: never published)."""
+    return entry_of(read_manifest(base), version)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -177,8 +187,7 @@ def identical_push(base_directory: str, definition: str, data_fingerprint: str) 
     """The manifest entry of the served version if a run of the same ``definition``
     (``run_definition``) on the same data pushed it, else None."""
     served = served_version(base_directory)
-    entry = next((e for e in read_manifest(base_directory)
-                  if e["version"] == served), None)
+    entry = manifest_entry(base_directory, served)
     if (entry is None or entry.get("action") != "push" or not data_fingerprint
             or entry.get("definition") != definition
             or entry.get("data_fingerprint") != data_fingerprint):
@@ -477,7 +486,7 @@ def rollback(base: str, to_version: int, reason: str, keep: int) -> int:
         if read_labels(base) or read_pending(base):
             raise ValueError(f"{base} serves by labels: point the stable label back instead "
                              f"(python -m ops.labels rollback --to-version {to_version})")
-        origin = next((e for e in read_manifest(base) if e["version"] == to_version), {})
+        origin = manifest_entry(base, to_version) or {}
         record = {k: v for k, v in origin.items()
                   if k not in ("version", "time", "retained", "gated_against", "served_at_push")}
         record.update(action="rollback", rollback_of=to_version, reason=reason)

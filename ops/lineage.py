@@ -114,8 +114,7 @@ class Lineage:
 
 
 def version_lineage(config: PipelineConfig, version: int) -> dict:
-    entry = next((e for e in registry.read_manifest(config.push_dir)
-                  if e["version"] == version), None)
+    entry = registry.manifest_entry(config.push_dir, version)
     if entry is None:
         raise KeyError(f"version {version} is not in {config.push_dir}/manifest.json")
     lineage = Lineage(metadata_store(config))

@@ -119,7 +119,7 @@ def _weakest_class(evaluation_uri: str) -> dict:
     from tfx.dsl.io import fileio
     from tfx.utils import io_utils
 
-    from components.gate import CANDIDATE, CLASS_METRICS
+    from domain.contracts import CANDIDATE, CLASS_METRICS
     path = os.path.join(evaluation_uri, CLASS_METRICS)
     if not fileio.exists(path):
         return {}

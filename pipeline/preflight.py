@@ -187,8 +187,7 @@ def check_class_map(config: PipelineConfig) -> None:
                         + (f" --class-names {' '.join(config.class_names)}"
                            if config.class_names else "") + ": make them agree")
     served = registry.served_version(config.push_dir)
-    entry = next((e for e in registry.read_manifest(config.push_dir)
-                  if e["version"] == served), {})
+    entry = registry.manifest_entry(config.push_dir, served) or {}
     why = class_map.disagreement(classes, entry.get("class_names"), served,
                                  config.allow_new_classes)
     if why:

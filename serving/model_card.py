@@ -18,7 +18,7 @@ import os
 import time
 
 from domain import registry
-from components.gate import BASELINE, CANDIDATE, CLASS_METRICS
+from domain.contracts import BASELINE, CANDIDATE, CLASS_METRICS
 from domain.features import TRAINING_FILE
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
@@ -90,8 +90,8 @@ def version_card(push_dir: str, label: str, version: int, record: dict | None) -
 
 def report_of(push_dir: str, version: int) -> str | None:
     """The run report (HTML) of the run that pushed ``version``, None when not found."""
-    record = next((e for e in registry.read_manifest(push_dir)
-                   if e["version"] == version and e.get("action", "push") == "push"), None)
+    record = registry.manifest_entry(push_dir, version)
+    record = record if record and record.get("action", "push") == "push" else None
     path = run_report(record) if record else None
     if not path:
         return None

@@ -80,6 +80,4 @@ class Router:
 
     def class_names(self, version: int) -> list[str] | None:
         """The classes of ``version`` from its push record (None: not recorded)."""
-        entry = next((e for e in registry.read_manifest(self.push_dir)
-                      if e["version"] == version), {})
-        return entry.get("class_names")
+        return (registry.manifest_entry(self.push_dir, version) or {}).get("class_names")
