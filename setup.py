@@ -35,6 +35,7 @@ setup(
         "tensorboard>=2.21,<2.22",
         "keras>=3.10,<4",
         "tf-keras>=2.21,<2.22",
+        "google-crc32c",  # TFRecord framing without TensorFlow (domain/records.py)
         "numpy",
         "pillow",
         "scikit-learn",

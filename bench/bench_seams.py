@@ -16,6 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from domain import registry  # noqa: E402
+from domain.labels import Labels, set_labels
 from tools import soak  # noqa: E402
 
 KEY = "bench-seams-" + "k" * 20
@@ -29,7 +30,7 @@ def one_soak(tmp: str, seconds: float, parallel: int, seed: int) -> dict:
     base = os.path.join(tmp, "serving", "image_classifier")
     for _ in (1, 2):
         registry.publish(model, base, {"action": "push"}, keep=3)
-    registry.set_labels(base, registry.Labels(1, 2, 0.5), "canary")
+    set_labels(base, Labels(1, 2, 0.5), "canary")
     feedback = os.path.join(tmp, "feedback")
     gateways = [soak.start_gateway(os.path.dirname(base), feedback, os.path.join(tmp, "jwt"))
                 for _ in range(2)]

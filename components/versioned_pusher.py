@@ -22,6 +22,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils
 
 from domain import class_map, registry
+from domain.versions import entry_of
 from domain.contracts import NO_NEW_DATA, PushResult
 from components.gate import overall_metric
 from components.image_validator import FINGERPRINT
@@ -51,7 +52,7 @@ def _why_not(model, examples, manifest: list[dict], base: str, classes: list[str
                if e.get("model_uri") == model.uri and e.get("action") == "push"]
     if earlier:
         return f"already pushed as version {earlier[0]}"
-    served = registry.entry_of(manifest, registry.served_version(base))
+    served = entry_of(manifest, registry.served_version(base))
     mismatch = class_map.disagreement(classes, (served or {}).get("class_names"),
                                       (served or {}).get("version", 0), allow_new_classes)
     if mismatch:

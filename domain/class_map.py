@@ -6,12 +6,10 @@ classes disagree with the served version's is stopped (``disagreement``).
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import tempfile
-from typing import Iterator
+
+from domain import files
 
 CLASS_MAP = "classes.json"
 
@@ -33,13 +31,9 @@ def read(data_root: str) -> list[str] | None:
     return classes
 
 
-@contextlib.contextmanager
-def locked(data_root: str) -> Iterator[None]:
+def locked(data_root: str):
     """Serialises writers of ``data_root``'s class map (two ingests of new spans at once)."""
-    os.makedirs(data_root, exist_ok=True)
-    with open(os.path.join(data_root, ".classes.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return files.locked(os.path.join(data_root, ".classes.lock"))
 
 
 def extend(data_root: str, names: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -52,13 +46,8 @@ def extend(data_root: str, names: list[str]) -> tuple[list[str], list[str], list
 
 def write(data_root: str, classes: list[str]) -> None:
     """Replaces the class map whole and durably (call under ``locked``)."""
-    fd, tmp = tempfile.mkstemp(prefix=".classes-", dir=data_root)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"classes": classes}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, os.path.join(data_root, CLASS_MAP))
+    files.write_atomically(os.path.join(data_root, CLASS_MAP),
+                           json.dumps({"classes": classes}, indent=1), prefix=".classes-")
 
 
 def disagreement(data: list[str], served: list[str] | None, served_version: int,

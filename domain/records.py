@@ -1,10 +1,16 @@
-"""Sharded TFRecord splits, written all or nothing (the embedded data, ingest, generators)."""
+"""TFRecord files: sharded splits written all or nothing (the embedded data, ingest,
+generators), and their compression by name. Written in TFRecord's own framing (length, masked
+CRC-32C of the length, data, masked CRC-32C of the data), so no TensorFlow is imported."""
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import struct
 import tempfile
-from typing import Iterable
+from typing import BinaryIO, Iterable
+
+import google_crc32c
 
 from domain.features import SPLITS
 
@@ -14,6 +20,22 @@ READABLE_DIR, READABLE_FILE = 0o755, 0o644
 def compression(path: str) -> str:
     """The ``compression_type`` of a TFRecord file for TensorFlow: GZIP by its ``.gz`` suffix."""
     return "GZIP" if path.endswith(".gz") else ""
+
+
+def _masked_crc(data: bytes) -> bytes:
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def write_record(f: BinaryIO, record: bytes) -> None:
+    """Appends one TFRecord to the open file ``f``."""
+    length = struct.pack("<Q", len(record))
+    f.write(length + _masked_crc(length) + record + _masked_crc(record))
+
+
+def _open(path: str, compress: bool) -> BinaryIO:
+    # mtime 0: the same records make the same bytes (reruns find the data unchanged)
+    return gzip.GzipFile(path, "wb", mtime=0) if compress else open(path, "wb")
 
 
 def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int = 1,
@@ -26,8 +48,6 @@ def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int 
     ``target`` is written by another process meanwhile. Folders get mode 0755 and files 0644
     (not ``mkdtemp``'s 0700): the pipeline's pods and other users read them.
     """
-    import tensorflow as tf
-
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
@@ -39,11 +59,11 @@ def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int 
         for split in SPLITS:
             os.mkdir(os.path.join(staging, split))
             os.chmod(os.path.join(staging, split), READABLE_DIR)  # whatever the umask
-            writers[split] = [tf.io.TFRecordWriter(
+            writers[split] = [_open(
                 os.path.join(staging, split, f"{name}-{i:05d}-of-{shards:05d}{suffix}"),
-                "GZIP" if compress else None) for i in range(shards)]
+                compress) for i in range(shards)]
         for split, record in records:
-            writers[split][counts[split] % shards].write(record)
+            write_record(writers[split][counts[split] % shards], record)
             counts[split] += 1
         for split_writers in writers.values():
             for writer in split_writers:

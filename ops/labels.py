@@ -28,7 +28,8 @@ import time
 import urllib.request
 
 from domain import registry
-from domain.registry import Labels
+from domain.labels import (Labels, change_labels, labels_since, read_labels, read_pending,
+                           settle_labels)
 from pipeline.config import PipelineConfig
 from serving.feedback import FEEDBACK, compare, read_feedback
 
@@ -36,7 +37,7 @@ from serving.feedback import FEEDBACK, compare, read_feedback
 def current(push_dir: str, labels: Labels | None = None) -> Labels:
     """The labels in use (``labels``, else read); before the first label, the served
     (highest) version is stable."""
-    labels = labels or registry.read_labels(push_dir)
+    labels = labels or read_labels(push_dir)
     if labels:
         return labels
     served = registry.served_version(push_dir)
@@ -52,7 +53,7 @@ def comparison(args, labels: Labels | None = None):
     if not labels.canary:
         raise ValueError("no canary to compare: python -m ops.labels canary --version N")
     return compare(read_feedback(args.feedback_dir), labels.stable, labels.canary,
-                   since=registry.labels_since(args.push_dir), margin=args.margin,
+                   since=labels_since(args.push_dir), margin=args.margin,
                    sample_size=args.min_samples, max_per_subject=args.max_per_subject)
 
 
@@ -78,9 +79,9 @@ def settle(args) -> str:
                  if args.tf_serving else lambda _: True)
     deadline = time.monotonic() + args.wait
     while True:
-        pending = registry.read_pending(args.push_dir)
-        labels = registry.settle_labels(args.push_dir, available)
-        if not pending or registry.read_pending(args.push_dir) is None:
+        pending = read_pending(args.push_dir)
+        labels = settle_labels(args.push_dir, available)
+        if not pending or read_pending(args.push_dir) is None:
             return _describe(labels or current(args.push_dir))
         if time.monotonic() >= deadline:
             raise TimeoutError(
@@ -102,9 +103,9 @@ def apply(args) -> str:
     done (unknown version, no canary); PermissionError when the evidence refuses a promotion;
     TimeoutError when TF Serving did not load a newly labelled version in time."""
     if args.action == "show":
-        pending = registry.read_pending(args.push_dir)
+        pending = read_pending(args.push_dir)
         return json.dumps(dict(dataclasses.asdict(current(args.push_dir)), in_use=bool(
-            registry.read_labels(args.push_dir)), versions=registry.versions(
+            read_labels(args.push_dir)), versions=registry.versions(
                 args.push_dir), pending=dataclasses.asdict(pending[0]) if pending else None))
     if args.action == "compare":
         result = comparison(args)
@@ -120,7 +121,7 @@ def apply(args) -> str:
     if args.action == "settle":
         return settle(args)
     with registry.locked(args.push_dir):  # read, decide and write: a compare-and-set
-        registry.change_labels(args.push_dir, lambda labels: decide(args, labels),
+        change_labels(args.push_dir, lambda labels: decide(args, labels),
                                   args.action, getattr(args, "reason", ""))
         if not args.tf_serving:  # the gateways load versions themselves: one step
             return settle(args)

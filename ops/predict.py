@@ -12,6 +12,7 @@ import os
 import sys
 
 from domain import registry
+from domain.labels import read_labels
 from domain.features import PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
 
 
@@ -27,7 +28,7 @@ def resolve_model_dir(path: str, version: int = 0, label: str = "") -> str:
     if not present:
         raise FileNotFoundError(f"{path} is neither a SavedModel nor a directory of versions")
     if label:
-        labels = registry.read_labels(path)
+        labels = read_labels(path)
         version = (labels.versions if labels else {}).get(label, 0)
         if not version:
             raise FileNotFoundError(f"{path}: no version is labelled {label!r} (labels: "

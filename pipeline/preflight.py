@@ -10,7 +10,6 @@ finds the other run's work in the cache; the pusher never pushes a model twice.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import json
 import os
@@ -18,8 +17,9 @@ import sqlite3
 import sys
 import time
 
-from pipeline.config import PipelineConfig
+from domain import files
 from domain.records import compression
+from pipeline.config import PipelineConfig
 
 
 class UserError(Exception):
@@ -55,24 +55,14 @@ def run_lock(config: PipelineConfig, announce=lambda line: print(line, flush=Tru
     """Holds the run lock of ``config``'s metadata db; waits (saying so) while another run
     holds it."""
     path = config.metadata_path + ".lock"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            announce(f"Another run holds the lock {path} ({holder}); waiting for it to end")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        lock.flush()
+    busy = lambda holder: announce(  # noqa: E731
+        f"Another run holds the lock {path} ({holder}); waiting for it to end")
+    with files.locked(path, on_busy=busy):
+        files.note(path, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         try:
             yield
         finally:
-            lock.truncate(0)
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            files.note(path, "")
 
 
 def check_metadata(config: PipelineConfig) -> None:

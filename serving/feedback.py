@@ -15,16 +15,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import hmac
 import json
 import math
 import os
 import secrets
-import threading
 import time
 from typing import Callable
+
+from domain import files
 
 FEEDBACK = "feedback"  # the log's default folder, inside the model's serving dir
 FEEDBACK_SCOPE = "feedback"  # the JWT scope a client needs to give feedback
@@ -55,14 +55,9 @@ class Answers:
         self._seen: set[str] = set()
         self._offset = 0
         self._classes: dict[int, list[str]] = {}  # version -> class names, as answered
-        self._lock = threading.Lock()
 
-    @contextlib.contextmanager
     def _locked(self):
-        os.makedirs(self.dir, exist_ok=True)
-        with self._lock, open(os.path.join(self.dir, ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return files.locked(os.path.join(self.dir, ".lock"))
 
     def key(self) -> bytes:
         """The replicas' shared signing key, made by the first one."""
@@ -70,11 +65,7 @@ class Answers:
             with self._locked():
                 path = os.path.join(self.dir, KEY)
                 if not os.path.exists(path):
-                    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    os.write(fd, secrets.token_bytes(32))
-                    os.fsync(fd)
-                    os.close(fd)
-                    os.replace(path + ".tmp", path)
+                    files.write_atomically(path, secrets.token_bytes(32), mode=0o600)
                 with open(path, "rb") as f:
                     self._key = f.read()
         return self._key

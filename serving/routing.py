@@ -7,6 +7,7 @@ import random
 import threading
 
 from domain import registry
+from domain.labels import LABELS, Labels, read_labels
 
 
 class NoRoute(Exception):
@@ -25,19 +26,19 @@ class Router:
     def __init__(self, push_dir: str, backend, draw=random.random):
         self.push_dir, self.backend, self.draw = push_dir, backend, draw
         self._lock = threading.Lock()
-        self._cache: tuple[tuple | None, registry.Labels | None] = ((), None)
+        self._cache: tuple[tuple | None, Labels | None] = ((), None)
         self._followed: dict[str, int] | None = None
 
-    def labels(self) -> registry.Labels | None:
+    def labels(self) -> Labels | None:
         """The labels in use, or None (then the highest version is stable)."""
         try:
-            stat = os.stat(os.path.join(self.push_dir, registry.LABELS))
+            stat = os.stat(os.path.join(self.push_dir, LABELS))
             key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         except FileNotFoundError:
             key = None
         with self._lock:
             if key != self._cache[0]:
-                self._cache = (key, registry.read_labels(self.push_dir) if key else None)
+                self._cache = (key, read_labels(self.push_dir) if key else None)
             return self._cache[1]
 
     def versions(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from domain import registry
+from domain.labels import Labels, set_labels
 from serving.feedback import Answers, BadFeedback, UnknownRequest, compare, read_feedback
 from tests.conftest import encode
 from tools import soak
@@ -103,7 +104,7 @@ def two_gateways(tmp_path_factory):
     for _ in (1, 2):
         registry.publish(model, push_dir, {"action": "push", "class_names": ["a", "b", "c"]},
                             keep=5)
-    registry.set_labels(push_dir, registry.Labels(1, 2, 0.5), "canary")
+    set_labels(push_dir, Labels(1, 2, 0.5), "canary")
     feedback = str(root / "feedback")
     gateways = [soak.start_gateway(str(root / "serving"), feedback, str(root / "jwt"))
                 for _ in range(2)]

@@ -18,6 +18,7 @@ import pytest
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
 from domain import registry
+from domain.labels import Labels, read_labels, set_labels
 from ops import labels as labels_command
 from serving.backends import LocalBackend
 from serving.feedback import Answers
@@ -252,10 +253,10 @@ def test_feedback_is_taken_once_and_compare_reports_per_version_accuracy(two_ver
     # 3 right against 3 wrong shows non-inferiority (p=3e-5), but not the 100 answers planned:
     assert labels_command.main(["--push-dir", push_dir, "promote", "--require-evidence"]) == 1
     assert "not enough feedback" in capsys.readouterr().err
-    assert registry.read_labels(push_dir).canary == 2
+    assert read_labels(push_dir).canary == 2
     assert labels_command.main(["--push-dir", push_dir, "promote", "--require-evidence",
                                 "--min-samples", "3"]) == 0
-    assert registry.read_labels(push_dir) == registry.Labels(stable=2)
+    assert read_labels(push_dir) == Labels(stable=2)
     assert _classify(url)["model_version"] == 2
 
 
@@ -366,7 +367,7 @@ def test_over_tf_serving_bad_pixels_get_422_and_an_unloaded_version_503(over_tf_
     response = httpx.post(f"{url}/v1/models/image_classifier:classify", content=_png(32)[:60],
                           headers=_headers("http-bad"))
     assert (response.status_code, response.json()["reason"]) == (422, "undecodable")
-    registry.set_labels(push_dir, registry.Labels(1, 2, 0.0), "canary")
+    set_labels(push_dir, Labels(1, 2, 0.0), "canary")
     response = httpx.post(f"{url}/v1/models/image_classifier/labels/canary:classify",
                           content=_png(), headers=_headers("http-canary"))
     assert (response.status_code, response.json()["reason"]) == (503, "unavailable")

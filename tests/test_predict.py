@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from domain import registry
+from domain.labels import Labels, set_labels
 from ops import predict
 
 
@@ -26,7 +26,7 @@ def test_without_labels_the_highest_version_answers(base):
 
 
 def test_with_labels_stable_answers_unless_another_is_asked_for(base):
-    registry.set_labels(base, registry.Labels(stable=2, canary=3, canary_weight=0.1),
+    set_labels(base, Labels(stable=2, canary=3, canary_weight=0.1),
                            "canary")
     assert predict.resolve_model_dir(base) == os.path.join(base, "2")  # not the highest, 3
     assert predict.resolve_model_dir(base, label="canary") == os.path.join(base, "3")

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from domain import registry
+from domain import labels, registry, versions
+from domain.labels import LABELS, MODELS_CONFIG, Labels, read_labels, read_pending, set_labels
 from ops import rollback
 
 
@@ -98,17 +99,17 @@ def test_labels_write_tf_servings_models_config_and_protect_their_versions(tmp_p
         registry.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=2)
 
     def parsed():
-        with open(os.path.join(base, registry.MODELS_CONFIG)) as f:
+        with open(os.path.join(base, MODELS_CONFIG)) as f:
             return text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
 
     model = parsed().model_config_list.config[0]
     assert (model.name, model.base_path) == ("image_classifier", "/models/image_classifier")
     assert model.model_version_policy.latest.num_versions == 1 and not model.version_labels
-    registry.set_labels(base, registry.Labels(1, 2, 0.1), "canary")
+    set_labels(base, Labels(1, 2, 0.1), "canary")
     model = parsed().model_config_list.config[0]
     assert list(model.model_version_policy.specific.versions) == [1, 2]
     assert dict(model.version_labels) == {"stable": 1, "canary": 2}
-    assert oct(os.stat(os.path.join(base, registry.MODELS_CONFIG)).st_mode & 0o777) == \
+    assert oct(os.stat(os.path.join(base, MODELS_CONFIG)).st_mode & 0o777) == \
         "0o644"
     for i in (3, 4):  # keep=2 would prune 1 and 2, but both are labelled
         registry.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=2)
@@ -119,19 +120,19 @@ def test_labels_write_tf_servings_models_config_and_protect_their_versions(tmp_p
 
 
 @pytest.mark.parametrize("labels, message", [
-    (registry.Labels(7), "stable version 7 is not in the serving dir"),
-    (registry.Labels(1, 9, 0.5), "canary version 9 is not in the serving dir"),
-    (registry.Labels(1, 1, 0.5), "canary and stable are both version 1"),
-    (registry.Labels(1, 2, 1.5), r"canary weight 1.5 is not in \[0, 1\]"),
-    (registry.Labels(1, 0, 0.5), "a canary weight needs a canary version"),
+    (Labels(7), "stable version 7 is not in the serving dir"),
+    (Labels(1, 9, 0.5), "canary version 9 is not in the serving dir"),
+    (Labels(1, 1, 0.5), "canary and stable are both version 1"),
+    (Labels(1, 2, 1.5), r"canary weight 1.5 is not in \[0, 1\]"),
+    (Labels(1, 0, 0.5), "a canary weight needs a canary version"),
 ])
 def test_impossible_labels_are_refused_and_change_nothing(tmp_path, labels, message):
     base = str(tmp_path / "m")
     for i in (1, 2):
         registry.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
     with pytest.raises(ValueError, match=message):
-        registry.set_labels(base, labels, "test")
-    assert registry.read_labels(base) is None
+        set_labels(base, labels, "test")
+    assert read_labels(base) is None
 
 
 KILLED_PUBLISHER = """
@@ -141,7 +142,7 @@ stage = sys.argv[3]
 def die(*_):
     os.kill(os.getpid(), signal.SIGKILL)
 if stage == "after_rename":
-    registry._write_manifest = die
+    registry.write_manifest = die
 registry.publish(sys.argv[1], sys.argv[2], {"action": "push", "model_uri": "m2"}, keep=5,
                     before_rename=die if stage == "before_rename" else None)
 """
@@ -177,7 +178,7 @@ def test_a_publisher_killed_at_any_point_leaves_a_state_the_next_push_repairs(tm
 
 def _waiters(base: str) -> int:
     """Processes blocked on ``base``'s lock (``/proc/locks`` lists them with ``->``)."""
-    inode = os.stat(os.path.join(base, registry.LOCK)).st_ino
+    inode = os.stat(os.path.join(base, versions.LOCK)).st_ino
     with open("/proc/locks") as f:
         return sum(1 for line in f if "->" in line and f":{inode} " in line)
 
@@ -242,7 +243,7 @@ def test_a_push_gated_before_a_rollback_is_refused_and_the_rollback_sticks(tmp_p
         registry.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=5,
                             expected_served=2)
     assert registry.versions(base) == [1, 2, 3] and registry.served_version(base) == 3
-    registry.set_labels(base, registry.Labels(1, 3, 0.5), "canary")
+    set_labels(base, Labels(1, 3, 0.5), "canary")
     with pytest.raises(registry.ServedChanged, match="gated against 3, now 1"):
         registry.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=5,
                             expected_served=3)
@@ -258,30 +259,30 @@ def test_a_promote_started_before_a_rollback_does_not_undo_it(tmp_path, capsys):
     base = str(tmp_path / "serving" / "m")
     for i in (1, 2, 3):
         registry.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
-    registry.set_labels(base, registry.Labels(1, 2, 0.5), "canary")
+    set_labels(base, Labels(1, 2, 0.5), "canary")
     promote, = _held_while_started(
         base, [["-m", "ops.labels", "--push-dir", base, "promote"]],
         meanwhile=lambda: labels_command.main(["--push-dir", base, "rollback",
                                                "--to-version", "3"]))
     assert "stable: version 3" in capsys.readouterr().out
     assert promote.returncode == 2 and "no canary to promote" in promote.stderr
-    assert registry.read_labels(base) == registry.Labels(3)
+    assert read_labels(base) == Labels(3)
 
 
 KILLED_LABELLER = """
 import os, signal, sys
-from domain import registry
-real = registry._write_atomically
+from domain import labels
+real = labels.write
 def write(base, name, text):
     if name == sys.argv[2]:
         os.kill(os.getpid(), signal.SIGKILL)
     real(base, name, text)
-registry._write_atomically = write
-registry.set_labels(sys.argv[1], registry.Labels(2, 3, 0.2), "canary")
+labels.write = write
+labels.set_labels(sys.argv[1], labels.Labels(2, 3, 0.2), "canary")
 """
 
 
-@pytest.mark.parametrize("killed_at", [registry.LABELS, registry.MODELS_CONFIG])
+@pytest.mark.parametrize("killed_at", [LABELS, MODELS_CONFIG])
 def test_a_label_change_killed_mid_write_leaves_a_servable_state_the_next_one_repairs(
         tmp_path, killed_at):
     import subprocess
@@ -291,17 +292,17 @@ def test_a_label_change_killed_mid_write_leaves_a_servable_state_the_next_one_re
     base = str(tmp_path / "serving" / "m")
     for i in (1, 2, 3):
         registry.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
-    registry.set_labels(base, registry.Labels(1, 2, 0.1), "canary")
+    set_labels(base, Labels(1, 2, 0.1), "canary")
     killed = subprocess.run([sys.executable, "-c", KILLED_LABELLER, base, killed_at], cwd=ROOT)
     assert killed.returncode == -9
-    assert registry.read_labels(base) == registry.Labels(1, 2, 0.1)  # still in effect
+    assert read_labels(base) == Labels(1, 2, 0.1)  # still in effect
     registry.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=1)
     # the labelled versions, in effect or pending, survive pruning
-    assert registry.versions(base) == [1, 2, 3, 4] if killed_at == registry.MODELS_CONFIG \
+    assert registry.versions(base) == [1, 2, 3, 4] if killed_at == MODELS_CONFIG \
         else [1, 2, 4]
-    registry.set_labels(base, registry.Labels(1), "rollback")
-    assert registry.read_pending(base) is None
-    with open(os.path.join(base, registry.MODELS_CONFIG)) as f:
+    set_labels(base, Labels(1), "rollback")
+    assert read_pending(base) is None
+    with open(os.path.join(base, MODELS_CONFIG)) as f:
         assert "versions: 1\n" in f.read()
 
 
@@ -327,7 +328,7 @@ def test_the_invariant_check_names_what_is_wrong(tmp_path):
     assert registry.check(base) == []
     os.rename(os.path.join(base, "1"), str(tmp_path / "gone"))
     os.makedirs(os.path.join(base, "3"))
-    with open(os.path.join(base, registry.LABELS), "w") as f:
+    with open(os.path.join(base, LABELS), "w") as f:
         json.dump({"stable": 9, "canary": 0, "canary_weight": 0.0}, f)
     assert registry.check(base) == [
         "version 3 has no push record (partial)",
@@ -342,10 +343,10 @@ def test_versions_labelled_a_moment_ago_are_not_pruned_under_a_gateway(tmp_path,
     base = str(tmp_path / "serving" / "m")
     for i in (1, 2, 3):
         registry.publish(_model(tmp_path, f"m{i}"), base, {"action": "push"}, keep=5)
-    registry.set_labels(base, registry.Labels(1, 2, 0.5), "canary")
-    registry.set_labels(base, registry.Labels(3), "rollback")
+    set_labels(base, Labels(1, 2, 0.5), "canary")
+    set_labels(base, Labels(3), "rollback")
     registry.publish(_model(tmp_path, "m4"), base, {"action": "push"}, keep=1)
     assert registry.versions(base) == [1, 2, 3, 4]
-    monkeypatch.setattr(registry, "LABEL_GRACE_SECONDS", 0)
+    monkeypatch.setattr(labels, "LABEL_GRACE_SECONDS", 0)
     registry.publish(_model(tmp_path, "m5"), base, {"action": "push"}, keep=1)
     assert registry.versions(base) == [3, 5]

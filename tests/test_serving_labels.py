@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from domain import registry
+from domain.labels import LABELS, Labels, MODELS_CONFIG, models_config, read_labels, read_pending
 from ops import labels as labels_command
 from serving.backends import HttpBackend
 from serving.routing import Router
@@ -54,7 +55,7 @@ def test_labels_move_only_to_versions_tf_serving_has_loaded(tf_serving, capsys):
     assert labels_command.main(["--push-dir", push_dir, "--tf-serving", url, "canary",
                                 "--version", "3", "--weight", "0.2"]) == 0
     assert "stable: version 2, canary: version 3" in capsys.readouterr().out
-    assert registry.read_pending(push_dir) is None
+    assert read_pending(push_dir) is None
     deadline = time.time() + 10
     while follower.labels != {"stable": 2, "canary": 3}:
         assert time.time() < deadline, follower.errors
@@ -65,10 +66,10 @@ def test_labels_move_only_to_versions_tf_serving_has_loaded(tf_serving, capsys):
     assert labels_command.main(["--push-dir", push_dir, "--tf-serving", url, "--wait", "0",
                                 "rollback", "--to-version", "1"]) == 1
     assert "has not loaded version(s) [1]" in capsys.readouterr().err
-    assert registry.read_labels(push_dir) == registry.Labels(2, 3, 0.2)
+    assert read_labels(push_dir) == Labels(2, 3, 0.2)
     assert _followed(router) == {"stable": 2, "canary": 3}
     assert labels_command.main(["--push-dir", push_dir, "--tf-serving", url, "settle"]) == 0
-    assert registry.read_labels(push_dir) == registry.Labels(1)
+    assert read_labels(push_dir) == Labels(1)
     deadline = time.time() + 10
     while follower.labels != {"stable": 1} or sorted(follower.models) != [1]:
         assert time.time() < deadline, follower.errors
@@ -84,9 +85,9 @@ def test_a_one_step_label_change_is_refused_by_tf_serving_and_not_followed(tf_se
     push_dir, url, follower = tf_serving
     router = Router(push_dir, HttpBackend(url, "image_classifier"))
     assert _followed(router) == {"stable": 3}
-    with open(os.path.join(push_dir, registry.MODELS_CONFIG), "w") as f:
-        f.write(registry.models_config("image_classifier", registry.Labels(1)))
-    with open(os.path.join(push_dir, registry.LABELS), "w") as f:
+    with open(os.path.join(push_dir, MODELS_CONFIG), "w") as f:
+        f.write(models_config("image_classifier", Labels(1)))
+    with open(os.path.join(push_dir, LABELS), "w") as f:
         f.write('{"stable": 1, "canary": 0, "canary_weight": 0.0}')
     deadline = time.time() + 10
     while not follower.errors:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from domain import registry
+from domain.labels import MODELS_CONFIG, TF_SERVING_ROOT
 from serving.__main__ import arguments
 from serving.gateway import Metrics
 
@@ -80,9 +81,9 @@ def test_tf_serving_reads_the_models_config_that_ops_labels_writes():
     assert container["image"].startswith("tensorflow/serving:")
     flags = dict(a.lstrip("-").split("=", 1) for a in container["args"])
     mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
-    assert mount["mountPath"] == registry.TF_SERVING_ROOT and mount["readOnly"]
-    assert flags["model_config_file"] == (f"{registry.TF_SERVING_ROOT}/image_classifier/"
-                                          f"{registry.MODELS_CONFIG}")
+    assert mount["mountPath"] == TF_SERVING_ROOT and mount["readOnly"]
+    assert flags["model_config_file"] == (f"{TF_SERVING_ROOT}/image_classifier/"
+                                          f"{MODELS_CONFIG}")
     monitoring = _named("ConfigMap", "tf-serving-monitoring")["data"]["monitoring.config"]
     path = re.search(r'path: "([^"]+)"', monitoring).group(1)
     scrape = yaml.safe_load(_named("ConfigMap", "prometheus-tfx-image-scrape")["data"][

@@ -21,6 +21,7 @@ import threading
 import time
 
 from domain import registry
+from domain.labels import LABELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A run's push: the served version it was gated against, then (training) a while later the
@@ -97,7 +98,7 @@ def soak(base: str, model: str, seconds: float, parallel: int = 4, kill_rate: fl
     if gateways:
         traffic.join()
     registry.repair(base)  # what the next command does first
-    path = os.path.join(base, registry.LABELS)
+    path = os.path.join(base, LABELS)
     with open(path if os.path.exists(path) else os.devnull, encoding="utf-8") as f:
         history = json.loads(f.read() or "{}").get("history", [])
     return {"seconds": round(time.monotonic() - start, 1), "processes": sum(counts.values()),
