@@ -72,8 +72,8 @@ def train(model, inputs: Inputs, config: dict, log_dir: str, strategy, api,
     arguments = fit_arguments(inputs)
     history = model.fit(**arguments, callbacks=phase_callbacks(config, log_dir, api,
                                                                convergence)).history
-    if config["backbone"] == "cnn" or not (config["fine_tune_layers"]
-                                           and config["fine_tune_epochs"]):
+    fine_tune = config["fine_tune_layers"] and config["fine_tune_epochs"]
+    if config["backbone"] == "cnn" or not fine_tune:
         return history
     absl.logging.info("Fine-tuning the top %d backbone layers", config["fine_tune_layers"])
     with strategy.scope():
