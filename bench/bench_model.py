@@ -2,7 +2,7 @@
 
 On photo-like 224x224 JPEGs (``tools/make_shapes.py``, re-encoded), through the pipeline:
 1. Transform's output bytes per image against the encoded input's (target <= 1.5x).
-2. Trainer input pipeline (``modules.trainer.input_fn`` on Transform's output) in images/s,
+2. Trainer input pipeline (``modules.data.input_fn`` on Transform's output) in images/s,
    against a reference: reading and decoding the same images from the raw TFRecords
    ImageValidator wrote. Not a ceiling (the input_fn reads Transform's output and can be
    faster), so no target.
@@ -78,7 +78,7 @@ def input_pipeline(config: PipelineConfig) -> dict:
     from tfx.components.util import tfxio_utils
     from tfx.types import artifact_utils, standard_artifacts
 
-    from modules.trainer import input_fn
+    from modules.data import input_fn
 
     store = metadata_store(config)
     raw_files = glob.glob(os.path.join(latest_artifact(store, "Examples", "ImageValidator").uri,

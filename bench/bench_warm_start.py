@@ -1,9 +1,9 @@
 """Warm start: steps to reach the gate on a new span, from scratch vs from the served weights.
 
 The served model is trained on span 1 (even-indexed digits) and exported as the Trainer
-exports it (``modules.trainer.export_warm_start``). Span 2 is new data: the odd-indexed digits,
+exports it (``modules.warm_start.export_warm_start``). Span 2 is new data: the odd-indexed digits,
 shifted by one pixel. On span 2 the default model trains in chunks of ``CHUNK`` steps, from
-scratch and warm-started through ``modules.trainer.warm_start`` (the Trainer's code path),
+scratch and warm-started through ``modules.warm_start.warm_start`` (the Trainer's code path),
 and is evaluated on span 2's held-out fifth after each chunk until its accuracy reaches the
 default gate (``min_accuracy``). Several seeds; both arms of a seed in this one run.
 """
@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 from bench.bench_model import write_results  # noqa: E402
 from domain.features import ImageSpec  # noqa: E402
 from modules.model import build_model  # noqa: E402
-from modules.trainer import export_warm_start, warm_start  # noqa: E402
+from modules.warm_start import export_warm_start, warm_start  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.default_data import EVAL_EVERY  # noqa: E402
 

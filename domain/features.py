@@ -26,7 +26,7 @@ AUGMENTATIONS = ("flip", "rotate", "zoom", "colour", "invert")
 # Colour-robust by default: a class must not be learnt from its colours or brightness alone.
 DEFAULT_AUGMENTATION = ("colour", "flip")
 LR_SCHEDULES = ("warmup_cosine", "plateau", "constant")
-CLASS_WEIGHTS = ("auto", "balanced", "none")  # the loss's class weights (modules.trainer)
+CLASS_WEIGHTS = ("auto", "balanced", "none")  # the loss's class weights (modules.data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ WARM_START_DIR = "assets.extra/warm_start"
 RESULT_FILE = "warm_start.json"
 # The Trainer's log line per validation round (the local runner's progress shows it).
 EPOCH_LOG = "Round %d/%d: loss %.4f, accuracy %.4f; validation loss %.4f, accuracy %.4f"
-# Validation accuracy gains up to this are noise: the Trainer's plateau (modules.trainer
+# Validation accuracy gains up to this are noise: the Trainer's plateau (modules.budget
 # Convergence) and the rounds the local runner shows.
 ACCURACY_DELTA = 0.005
 # The Trainer's last line: steps run of the budget, and why it stopped (target, plateau, budget).

@@ -1,4 +1,5 @@
-"""What the Trainer exports: the serving SavedModel's signatures and an optional TFLite file."""
+"""What the Trainer exports: the serving SavedModel's signatures, the files beside it
+(warm-start weights, training options, code version) and an optional TFLite file."""
 from __future__ import annotations
 
 import os
@@ -8,10 +9,14 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from domain.features import (CLASS_IDS, CLASS_NAMES, CLASSES, IMAGE_XF, LABEL_VOCABULARY,
-                              LABEL_XF, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, SERVING_INPUT,
-                              TFLITE_MODES, TRANSFORM_SIGNATURE, ImageSpec)
+from domain.features import (CLASS_IDS, CLASS_NAMES, CLASSES, CODE_FILE, IMAGE_XF,
+                             LABEL_VOCABULARY, LABEL_XF, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE,
+                             SERVING_INPUT, TFLITE_MODES, TRAINING_FILE, TRANSFORM_SIGNATURE,
+                             ImageSpec)
+from modules.json_files import write_json
 from modules.preprocessing import decode_images, model_pixels
+from modules.provenance import code_version
+from modules.warm_start import export_warm_start
 
 TFLITE_PATH = os.path.join("assets.extra", "model.tflite")
 
@@ -100,3 +105,19 @@ def tflite_bytes(model, spec: ImageSpec, mode: str) -> bytes:
         if mode == "float16":
             converter.target_spec.supported_types = [tf.float16]
         return converter.convert()
+
+
+def export_model(model, out_dir: str, config: dict, tf_transform_output: tft.TFTransformOutput,
+                 names: list[str], warm: dict | None) -> None:
+    """The serving SavedModel, warm-start weights (and how ``warm`` went), effective
+    settings, code version and optional TFLite."""
+    spec = ImageSpec.from_custom_config(config)
+    ServingModule(model, tf_transform_output, spec, names).save(out_dir)
+    export_warm_start(model, out_dir, config, warm)
+    write_json(os.path.join(out_dir, TRAINING_FILE), config)
+    write_json(os.path.join(out_dir, CODE_FILE), code_version())
+    if config["tflite"]:
+        path = os.path.join(out_dir, TFLITE_PATH)
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(tflite_bytes(model, spec, config["tflite"]))

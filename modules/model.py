@@ -118,7 +118,7 @@ def warmup_cosine(api=keras):
         """Linear warm-up over the first tenth of ``steps`` from 1% of ``peak`` to ``peak``,
         then cosine decay to 1% of it at ``steps``. ``anneal(step, left)`` reschedules the
         decay to end ``left`` steps after ``step``, from the rate at ``step`` (the Trainer's
-        early end: ``modules.trainer.Convergence``)."""
+        early end: ``modules.budget.Convergence``)."""
 
         def __init__(self, peak: float, steps: int):
             self.peak, self.steps, self.warmup = float(peak), int(steps), max(1, steps // 10)
@@ -190,6 +190,14 @@ def build_model(spec: ImageSpec, learning_rate=1e-3,
     model = api.Model(inputs, outputs, name=f"{backbone}_classifier")
     compile_model(model, learning_rate, api)
     return model
+
+
+def model_for(config: dict, rate, api=keras):
+    """The model of the Trainer's ``config``, compiled with the learning rate ``rate`` (a
+    number or a schedule)."""
+    return build_model(ImageSpec.from_custom_config(config), rate,
+                       tuple(config["augmentation"]), config["backbone"],
+                       config["pretrained_weights"], api, config["width"], config["dropout"])
 
 
 def backbone_of(model, api=keras):

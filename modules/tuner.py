@@ -14,8 +14,10 @@ import keras_tuner
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.v1.components import TunerFnResult
 
-from modules.model import learning_rate
-from modules.trainer import fit_arguments, model_for, read_inputs, setup_training
+from modules.data import read_inputs
+from modules.model import learning_rate, model_for
+from modules.strategy import setup_training
+from modules.training import fit_arguments
 
 WIDTHS = (16, 32, 48, 64)  # multiples of 8 (GroupNorm groups)
 

@@ -25,8 +25,9 @@ from modules.model import build_model  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.report import rare_classes  # noqa: E402
 from serving.model_card import model_card, report_of  # noqa: E402
-from modules.trainer import (FIT, VALIDATION, Inputs, carve, class_weight,  # noqa: E402
-                            fit_arguments, MIN_ROUND_STEPS)
+from modules.budget import MIN_ROUND_STEPS  # noqa: E402
+from modules.data import FIT, VALIDATION, Inputs, carve, class_weight  # noqa: E402
+from modules.training import fit_arguments  # noqa: E402
 
 
 def _shapes(tmp_path, per_class: int, classes: int = 3, seed: int = 0):

@@ -16,8 +16,8 @@ import tensorflow as tf
 from domain.features import AUGMENTATIONS, IMAGE_XF, ImageSpec
 from modules.export import tflite_bytes
 from modules.model import backbone_of, build_model, learning_rate, unfreeze_top
-from modules.trainer import (MIN_ROUND_STEPS, Convergence, is_chief, keras_api, make_strategy,
-                             round_steps, step_budget, strategy_kind)
+from modules.budget import MIN_ROUND_STEPS, Convergence, round_steps, step_budget
+from modules.strategy import is_chief, keras_api, make_strategy, strategy_kind
 
 SPEC = ImageSpec("image", "label", 8, 8, 1, 10)
 
@@ -104,7 +104,7 @@ def test_mirrored_strategy_over_several_devices():
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from modules.trainer import make_strategy
+        from modules.strategy import make_strategy
         strategy = make_strategy("mirrored",
                                  [d.name for d in tf.config.list_logical_devices("CPU")])
         print(type(strategy).__name__, strategy.num_replicas_in_sync)
@@ -178,7 +178,9 @@ WORKER = textwrap.dedent("""
     import tensorflow as tf
     from domain.features import ImageSpec
     from modules.model import build_model, learning_rate
-    from modules.trainer import Convergence, _callbacks, keras_api, make_strategy, strategy_kind
+    from modules.budget import Convergence
+    from modules.strategy import keras_api, make_strategy, strategy_kind
+    from modules.training import phase_callbacks
     kind = strategy_kind("auto", 0, os.environ["TF_CONFIG"])
     strategy, api = make_strategy(kind, []), keras_api(kind)
     with strategy.scope():
@@ -190,7 +192,7 @@ WORKER = textwrap.dedent("""
     data = tf.data.Dataset.from_tensor_slices((images.astype("float32"), labels)).batch(16)
     # The Trainer's rounds: a fixed validation, the convergence callback, an annealed rate.
     convergence = Convergence(12, 4, 0.0, 0.0, schedule)
-    callbacks = _callbacks({"lr_schedule": "warmup_cosine"}, sys.argv[1], api, convergence)
+    callbacks = phase_callbacks({"lr_schedule": "warmup_cosine"}, sys.argv[1], api, convergence)
     history = model.fit(data.repeat(), steps_per_epoch=4, epochs=2, verbose=0,
                         validation_data=data.take(2).repeat(), validation_steps=2,
                         callbacks=callbacks)
@@ -237,7 +239,7 @@ def _trainer_config(**overrides) -> dict:
 
 
 def test_warm_start_loads_the_served_weights_only_when_the_architecture_matches(tmp_path):
-    from modules.trainer import export_warm_start, warm_start
+    from modules.warm_start import export_warm_start, warm_start
     config = _trainer_config()
     spec = ImageSpec.from_custom_config(config)
     served = build_model(spec)
@@ -262,7 +264,7 @@ def test_warm_start_loads_the_served_weights_only_when_the_architecture_matches(
 
 
 def test_warm_start_says_so_when_weights_do_not_fit_despite_equal_options(tmp_path):
-    from modules.trainer import export_warm_start, warm_start
+    from modules.warm_start import export_warm_start, warm_start
     config, other = _trainer_config(), _trainer_config(num_classes=12)
     # Weights of another model recorded under this config's options (e.g. an older release).
     export_warm_start(build_model(ImageSpec.from_custom_config(other)), str(tmp_path), config,
