@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import hashlib
 import json
-import operator
 import os
-import stat
 import uuid
 
-from domain import registry
+from domain import registry, spans
 from domain.contracts import RunOutcome
-from domain.features import SPLITS
 from modules.provenance import project_sha256
 from pipeline.config import RUN_TIME_PARAMETERS, PipelineConfig
 
@@ -41,7 +37,6 @@ RUN_CONTEXT, NODE_CONTEXT = "pipeline_run", "node"
 # The libraries whose code computes the artifacts: another version is another run.
 STACK = ("tfx", "tensorflow", "tensorflow-transform", "tensorflow-model-analysis",
          "tensorflow-data-validation", "apache-beam", "keras", "ml-metadata")
-GLOB_CHARACTERS = set("*?[]{}()+^$|\\")  # in a data root, TFX's glob and regex read them
 MAX_FILES = 100_000  # a data root with more entries is not listed: the normal path
 
 
@@ -104,67 +99,10 @@ def observed_version(config: PipelineConfig, fingerprint: str) -> int:
 
 
 def span_fingerprint(config: PipelineConfig) -> str | None:
-    """TFX's fingerprint of the files the run reads (``components.live_inputs.resolve_span``:
-    per split, the number of files, their bytes and the xor and sum of their mtimes in
-    seconds), computed without TensorFlow; None for layouts TFX's glob might read otherwise
-    (hidden or non-file entries, odd span names, an object store) or a missing span."""
-    root = config.data_root
-    if "://" in root or GLOB_CHARACTERS & set(root):
-        return None
-    span = ""
-    if config.spans:
-        span = f"span-{config.span}" if config.span else _latest_span(root)
-        if span is None:
-            return None
-    parts = []
-    for split in SPLITS:
-        stats = _listing(os.path.join(root, span, split))
-        if not stats:
-            return None
-        seconds = [s.st_mtime_ns // 10**9 for s in stats]
-        parts.append(f"split:{split},num_files:{len(stats)},"
-                     f"total_bytes:{sum(s.st_size for s in stats)},"
-                     f"xor_checksum:{functools.reduce(operator.xor, seconds, 0)},"
-                     f"sum_checksum:{sum(seconds)}")
-    return "\n".join(parts)
-
-
-def _listing(folder: str) -> list[os.stat_result] | None:
-    """The stats of a split folder's files; None when it is missing or holds anything else."""
-    try:
-        names = os.listdir(folder)
-        stats = [os.stat(os.path.join(folder, name)) for name in names]
-    except OSError:
-        return None
-    if any(n.startswith(".") for n in names) or not all(stat.S_ISREG(s.st_mode) for s in stats):
-        return None
-    return stats
-
-
-def _latest_span(root: str) -> str | None:
-    """``span-N`` of the highest N whose every split has files, as TFX resolves it; None when
-    a span name is not a plain number or splits disagree."""
-    try:
-        names = [n for n in os.listdir(root) if n.startswith("span-")
-                 and os.path.isdir(os.path.join(root, n))]
-    except OSError:
-        return None
-    if not all(n[5:].isdigit() and n[5:].isascii() for n in names) or \
-            len({int(n[5:]) for n in names}) != len(names):
-        return None
-    latest = set()
-    for split in SPLITS:
-        present = []
-        for name in names:
-            listing = _listing(os.path.join(root, name, split))
-            if listing is None and os.path.exists(os.path.join(root, name, split)):
-                return None
-            if listing:
-                present.append(name)
-        if not present:
-            return None
-        latest.add(max(present, key=lambda n: int(n[5:])))
-    return latest.pop() if len(latest) == 1 else None
+    """TFX's fingerprint of the files the run reads (``domain.spans``), computed without
+    TensorFlow; None where it might not be TFX's (``spans.certain_fingerprint``)."""
+    return spans.certain_fingerprint(config.data_root, spans.split_patterns(config.spans),
+                                     config.span)
 
 
 def _files_digest(path: str) -> str | None:
