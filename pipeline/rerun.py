@@ -5,14 +5,15 @@ metadata db had the same config, code, data files and served version) need not s
 importing TensorFlow, TFX, TFMA and Beam to find so. ``identity`` computes, in pure Python,
 what decides TFX's cache keys: the config (every field but ``verbose``; the data root's class
 names), the project's code and the stack's versions, what the observers will see (TFX's
-fingerprint of the span, reproduced here, and the served version, or the one an identical run
+fingerprint of the span, ``domain.spans``, and the served version, or the one an identical run
 saw: ``observed_version``) and, beyond that fingerprint, every file under the data root by
 name, size, mtime, ctime and inode (a write changes its ctime, which no tool sets back).
 
 A completed run records its key on its MLMD ``pipeline_run`` context (``record``) when what was
 computed here agrees with what TFX observed. ``replay`` finds the last completed run's key equal
-and records the rerun as TFX records cache hits: a new ``pipeline_run`` context and, per
-component, a CACHED execution with the same properties, contexts and artifacts; then the key,
+and records the rerun as TFX records cache hits (``pipeline.tfx_cache_record``): a new
+``pipeline_run`` context and, per component, a CACHED execution with the same properties,
+contexts and artifacts; then the key,
 the outcome and the report of the run that computed it, last (a replay killed before has no
 key: the next run takes the normal path). Anything uncertain (no metadata db, an object
 store, an output file gone, a data layout whose fingerprint is not reproduced here) takes the
@@ -21,19 +22,18 @@ normal path.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
-import uuid
 
 from domain import registry, spans
 from domain.contracts import RunOutcome
 from modules.provenance import project_sha256
+from pipeline import tfx_cache_record
 from pipeline.config import RUN_TIME_PARAMETERS, PipelineConfig
+from pipeline.tfx_cache_record import RUN_CONTEXT
 
 KEY, OUTCOME, REPORT = "rerun_key", "outcome", "report"  # a run context's custom properties
-RUN_CONTEXT, NODE_CONTEXT = "pipeline_run", "node"
 # The libraries whose code computes the artifacts: another version is another run.
 STACK = ("tfx", "tensorflow", "tensorflow-transform", "tensorflow-model-analysis",
          "tensorflow-data-validation", "apache-beam", "keras", "ml-metadata")
@@ -181,37 +181,10 @@ def replay(config: PipelineConfig, found: Identity | None) -> RunOutcome | None:
             or any(a.state != metadata_store_pb2.Artifact.LIVE or not os.path.exists(a.uri)
                    for a in artifacts.values()) or not os.path.exists(report)):
         return None
-    run = metadata_store_pb2.Context(type_id=last.type_id,
-                                     name=datetime.datetime.now().isoformat())
-    [run.id] = store.put_contexts([run])
-    copies = [_cached_copy(store, execution, events, artifacts, run)
+    run = tfx_cache_record.new_run(store, last.type_id)
+    copies = [tfx_cache_record.record_cache_hit(store, execution, events, artifacts, run)
               for execution in executions]
     return _outcome(config, store, last, run, copies, report)
-
-
-def _cached_copy(store, execution, events, artifacts, run) -> int:
-    """Records a CACHED execution like ``execution`` (properties, contexts but the run's, input
-    and output artifacts) in the run context ``run``, between the two log lines
-    LocalDagRunner writes around a component (``pipeline.progress`` prints them)."""
-    import absl.logging
-    from ml_metadata.proto import metadata_store_pb2
-
-    from pipeline.progress import FINISHED, STARTED
-    contexts = [c for c in store.get_contexts_by_execution(execution.id)
-                if c.type_id != run.type_id]
-    node = next(c.name for c in contexts if c.type_id == store.get_context_type(
-        NODE_CONTEXT).id).rsplit(".", 1)[-1]
-    absl.logging.info(STARTED, node)
-    copy = metadata_store_pb2.Execution(
-        type_id=execution.type_id, name=str(uuid.uuid4()),
-        last_known_state=metadata_store_pb2.Execution.CACHED)
-    copy.properties.MergeFrom(execution.properties)
-    copy.custom_properties.MergeFrom(execution.custom_properties)
-    links = [(artifacts[e.artifact_id], metadata_store_pb2.Event(type=e.type, path=e.path))
-             for e in events if e.execution_id == execution.id]
-    copy_id = store.put_execution(copy, links, contexts + [run])[0]
-    absl.logging.info(FINISHED, node)
-    return copy_id
 
 
 def _outcome(config: PipelineConfig, store, last, run, copies: list[int],
