@@ -161,12 +161,13 @@ def _fingerprint(split: str, files: list[FileStat]) -> str:
 def local_glob(pattern: str) -> list[FileStat]:
     """TensorFlow's glob and stat of a local ``pattern``: ``*``, ``?`` and ``[...]`` match
     within one path component, dot files included; folders expand only where a component
-    follows; modification times in whole seconds (TensorFlow's local stat)."""
+    follows; paths as the pattern writes them; modification times in whole seconds
+    (TensorFlow's local stat)."""
     head, *parts = pattern.split(os.sep)
-    paths = [head or os.sep]
+    paths = [head]  # matched as written (``a//b``, ``./a``), as TensorFlow returns them
     for part in parts:
-        paths = [os.path.join(path, name) for path in paths if os.path.isdir(path)
-                 for name in _children(path, part)]
+        paths = [f"{path}{os.sep}{name}" for path in paths if os.path.isdir(path or os.sep)
+                 for name in _children(path or os.sep, part)]
     return [_stat(path) for path in paths]
 
 

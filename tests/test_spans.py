@@ -81,6 +81,14 @@ def test_the_latest_or_pinned_span_is_tfxs(tmp_path, span):
     assert resolved is ValueError if span == 3 else resolved.span == (span or 10)
 
 
+@pytest.mark.parametrize("written", ["{}/", "{}//./", "./{name}", "{name}"])
+def test_a_data_root_is_read_as_written(tmp_path, monkeypatch, written):
+    _spans(tmp_path, 1, 2)
+    monkeypatch.chdir(tmp_path.parent)
+    root = written.format(tmp_path, name=tmp_path.name).replace("/tmp/", "/tmp//", 1)
+    assert _assert_as_tfx(root, True).span == 2
+
+
 @pytest.mark.parametrize("odd", [
     "span-11/train/data",  # a span without eval yet: TFX refuses the latest
     "span-x/train/data",  # not a span number

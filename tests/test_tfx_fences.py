@@ -23,6 +23,7 @@ from tfx.types import standard_artifacts
 
 from domain.mlmd_queries import NODE_CONTEXT
 from pipeline import tfx_cache_record, tfx_entrypoint
+from pipeline.pipeline import CODE_SHA256
 from pipeline.progress import FINISHED, STARTED
 
 CACHE_HIT = ("TFX's cache hit (tfx.orchestration.portable.launcher.Launcher, "
@@ -42,8 +43,9 @@ def Use(examples: InputArtifact[standard_artifacts.Examples],
     os.makedirs(model.uri, exist_ok=True)
 
 
-def _run_tiny_pipeline(root) -> None:
+def _run_tiny_pipeline(root, code: str = "v1") -> None:
     make = Make(size=3)
+    make.exec_properties[CODE_SHA256] = code  # as create_pipeline keys custom components
     use = Use(examples=make.outputs["examples"])
     tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
         pipeline_name="tiny", pipeline_root=str(root / "pipeline"), components=[make, use],
@@ -122,6 +124,23 @@ def test_a_recorded_cache_hit_is_the_one_localdagrunner_records(tmp_path):
     assert len(run.name) == len(second.name) and run.name[:4] == second.name[:4], \
         f"LocalDagRunner names its {tfx_cache_record.RUN_CONTEXT} otherwise: {second.name}"
     assert all(len(e.name) == 36 for e in real), f"{CACHE_HIT} names executions otherwise"
+
+
+def test_a_new_code_hash_reruns_the_component(tmp_path):
+    """``create_pipeline`` keys a custom component's cache by its code (``CODE_SHA256``, an
+    execution property): TFX's cache key must cover execution properties."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+    for code in ("v1", "v1", "v2"):
+        _run_tiny_pipeline(tmp_path, code)
+    store = mlmd.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        str(tmp_path / "metadata.db")))
+    states = [e.last_known_state for e in sorted(store.get_executions(), key=lambda e: e.id)]
+    complete, cached = metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED
+    # v2: Make reruns, and so does Use, on Make's new output
+    assert states == [complete, complete, cached, cached, complete, complete], \
+        "TFX's cache key (tfx.orchestration.portable.cache_utils.get_cache_context) no " \
+        f"longer follows a component's execution properties: states {states}"
 
 
 class _Touch(base_executor.BaseExecutor):
