@@ -23,14 +23,13 @@ import json
 import os
 from typing import TypedDict
 
-from tfx.components.example_gen import input_processor
 from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
-from tfx.utils import io_utils, proto_utils
+from tfx.utils import io_utils
 
-from domain import registry
+from domain import registry, spans
 
 SERVED_VERSION = "served_version"
 SOURCE_MODEL_ID = "source_model_id"
@@ -39,27 +38,17 @@ STATISTICS_PATH = os.path.join("assets.extra", "statistics")
 TRAIN_STATISTICS = os.path.join("Split-train", "FeatureStats.pb")
 
 
-def resolve_span(data_root: str, input_config: str, span: int) -> tuple[str, str]:
-    """``(range_config, fingerprint)`` of the data ImportExampleGen will read.
+def fileio_glob(pattern: str) -> list[spans.FileStat]:
+    """TFX's own listing (``fileio.glob``, ``fileio.stat``): any filesystem TFX reads."""
+    return [spans.FileStat(path, stat.length, stat.mtime_nsec, stat.is_directory)
+            for path in fileio.glob(pattern) for stat in [fileio.stat(path)]]
 
-    With ``{SPAN}`` patterns, the span is ``span`` (or the latest when 0) and ``range_config``
-    pins it (JSON); without, ``range_config`` is empty. Raises ``ValueError`` naming the
-    data root when the span or its files are missing.
-    """
-    config = proto_utils.json_to_proto(input_config, example_gen_pb2.Input())
-    pinned = range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
-        start_span_number=span, end_span_number=span)) if span else None
-    processor = input_processor.FileBasedInputProcessor(data_root, config.splits, pinned)
-    try:
-        resolved, version = processor.resolve_span_and_version()
-        fingerprint = processor.get_input_fingerprint(resolved, version)
-    except (ValueError, RuntimeError) as err:
-        raise ValueError(f"data root {data_root}: {err}") from err
-    if not any("{SPAN}" in split.pattern for split in config.splits):
-        return "", fingerprint
-    return proto_utils.proto_to_json(range_config_pb2.RangeConfig(
-        static_range=range_config_pb2.StaticRange(start_span_number=resolved,
-                                                  end_span_number=resolved))), fingerprint
+
+def resolve_span(data_root: str, input_config: str, span: int) -> spans.Resolved:
+    """``spans.resolve`` of ImportExampleGen's ``input_config`` under ``data_root``, listed by
+    ``spans.local_glob`` (URIs: ``fileio_glob``)."""
+    glob = fileio_glob if "://" in data_root else spans.local_glob
+    return spans.resolve(data_root, spans.patterns_of(input_config), span, glob)
 
 
 class DataSpanOutputs(TypedDict):
@@ -77,8 +66,8 @@ def DataSpan(data_root: Parameter[str], input_config: Parameter[str], span: Para
              observed: Parameter[str] = "") -> DataSpanOutputs:
     """The span ImportExampleGen reads, pinned, and its fingerprint (see ``resolve_span``)."""
     del observed  # the local runner's copy of ``fingerprint``: only part of the cache key
-    range_config, fingerprint = resolve_span(data_root, input_config, span)
-    return {"range_config": range_config, "fingerprint": fingerprint}
+    resolved = resolve_span(data_root, input_config, span)
+    return {"range_config": resolved.range_config, "fingerprint": resolved.fingerprint}
 
 
 @component

@@ -2,7 +2,7 @@
 uncommitted changes), a hash of the module files, and the package version. Recorded by the
 Trainer beside the model (``CODE_FILE``), never in a cache key: a commit that does not touch
 the modules must not retrain. What does key the cache is ``source_sha256``: the files a
-component's code is made of (``modules/`` and ``components/``).
+component's code is made of (its module and every project module it imports, transitively).
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import os
 import subprocess
 
 MODULES = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ("domain", "modules", "components")  # the project's code that TFX components run
+# The project's packages: a component's code may import any of them.
+PACKAGES = ("domain", "modules", "components", "pipeline", "ops", "serving")
 
 
 def _git(*args: str) -> str | None:
@@ -39,39 +40,54 @@ def modules_sha256() -> str:
     return _sha256(os.path.basename(p) for p in glob.glob(os.path.join(MODULES, "*.py")))
 
 
-def _file(module: str) -> str | None:
-    """``modules.<name>[.attr]`` or ``components.<name>[.attr]`` -> its file, relative to
-    ``MODULES`` (None: not a project module)."""
-    parts = module.split(".")
-    if parts[0] not in PACKAGES or len(parts) < 2:
-        return None
-    path = os.path.join(os.path.dirname(MODULES), parts[0], parts[1] + ".py")
-    return os.path.relpath(path, MODULES) if os.path.exists(path) else None
+def _files(module: str) -> list[str]:
+    """The project files importing ``module`` (``pkg[.sub...][.attr]``) runs: each package's
+    ``__init__.py`` and the module's file, relative to ``MODULES`` (none outside
+    ``PACKAGES``)."""
+    parts, found = module.split("."), []
+    if parts[0] not in PACKAGES:
+        return found
+    for depth in range(1, len(parts) + 1):
+        path = os.path.join(os.path.dirname(MODULES), *parts[:depth])
+        candidates = [path + ".py", os.path.join(path, "__init__.py")]
+        existing = [c for c in candidates if os.path.isfile(c)]
+        if not existing:
+            break  # an attribute (``from pkg.mod import name``)
+        found.append(os.path.relpath(existing[0], MODULES))
+    return found
+
+
+def _imported(tree: ast.AST) -> list[str]:
+    """Every module name ``tree`` imports, at any depth (functions too): ``import a.b``,
+    ``from a import b`` (``a`` and ``a.b``, which may be a module)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
 
 
 def source_sha256(module: str) -> str:
-    """A hash over ``module``'s file (``modules.<name>`` or ``components.<name>``) and the
-    project files it imports, transitively: part of a component's cache key, so that editing
-    the code a component runs reruns it, and editing other code does not."""
+    """A hash over ``module``'s file (``modules.<name>``, ``components.<name>``...) and every
+    project file it imports, transitively (``PACKAGES``): part of a component's cache key, so
+    that editing the code a component runs reruns it, and editing other code does not."""
     files, todo = set(), [module]
     while todo:
-        name = _file(todo.pop())
-        if name is None or name in files:
-            continue
-        files.add(name)
-        with open(os.path.join(MODULES, name), encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                todo.append(node.module)  # from modules.x import y
-                todo += [f"{node.module}.{alias.name}" for alias in node.names]  # from pkg import x
+        for name in _files(todo.pop()):
+            if name in files:
+                continue
+            files.add(name)
+            with open(os.path.join(MODULES, name), encoding="utf-8") as f:
+                todo += _imported(ast.parse(f.read()))
     return _sha256(files)
 
 
 def project_sha256() -> str:
-    """One hash over every project module the pipeline runs (``pipeline/``, ``components/``,
-    ``modules/``): an identical rerun must find it unchanged."""
-    return _sha256(os.path.relpath(path, MODULES) for package in ("pipeline", *PACKAGES)
+    """One hash over every project module (``PACKAGES``): an identical rerun must find it
+    unchanged (any component's ``source_sha256`` covers part of it)."""
+    return _sha256(os.path.relpath(path, MODULES) for package in PACKAGES
                    for path in glob.glob(os.path.join(os.path.dirname(MODULES), package, "*.py")))
 
 

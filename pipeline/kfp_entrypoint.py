@@ -4,7 +4,7 @@ TFX's v2 entrypoint (``kubeflow_v2_run_executor``, whose arguments this takes un
 written for Vertex AI Pipelines. The open-source KFP v2 backend (driver and launcher v2,
 kubeflow/pipelines ``backend/src/v2``, releases 2.0 to 2.17) hands a task an ExecutorInput
 that TFX cannot run. This module adapts it, then delegates to TFX. Each adaptation answers
-one behaviour of the backend:
+one behaviour of the backend (the hooks into TFX's entrypoint: ``pipeline.tfx_entrypoint``):
 
 1. **Untyped inputs**: the driver passes input artifacts with an empty ``instanceSchema``
    (it keeps only the schema title of MLMD types it knows), and TFX fails on
@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+
+from pipeline import tfx_entrypoint
 
 # The launcher's pod-local mount of each store it stages (KFP's launcher v2 and SDK executor).
 STAGED_STORES = {"minio://": "/minio/", "s3://": "/s3/"}
@@ -99,39 +101,24 @@ def _exact_ids_out(runtime_artifact, artifact) -> None:
 def run(args, beam_args: list[str], pod_root: str = "/") -> None:
     """Adapts the ExecutorInput in ``args`` (TFX's entrypoint arguments, parsed) and runs the
     executor."""
-    from tfx.orchestration.kubeflow.v2.container import (kubeflow_v2_entrypoint_utils as utils,
-                                                         kubeflow_v2_run_executor as tfx_entry)
     inputs_spec = json.loads(getattr(args, "json_serialized_inputs_spec_args", None) or "{}")
     executor_input, remote = adapt(json.loads(args.json_serialized_invocation_args),
                                    inputs_spec, pod_root)
     args.json_serialized_invocation_args = json.dumps(executor_input)
-    parse, translate = utils.parse_raw_artifact_dict, utils.translate_executor_output
 
-    def parse_exact(raw, name_from_id=None):
-        artifacts = parse(raw, name_from_id)
-        _exact_ids_in(artifacts)
-        return artifacts
-
-    def translate_back(outputs, name_from_id):
-        result = translate(outputs, name_from_id)
+    def translated(result, outputs):
         for key, artifact_list in result.items():
             for runtime_artifact, artifact in zip(artifact_list.artifacts, outputs[key]):
                 runtime_artifact.uri = remote.get(runtime_artifact.uri, runtime_artifact.uri)
                 _exact_ids_out(runtime_artifact, artifact)
-        return result
 
-    utils.parse_raw_artifact_dict, utils.translate_executor_output = parse_exact, translate_back
-    try:
-        tfx_entry._run_executor(args, beam_args)  # pylint: disable=protected-access
-    finally:
-        utils.parse_raw_artifact_dict, utils.translate_executor_output = parse, translate
+    tfx_entrypoint.run_executor(args, beam_args, _exact_ids_in, translated)
 
 
 def main() -> None:
     from absl import app
-    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entry
     app.run(lambda parsed: run(*parsed, os.environ.get(POD_ROOT_ENV, "/")),
-            flags_parser=tfx_entry._parse_flags)  # pylint: disable=protected-access
+            flags_parser=tfx_entrypoint.parse_flags)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def observe(config: PipelineConfig):
     from components.live_inputs import resolve_span
     from pipeline.pipeline import Observed, input_config
     try:
-        _, fingerprint = resolve_span(config.data_root, input_config(config), config.span)
+        fingerprint = resolve_span(config.data_root, input_config(config),
+                                   config.span).fingerprint
     except ValueError as err:  # a missing span or files
         raise UserError(f"--data-root: {err}") from None
     return Observed(data_fingerprint=fingerprint,

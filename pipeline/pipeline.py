@@ -14,7 +14,7 @@ from components.image_validator import ImageValidator
 from components.live_inputs import DataSpan, ServedModel, ServedVersion
 from components.standard import TRAINER_PARAMETERS, Evaluator, ImportExampleGen, Trainer
 from components.versioned_pusher import VersionedPusher
-from domain.features import SPLITS
+from domain import spans
 from modules.provenance import source_sha256
 from pipeline.config import (PREPROCESSING_FN, RUN_FN, RUN_TIME_PARAMETERS, TUNER_FN,
                              PipelineConfig)
@@ -35,10 +35,9 @@ class Observed:
 
 def input_config(config: PipelineConfig) -> str:
     """ImportExampleGen's input config (JSON): ``[span-{SPAN}/]{train,eval}/*``."""
-    prefix = "span-{SPAN}/" if config.spans else ""
     return json_format.MessageToJson(tfx.proto.Input(splits=[
-        tfx.proto.Input.Split(name=split, pattern=f"{prefix}{split}/*") for split in SPLITS]),
-        sort_keys=True)
+        tfx.proto.Input.Split(name=split, pattern=pattern)
+        for split, pattern in spans.split_patterns(config.spans).items()]), sort_keys=True)
 
 
 def run_time_values(config: PipelineConfig, observed: Observed | None) -> dict[str, Any]:

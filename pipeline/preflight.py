@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import sqlite3
 import sys
@@ -146,14 +145,13 @@ def _span_folder(config: PipelineConfig) -> str:
     ImportExampleGen resolves it), "" without spans."""
     if not config.spans:
         return ""
-    from components.live_inputs import resolve_span
-    from pipeline.pipeline import input_config
+    from domain import spans
     try:
-        range_config, _ = resolve_span(config.data_root, input_config(config), config.span)
+        resolved = spans.resolve(config.data_root, spans.split_patterns(True), config.span)
     except ValueError as err:
         raise UserError(f"--data-root{' --span %d' % config.span if config.span else ''}: "
                         f"{err}") from None
-    return f"span-{json.loads(range_config)['static_range']['start_span_number']}"
+    return f"span-{resolved.span}"
 
 
 def check_class_map(config: PipelineConfig) -> None:

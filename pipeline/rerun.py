@@ -5,14 +5,15 @@ metadata db had the same config, code, data files and served version) need not s
 importing TensorFlow, TFX, TFMA and Beam to find so. ``identity`` computes, in pure Python,
 what decides TFX's cache keys: the config (every field but ``verbose``; the data root's class
 names), the project's code and the stack's versions, what the observers will see (TFX's
-fingerprint of the span, reproduced here, and the served version, or the one an identical run
+fingerprint of the span, ``domain.spans``, and the served version, or the one an identical run
 saw: ``observed_version``) and, beyond that fingerprint, every file under the data root by
 name, size, mtime, ctime and inode (a write changes its ctime, which no tool sets back).
 
 A completed run records its key on its MLMD ``pipeline_run`` context (``record``) when what was
 computed here agrees with what TFX observed. ``replay`` finds the last completed run's key equal
-and records the rerun as TFX records cache hits: a new ``pipeline_run`` context and, per
-component, a CACHED execution with the same properties, contexts and artifacts; then the key,
+and records the rerun as TFX records cache hits (``pipeline.tfx_cache_record``): a new
+``pipeline_run`` context and, per component, a CACHED execution with the same properties,
+contexts and artifacts; then the key,
 the outcome and the report of the run that computed it, last (a replay killed before has no
 key: the next run takes the normal path). Anything uncertain (no metadata db, an object
 store, an output file gone, a data layout whose fingerprint is not reproduced here) takes the
@@ -21,27 +22,21 @@ normal path.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import functools
 import hashlib
 import json
-import operator
 import os
-import stat
-import uuid
 
-from domain import registry
+from domain import registry, spans
 from domain.contracts import RunOutcome
-from domain.features import SPLITS
 from modules.provenance import project_sha256
+from pipeline import tfx_cache_record
 from pipeline.config import RUN_TIME_PARAMETERS, PipelineConfig
+from pipeline.tfx_cache_record import RUN_CONTEXT
 
 KEY, OUTCOME, REPORT = "rerun_key", "outcome", "report"  # a run context's custom properties
-RUN_CONTEXT, NODE_CONTEXT = "pipeline_run", "node"
 # The libraries whose code computes the artifacts: another version is another run.
 STACK = ("tfx", "tensorflow", "tensorflow-transform", "tensorflow-model-analysis",
          "tensorflow-data-validation", "apache-beam", "keras", "ml-metadata")
-GLOB_CHARACTERS = set("*?[]{}()+^$|\\")  # in a data root, TFX's glob and regex read them
 MAX_FILES = 100_000  # a data root with more entries is not listed: the normal path
 
 
@@ -104,67 +99,10 @@ def observed_version(config: PipelineConfig, fingerprint: str) -> int:
 
 
 def span_fingerprint(config: PipelineConfig) -> str | None:
-    """TFX's fingerprint of the files the run reads (``components.live_inputs.resolve_span``:
-    per split, the number of files, their bytes and the xor and sum of their mtimes in
-    seconds), computed without TensorFlow; None for layouts TFX's glob might read otherwise
-    (hidden or non-file entries, odd span names, an object store) or a missing span."""
-    root = config.data_root
-    if "://" in root or GLOB_CHARACTERS & set(root):
-        return None
-    span = ""
-    if config.spans:
-        span = f"span-{config.span}" if config.span else _latest_span(root)
-        if span is None:
-            return None
-    parts = []
-    for split in SPLITS:
-        stats = _listing(os.path.join(root, span, split))
-        if not stats:
-            return None
-        seconds = [s.st_mtime_ns // 10**9 for s in stats]
-        parts.append(f"split:{split},num_files:{len(stats)},"
-                     f"total_bytes:{sum(s.st_size for s in stats)},"
-                     f"xor_checksum:{functools.reduce(operator.xor, seconds, 0)},"
-                     f"sum_checksum:{sum(seconds)}")
-    return "\n".join(parts)
-
-
-def _listing(folder: str) -> list[os.stat_result] | None:
-    """The stats of a split folder's files; None when it is missing or holds anything else."""
-    try:
-        names = os.listdir(folder)
-        stats = [os.stat(os.path.join(folder, name)) for name in names]
-    except OSError:
-        return None
-    if any(n.startswith(".") for n in names) or not all(stat.S_ISREG(s.st_mode) for s in stats):
-        return None
-    return stats
-
-
-def _latest_span(root: str) -> str | None:
-    """``span-N`` of the highest N whose every split has files, as TFX resolves it; None when
-    a span name is not a plain number or splits disagree."""
-    try:
-        names = [n for n in os.listdir(root) if n.startswith("span-")
-                 and os.path.isdir(os.path.join(root, n))]
-    except OSError:
-        return None
-    if not all(n[5:].isdigit() and n[5:].isascii() for n in names) or \
-            len({int(n[5:]) for n in names}) != len(names):
-        return None
-    latest = set()
-    for split in SPLITS:
-        present = []
-        for name in names:
-            listing = _listing(os.path.join(root, name, split))
-            if listing is None and os.path.exists(os.path.join(root, name, split)):
-                return None
-            if listing:
-                present.append(name)
-        if not present:
-            return None
-        latest.add(max(present, key=lambda n: int(n[5:])))
-    return latest.pop() if len(latest) == 1 else None
+    """TFX's fingerprint of the files the run reads (``domain.spans``), computed without
+    TensorFlow; None where it might not be TFX's (``spans.certain_fingerprint``)."""
+    return spans.certain_fingerprint(config.data_root, spans.split_patterns(config.spans),
+                                     config.span)
 
 
 def _files_digest(path: str) -> str | None:
@@ -243,37 +181,10 @@ def replay(config: PipelineConfig, found: Identity | None) -> RunOutcome | None:
             or any(a.state != metadata_store_pb2.Artifact.LIVE or not os.path.exists(a.uri)
                    for a in artifacts.values()) or not os.path.exists(report)):
         return None
-    run = metadata_store_pb2.Context(type_id=last.type_id,
-                                     name=datetime.datetime.now().isoformat())
-    [run.id] = store.put_contexts([run])
-    copies = [_cached_copy(store, execution, events, artifacts, run)
+    run = tfx_cache_record.new_run(store, last.type_id)
+    copies = [tfx_cache_record.record_cache_hit(store, execution, events, artifacts, run)
               for execution in executions]
     return _outcome(config, store, last, run, copies, report)
-
-
-def _cached_copy(store, execution, events, artifacts, run) -> int:
-    """Records a CACHED execution like ``execution`` (properties, contexts but the run's, input
-    and output artifacts) in the run context ``run``, between the two log lines
-    LocalDagRunner writes around a component (``pipeline.progress`` prints them)."""
-    import absl.logging
-    from ml_metadata.proto import metadata_store_pb2
-
-    from pipeline.progress import FINISHED, STARTED
-    contexts = [c for c in store.get_contexts_by_execution(execution.id)
-                if c.type_id != run.type_id]
-    node = next(c.name for c in contexts if c.type_id == store.get_context_type(
-        NODE_CONTEXT).id).rsplit(".", 1)[-1]
-    absl.logging.info(STARTED, node)
-    copy = metadata_store_pb2.Execution(
-        type_id=execution.type_id, name=str(uuid.uuid4()),
-        last_known_state=metadata_store_pb2.Execution.CACHED)
-    copy.properties.MergeFrom(execution.properties)
-    copy.custom_properties.MergeFrom(execution.custom_properties)
-    links = [(artifacts[e.artifact_id], metadata_store_pb2.Event(type=e.type, path=e.path))
-             for e in events if e.execution_id == execution.id]
-    copy_id = store.put_execution(copy, links, contexts + [run])[0]
-    absl.logging.info(FINISHED, node)
-    return copy_id
 
 
 def _outcome(config: PipelineConfig, store, last, run, copies: list[int],

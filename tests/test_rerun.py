@@ -1,16 +1,16 @@
-"""The identical rerun's data fingerprint, computed without TensorFlow, is TFX's on the layouts
-a run reads, and it declines (None: the normal path) where TFX's glob might read otherwise.
-(The rerun itself, recorded in MLMD: tests/test_pipeline_e2e.py.)"""
+"""The identical rerun's data fingerprint, computed without TensorFlow, is ``domain.spans``'s
+(TFX's: tests/test_spans.py) on the layouts a run reads, and it declines (None: the normal path)
+where TFX's glob might read otherwise. (The rerun itself, recorded in MLMD:
+tests/test_pipeline_e2e.py.)"""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from components.live_inputs import resolve_span
+from domain import spans
 from pipeline import rerun
 from pipeline.config import PipelineConfig
-from pipeline.pipeline import input_config
 
 
 def _file(path, size: int, mtime: int) -> None:
@@ -26,7 +26,8 @@ def _config(root, *extra: str) -> PipelineConfig:
 
 
 def _tfx(config: PipelineConfig) -> str:
-    return resolve_span(config.data_root, input_config(config), config.span)[1]
+    return spans.resolve(config.data_root, spans.split_patterns(config.spans),
+                         config.span).fingerprint
 
 
 def test_the_fingerprint_of_a_flat_data_root_is_tfxs(tmp_path):

@@ -100,7 +100,7 @@ def test_the_class_map_must_match_the_run_options_and_names_the_model_outputs(tm
 
 def test_editing_a_components_code_changes_its_cache_key_and_the_definition(tmp_path,
                                                                             monkeypatch):
-    """A copy of the project's code: editing ``registry.py`` changes the hash of the
+    """A copy of the project's code: editing ``domain/registry.py`` changes the hash of the
     pusher that imports it and the run's ``definition_sha256``, not the ImageValidator's."""
     from pipeline import config as config_module
     root = tmp_path / "code"
@@ -113,7 +113,7 @@ def test_editing_a_components_code_changes_its_cache_key_and_the_definition(tmp_
     before = {m: provenance.source_sha256(m) for m in ("components.versioned_pusher",
                                                         "components.image_validator")}
     definition = config.definition_sha256()
-    with open(root / "components" / "registry.py", "a") as f:
+    with open(root / "domain" / "registry.py", "a") as f:
         f.write("\n# a changed rule\n")
     assert provenance.source_sha256("components.versioned_pusher") != \
         before["components.versioned_pusher"]
