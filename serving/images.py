@@ -33,6 +33,11 @@ class PixelLimits:
         self._limits: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._lock = threading.Lock()  # never held while reading a file
 
+    def __len__(self) -> int:
+        """How many versions' limits are remembered."""
+        with self._lock:
+            return len(self._limits)
+
     def __call__(self, version: int) -> int:
         if self.fixed:
             return self.fixed
