@@ -60,15 +60,15 @@ class Predictions:
             raise Rejected(err.status, "no_route", str(err)[:200]) from None
         return label, version, self.pixel_limits(version)
 
-    async def _checked(self, request: Request, parse, *args) -> tuple[str, int, list[bytes], int]:
+    async def _checked(self, request: Request, parse, *args) -> tuple:
         """``(label, version, images, decoded pixels)``: the request's route, then
         ``parse(*args, pixel limit)`` -> ``(images, pixels)``, in one worker-thread hop."""
-        label, version_text = (request.path_params.get("label", ""),
-                               request.path_params.get("version", ""))
+        params = request.path_params
 
         def work():
-            label_, version, limit = self.route(label, version_text)
-            return (label_, version, *parse(*args, limit))
+            label, version, limit = self.route(params.get("label", ""),
+                                               params.get("version", ""))
+            return (label, version, *parse(*args, limit))
         return await self.checks.run(work)
 
     async def _answer(self, label: str, version: int, images: list[bytes],
