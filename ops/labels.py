@@ -25,12 +25,12 @@ import json
 import os
 import sys
 import time
-import urllib.request
 
 from domain import registry
 from domain.labels import (Labels, change_labels, labels_since, read_labels, read_pending,
                            settle_labels)
 from pipeline.config import PipelineConfig
+from serving.backends import tf_serving_versions
 from serving.feedback import FEEDBACK, compare, read_feedback
 
 
@@ -57,26 +57,14 @@ def comparison(args, labels: Labels | None = None):
                    sample_size=args.min_samples, max_per_subject=args.max_per_subject)
 
 
-def tf_serving_available(url: str, model_name: str, timeout: float = 5.0):
-    """``available(versions)``: whether TF Serving at ``url`` reports them all AVAILABLE."""
-    def available(wanted: list[int]) -> bool:
-        try:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models/{model_name}",
-                                        timeout=timeout) as response:
-                states = json.load(response)["model_version_status"]
-        except (OSError, ValueError, KeyError):
-            return False
-        loaded = {int(s["version"]) for s in states if s["state"] == "AVAILABLE"}
-        return set(wanted) <= loaded
-    return available
-
-
 def settle(args) -> str:
     """Phase two of a label change: waits (``--wait`` seconds) until TF Serving reports the
     pending versions AVAILABLE, then moves the labels; without ``--tf-serving`` (the gateway
     loads versions itself) at once."""
-    available = (tf_serving_available(args.tf_serving, os.path.basename(args.push_dir))
-                 if args.tf_serving else lambda _: True)
+    def available(wanted: list[int]) -> bool:
+        return not args.tf_serving or set(wanted) <= set(tf_serving_versions(
+            args.tf_serving, os.path.basename(args.push_dir), timeout=5.0))
+
     deadline = time.monotonic() + args.wait
     while True:
         pending = read_pending(args.push_dir)

@@ -13,7 +13,6 @@ import sys
 
 from domain import registry
 from domain.labels import read_labels
-from domain.features import PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
 
 
 def resolve_model_dir(path: str, version: int = 0, label: str = "") -> str:
@@ -44,20 +43,17 @@ def predict(model_dir: str, images: list[bytes], top_k: int = 3) -> list:
     ``str``: why that image was refused (not an image, too many pixels, corrupt), in words.
     ``model_dir``: a SavedModel, or a model base whose default version answers."""
     import numpy as np
-    import tensorflow as tf
 
-    from modules.preprocessing import decode_failure
-    model = tf.saved_model.load(resolve_model_dir(model_dir))
-    signature = model.signatures[RAW_SIGNATURE]
-    names = [n.decode() for n in model.class_names.numpy()]
+    from modules.classify import SavedClassifier, Undecodable
+    model = SavedClassifier(resolve_model_dir(model_dir))
     results = []
     for image in images:  # one at a time: a bad image costs only its own answer
         try:
-            row = signature(**{RAW_INPUT: tf.constant([image])})[PROBABILITIES].numpy()[0]
-        except tf.errors.InvalidArgumentError as err:
-            results.append(decode_failure(err.message, image))
+            row = model.images([image])[0]
+        except Undecodable as err:
+            results.append(str(err))
             continue
-        results.append([(names[i], float(row[i])) for i in np.argsort(-row)[:top_k]])
+        results.append([(model.class_names[i], float(row[i])) for i in np.argsort(-row)[:top_k]])
     return results
 
 

@@ -19,8 +19,7 @@ import time
 
 from domain import registry
 from domain.contracts import RunOutcome
-from domain.features import (LABEL_XF, PROBABILITIES, SPLITS, TRAINER_SUMMARY, TUNER_RESULTS,
-                               ImageSpec)
+from domain.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS, ImageSpec
 from pipeline.config import PipelineConfig
 from pipeline.outcome import (executions_since, latest_artifact, metadata_store, run_outputs,
                               seconds)
@@ -395,14 +394,16 @@ def eval_predictions(model_dir: str, examples_uri: str, limit: int = GALLERY_EXA
     import numpy as np
     import tensorflow as tf
     from tfx.dsl.io import fileio
-    model = tf.saved_model.load(model_dir)
+
+    from modules.classify import SavedClassifier
+    model = SavedClassifier(model_dir)
     files = sorted(fileio.glob(os.path.join(examples_uri, "Split-eval", "*")))
     serialized, probabilities, labels = [], [], []
     for batch in tf.data.TFRecordDataset(files, compression_type=compression(files[0]) if files
                                          else "").take(limit).batch(256):
         serialized += batch.numpy().tolist()
-        probabilities.append(model.serve_examples(batch)[PROBABILITIES].numpy())
-        labels.append(model.transform_labels(batch)[LABEL_XF].numpy().reshape(-1))
+        probabilities.append(model.examples(batch))
+        labels.append(model.label_ids(batch))
     if not serialized:
         return [], np.zeros((0, 1)), np.zeros(0, int)
     return serialized, np.concatenate(probabilities), np.concatenate(labels)

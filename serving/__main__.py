@@ -11,8 +11,9 @@ import sys
 
 from serving.auth import load_key
 from serving.backends import HttpBackend, LocalBackend
+from serving.config import GatewayConfig
 from serving.feedback import FEEDBACK, Answers
-from serving.gateway import GatewayConfig, create_app
+from serving.gateway import create_app
 from serving.routing import Router
 from serving.server import ServerLimits, run
 

@@ -16,11 +16,16 @@ from domain import registry
 from domain.features import CLASSES, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE
 
 
-def _cause(message: str, images: list[bytes]) -> str:
-    """A decode error in words (of the image, when there is one)."""
-    from modules.preprocessing import decode_failure
-    return "the image does not decode: " + decode_failure(
-        message, images[0] if len(images) == 1 else None)
+def tf_serving_versions(url: str, model_name: str, timeout: float) -> list[int]:
+    """The versions TF Serving at ``url`` reports AVAILABLE for ``model_name`` (none while it
+    is unreachable or answers something else)."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models/{model_name}",
+                                    timeout=timeout) as response:
+            states = json.load(response)["model_version_status"]
+        return sorted(int(s["version"]) for s in states if s["state"] == "AVAILABLE")
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 class Unavailable(Exception):
@@ -40,7 +45,8 @@ class LocalBackend:
     def __init__(self, push_dir: str, keep: int = 3):
         self.push_dir, self.keep = push_dir, keep
         self._lock = threading.Lock()  # guards the dicts below; never held while loading
-        self._loaded: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        # version -> its modules.classify.SavedClassifier, the least recently used first
+        self._loaded: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._loading: dict[int, threading.Lock] = {}
         self._pinned: set[int] = set()
 
@@ -88,24 +94,22 @@ class LocalBackend:
                 with self._lock:
                     self._loading.pop(version, None)
 
-    def _load(self, version: int) -> tuple:
-        import tensorflow as tf
+    def _load(self, version: int):
+        from modules.classify import SavedClassifier  # TensorFlow, once a version loads
         path = os.path.join(self.push_dir, str(version))
         try:
-            model = tf.saved_model.load(path)
+            return SavedClassifier(path)
         except (OSError, ValueError) as err:
             raise Unavailable(f"version {version} does not load from {path}: {err}") from None
-        return model, [n.decode() for n in model.class_names.numpy()]
 
     def classify(self, images: list[bytes], version: int):
         """``(probabilities per image, class names)`` from ``version``."""
-        import tensorflow as tf
-        model, names = self._model(version)
+        from modules.classify import Undecodable
+        model = self._model(version)
         try:
-            outputs = model.signatures[RAW_SIGNATURE](**{RAW_INPUT: tf.constant(images)})
-        except tf.errors.InvalidArgumentError as err:
-            raise BadImage(_cause(err.message, images)) from None
-        return outputs[PROBABILITIES].numpy().tolist(), names
+            return model.images(images).tolist(), model.class_names
+        except Undecodable as err:
+            raise BadImage(f"the image does not decode: {err}") from None
 
 
 class HttpBackend:
@@ -116,6 +120,7 @@ class HttpBackend:
 
     def __init__(self, url: str, model_name: str, timeout: float = 10.0,
                  status_timeout: float = 2.0):
+        self.url, self.model_name = url, model_name
         self.base = f"{url.rstrip('/')}/v1/models/{model_name}"
         self.timeout, self.status_timeout = timeout, status_timeout
         self._available: list[int] = []
@@ -125,13 +130,7 @@ class HttpBackend:
 
     def refresh(self, wanted: set[int]) -> None:
         """Re-reads which versions TF Serving has available (none while it is unreachable)."""
-        try:
-            with urllib.request.urlopen(self.base, timeout=self.status_timeout) as response:
-                states = json.load(response)["model_version_status"]
-            self._available = sorted(int(s["version"]) for s in states
-                                     if s["state"] == "AVAILABLE")
-        except (OSError, ValueError, KeyError, TypeError):
-            self._available = []
+        self._available = tf_serving_versions(self.url, self.model_name, self.status_timeout)
 
     def ready(self, version: int) -> bool:
         return version in self._available

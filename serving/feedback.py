@@ -207,9 +207,10 @@ def compare(entries: list[dict], stable: int, canary: int, since: float = 0.0,
             max_per_subject: int = 20) -> Comparison:
     """A fixed-horizon non-inferiority test of the canary's accuracy against the stable
     version's (a z-test on the difference of proportions, one-sided, on the normal law):
-    H0 ``canary <= stable - margin``, with the variance of Agresti and Caffo. It uses the first ``sample_size`` answers per version
-    (see ``evidence``), so looking again with more feedback never changes a decided result:
-    the error rate stays ``alpha`` however often ``compare`` runs."""
+    H0 ``canary <= stable - margin``, with the variance of Agresti and Caffo. It uses the
+    first ``sample_size`` answers per version (see ``evidence``), so looking again with more
+    feedback never changes a decided result: the error rate stays ``alpha`` however often
+    ``compare`` runs."""
     kept = evidence(entries, stable, canary, since, max_per_subject)
     arms = [Arm(v, sum(kept[v][:sample_size]), len(kept[v][:sample_size]))
             for v in (stable, canary)]

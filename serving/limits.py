@@ -20,16 +20,27 @@ class Rejected(Exception):
         self.status, self.reason, self.headers = status, reason, headers or {}
 
 
-async def offload(executor: concurrent.futures.Executor, budget: float, function, *args):
-    """``function(*args)`` in ``executor``, refused with 503 when it takes over ``budget``
-    seconds (the thread finishes on its own; work still queued is dropped)."""
-    future = executor.submit(function, *args)
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), budget)
-    except TimeoutError:
-        future.cancel()
-        raise Rejected(503, "timeout", f"not done within {budget:g} s",
-                       {"Retry-After": "1"}) from None
+class WorkerPool:
+    """``threads`` worker threads named ``name``, each call refused with 503 when it takes
+    over ``budget`` seconds (the thread finishes on its own; work still queued is dropped)."""
+
+    def __init__(self, threads: int, name: str, budget: float):
+        self.budget = budget
+        self._executor = concurrent.futures.ThreadPoolExecutor(threads, name)
+
+    async def run(self, function, *args):
+        """``function(*args)`` in a worker thread, within the budget."""
+        future = self._executor.submit(function, *args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.budget)
+        except TimeoutError:
+            future.cancel()
+            raise Rejected(503, "timeout", f"not done within {self.budget:g} s",
+                           {"Retry-After": "1"}) from None
+
+    def close(self) -> None:
+        """Drops the queued work; running calls finish on their own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class Bodies:

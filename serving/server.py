@@ -1,9 +1,10 @@
 """The gateway's HTTP server: uvicorn with the limits that must hold before a request reaches
 the app (before authentication): at most ``max_header_bytes`` of request line and headers
-(400 beyond), all of them within ``header_timeout`` seconds of the connection
-or of the previous response (else 408 and the connection closed: no slow-header client holds
-a connection; the rest of a body the app refused without reading has the same deadline), at most ``max_connections`` connections (503 and closed beyond) and as many
-requests in progress, and proxy headers ignored (``serving.rate.Peers`` trusts only configured
+(400 beyond), all of them within ``header_timeout`` seconds of the connection or of the
+previous response (else 408 and the connection closed: no slow-header client holds a
+connection; the rest of a body the app refused without reading has the same deadline), at
+most ``max_connections`` connections (503 and closed beyond) and as many requests in
+progress, and proxy headers ignored (``serving.rate.Peers`` trusts only configured
 proxies)."""
 from __future__ import annotations
 
