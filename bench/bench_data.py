@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from bench.bench_model import machine, write_results  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.outcome import executions_since, metadata_store, seconds  # noqa: E402
+from domain.mlmd_queries import executions_since, metadata_store, seconds  # noqa: E402
 
 SIZES = {"1x": 200, "30x": 6000}  # images per class, 3 classes
 DATA_COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "Transform",
@@ -108,7 +108,7 @@ def measure(work: str, size: str) -> dict:
     samples = sampled([sys.executable, "-m", "pipeline.local_runner", "--work-dir", run_dir,
                           "--data-root", records] + RUN_ARGS)
     result.update(run_s=time.perf_counter() - start, run_mib=_peak(samples), components={})
-    for name, execution in executions_since(metadata_store(PipelineConfig(work_dir=run_dir))):
+    for name, execution in executions_since(metadata_store(PipelineConfig(work_dir=run_dir).metadata_path)):
         window = (execution.create_time_since_epoch / 1e3,
                   execution.last_update_time_since_epoch / 1e3)
         result["components"][name] = (seconds(execution), _peak(samples, *window))

@@ -33,7 +33,8 @@ from make_shapes import write_shapes  # noqa: E402
 from domain.features import TRAINER_SUMMARY  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from ops.ingest import ingest  # noqa: E402
-from pipeline.outcome import latest_artifact, latest_outcome, metadata_store  # noqa: E402
+from pipeline.outcome import latest_outcome  # noqa: E402
+from domain.mlmd_queries import latest_artifact, metadata_store  # noqa: E402
 
 SEEDS = (42, 1, 2)
 PHASES = ("input_and_compile", "fit", "evaluate", "export")
@@ -63,7 +64,7 @@ def first_run(make_flags, seed: int, extra: tuple[str, ...] = ()) -> dict:
                                           "--data-root", os.path.join(work, "data"), *extra]
         wall, _ = timed_run(flags)
         config = PipelineConfig(work_dir=work, data_root=os.path.join(work, "data"))
-        run = latest_artifact(metadata_store(config), "ModelRun", "Trainer")
+        run = latest_artifact(metadata_store(config.metadata_path), "ModelRun", "Trainer")
         with open(os.path.join(run.uri, TRAINER_SUMMARY)) as f:
             summary = json.load(f)
         seconds = durations(work)

@@ -36,7 +36,7 @@ from modules.model import build_model  # noqa: E402
 from modules.preprocessing import decode_images  # noqa: E402
 from pipeline import local_runner  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.outcome import latest_artifact, metadata_store  # noqa: E402
+from domain.mlmd_queries import latest_artifact, metadata_store  # noqa: E402
 from domain.records import compression  # noqa: E402
 
 BATCH = 32
@@ -80,7 +80,7 @@ def input_pipeline(config: PipelineConfig) -> dict:
 
     from modules.data import input_fn
 
-    store = metadata_store(config)
+    store = metadata_store(config.metadata_path)
     raw_files = glob.glob(os.path.join(latest_artifact(store, "Examples", "ImageValidator").uri,
                                        "Split-train", "*"))
     transformed = latest_artifact(store, "Examples", "Transform").uri
@@ -166,7 +166,7 @@ def jpeg_folder(out: str, per_class: int) -> float:
 
 def transformed_bytes_per_image(config: PipelineConfig) -> float:
     """Transform's output (both splits, as written) per example."""
-    store = metadata_store(config)
+    store = metadata_store(config.metadata_path)
     root = latest_artifact(store, "Examples", "Transform").uri
     files = glob.glob(os.path.join(root, "Split-*", "*"))
     count = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))

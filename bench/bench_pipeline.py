@@ -28,8 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_model import machine, write_results  # noqa: E402
 from domain.features import SPLITS  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.outcome import (executions_since, last_execution_id,  # noqa: E402
-                              latest_outcome, metadata_store, seconds)
+from domain.mlmd_queries import (executions_since, last_execution_id,  # noqa: E402
+                                 metadata_store, seconds)
+from pipeline.outcome import latest_outcome  # noqa: E402
 
 DATA_COMPONENTS = ("ImageValidator", "StatisticsGen", "Transform")
 GNU_TIME = "/usr/bin/time"
@@ -84,7 +85,7 @@ def cached_run_split(args: list[str]) -> tuple[float, float]:
 
 def durations(work_dir: str, since_id: int = 0) -> dict[str, float]:
     """Seconds per component of the executions after ``since_id``."""
-    store = metadata_store(PipelineConfig(work_dir=work_dir))
+    store = metadata_store(PipelineConfig(work_dir=work_dir).metadata_path)
     return {name: seconds(e) for name, e in executions_since(store, since_id)}
 
 
@@ -117,10 +118,10 @@ def main(argv=None) -> int:
         first_durations = durations(base)
         bare_import = bare_import_seconds()
         overhead = first[0] - first_durations["Trainer"]
-        before = last_execution_id(PipelineConfig(work_dir=base))
+        before = last_execution_id(PipelineConfig(work_dir=base).metadata_path)
         cached = timed_run(["--work-dir", base])
         cached_states = [e.last_known_state == e.CACHED for _, e in executions_since(
-            metadata_store(PipelineConfig(work_dir=base)), before)]
+            metadata_store(PipelineConfig(work_dir=base).metadata_path), before)]
         imports, pipeline_s = cached_run_split(["--work-dir", base])
         again = os.path.join(work, "again")  # the same inputs and seed in a new work dir
         timed_run(["--work-dir", again])

@@ -7,6 +7,8 @@ downstream of some artifacts.
 """
 from __future__ import annotations
 
+import os
+
 from ml_metadata.proto import metadata_store_pb2
 
 from domain.contracts import PushResult
@@ -78,3 +80,66 @@ def latest_execution(store, pipeline_name: str, node_id: str):
     context = store.get_context_by_type_and_name(NODE_CONTEXT, f"{pipeline_name}.{node_id}")
     executions = store.get_executions_by_context(context.id) if context else []
     return max(executions, key=lambda e: e.id, default=None)
+
+
+def metadata_store(path: str, writable: bool = False):
+    """The MLMD of the SQLite file ``path`` (read-only unless ``writable``)."""
+    import ml_metadata as mlmd
+    modes = metadata_store_pb2.SqliteMetadataSourceConfig
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = path
+    connection.sqlite.connection_mode = modes.READWRITE if writable else modes.READONLY
+    return mlmd.MetadataStore(connection)
+
+
+def component_names(store) -> dict[int, str]:
+    """Execution type id -> component class name (``Trainer``, ``ServedModel``, ...)."""
+    return {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
+
+
+def executions_since(store, since_execution_id: int = 0) -> list[tuple[str, object]]:
+    """``(component, execution)`` for the executions after ``since_execution_id``, in order."""
+    types = component_names(store)
+    return [(types[e.type_id], e) for e in store.get_executions() if e.id > since_execution_id]
+
+
+def seconds(execution) -> float:
+    """An execution's wall time as MLMD recorded it."""
+    return (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3
+
+
+def produced_by(store, producer: str) -> set[int]:
+    """Ids of the artifacts the component ``producer`` (its node id) output: found through its
+    MLMD node context, its executions and their OUTPUT events."""
+    executions = [e for context in store.get_contexts_by_type(NODE_CONTEXT)
+                  if context.name.rsplit(".", 1)[-1] == producer
+                  for e in store.get_executions_by_context(context.id)]
+    events = store.get_events_by_execution_ids([e.id for e in executions]) if executions else []
+    return {e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT}
+
+
+def run_outputs(store, since_execution_id: int) -> set[int]:
+    """Ids of the artifacts output by the executions after ``since_execution_id`` (a cache
+    hit's included: TFX links it to the artifacts it reuses)."""
+    executions = [e.id for e in store.get_executions() if e.id > since_execution_id]
+    return {e.artifact_id for e in store.get_events_by_execution_ids(executions)
+            if e.type == metadata_store_pb2.Event.OUTPUT} if executions else set()
+
+
+def latest_artifact(store, type_name: str, producer: str = "", among: set[int] | None = None):
+    """The newest artifact of a type (output by ``producer``'s component, if given; among the
+    ids ``among``, if given), or None."""
+    found = store.get_artifacts_by_type(type_name)
+    if producer:
+        ids = produced_by(store, producer)
+        found = [a for a in found if a.id in ids]
+    if among is not None:
+        found = [a for a in found if a.id in among]
+    return max(found, key=lambda a: a.id) if found else None
+
+
+def last_execution_id(path: str) -> int:
+    """The newest execution's id in the MLMD at ``path`` (0 before the first run)."""
+    if not os.path.exists(path):
+        return 0
+    return max((e.id for e in metadata_store(path).get_executions()), default=0)

@@ -26,7 +26,7 @@ from domain.features import CODE_FILE
 from pipeline.config import PipelineConfig
 from domain.mlmd_queries import (DOWNSTREAM, INPUT_EVENTS, OUTPUT_EVENTS, UPSTREAM,
                                    lineage_graph, run_push, value_of)
-from pipeline.outcome import component_names, metadata_store, produced_by
+from domain.mlmd_queries import component_names, metadata_store, produced_by
 
 class Lineage:
     """Reads the MLMD graph of one pipeline: its runs, and the lineage of an artifact."""
@@ -117,14 +117,14 @@ def version_lineage(config: PipelineConfig, version: int) -> dict:
     entry = registry.manifest_entry(config.push_dir, version)
     if entry is None:
         raise KeyError(f"version {version} is not in {config.push_dir}/manifest.json")
-    lineage = Lineage(metadata_store(config))
+    lineage = Lineage(metadata_store(config.metadata_path))
     model = lineage.upstream(entry["model_id"])
     return {"version": version, "manifest": entry, "spans": sorted(lineage.spans_of(model)),
             "run": lineage.run_of(model["produced_by"]["execution_id"]), "model": model}
 
 
 def span_lineage(config: PipelineConfig, span: int) -> dict:
-    lineage = Lineage(metadata_store(config))
+    lineage = Lineage(metadata_store(config.metadata_path))
     models = lineage.models_fed_by_span(span)
     pushed = defaultdict(list)
     for entry in registry.read_manifest(config.push_dir):
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"'{args.what}' needs a number")
     try:
         if args.what == "runs":
-            result, summary = Lineage(metadata_store(config)).runs(), runs_summary
+            result, summary = Lineage(metadata_store(config.metadata_path)).runs(), runs_summary
         elif args.what == "version":
             result, summary = version_lineage(config, args.number), version_summary
         else:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from pipeline.config import PipelineConfig
-from pipeline.outcome import latest_artifact, metadata_store
+from domain.mlmd_queries import latest_artifact, metadata_store
 
 
 def curate(schema, config: PipelineConfig):
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="schema/schema.pbtxt")
     args, rest = parser.parse_known_args(argv)
     config = PipelineConfig.from_args(rest, prog="python -m ops.schema")
-    latest = latest_artifact(metadata_store(config), "Schema", "SchemaGen")
+    latest = latest_artifact(metadata_store(config.metadata_path), "Schema", "SchemaGen")
     if latest is None:
         print(f"schema: no SchemaGen schema in {config.metadata_path}: run the pipeline first",
               file=sys.stderr)

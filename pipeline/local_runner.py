@@ -56,14 +56,15 @@ def run(config: PipelineConfig) -> RunOutcome:
         import ml_metadata as mlmd  # the training stack: once the preflight has passed
         from tfx import v1 as tfx
 
-        from pipeline.outcome import last_execution_id, latest_outcome
+        from pipeline.outcome import latest_outcome
+        from domain.mlmd_queries import last_execution_id
         from pipeline.pipeline import create_pipeline
         from pipeline.report import write_report
         connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
             config.metadata_path)
         if os.path.exists(config.metadata_path):
             preflight.abandon_interrupted(mlmd.MetadataStore(connection))
-        before = last_execution_id(config)
+        before = last_execution_id(config.metadata_path)
         observed = observe(config)
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection, observed))
         outcome = latest_outcome(config, before)

@@ -29,8 +29,8 @@ def _summary(config: PipelineConfig, component: str) -> str:
     from ml_metadata.proto import metadata_store_pb2
 
     from domain.mlmd_queries import latest_execution
-    from pipeline.outcome import metadata_store
-    store = metadata_store(config)
+    from domain.mlmd_queries import metadata_store
+    store = metadata_store(config.metadata_path)
     execution = latest_execution(store, config.pipeline_name, component)
     if execution is None:
         return ""

@@ -21,8 +21,8 @@ from domain import registry
 from domain.contracts import RunOutcome
 from domain.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS, ImageSpec
 from pipeline.config import PipelineConfig
-from pipeline.outcome import (executions_since, latest_artifact, metadata_store, run_outputs,
-                              seconds)
+from domain.mlmd_queries import (executions_since, latest_artifact, metadata_store, run_outputs,
+                                 seconds)
 from domain.records import compression
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
@@ -97,7 +97,7 @@ class RunReport:
     def __init__(self, config: PipelineConfig, outcome: RunOutcome,
                  since_execution_id: int):
         self.config, self.outcome = config, outcome
-        self.store = metadata_store(config)
+        self.store = metadata_store(config.metadata_path)
         self.executions = executions_since(self.store, since_execution_id)
         self.outputs = run_outputs(self.store, since_execution_id)
 

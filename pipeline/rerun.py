@@ -91,8 +91,8 @@ def observed_version(config: PipelineConfig, fingerprint: str) -> int:
     if (not config.enable_cache or entry is None or entry["version"] != served
             or not os.path.exists(config.metadata_path)):
         return served
-    from pipeline.outcome import metadata_store
-    models = metadata_store(config).get_artifacts_by_id([entry["model_id"]])
+    from domain.mlmd_queries import metadata_store
+    models = metadata_store(config.metadata_path).get_artifacts_by_id([entry["model_id"]])
     if not models or models[0].uri != entry["model_uri"]:
         return served
     return entry.get("baseline_version") or 0
@@ -133,8 +133,8 @@ def record(config: PipelineConfig, found: Identity | None, data_fingerprint: str
     if found is None or (found.data_fingerprint, found.served_version) != (
             data_fingerprint, served_version):
         return
-    from pipeline.outcome import metadata_store
-    store = metadata_store(config, writable=True)
+    from domain.mlmd_queries import metadata_store
+    store = metadata_store(config.metadata_path, writable=True)
     run_type = _run_type(store)
     runs = {c.id: c for e in store.get_executions() if e.id > since_execution_id
             for c in store.get_contexts_by_execution(e.id) if c.type_id == run_type}
@@ -163,8 +163,8 @@ def replay(config: PipelineConfig, found: Identity | None) -> RunOutcome | None:
         return None
     from ml_metadata.proto import metadata_store_pb2
 
-    from pipeline.outcome import metadata_store
-    store = metadata_store(config, writable=True)
+    from domain.mlmd_queries import metadata_store
+    store = metadata_store(config.metadata_path, writable=True)
     newest = max(store.get_executions(), key=lambda e: e.id, default=None)
     last = [c for c in (store.get_contexts_by_execution(newest.id) if newest else [])
             if c.type_id == _run_type(store)]

@@ -18,7 +18,7 @@ from ml_metadata.proto import metadata_store_pb2
 from domain import registry
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
-from pipeline.outcome import component_names, metadata_store
+from domain.mlmd_queries import component_names, metadata_store
 from domain.records import write_splits
 from tests.conftest import ROOT
 
@@ -119,7 +119,7 @@ def _start(work: str, *extra: str) -> subprocess.Popen:
 
 
 def _states(config) -> dict[str, list[int]]:
-    store = metadata_store(config)
+    store = metadata_store(config.metadata_path)
     names = component_names(store)
     found: dict[str, list[int]] = {}
     for execution in store.get_executions():
@@ -163,7 +163,7 @@ def test_runs_started_together_or_killed_leave_one_consistent_history(tmp_path):
     assert _check_serving_consistent(config) == [1]
     assert metadata_store_pb2.Execution.RUNNING in _states(config)["Trainer"]
 
-    last = max(e.id for e in metadata_store(config).get_executions())
+    last = max(e.id for e in metadata_store(config.metadata_path).get_executions())
     rerun = _start(work, "--seed", "7")
     out, err = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, err
@@ -173,7 +173,7 @@ def test_runs_started_together_or_killed_leave_one_consistent_history(tmp_path):
     assert metadata_store_pb2.Execution.RUNNING not in sum(states.values(), [])
     # The killed run's changed option (a Trainer setting) reruns the Trainer and what depends
     # on it, nothing else.
-    store = metadata_store(config)
+    store = metadata_store(config.metadata_path)
     names = component_names(store)
     assert {names[e.type_id] for e in store.get_executions() if e.id > last and
             e.last_known_state == metadata_store_pb2.Execution.COMPLETE} == {

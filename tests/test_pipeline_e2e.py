@@ -26,7 +26,7 @@ from modules import provenance
 from ops import predict, rollback
 from pipeline import local_runner, rerun
 from pipeline.config import PipelineConfig
-from pipeline.outcome import component_names, latest_artifact, metadata_store
+from domain.mlmd_queries import component_names, latest_artifact, metadata_store
 from tests.conftest import ROOT
 from tests.test_command_imports import HEAVY, PROBE
 
@@ -39,7 +39,7 @@ FAST = ["--train-steps", "240", "--eval-steps", "10", "--tflite", "float16", "--
 
 
 def _executions_by_component(config, after_id=0):
-    store = metadata_store(config)
+    store = metadata_store(config.metadata_path)
     types = component_names(store)
     return {types[e.type_id]: e for e in store.get_executions() if e.id > after_id}
 
@@ -82,7 +82,7 @@ def test_the_outcome_names_the_class_of_lowest_recall(first_run):
 def test_schema_has_the_image_and_label_features(first_run):
     import tensorflow_data_validation as tfdv
     config, _ = first_run
-    schema_artifact = latest_artifact(metadata_store(config), "Schema", "SchemaGen")
+    schema_artifact = latest_artifact(metadata_store(config.metadata_path), "Schema", "SchemaGen")
     schema = tfdv.load_schema_text(os.path.join(schema_artifact.uri, "schema.pbtxt"))
     kinds = {f.name: f.type for f in schema.feature}
     assert kinds == {"image": schema_pb2.BYTES, "label": schema_pb2.INT}
@@ -105,7 +105,7 @@ def test_blessed_model_is_pushed_and_serves_raw_examples(first_run):
 
 def _runs(config) -> list:
     """The MLMD run contexts, oldest first."""
-    return sorted(metadata_store(config).get_contexts_by_type(rerun.RUN_CONTEXT),
+    return sorted(metadata_store(config.metadata_path).get_contexts_by_type(rerun.RUN_CONTEXT),
                   key=lambda c: c.id)
 
 
@@ -133,7 +133,7 @@ def test_an_identical_rerun_is_recorded_in_mlmd_without_importing_the_training_s
     assert f"accuracy {outcome.accuracy:.4f}" in done.stdout
     lines = _progress_lines(done.stdout)
     assert all(lines[c].endswith(" s  cache hit") for c in COMPONENTS), lines
-    store = metadata_store(config)
+    store = metadata_store(config.metadata_path)
     first, second = _runs(config)[-2:]
     assert first.custom_properties[rerun.KEY].string_value == \
         second.custom_properties[rerun.KEY].string_value == rerun.identity(config).key
@@ -158,7 +158,7 @@ def test_an_identical_rerun_is_all_cache_hits_and_pushes_nothing(first_run, caps
     Evaluator's too (no re-evaluation of the model against its own served copy)."""
     config, outcome = first_run
     before = _serving_snapshot(config)
-    last_id = max(e.id for e in metadata_store(config).get_executions())
+    last_id = max(e.id for e in metadata_store(config.metadata_path).get_executions())
     assert local_runner.main(["--work-dir", config.work_dir] + FAST) == 0
     out, err = capsys.readouterr()
     assert "every component served from cache" in out
@@ -178,7 +178,7 @@ def test_a_changed_gate_reruns_exactly_the_gate_and_pusher_and_pushes_nothing(
         first_run, capsys):
     config, _ = first_run
     before = _serving_snapshot(config)
-    last_id = max(e.id for e in metadata_store(config).get_executions())
+    last_id = max(e.id for e in metadata_store(config.metadata_path).get_executions())
     assert local_runner.main(["--work-dir", config.work_dir, "--min-accuracy", "1.5"]
                              + FAST) == 0
     lines = _progress_lines(capsys.readouterr().out)
@@ -195,7 +195,7 @@ def test_a_changed_gate_reruns_exactly_the_gate_and_pusher_and_pushes_nothing(
     assert _serving_snapshot(config) == before
     # Back to the settings that pushed version 1: all cache hits again, and the outcome is
     # that run's (not the unblessed run's, which came later).
-    last_id = max(e.id for e in metadata_store(config).get_executions())
+    last_id = max(e.id for e in metadata_store(config.metadata_path).get_executions())
     outcome = local_runner.run(config)
     assert outcome.cached and outcome.blessed and not outcome.pushed
     assert outcome.reason == "already pushed as version 1"
@@ -318,7 +318,7 @@ def test_per_class_recall_is_computed_and_can_gate(first_run):
     assert not outcome.blessed and not outcome.pushed
     with open(outcome.report, encoding="utf-8") as f:
         assert "<td>classes under the recall bound</td>" in f.read()  # by name, in the report
-    evaluation = max(metadata_store(config).get_artifacts_by_type("ModelEvaluation"),
+    evaluation = max(metadata_store(config.metadata_path).get_artifacts_by_type("ModelEvaluation"),
                      key=lambda a: a.id)
     per_class = {k: v for k, v in sliced_metric(evaluation.uri).items() if k}
     assert sorted(per_class) == [(("label", i),) for i in range(10)]
@@ -332,7 +332,7 @@ def test_tuner_best_hyperparameters_are_what_the_pushed_model_was_trained_with(f
 
     from modules.trainer import TUNED
     config, outcome = first_run
-    store = metadata_store(config)
+    store = metadata_store(config.metadata_path)
     best = latest_artifact(store, "HyperParameters", "Tuner")
     with open(os.path.join(best.uri, "best_hyperparameters.txt")) as f:
         values = keras_tuner.HyperParameters.from_config(json.load(f)).values

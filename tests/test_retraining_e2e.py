@@ -24,7 +24,7 @@ from domain import registry
 from ops import retrain, rollback
 from pipeline.config import PipelineConfig
 from pipeline.default_data import digits_examples
-from pipeline.outcome import latest_artifact, metadata_store
+from domain.mlmd_queries import latest_artifact, metadata_store
 from tests.conftest import ROOT
 
 FLAGS = ["--spans", "true", "--train-steps", "150", "--epochs", "3", "--eval-steps", "5",
@@ -74,10 +74,11 @@ class Cycle:
         return code, out.getvalue()
 
     def last_execution(self) -> int:
-        return max(e.id for e in metadata_store(self.config).get_executions())
+        return max(e.id for e in metadata_store(self.config.metadata_path).get_executions())
 
     def states_since(self, execution_id: int) -> set:
-        return {e.last_known_state for e in metadata_store(self.config).get_executions()
+        store = metadata_store(self.config.metadata_path)
+        return {e.last_known_state for e in store.get_executions()
                 if e.id > execution_id}
 
     def reach(self, stage: str) -> dict:
@@ -197,7 +198,7 @@ def test_only_blessed_models_are_pushed_across_spans(cycle):
     assert [m["pushed_as"] for m in fed[1]] == [[1]]
     assert [m["pushed_as"] for m in fed[2]] == [[]]  # trained, not blessed, never served
     assert [m["pushed_as"] for m in fed[3]] == [[2]]
-    runs = lineage.Lineage(metadata_store(config)).runs()
+    runs = lineage.Lineage(metadata_store(config.metadata_path)).runs()
     assert [run["pushed_version"] for run in runs] == [1, None, None, 2]
     assert v2["run"] == runs[3]["run"] and lineage.version_lineage(config, 1)["run"] == \
         runs[0]["run"]
@@ -209,7 +210,7 @@ def test_after_a_rollback_the_baseline_is_the_rolled_back_version(cycle):
     code, out = r["run"]
     assert code == 0 and "served version 3's" in out and "RETRAIN STATUS: unchanged" in out
     assert "already pushed as version 2" in out
-    store = metadata_store(cycle.config)  # the rollback stage's run is the latest one here
+    store = metadata_store(cycle.config.metadata_path)  # the rollback stage's run is the latest
     baseline = latest_artifact(store, "Model", "ServedModel")
     assert baseline.custom_properties["served_version"].int_value == 3
     assert baseline.custom_properties["source_model_id"].int_value == r["v1_model"]
