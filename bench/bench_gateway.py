@@ -261,93 +261,83 @@ def start_gateway(serving: str, key_file: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the gateway did not become ready")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results.md")
-    parser.add_argument("--attack", default="", help=argparse.SUPPRESS)  # the storm process
-    parser.add_argument("--seconds", type=float, default=SECONDS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.attack:
-        attack(args.attack, args.seconds)
-        return 0
-    import httpx
-    import tensorflow as tf
-
-    from bench_model import jpeg_folder, machine
-    from domain.features import RAW_INPUT, RAW_SIGNATURE
+def _pushed_model(work: str):
+    """A model pushed by the pipeline from photo-like JPEGs: its config and the images."""
+    from bench_model import jpeg_folder
     from ops.ingest import ingest
     from pipeline import local_runner
     from pipeline.config import PipelineConfig
 
-    with tempfile.TemporaryDirectory() as work:
-        jpeg_folder(os.path.join(work, "images"), 20)
-        ingest(os.path.join(work, "images"), os.path.join(work, "data"), progress=False)
-        config = PipelineConfig(work_dir=work, data_root=os.path.join(work, "data"),
-                                image_height=224, image_width=224, image_channels=3,
-                                num_classes=3, train_steps=10, eval_steps=2, min_accuracy=0.0)
-        assert local_runner.run(config).pushed
-        images = []
-        for folder, _, files in os.walk(os.path.join(work, "images")):
-            images += [open(os.path.join(folder, f), "rb").read() for f in sorted(files)]
-        key_file = os.path.join(work, "jwt.key")
-        with open(key_file, "w") as f:
-            f.write(SECRET)
+    jpeg_folder(os.path.join(work, "images"), 20)
+    ingest(os.path.join(work, "images"), os.path.join(work, "data"), progress=False)
+    config = PipelineConfig(work_dir=work, data_root=os.path.join(work, "data"),
+                            image_height=224, image_width=224, image_channels=3,
+                            num_classes=3, train_steps=10, eval_steps=2, min_accuracy=0.0)
+    assert local_runner.run(config).pushed
+    images = []
+    for folder, _, files in os.walk(os.path.join(work, "images")):
+        images += [open(os.path.join(folder, f), "rb").read() for f in sorted(files)]
+    return config, images
 
-        model = tf.saved_model.load(os.path.join(config.push_dir, "1"))
-        signature = model.signatures[RAW_SIGNATURE]
 
-        def in_process(index: int) -> int:
-            signature(**{RAW_INPUT: tf.constant([images[index % len(images)]])})
-            return 200
+def _in_process(config, images) -> dict:
+    """The raw-bytes signature called in-process by ``CLIENTS`` threads."""
+    import tensorflow as tf
 
-        in_process(0)
-        direct = drive(in_process, CLIENTS, SECONDS)
+    from domain.features import RAW_INPUT, RAW_SIGNATURE
+    signature = tf.saved_model.load(os.path.join(config.push_dir, "1")).signatures[
+        RAW_SIGNATURE]
 
-        gateway, url = start_gateway(config.serving_dir, key_file)
-        try:
-            clients = [httpx.Client(timeout=30, transport=httpx.HTTPTransport(
-                local_address=f"127.0.0.{10 + i}"), headers={
-                "Content-Type": "image/jpeg", "Authorization": f"Bearer {token(f'good-{i}')}"})
-                for i in range(CLIENTS)]
-            classify = f"{url}/v1/models/image_classifier:classify"
+    def call(index: int) -> int:
+        signature(**{RAW_INPUT: tf.constant([images[index % len(images)]])})
+        return 200
 
-            def over_http(index: int) -> int:
-                return clients[index].post(classify, content=images[index % len(images)]
-                                           ).status_code
+    call(0)
+    return drive(call, CLIENTS, SECONDS)
 
-            over_http(0)
-            served = drive(over_http, CLIENTS, SECONDS)
-            quiet = drive(over_http, GOOD, SECONDS)
-            before = rss_mb(gateway.pid)
-            stop, health = threading.Event(), []
-            prober = threading.Thread(target=probe, args=(url, stop, health))
-            prober.start()
-            attacker = subprocess.Popen([sys.executable, __file__, "--attack", url,
-                                         "--seconds", str(SECONDS)], cwd=ROOT,
-                                        stdout=subprocess.PIPE, text=True)
-            storm = drive(over_http, GOOD, SECONDS)
-            attacks = {(name, status): n for name, status, n in
-                       json.loads(attacker.communicate()[0])}
-            stop.set()
-            prober.join()
-            after = rss_mb(gateway.pid)
-            alive = gateway.poll() is None and httpx.get(f"{url}/healthz").status_code == 200
-        finally:
-            gateway.terminate()
-            gateway.wait(30)
 
+def _over_http(config, images, key_file: str) -> dict:
+    """The gateway's ``:classify`` alone, quiet, and during a bad-request storm."""
+    import httpx
+    gateway, url = start_gateway(config.serving_dir, key_file)
+    try:
+        clients = [httpx.Client(timeout=30, transport=httpx.HTTPTransport(
+            local_address=f"127.0.0.{10 + i}"), headers={
+            "Content-Type": "image/jpeg", "Authorization": f"Bearer {token(f'good-{i}')}"})
+            for i in range(CLIENTS)]
+        classify = f"{url}/v1/models/image_classifier:classify"
+
+        def call(index: int) -> int:
+            return clients[index].post(classify, content=images[index % len(images)]
+                                       ).status_code
+
+        call(0)
+        found = {"served": drive(call, CLIENTS, SECONDS), "quiet": drive(call, GOOD, SECONDS),
+                 "before": rss_mb(gateway.pid)}
+        stop, found["health"] = threading.Event(), []
+        prober = threading.Thread(target=probe, args=(url, stop, found["health"]))
+        prober.start()
+        attacker = subprocess.Popen([sys.executable, __file__, "--attack", url,
+                                     "--seconds", str(SECONDS)], cwd=ROOT,
+                                    stdout=subprocess.PIPE, text=True)
+        found["storm"] = drive(call, GOOD, SECONDS)
+        found["attacks"] = {(name, status): n for name, status, n in
+                            json.loads(attacker.communicate()[0])}
+        stop.set()
+        prober.join()
+        found["after"] = rss_mb(gateway.pid)
+        found["alive"] = gateway.poll() is None and \
+            httpx.get(f"{url}/healthz").status_code == 200
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+    return found
+
+
+def _throughput_lines(images, direct: dict, served: dict) -> list[str]:
+    from bench_model import machine
     ratio = served["rate"] / direct["rate"]
-    bad = sum(attacks.values())
-    server_errors = sum(n for (_, status), n in attacks.items() if status >= 500) + sum(
-        n for s, n in list(storm["statuses"].items()) + list(served["statuses"].items())
-        if s >= 500)
-    by_kind = collections.defaultdict(collections.Counter)
-    for (name, status), n in attacks.items():
-        by_kind[name][status] += n
-    p99_ratio = storm["p99"] / quiet["p99"]
-    health.sort()
-    health_p99 = health[int(len(health) * 0.99)] * 1e3
-    lines = [
+    return [
         "# Gateway benchmarks", "", f"Machine: {machine()}", "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: a model pushed by the "
         f"pipeline (224x224 RGB), {len(images)} photo-like JPEGs of "
@@ -360,22 +350,36 @@ def main(argv=None) -> int:
         f"| gateway `:classify` over HTTP (uvicorn, its own process) | {served['rate']:.1f} | "
         f"{served['p50']:.1f} | {served['p99']:.1f} |", "",
         f"Gateway / in-process: **{ratio:.2f}x**; target >= 0.7x: "
-        f"{'met' if ratio >= 0.7 else 'MISSED'}.", "",
-        f"## Bad-request storm while {GOOD} good clients run", "",
-        "| bad request | sent | statuses |", "|---|---:|---|"]
+        f"{'met' if ratio >= 0.7 else 'MISSED'}.", ""]
+
+
+def _storm_lines(m: dict) -> list[str]:
+    attacks, storm, quiet, health = m["attacks"], m["storm"], m["quiet"], sorted(m["health"])
+    bad = sum(attacks.values())
+    server_errors = sum(n for (_, status), n in attacks.items() if status >= 500) + sum(
+        n for s, n in list(storm["statuses"].items()) + list(m["served"]["statuses"].items())
+        if s >= 500)
+    by_kind = collections.defaultdict(collections.Counter)
+    for (name, status), n in attacks.items():
+        by_kind[name][status] += n
+    p99_ratio = storm["p99"] / quiet["p99"]
+    health_p99 = health[int(len(health) * 0.99)] * 1e3
+    lines = [f"## Bad-request storm while {GOOD} good clients run", "",
+             "| bad request | sent | statuses |", "|---|---:|---|"]
     lines += [f"| {name} | {sum(c.values())} | "
               f"{', '.join(f'{s}: {n}' for s, n in sorted(c.items()))} |"
               for name, c in by_kind.items()]
-    lines += [
+    return lines + [
         "", "| good traffic | requests/s | p50 ms | p99 ms | statuses |",
         "|---|---:|---:|---:|---|",
         *(f"| {name} | {run['rate']:.1f} | {run['p50']:.1f} | {run['p99']:.1f} | "
           f"{', '.join(f'{s}: {n}' for s, n in sorted(run['statuses'].items()))} |"
           for name, run in (("quiet", quiet), ("during the storm", storm))), "",
         f"- Bad requests: {bad} in {SECONDS:.0f} s ({bad / SECONDS:.0f}/s); 5xx answers: "
-        f"**{server_errors}** (target 0); gateway still up: **{'yes' if alive else 'NO'}**.",
-        f"- Gateway memory: {before[0]:.0f} MB before the storm, {after[0]:.0f} MB after "
-        f"(peak {after[1]:.0f} MB).",
+        f"**{server_errors}** (target 0); gateway still up: "
+        f"**{'yes' if m['alive'] else 'NO'}**.",
+        f"- Gateway memory: {m['before'][0]:.0f} MB before the storm, {m['after'][0]:.0f} MB "
+        f"after (peak {m['after'][1]:.0f} MB).",
         f"- `/healthz` every 20 ms during the storm ({len(health)} probes): p50 "
         f"{health[len(health) // 2] * 1e3:.1f} ms, p99 **{health_p99:.1f} ms** (target < 100 ms: "
         f"{'met' if health_p99 < 100 else 'MISSED'}), slowest {health[-1] * 1e3:.0f} ms.",
@@ -383,6 +387,25 @@ def main(argv=None) -> int:
         "before authentication; the 'slow' rows count the connections it ended.",
         f"- Good p99 during the storm / quiet: **{p99_ratio:.2f}x**; target <= 2x: "
         f"{'met' if p99_ratio <= 2 else 'MISSED'}.", ""]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results.md")
+    parser.add_argument("--attack", default="", help=argparse.SUPPRESS)  # the storm process
+    parser.add_argument("--seconds", type=float, default=SECONDS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.attack:
+        attack(args.attack, args.seconds)
+        return 0
+    with tempfile.TemporaryDirectory() as work:
+        config, images = _pushed_model(work)
+        key_file = os.path.join(work, "jwt.key")
+        with open(key_file, "w") as f:
+            f.write(SECRET)
+        direct = _in_process(config, images)
+        measured = _over_http(config, images, key_file)
+    lines = _throughput_lines(images, direct, measured["served"]) + _storm_lines(measured)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
