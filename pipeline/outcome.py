@@ -48,9 +48,9 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
         **_weakest_class(evaluation.uri))
 
 
-def _weakest_class(evaluation_uri: str) -> dict:
-    """The candidate's class of lowest recall (``weakest_class``, ``weakest_recall``) from the
-    per-class figures the Evaluator wrote; empty when there are none."""
+def class_recalls(evaluation_uri: str) -> dict[str, float]:
+    """The candidate's recall per class name, from the per-class figures the Evaluator wrote
+    beside its evaluation (``CLASS_METRICS``); empty when there are none."""
     from tfx.dsl.io import fileio
     from tfx.utils import io_utils
 
@@ -58,11 +58,17 @@ def _weakest_class(evaluation_uri: str) -> dict:
     path = os.path.join(evaluation_uri, CLASS_METRICS)
     if not fileio.exists(path):
         return {}
-    rows = [r for r in json.loads(io_utils.read_string_file(path)).get(CANDIDATE, [])
-            if r.get("recall") is not None]
-    weakest = min(rows, key=lambda r: r["recall"], default=None)
-    return {} if weakest is None else {"weakest_class": weakest["class"],
-                                       "weakest_recall": weakest["recall"]}
+    return {r["class"]: r["recall"] for r in json.loads(io_utils.read_string_file(path)).get(
+        CANDIDATE, []) if r.get("recall") is not None}
+
+
+def _weakest_class(evaluation_uri: str) -> dict:
+    """The candidate's class of lowest recall (``weakest_class``, ``weakest_recall``); empty
+    when there are no per-class figures."""
+    recalls = class_recalls(evaluation_uri)
+    weakest = min(recalls, key=recalls.get, default=None)
+    return {} if weakest is None else {"weakest_class": weakest,
+                                       "weakest_recall": recalls[weakest]}
 
 
 def _property(artifact, key: str):

@@ -20,10 +20,11 @@ import time
 from domain import registry
 from domain.contracts import RunOutcome
 from domain.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS, ImageSpec
-from pipeline.config import PipelineConfig
 from domain.mlmd_queries import (executions_since, latest_artifact, metadata_store, run_outputs,
                                  seconds)
 from domain.records import compression
+from pipeline.config import PipelineConfig
+from pipeline.outcome import class_recalls
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ccc;padding-top:8px}
@@ -269,8 +270,7 @@ class RunReport:
                 + (_table(["split", "feature", "type", "description"],
                           [list(a.values()) for a in anomalies]) if anomalies else ""))
 
-    def gate(self, names: list[str]) -> str:
-        from components.gate import class_figures
+    def gate(self) -> str:
         from components.standard import ACCURACY_BOUND, BOUND_REASON
         o, c = self.outcome, self.config
         verdict = '<span class="ok">BLESSED</span>' if o.blessed else \
@@ -288,13 +288,11 @@ class RunReport:
                          f"{o.baseline_accuracy:.4f}",
                          f"candidate >= baseline - {c.max_regression}" if c.max_regression
                          else "candidate >= baseline (no regression)"])
-        matrix = self.confusion() if evaluation is not None else {}
-        recalls = {names[i]: class_figures(matrix, i, len(names))[1] for i in range(len(names))}
-        recalls = {k: v for k, v in recalls.items() if v is not None}
-        lowest = min(recalls, key=recalls.get) if recalls else None
+        recalls = class_recalls(evaluation.uri) if evaluation is not None else {}
         under = [n for n, r in recalls.items() if r < c.min_class_recall]
         rows.append(["lowest class recall (eval split)",
-                     f"{recalls[lowest]:.4f} ({lowest})" if lowest else "n/a",
+                     f"{o.weakest_recall:.4f} ({o.weakest_class})" if o.weakest_class
+                     else "n/a",
                      f">= {c.min_class_recall}" if c.min_class_recall
                      else "off (--min-class-recall)"])
         if under:
@@ -355,7 +353,7 @@ class RunReport:
     def html(self) -> str:
         names = self.summary().get("class_names") or _class_names(self.config)
         sections = [
-            ("Decision", self.gate(names)),
+            ("Decision", self.gate()),
             ("Dataset", self.dataset() + self.balance(names)),
             ("Data checks", self.checks()),
             ("Schema", self.schema()),
