@@ -6,8 +6,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
-import threading
 import time
 
 import httpx
@@ -15,8 +13,6 @@ import jwt
 import numpy as np
 import pytest
 
-from pipeline import local_runner
-from pipeline.config import PipelineConfig
 from domain import registry
 from ops import labels as labels_command
 from serving.backends import LocalBackend
@@ -25,6 +21,7 @@ from serving.gateway import GatewayConfig, create_app
 from serving.rate import TokenBuckets
 from serving.routing import Router
 from tests.conftest import encode
+from tests.helpers import serve
 
 SECRET = "test-secret-with-at-least-32-bytes!!"
 
@@ -34,33 +31,9 @@ def _token(**claims) -> str:
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory):
-    config = PipelineConfig.from_args(["--work-dir", str(tmp_path_factory.mktemp("gw")),
-                                       "--train-steps", "60", "--eval-steps", "5",
-                                       "--min-accuracy", "0"], environ={})
-    outcome = local_runner.run(config)
-    assert outcome.pushed
-    return config
-
-
-def serve(app):
-    """Runs ``app`` under uvicorn on a free port; yields its URL."""
-    import uvicorn
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    while "/readyz" in {r.path for r in app.routes} and httpx.get(f"{url}/readyz").status_code \
-            != 200:  # a gateway: until its background refresh loaded or found the stable version
-        time.sleep(0.1)
-    yield url
-    uv.should_exit = True
-    thread.join(5)
+def pushed(digits_run):
+    """The config of the session's digits run (conftest), which pushed version 1."""
+    return digits_run[0]
 
 
 def gateway(push_dir: str, **limits):

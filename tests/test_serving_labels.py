@@ -15,7 +15,7 @@ from domain import registry
 from ops import labels as labels_command
 from serving.backends import HttpBackend
 from serving.routing import Router
-from tests.test_gateway import serve
+from tests.helpers import serve
 from tests.tf_serving_contract_server import ConfigFollower, tf_serving_app
 
 
