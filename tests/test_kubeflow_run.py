@@ -45,7 +45,9 @@ def cluster(tmp_path_factory):
         "--train-steps", "60", "--eval-steps", "5", "--min-accuracy", "0.3",
         "--max-regression", "1.0", "--trainer-gpus", "0"], environ={})
     package = compile_pipeline(config, str(work / "pipeline.yaml"))
-    return Backend(work), package, config, volume, records
+    backend = Backend(work)
+    yield backend, package, config, volume, records
+    backend.close()
 
 
 def _pushed(backend, run) -> dict:
