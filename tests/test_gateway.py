@@ -369,7 +369,8 @@ def test_concurrent_requests_share_a_backend_call_and_a_bad_image_fails_alone(pu
     results = asyncio.run(together(good))
     assert calls == [7]
     alone = [backend.classify([image], 1)[0][0] for image in good]
-    assert [r[0][0] for r in results] == [pytest.approx(a, abs=1e-6) for a in alone]
+    # float32: a batch of 7 and a batch of 1 may round differently (1e-6 of 0.45 seen)
+    assert [r[0][0] for r in results] == [pytest.approx(a, rel=1e-5, abs=1e-6) for a in alone]
     calls.clear()
     results = asyncio.run(together(good[:3] + [_png(32)[:60]] + good[3:]))
     assert isinstance(results[3], BadImage) and "does not decode" in str(results[3])

@@ -23,6 +23,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from domain.features import CLASS_IDS, PROBABILITIES, RAW_SIGNATURE
 from domain import registry
+from modules import provenance
 from ops import predict, rollback
 from pipeline import local_runner, rerun
 from pipeline.outcome import component_names, latest_artifact, metadata_store
@@ -416,7 +417,7 @@ def test_a_change_of_config_code_served_version_or_data_takes_the_normal_path(
     normal_path(dataclasses.replace(config, learning_rate=config.learning_rate / 2))
     for edit in ("", "# an edit\n"):  # the same code in another checkout, then edited
         copy = tmp_path / ("edited" if edit else "same")
-        for package in ("pipeline", "components", "modules"):
+        for package in ("pipeline", *provenance.PACKAGES):  # the code project_sha256 hashes
             shutil.copytree(os.path.join(ROOT, package), copy / package,
                             ignore=shutil.ignore_patterns("__pycache__"))
         with open(copy / "components" / "anomaly_gate.py", "a") as f:
