@@ -4,12 +4,14 @@ a session) and the test tiers.
 Tiers (markers registered in pytest.ini; ``make test-fast`` runs ``-m unit``):
 
 * ``e2e``: whole pipeline runs (LocalDagRunner, real training) and what reads them;
+* ``training``: a model trained for real outside a pipeline (tens of seconds each);
 * ``kfp``: compiled packages run through the KFP v2 backend harness (tests/kfp_backend.py);
 * ``gateway``: real gateway processes and HTTP servers;
 * ``browser``: drives Chromium (skips without it); also in its module's tier;
 * ``unit``: everything else, which is every test not in one of the tiers above.
 
-A module's tier is set here (``TIERS``) or by a ``pytestmark`` in the module.
+A module's tier is set here (``TIERS``, single tests in ``TEST_TIERS``) or by a marker
+in the module (``pytestmark = pytest.mark.e2e``, ``@pytest.mark.training``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ if ROOT not in sys.path:
 # (-v is absl's --verbosity) must not reach it.
 sys.argv = sys.argv[:1]
 
-TIER_MARKERS = ("e2e", "kfp", "gateway")
+TIER_MARKERS = ("e2e", "training", "kfp", "gateway")
 TIERS = {
     "test_pipeline_e2e.py": ("e2e",),
     "test_retraining_e2e.py": ("e2e",),
@@ -42,6 +44,14 @@ TIERS = {
     "test_gateway.py": ("gateway", "e2e"),  # over the session's digits run
     "test_gateway_attacks.py": ("gateway",),
     "test_feedback.py": ("gateway",),
+    "test_learning.py": ("training",),
+}
+TEST_TIERS = {  # (module, test function) in a module of another tier
+    ("test_model.py", "test_multi_worker_training_with_two_local_workers_on_loopback"):
+        ("training",),
+    ("test_model.py", "test_mirrored_strategy_over_several_devices"): ("training",),
+    ("test_evaluation.py", "test_balanced_weights_raise_the_recall_of_a_rare_class"):
+        ("training",),
 }
 
 
@@ -50,7 +60,9 @@ def pytest_collection_modifyitems(config, items):
     ``browser``; tests marked ``digits_run_last`` (they change the session's digits run) go
     after every other test."""
     for item in items:
-        for tier in TIERS.get(os.path.basename(str(item.fspath)), ()):
+        module = os.path.basename(str(item.fspath))
+        for tier in TIERS.get(module, ()) + TEST_TIERS.get(
+                (module, getattr(item, "originalname", item.name)), ()):
             item.add_marker(tier)
         if "chromium" in item.name:
             item.add_marker("browser")
