@@ -39,7 +39,6 @@ TIERS = {
     "test_pipeline_ram_root.py": ("e2e",),
     "test_operator.py": ("e2e",),
     "test_image_validator.py": ("e2e",),
-    "test_progress.py": ("e2e",),
     "test_kubeflow_run.py": ("kfp",),
     "test_gateway.py": ("gateway", "e2e"),  # over the session's digits run
     "test_gateway_attacks.py": ("gateway",),
