@@ -21,7 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.outcome import component_names, metadata_store
 from domain.records import write_splits
 from tests.conftest import ROOT
-from tests.helpers import states
+from tests.helpers import states as _states
 
 SMALL = ["--train-steps", "60", "--eval-steps", "5", "--min-accuracy", "0.3"]
 
@@ -146,14 +146,14 @@ def test_runs_started_together_or_killed_leave_one_consistent_history(tmp_path):
 
     killed = _start(work, "--seed", "7")  # a changed option: the Trainer runs again
     deadline = time.time() + 600
-    while metadata_store_pb2.Execution.RUNNING not in states(config).get("Trainer", []):
+    while metadata_store_pb2.Execution.RUNNING not in _states(config).get("Trainer", []):
         assert killed.poll() is None and time.time() < deadline, killed.communicate()
         time.sleep(0.5)
     time.sleep(2)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert _check_serving_consistent(config) == [1]
-    assert metadata_store_pb2.Execution.RUNNING in states(config)["Trainer"]
+    assert metadata_store_pb2.Execution.RUNNING in _states(config)["Trainer"]
 
     last = max(e.id for e in metadata_store(config).get_executions())
     rerun = _start(work, "--seed", "7")
@@ -161,7 +161,7 @@ def test_runs_started_together_or_killed_leave_one_consistent_history(tmp_path):
     assert rerun.returncode == 0, err
     versions = _check_serving_consistent(config)
     assert versions in ([1], [1, 2]) and ("Pushed version 2" in out) == (versions == [1, 2])
-    states = states(config)
+    states = _states(config)
     assert metadata_store_pb2.Execution.RUNNING not in sum(states.values(), [])
     # The killed run's changed option (a Trainer setting) reruns the Trainer and what depends
     # on it, nothing else.

@@ -26,7 +26,7 @@ from pipeline.config import PipelineConfig
 from pipeline.default_data import digits_examples
 from pipeline.outcome import latest_artifact, metadata_store
 from tests.conftest import ROOT
-from tests.helpers import states
+from tests.helpers import states as _states
 
 FLAGS = ["--spans", "true", "--train-steps", "150", "--epochs", "3", "--eval-steps", "5",
          "--min-accuracy", "0.8", "--max-regression", "0.05"]
@@ -134,12 +134,12 @@ class Cycle:
 
         config = self.config
         _write_span(self.data, 5, shuffle_labels=False)
-        trainers = len(states(config).get("Trainer", []))
+        trainers = len(_states(config).get("Trainer", []))
         process = subprocess.Popen([sys.executable, "-m", "ops.retrain", "--data-root",
                                     self.data, "--work-dir", config.work_dir] + FLAGS, cwd=ROOT,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 600
-        while len(states(config).get("Trainer", [])) == trainers:
+        while len(_states(config).get("Trainer", [])) == trainers:
             assert process.poll() is None and time.time() < deadline, process.communicate()
             time.sleep(0.2)
         code = rollback.main(["--push-dir", config.push_dir, "--to-version", "2",
