@@ -6,10 +6,10 @@ ARGS ?=
 IMAGE ?= tfx-image-pipeline:latest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser run serve test bench compile image lock clean
+.PHONY: help setup browser run serve test test-fast bench compile image lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv from requirements.lock, hashes required (glibc wheel repair if needed)
 
@@ -37,8 +37,11 @@ browser: ## install Debian's Chromium for the browser test where apt-get can (el
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	  >/dev/null; } || echo "Chromium is not installed: the browser test will skip"
 
-test: setup browser ## run the test suite
-	$(PY) -m pytest tests -v $(ARGS)
+test: setup browser ## run the whole test suite (every tier; the 25 slowest tests listed)
+	$(PY) -m pytest tests -v --durations=25 $(ARGS)
+
+test-fast: setup ## run the unit tier only (a few minutes: no pipeline run, KFP or gateway process)
+	$(PY) -m pytest tests -m unit --durations=10 $(ARGS)
 
 BENCHES := pipeline data model learning warm-start gateway seams
 

@@ -9,19 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_lineage import store  # noqa: F401 - the fixture: an MLMD history of 3 runs
-
-HEAVY = ("tensorflow", "tensorflow_model_analysis", "apache_beam", "tensorflow_transform")
-PROBE = """
-import runpy, sys
-sys.argv = [{module!r}, *{args!r}]
-try:
-    runpy.run_module({module!r}, run_name="__main__")
-except SystemExit:
-    pass
-print(sorted(m for m in {heavy!r} if m in sys.modules))
-"""
-
+from tests.helpers import HEAVY, PROBE
 
 @pytest.mark.parametrize("module", ["ops.lineage", "ops.labels", "ops.rollback",
                                     "ops.schedule", "ops.predict", "ops.ingest",

@@ -25,8 +25,6 @@ import pytest
 from PIL import Image
 
 from domain import registry
-from domain.features import (CLASSES, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE, TRAINING_FILE,
-                              ImageSpec)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "attack-test-secret-with-32-bytes-or-more"
@@ -40,36 +38,6 @@ def token(sub: str | None = "attacker", **claims) -> str:
     if sub is not None:
         body["sub"] = sub
     return jwt.encode(body, SECRET, "HS256")
-
-
-def save_model(directory: str) -> None:
-    """A SavedModel with the exported model's raw-bytes signature and names: the real decode
-    (``modules.preprocessing.decode_images``) then a fixed linear layer, 8x8x1 -> 3 classes."""
-    import tensorflow as tf
-
-    from modules.preprocessing import decode_images
-    spec = ImageSpec("image", "label", 8, 8, 1, 3)
-
-    class Tiny(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.weights = tf.Variable(np.random.default_rng(0).normal(size=(64, 3)),
-                                       dtype=tf.float32)
-            self.class_names = tf.Variable(["zero", "one", "two"])
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=RAW_INPUT)])
-        def serve_image_bytes(self, images):
-            pixels = tf.reshape(decode_images(images, spec), [-1, 64])
-            probabilities = tf.nn.softmax(pixels @ self.weights)
-            return {PROBABILITIES: probabilities,
-                    CLASSES: tf.tile(self.class_names[tf.newaxis], [tf.shape(images)[0], 1])}
-
-    model = Tiny()
-    tf.saved_model.save(model, directory, signatures={RAW_SIGNATURE: model.serve_image_bytes})
-    os.makedirs(os.path.join(directory, os.path.dirname(TRAINING_FILE)))
-    with open(os.path.join(directory, TRAINING_FILE), "w") as f:
-        json.dump({"image_height": 8, "image_width": 8, "image_channels": 1,
-                   "max_pixels": 50_000_000}, f)
 
 
 def free_port() -> int:
@@ -120,11 +88,7 @@ class Prober:
 @pytest.fixture(scope="module")
 def push_dir(tmp_path_factory) -> str:
     """A serving dir holding the small model as version 1."""
-    root = tmp_path_factory.mktemp("attacks")
-    save_model(str(root / "model"))
-    base = str(root / "serving" / MODEL)
-    registry.publish(str(root / "model"), base, {"action": "push"}, keep=3)
-    return base
+    return publish_tiny_model(str(tmp_path_factory.mktemp("attacks")), MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.test_serving_manifests import OBJECTS, _named
+from tests.helpers import OBJECTS, named as _named
 
 
 def _patches(cronjob: str) -> dict[str, int]:

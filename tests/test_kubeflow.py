@@ -124,18 +124,6 @@ def test_the_image_installs_locked_wheels_as_built_with_pinned_gpu_libraries():
         assert requirement.specifier.contains(pins[requirement.name]), requirement
 
 
-def _write_examples(directory, records, compression="GZIP"):
-    import tensorflow as tf
-    writers = {}
-    for split, record in records:
-        if split not in writers:
-            (directory / split).mkdir(parents=True, exist_ok=True)
-            writers[split] = tf.io.TFRecordWriter(str(directory / split / "data.gz"), compression)
-        writers[split].write(record)
-    for writer in writers.values():
-        writer.close()
-
-
 def _spec(path: str) -> dict:
     return next(yaml.safe_load_all(open(path)))
 

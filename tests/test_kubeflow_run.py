@@ -22,7 +22,7 @@ from domain.features import TRAINER_SUMMARY
 from pipeline.config import PipelineConfig
 from pipeline.kubeflow_runner import compile_pipeline
 from tests.kfp_backend import Backend, BackendError
-from tests.test_kubeflow import _write_examples
+from tests.helpers import write_examples
 
 ALL = {"DataSpan", "ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
        "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "ServedVersion",
@@ -36,7 +36,7 @@ def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("cluster")
     volume = work / "volume"  # the PVC every task mounts
     records = list(digits_examples())
-    _write_examples(volume / "images" / "span-1", records[:900])
+    write_examples(volume / "images" / "span-1", records[:900])
     config = PipelineConfig.from_args([
         "--pvc-name", "tfx-image-data", "--pvc-mount-path", str(volume),
         "--data-root", str(volume / "images"), "--spans", "true",
@@ -45,7 +45,9 @@ def cluster(tmp_path_factory):
         "--train-steps", "60", "--eval-steps", "5", "--min-accuracy", "0.3",
         "--max-regression", "1.0", "--trainer-gpus", "0"], environ={})
     package = compile_pipeline(config, str(work / "pipeline.yaml"))
-    return Backend(work), package, config, volume, records
+    backend = Backend(work)
+    yield backend, package, config, volume, records
+    backend.close()
 
 
 def _pushed(backend, run) -> dict:
@@ -68,7 +70,7 @@ def test_runs_caching_spans_run_time_parameters_and_the_gateway(cluster):
     assert second.executed() == OBSERVERS  # identical: everything else from cache
     assert registry.versions(config.push_dir) == [1]
 
-    _write_examples(volume / "images" / "span-2", records[900:])
+    write_examples(volume / "images" / "span-2", records[900:])
     third = backend.create_run(package, {"min_accuracy": 1.01})  # a gate nothing passes
     assert third.executed() == ALL  # a new span: ImportExampleGen and everything after it
     assert registry.versions(config.push_dir) == [1]

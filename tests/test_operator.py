@@ -21,6 +21,7 @@ from pipeline.config import PipelineConfig
 from domain.mlmd_queries import component_names, metadata_store
 from domain.records import write_splits
 from tests.conftest import ROOT
+from tests.helpers import states as _states
 
 SMALL = ["--train-steps", "60", "--eval-steps", "5", "--min-accuracy", "0.3"]
 
@@ -116,15 +117,6 @@ def _start(work: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.local_runner", "--work-dir", work,
                              *SMALL, *extra], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _states(config) -> dict[str, list[int]]:
-    store = metadata_store(config.metadata_path)
-    names = component_names(store)
-    found: dict[str, list[int]] = {}
-    for execution in store.get_executions():
-        found.setdefault(names[execution.type_id], []).append(execution.last_known_state)
-    return found
 
 
 def _check_serving_consistent(config) -> list[int]:

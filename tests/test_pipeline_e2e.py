@@ -1,8 +1,9 @@
 """The whole pipeline with LocalDagRunner on the embedded digits data, in a temp dir.
 
-One first run (with a short KerasTuner search) is shared: then an identical rerun (all cached)
-and a rerun whose gate no model can pass (exactly the baseline, the Evaluator and the pusher
-rerun, nothing is pushed, serving is untouched).
+The session's digits run (conftest's ``digits_run``: a first run with a short KerasTuner
+search) is shared: then an identical rerun (all cached) and a rerun whose gate no model can
+pass (exactly the baseline, the Evaluator and the pusher rerun, nothing is pushed, serving is
+untouched).
 """
 from __future__ import annotations
 
@@ -28,14 +29,13 @@ from pipeline import local_runner, rerun
 from pipeline.config import PipelineConfig
 from domain.mlmd_queries import component_names, latest_artifact, metadata_store
 from tests.conftest import ROOT
-from tests.test_command_imports import HEAVY, PROBE
+from tests.helpers import DIGITS_FLAGS, HEAVY, PROBE, oversized
 
 COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
               "ExampleValidator", "AnomalyGate", "Transform", "Tuner", "Trainer", "Evaluator",
               "VersionedPusher")
 DATA_AND_TRAINING = COMPONENTS[:-2]
-FAST = ["--train-steps", "240", "--eval-steps", "10", "--tflite", "float16", "--tune", "true",
-        "--tune-trials", "2", "--tune-steps", "20"]
+FAST = DIGITS_FLAGS
 
 
 def _executions_by_component(config, after_id=0):
@@ -57,12 +57,10 @@ def _held_out_examples(config):
     return records, np.array(labels)
 
 
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    config = PipelineConfig.from_args(["--work-dir", str(tmp_path_factory.mktemp("e2e"))] + FAST,
-                                      environ={})
-    outcome = local_runner.run(config)
-    return dataclasses.replace(config, data_root=config.default_data_root), outcome
+@pytest.fixture
+def first_run(digits_run):
+    """The session's digits run: ``(config, outcome)``."""
+    return digits_run
 
 
 def test_every_component_succeeded_in_mlmd(first_run):
@@ -282,12 +280,11 @@ def _peak_rss_mb(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 
 def test_predict_names_each_bad_file_in_one_line_goes_on_and_stays_small(first_run,
                                                                          tmp_path):
-    from tests.test_preprocessing import _oversized
     config, _ = first_run
     records, _ = _held_out_examples(config)
     good = tmp_path / "digit.png"
     good.write_bytes(_png_images(records[:1])[0])
-    bad = {"bomb.webp": _oversized("WEBP VP8X"), "bomb.png": _oversized("PNG"),
+    bad = {"bomb.webp": oversized("WEBP VP8X"), "bomb.png": oversized("PNG"),
            "notes.txt": b"just text", "empty.png": b""}
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
@@ -402,10 +399,12 @@ def test_run_report_shows_its_thumbnails_in_chromium(first_run):
             browser.close()
 
 
+@pytest.mark.digits_run_last
 def test_a_change_of_config_code_served_version_or_data_takes_the_normal_path(
         first_run, tmp_path):
     """Each change alone makes the rerun's identity differ from the last run's, and
-    ``replay`` records nothing. (Last in this module: it rolls back and touches the data.)"""
+    ``replay`` records nothing. (Last in the session: it rolls back and touches the data of
+    the shared digits run.)"""
     config, _ = first_run
     local_runner.run(config)  # after other settings' runs: the normal path records its key
     recorded = _runs(config)[-1].custom_properties[rerun.KEY].string_value
@@ -419,7 +418,7 @@ def test_a_change_of_config_code_served_version_or_data_takes_the_normal_path(
     normal_path(dataclasses.replace(config, learning_rate=config.learning_rate / 2))
     for edit in ("", "# an edit\n"):  # the same code in another checkout, then edited
         copy = tmp_path / ("edited" if edit else "same")
-        for package in provenance.PACKAGES:
+        for package in provenance.PACKAGES:  # the code project_sha256 hashes
             shutil.copytree(os.path.join(ROOT, package), copy / package,
                             ignore=shutil.ignore_patterns("__pycache__"))
         with open(copy / "components" / "anomaly_gate.py", "a") as f:

@@ -1,9 +1,6 @@
 """preprocessing_fn on real encoded images: eagerly and through a real tf.Transform run."""
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ from modules.preprocessing import (NOT_AN_IMAGE, TOO_LARGE, decode_images, image
                                    model_pixels, pixels_from_values, preprocessing_fn)
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
+from tests.helpers import oversized, webp
 
 CUSTOM = PipelineConfig(image_height=16, image_width=12, image_channels=1).transform_config()
 
@@ -144,57 +142,18 @@ def test_raw_pixel_ranges_map_to_unit_pixels(low, high, values, expected):
     np.testing.assert_allclose(pixels.reshape(-1), expected, atol=1e-6)
 
 
-def _webp(size, **options) -> bytes:
-    from PIL import Image
-    buffer = io.BytesIO()
-    mode = "RGBA" if options.pop("alpha", False) else "RGB"
-    Image.new(mode, size[::-1], (10, 200, 30, 128)[:len(mode)]).save(buffer, "WEBP", **options)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("options, chunk", [({}, b"VP8 "), ({"lossless": True}, b"VP8L"),
                                             ({"alpha": True, "exif": b"Exif\0\0"}, b"VP8X")])
 def test_image_dims_read_webp_headers(options, chunk):
-    data = _webp((37, 301), **options)
+    data = webp((37, 301), **options)
     assert data[12:16] == chunk
     assert image_dims(tf.constant(data)).numpy().tolist() == [37, 301]
-
-
-def _oversized(fmt: str) -> bytes:
-    """A header that declares far more pixels than any limit, with next to no data."""
-    side = 30_000
-    if fmt == "PNG":
-        def chunk(kind, data):
-            return (struct.pack(">I", len(data)) + kind + data
-                    + struct.pack(">I", zlib.crc32(kind + data)))
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0,
-                                                                     0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
-    if fmt == "JPEG":  # a real JPEG with its frame header's size patched
-        data = bytearray(encode(np.zeros((8, 8), np.uint8), "JPEG"))
-        sof = data.index(b"\xff\xc0")
-        data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
-        return bytes(data)
-    if fmt == "GIF":
-        return b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\0\0\0" + b";"
-    if fmt == "BMP":
-        return (b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack(
-            "<IiiHHIIiiII", 40, side, side, 1, 24, 0, 0, 0, 0, 0, 0))
-    if fmt == "WEBP VP8X":  # the 34-byte 16383x16383 of issue 15
-        return (b"RIFF" + struct.pack("<I", 26) + b"WEBPVP8X" + struct.pack("<I", 10)
-                + b"\0\0\0\0" + (16382).to_bytes(3, "little") * 2 + b"\0" * 4)
-    if fmt == "WEBP VP8L":
-        bits = 16382 | (16382 << 14)
-        return (b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8L" + struct.pack("<I", 5) + b"\x2f"
-                + struct.pack("<I", bits) + b"\0" * 8)
-    bits = _webp((8, 8))  # VP8: patch the frame's 14-bit sizes
-    return bits[:26] + struct.pack("<HH", 16383, 16383) + bits[30:]
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP VP8X", "WEBP VP8L",
                                  "WEBP VP8"])
 def test_every_accepted_format_is_size_checked_before_decoding(fmt):
-    data = _oversized(fmt)
+    data = oversized(fmt)
     height, width = image_dims(tf.constant(data)).numpy().tolist()
     assert height * width > 50_000_000
     with pytest.raises(tf.errors.InvalidArgumentError, match=TOO_LARGE):

@@ -26,6 +26,7 @@ from pipeline.config import PipelineConfig
 from pipeline.default_data import digits_examples
 from domain.mlmd_queries import latest_artifact, metadata_store
 from tests.conftest import ROOT
+from tests.helpers import states as _states
 
 FLAGS = ["--spans", "true", "--train-steps", "150", "--epochs", "3", "--eval-steps", "5",
          "--min-accuracy", "0.8", "--max-regression", "0.05"]
@@ -132,7 +133,6 @@ class Cycle:
         import sys
         import time
 
-        from tests.test_operator import _states
         config = self.config
         _write_span(self.data, 5, shuffle_labels=False)
         trainers = len(_states(config).get("Trainer", []))

@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 from starlette.requests import Request
 
-from domain import registry
 from ops.predict import predict
 from serving.backends import BadImage, Batcher, LocalBackend
 from serving.config import GatewayConfig
@@ -24,7 +23,7 @@ from serving.limits import Rejected, WorkerPool
 from serving.metrics import Metrics
 from serving.predictions import Predictions
 from serving.routing import Router
-from tests.test_gateway_attacks import save_model
+from tests.helpers import publish_tiny_model
 
 MODEL = "image_classifier"
 
@@ -38,11 +37,7 @@ def png(side: int = 8, seed: int = 0) -> bytes:
 
 @pytest.fixture(scope="module")
 def push_dir(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("classifier")
-    save_model(str(root / "model"))
-    base = str(root / "serving" / MODEL)
-    registry.publish(str(root / "model"), base, {"action": "push"}, keep=3)
-    return base
+    return publish_tiny_model(str(tmp_path_factory.mktemp("classifier")), MODEL)
 
 
 def test_ops_predict_and_the_gateway_backend_answer_alike(push_dir):

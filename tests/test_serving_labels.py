@@ -16,7 +16,7 @@ from domain.labels import LABELS, Labels, MODELS_CONFIG, models_config, read_lab
 from ops import labels as labels_command
 from serving.backends import HttpBackend
 from serving.routing import Router
-from tests.test_gateway import serve
+from tests.helpers import serve
 from tests.tf_serving_contract_server import ConfigFollower, tf_serving_app
 
 

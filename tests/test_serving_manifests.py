@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import glob
 import json
 import os
 import re
@@ -17,24 +16,10 @@ from domain import registry
 from domain.labels import MODELS_CONFIG, TF_SERVING_ROOT
 from serving.__main__ import arguments
 from serving.gateway import Metrics
+from tests.helpers import OBJECTS, named as _named
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "kfp", "serving")
 KUBERNETES = "1.33"
-
-
-def _objects() -> list[dict]:
-    objects = []
-    for path in sorted(glob.glob(os.path.join(HERE, "*.yaml"))):
-        with open(path) as f:
-            objects += [o for o in yaml.safe_load_all(f) if o]
-    return objects
-
-
-OBJECTS = _objects()
-
-
-def _named(kind: str, name: str) -> dict:
-    return next(o for o in OBJECTS if o["kind"] == kind and o["metadata"]["name"] == name)
 
 
 def _container(name: str) -> dict:
