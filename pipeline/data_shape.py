@@ -114,6 +114,9 @@ def _check_classes(config: PipelineConfig, seen: Seen) -> None:
 def _choice(config: PipelineConfig, missing: list[str], seen: Seen,
             reason: str = "") -> Choice:
     if not reason:
+        sides = {"image_height", "image_width"}
+        if sides & set(missing) != sides:  # one side set: the other follows it, not the data
+            missing = [name for name in missing if name not in sides]
         taken = [OPTIONS[n] for n in FROM_DATA if n in missing]
         sources = [s for s in (seen.shape_source if set(missing) - {"num_classes"} else "",
                                seen.class_source if "num_classes" in missing else "") if s]
