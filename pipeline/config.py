@@ -66,7 +66,7 @@ def fields_in(*scopes: str) -> list[str]:
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # The model's input and classes: 0 means "from the data" (pipeline.data_shape resolves them
-# before a run or a compile); with no data root, the embedded digits' values.
+# before a run or a compile); with no data root (or the embedded digits' own), the digits'.
 FROM_DATA = {"image_height": 8, "image_width": 8, "image_channels": 1, "num_classes": 10}
 # Fields that change how a run goes, not what it computes (outside ``definition_sha256``).
 HOW_IT_RUNS = ("verbose", "beam_mode", "beam_workers")
@@ -265,7 +265,8 @@ class PipelineConfig:
     pvc_mount_path: str = _option("/mnt/data", KUBEFLOW, RUNNER, "where the PVC is mounted")
 
     def __post_init__(self):
-        if not self.data_root:  # the embedded digits
+        if not self.data_root or os.path.abspath(self.data_root) == self.default_data_root:
+            # the embedded digits (also by their path)
             for name, digits in FROM_DATA.items():
                 object.__setattr__(self, name, getattr(self, name) or digits)
         for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),

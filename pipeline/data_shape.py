@@ -239,7 +239,8 @@ def _label(features, config: PipelineConfig):
     feature = features[config.label_key]
     if config.label_format == "int":
         return int(feature.int64_list.value[0]) if feature.int64_list.value else None
-    return feature.bytes_list.value[0] if feature.bytes_list.value else None
+    return (feature.bytes_list.value[0].decode("utf-8", "replace") if feature.bytes_list.value
+            else None)
 
 
 def _shape(feature, config: PipelineConfig) -> tuple[int, int, bool] | None:

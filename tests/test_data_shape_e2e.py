@@ -1,5 +1,6 @@
 """A first run on a folder of photo-like images with no shape or class option (issue 31): the
-input is sized from the data, the run is blessed, and a rerun is all cache hits."""
+input is sized from the data, the run is blessed, and a rerun (also one giving the chosen
+values as options) is all cache hits."""
 from __future__ import annotations
 
 import json
@@ -25,11 +26,11 @@ INPUT = ("Input 64×64×3, 3 classes (circle, square, triangle): from the ingest
 
 def test_a_first_run_on_photos_sizes_the_input_from_the_data_and_a_rerun_is_cached(
         tmp_path, capsys):
-    write_shapes(str(tmp_path / "photos"), 60, 3, seed=0)
+    write_shapes(str(tmp_path / "photos"), 150, 3, seed=0)
     data = str(tmp_path / "data")
     ingest(str(tmp_path / "photos"), data, shards=1, progress=False)
-    argv = ["--data-root", data, "--work-dir", str(tmp_path / "work"), "--train-steps", "300",
-            "--eval-steps", "5", "--min-accuracy", "0.6"]
+    argv = ["--data-root", data, "--work-dir", str(tmp_path / "work"), "--train-steps", "1000",
+            "--validation-percent", "20", "--min-accuracy", "0.6"]
     assert local_runner.main(argv) == 0
     out = capsys.readouterr().out
     assert INPUT in out.split("\n", 2)[1]  # the run's first line after the log's path
@@ -48,3 +49,9 @@ def test_a_first_run_on_photos_sizes_the_input_from_the_data_and_a_rerun_is_cach
     assert local_runner.main(argv) == 0  # the same data: every component from the cache
     again = capsys.readouterr().out
     assert INPUT in again and "every component served from cache" in again, again
+    # The options it chose, given explicitly, are the same run: the same cache keys.
+    assert local_runner.main(argv + ["--image-height", "64", "--image-width", "64",
+                                     "--image-channels", "3", "--num-classes", "3"]) == 0
+    explicit = capsys.readouterr().out
+    assert "as the options set them" in explicit
+    assert "every component served from cache" in explicit, explicit
