@@ -155,7 +155,11 @@ def for_open_source(spec: dict) -> None:
     check_producers(spec)
 
 
-def compile_pipeline(config: PipelineConfig, output: str, announce=print) -> str:
+def _to_stderr(text: str) -> None:  # stdout may be a command's JSON (ops.schedule --dry-run)
+    print(text, file=sys.stderr)
+
+
+def compile_pipeline(config: PipelineConfig, output: str, announce=_to_stderr) -> str:
     """Writes the KFP package for ``config`` to ``output``; returns its path. Raises
     ``ValueError`` with ``cluster_problem``'s reason, or naming the options to set when the
     model's input is left to data this machine cannot read. The input and classes left to

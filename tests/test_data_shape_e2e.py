@@ -30,7 +30,7 @@ def test_a_first_run_on_photos_sizes_the_input_from_the_data_and_a_rerun_is_cach
     data = str(tmp_path / "data")
     ingest(str(tmp_path / "photos"), data, shards=1, progress=False)
     argv = ["--data-root", data, "--work-dir", str(tmp_path / "work"), "--train-steps", "1000",
-            "--validation-percent", "20", "--min-accuracy", "0.6"]
+            "--target-accuracy", "0.75", "--validation-percent", "20", "--min-accuracy", "0.6"]
     assert local_runner.main(argv) == 0
     out = capsys.readouterr().out
     assert INPUT in out.split("\n", 2)[1]  # the run's first line after the log's path
@@ -40,7 +40,7 @@ def test_a_first_run_on_photos_sizes_the_input_from_the_data_and_a_rerun_is_cach
     model = latest_artifact(store, "Model", "Trainer")
     trainer = store.get_executions_by_id([
         e.execution_id for e in store.get_events_by_artifact_ids([model.id])])[0]
-    keyed = json.loads(trainer.properties["custom_config"].string_value)
+    keyed = json.loads(trainer.custom_properties["custom_config"].string_value)
     assert (keyed["image_height"], keyed["image_width"], keyed["image_channels"],
             keyed["num_classes"], keyed["class_names"]) == (64, 64, 3, 3,
                                                             ["circle", "square", "triangle"])
