@@ -44,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(rest, prog="python -m ops.schema")
     if config.data_root:  # the number of classes as the run resolved it (pipeline.data_shape)
         from pipeline.data_shape import resolve
-        config = resolve(config)[0]
+        from pipeline.preflight import UserError
+        try:
+            config = resolve(config)[0]
+        except UserError as err:
+            print(f"schema: {err}", file=sys.stderr)
+            return 2
     latest = latest_artifact(metadata_store(config.metadata_path), "Schema", "SchemaGen")
     if latest is None:
         print(f"schema: no SchemaGen schema in {config.metadata_path}: run the pipeline first",
