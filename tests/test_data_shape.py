@@ -166,3 +166,32 @@ def test_every_ingest_option_has_a_description(capsys):
                    "--max-skipped-fraction", "--max-pixels"):
         line = " ".join(options[options.index(option):].split("\n  -")[0].split())
         assert len(line.split()) > 3, f"{option} has no description: {line!r}"
+
+
+def test_kubeflow_resolves_once_at_compile_time_and_the_spec_records_it(photos, tmp_path,
+                                                                         capsys):
+    import json
+
+    import yaml
+
+    from pipeline.kubeflow_runner import compile_pipeline
+    mount = os.path.dirname(photos)
+    config = PipelineConfig.from_args([
+        "--pipeline-root", "gs://b/r", "--pvc-name", "data", "--pvc-mount-path", mount,
+        "--data-root", photos, "--serving-dir", os.path.join(mount, "serving")], environ={})
+    package = compile_pipeline(config, str(tmp_path / "p.yaml"))
+    assert capsys.readouterr().err.startswith("Input 64×64×3, 3 classes (circle, square, "
+                                              "triangle): from the ingest manifest")
+
+    def strings(node):
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        if isinstance(node, list):
+            return [s for v in node for s in strings(v)]
+        return [node] if isinstance(node, str) and '"image_height"' in node else []
+
+    with open(package) as f:
+        configs = [json.loads(s) for s in strings(next(yaml.safe_load_all(f)))
+                   if s.lstrip().startswith("{")]
+    assert configs and all((c["image_height"], c["image_width"], c["image_channels"],
+                            c["num_classes"]) == (64, 64, 3, 3) for c in configs)
