@@ -71,3 +71,4 @@ class RunOutcome:
     bound_reason: str | None = None  # where it came from (min_accuracy or a tolerance floor)
     weakest_class: str | None = None  # the candidate's class of lowest recall, by name
     weakest_recall: float | None = None
+    input_choice: str | None = None  # the model's input and classes, and where they came from

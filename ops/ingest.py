@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from domain import class_map
+from domain import class_map, data_shape
 from domain.features import MAX_PIXELS, SPLITS
 from domain.records import write_splits
 
@@ -50,6 +50,7 @@ class Checked:
     data: bytes = b""
     height: int = 0
     width: int = 0
+    colour: bool = False      # not grey (its channels differ: data_shape.GREY_SPREAD)
     skipped: str = ""         # the reason, if skipped
 
 
@@ -67,6 +68,7 @@ def check_file(root: str, path: str, label_name: str, max_pixels: int) -> Checke
                 result.skipped = f"too large: {width}x{height} > max_pixels={max_pixels}"
                 return result
             image.load()  # decodes every pixel: truncated files fail here
+            result.colour = _in_colour(image)
             if mode not in KEEP_FORMATS.get(fmt, ()):
                 buffer = io.BytesIO()
                 image.convert("RGBA" if "A" in mode or "transparency" in image.info
@@ -80,6 +82,18 @@ def check_file(root: str, path: str, label_name: str, max_pixels: int) -> Checke
         return result
     result.data, result.height, result.width = data, height, width
     return result
+
+
+def _in_colour(image) -> bool:
+    """Whether an image's pixels have colour (an RGB file of grey pixels is grey), judged on
+    a 32x32 thumbnail."""
+    from PIL import ImageChops
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    thumb = image.convert("RGB").resize((32, 32))
+    red, green, blue = thumb.split()
+    return max(ImageChops.difference(red, green).getextrema()[1],
+               ImageChops.difference(green, blue).getextrema()[1]) > data_shape.GREY_SPREAD
 
 
 def _example(item: Checked, label: int) -> bytes:
@@ -143,16 +157,17 @@ def ingest(image_dir: str, out_dir: str, shards: int = 4, compress: bool = False
         classes, added, missing = class_map.extend(out_dir, list(files))
         labels = {name: classes.index(name) for name in files}
         counts = {split: {name: 0 for name in labels} for split in SPLITS}
-        skipped = []
+        skipped, shapes = [], []
         with ProcessPoolExecutor(workers) as pool:
             checked = tqdm(_check_all(pool, image_dir, jobs, max_pixels,
                                       IN_FLIGHT * (workers or os.cpu_count() or 1)),
                            total=len(jobs), disable=not progress, desc="images", unit="img")
             write_splits(root, _records(checked, labels, counts, skipped, eval_fraction,
-                                        max_skipped_fraction), shards, "data", compress)
+                                        max_skipped_fraction, shapes), shards, "data", compress)
         manifest = {"root": root, "counts": counts, "span": span,
                     "source": os.path.abspath(image_dir), "files": len(jobs), "skipped": skipped,
-                    "classes": classes, "added_classes": added, "missing_classes": missing}
+                    "classes": classes, "added_classes": added, "missing_classes": missing,
+                    "images": data_shape.image_stats(shapes)}
         with open(os.path.join(root, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
         class_map.write(out_dir, classes)
@@ -183,10 +198,12 @@ def _check_all(pool, root: str, jobs: list[tuple[str, str]], max_pixels: int,
 
 
 def _records(checked: Iterable[Checked], labels: dict[str, int], counts: dict, skipped: list,
-             eval_fraction: float, max_skipped_fraction: float) -> Iterator[tuple[str, bytes]]:
-    """``(split, serialized example)`` of each image kept, counted in ``counts``; the skipped
-    ones go to ``skipped``. Raises ``IngestError`` (the writer then keeps nothing) on the same
-    content under two classes, at the end on a class with no image or too many skipped."""
+             eval_fraction: float, max_skipped_fraction: float,
+             shapes: list | None = None) -> Iterator[tuple[str, bytes]]:
+    """``(split, serialized example)`` of each image kept, counted in ``counts`` (its height,
+    width and colour in ``shapes``); the skipped ones go to ``skipped``. Raises
+    ``IngestError`` (the writer then keeps nothing) on the same content under two classes,
+    at the end on a class with no image or too many skipped."""
     first_seen, total = {}, 0  # sha256 -> (path, class name) of the image kept
     for item in checked:
         total += 1
@@ -202,6 +219,8 @@ def _records(checked: Iterable[Checked], labels: dict[str, int], counts: dict, s
         first_seen[item.sha256] = (item.path, item.label_name)
         split = split_of(item.sha256, eval_fraction)
         counts[split][item.label_name] += 1
+        if shapes is not None:
+            shapes.append((item.height, item.width, item.colour))
         yield split, _example(item, labels[item.label_name])
     empty = [name for name in labels if not any(counts[split][name] for split in SPLITS)]
     if empty:
@@ -230,15 +249,23 @@ def _adopt_legacy_ids(out_dir: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("image_dir")
-    parser.add_argument("out_dir")
-    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("image_dir", help="one sub-folder of images per class")
+    parser.add_argument("out_dir", help="the data root the pipeline reads (--data-root)")
+    parser.add_argument("--shards", type=int, default=4,
+                        help="TFRecord files per split (default: %(default)s)")
     parser.add_argument("--compress", action="store_true", help="GZIP the TFRecords")
-    parser.add_argument("--eval-fraction", type=float, default=0.2)
+    parser.add_argument("--eval-fraction", type=float, default=0.2,
+                        help="share of the images held out as the eval split, by content hash "
+                             "(default: %(default)s)")
     parser.add_argument("--span", type=int, help="write <out dir>/span-N/ (for retraining)")
     parser.add_argument("--workers", type=int, help="processes (default: one per core)")
-    parser.add_argument("--max-skipped-fraction", type=float, default=0.05)
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
+    parser.add_argument("--max-skipped-fraction", type=float, default=0.05,
+                        help="fail, writing nothing, when more of the files are skipped "
+                             "(corrupt, unsupported, too large, duplicates; default: "
+                             "%(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="skip images with more pixels, before decoding them (default: "
+                             "%(default)s)")
     args = parser.parse_args(argv)
     try:
         manifest = ingest(args.image_dir, args.out_dir, args.shards, args.compress,

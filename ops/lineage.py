@@ -74,6 +74,15 @@ class Lineage:
         return next((c.name for c in self.store.get_contexts_by_execution(execution_id)
                      if c.type_id == run_type.id), None)
 
+    def input_of(self, run: str | None) -> str | None:
+        """How the run chose the model's input and classes (``pipeline.data_shape``), as its
+        outcome recorded it on the run's context (``pipeline.rerun``); None if not recorded."""
+        run_type = self.store.get_context_type("pipeline_run")
+        context = self.store.get_context_by_type_and_name(run_type.name, run) if run else None
+        outcome = context.custom_properties["outcome"].string_value if context and \
+            "outcome" in context.custom_properties else ""
+        return json.loads(outcome).get("input_choice") if outcome else None
+
     def runs(self) -> list[dict]:
         """Each run: its executions' states, and the version it pushed (None for a run whose
         cached pusher replayed an earlier run's push)."""
@@ -119,8 +128,9 @@ def version_lineage(config: PipelineConfig, version: int) -> dict:
         raise KeyError(f"version {version} is not in {config.push_dir}/manifest.json")
     lineage = Lineage(metadata_store(config.metadata_path))
     model = lineage.upstream(entry["model_id"])
+    run = lineage.run_of(model["produced_by"]["execution_id"])
     return {"version": version, "manifest": entry, "spans": sorted(lineage.spans_of(model)),
-            "run": lineage.run_of(model["produced_by"]["execution_id"]), "model": model}
+            "run": run, "model": model, "input": lineage.input_of(run)}
 
 
 def span_lineage(config: PipelineConfig, span: int) -> dict:
@@ -181,6 +191,7 @@ def version_summary(result: dict) -> str:
             ("transform", inputs.get("transform_graph", "?")),
             ("code", _code(entry["model_uri"])),
             ("options", options),
+            *([("input", result["input"].splitlines()[0])] if result.get("input") else []),
             ("result", f"accuracy {entry['accuracy']:.4f}, blessed; baseline: {baseline}"),
             ("model", entry["model_uri"])]
     return "\n".join([f"version {result['version']}, pushed {entry['time']} by run "

@@ -42,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="schema/schema.pbtxt")
     args, rest = parser.parse_known_args(argv)
     config = PipelineConfig.from_args(rest, prog="python -m ops.schema")
+    if config.data_root:  # the number of classes as the run resolved it (pipeline.data_shape)
+        from pipeline.data_shape import resolve
+        from pipeline.preflight import UserError
+        try:
+            config = resolve(config)[0]
+        except UserError as err:
+            print(f"schema: {err}", file=sys.stderr)
+            return 2
     latest = latest_artifact(metadata_store(config.metadata_path), "Schema", "SchemaGen")
     if latest is None:
         print(f"schema: no SchemaGen schema in {config.metadata_path}: run the pipeline first",

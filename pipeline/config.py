@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from domain.data_shape import RULE
 from domain.features import (AUGMENTATIONS, BACKBONES, CLASS_WEIGHTS, DEFAULT_AUGMENTATION,
                               IMAGE_FORMATS, LABEL_FORMATS, LR_SCHEDULES, MAX_PIXELS, RESIZE_MODES,
                               TFLITE_MODES)
@@ -64,6 +65,9 @@ def fields_in(*scopes: str) -> list[str]:
 
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+# The model's input and classes: 0 means "from the data" (pipeline.data_shape resolves them
+# before a run or a compile); with no data root (or the embedded digits' own), the digits'.
+FROM_DATA = {"image_height": 8, "image_width": 8, "image_channels": 1, "num_classes": 10}
 # Fields that change how a run goes, not what it computes (outside ``definition_sha256``).
 HOW_IT_RUNS = ("verbose", "beam_mode", "beam_workers")
 # Run-time parameters of the compiled Kubeflow pipeline (per run and per recurring run).
@@ -137,13 +141,23 @@ class PipelineConfig:
     size_keys: tuple[str, ...] = _option(("height", "width"), DATA, RUNNER,
                                          "numeric features the size drift check compares")
     # The model
-    image_height: int = _option(8, MODEL, TRANSFORM, "the model's input height in pixels")
-    image_width: int = _option(8, MODEL, TRANSFORM, "the model's input width in pixels")
-    image_channels: int = _option(1, MODEL, TRANSFORM,
-                                  "the model's input channels: 1 (grey) or 3 (RGB)")
-    num_classes: int = _option(10, MODEL, TRANSFORM, "the number of classes")
+    image_height: int = _option(0, MODEL, TRANSFORM,
+                                "the model's input height in pixels; 0: from the data (" + RULE
+                                + "; square: a height alone sets the width too; the embedded "
+                                "digits: 8)")
+    image_width: int = _option(0, MODEL, TRANSFORM,
+                               "the model's input width in pixels; 0: from the data, as "
+                               "--image-height (the embedded digits: 8)")
+    image_channels: int = _option(0, MODEL, TRANSFORM,
+                                  "the model's input channels: 1 (grey) or 3 (RGB); 0: from the "
+                                  "data (3 when at least a tenth of the images are in colour; "
+                                  "the embedded digits: 1)")
+    num_classes: int = _option(0, MODEL, TRANSFORM,
+                               "the number of classes; 0: from the data (its class map "
+                               "classes.json, else the labels; the embedded digits: 10)")
     class_names: tuple[str, ...] = _option((), MODEL, TRAINER,
-                                           "names of the class ids, in order (empty: the ids)")
+                                           "names of the class ids, in order (empty: the data's "
+                                           "class map, else the ids)")
     resize_mode: str = _option("pad", MODEL, TRANSFORM,
                                "pad (keep the aspect ratio), crop (fill, centre-crop) or stretch")
     max_pixels: int = _option(MAX_PIXELS, MODEL, TRANSFORM,
@@ -251,6 +265,10 @@ class PipelineConfig:
     pvc_mount_path: str = _option("/mnt/data", KUBEFLOW, RUNNER, "where the PVC is mounted")
 
     def __post_init__(self):
+        if not self.data_root or os.path.abspath(self.data_root) == self.default_data_root:
+            # the embedded digits (also by their path)
+            for name, digits in FROM_DATA.items():
+                object.__setattr__(self, name, getattr(self, name) or digits)
         for name, allowed in (("beam_mode", BEAM_MODES), ("resize_mode", RESIZE_MODES),
                               ("strategy", STRATEGIES), ("backbone", BACKBONES),
                               ("tflite", TFLITE_MODES), ("image_format", IMAGE_FORMATS),
@@ -275,19 +293,23 @@ class PipelineConfig:
                              f"({self.raw_min_value})")
         if self.label_format == "string" and self.class_names:
             raise ValueError("class_names come from the label vocabulary when label_format=string")
-        if self.class_names and len(self.class_names) != self.num_classes:
+        if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class_names for num_classes="
                              f"{self.num_classes}")
-        for name in ("image_height", "image_width", "num_classes", "eval_steps", "batch_size",
-                     "max_pixels", "keep_versions", "width"):
+        for name in ("eval_steps", "batch_size", "max_pixels", "keep_versions", "width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in FROM_DATA:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 1 (0: from the data), got "
+                                 f"{getattr(self, name)}")
         if self.width % 8:
             raise ValueError(f"width must be a multiple of 8 (GroupNorm groups), got {self.width}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.image_channels not in (1, 3):
-            raise ValueError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        if self.image_channels not in (0, 1, 3):
+            raise ValueError(f"image_channels must be 1 or 3 (0: from the data), got "
+                             f"{self.image_channels}")
         if not 1 <= self.validation_percent <= 50:
             raise ValueError(f"validation_percent must be in [1, 50], got "
                              f"{self.validation_percent}")
@@ -319,6 +341,11 @@ class PipelineConfig:
         }
         for name, default in derived.items():
             object.__setattr__(self, name, str(getattr(self, name) or default))
+
+    @property
+    def from_data(self) -> list[str]:
+        """The options still to be resolved from the data (``pipeline.data_shape``)."""
+        return [name for name in FROM_DATA if not getattr(self, name)]
 
     @property
     def uses_default_data(self) -> bool:

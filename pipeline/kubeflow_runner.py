@@ -15,7 +15,8 @@ the backend's compiler and driver accept, the observer steps never cached, and t
 parameters (``pipeline.config.RUN_TIME_PARAMETERS``) declared as root inputs defaulting to
 the config's values. What cannot work on a cluster is refused at compile time
 (``cluster_problem``): no data root, paths of this machine without a volume, a pipeline root
-the backend refuses.
+the backend refuses; and a model input left to data this machine cannot read (an object
+store: set the shape and class options).
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from pipeline import data_shape
 from pipeline.config import SETUP_FILE, PipelineConfig
+from pipeline.preflight import UserError
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 # They train models: GPUs, CPU and memory of the trainer_* options, on GPU nodes.
@@ -152,12 +155,25 @@ def for_open_source(spec: dict) -> None:
     check_producers(spec)
 
 
-def compile_pipeline(config: PipelineConfig, output: str) -> str:
+def _to_stderr(text: str) -> None:  # stdout may be a command's JSON (ops.schedule --dry-run)
+    print(text, file=sys.stderr)
+
+
+def compile_pipeline(config: PipelineConfig, output: str, announce=_to_stderr) -> str:
     """Writes the KFP package for ``config`` to ``output``; returns its path. Raises
-    ``ValueError`` with ``cluster_problem``'s reason."""
+    ``ValueError`` with ``cluster_problem``'s reason, or naming the options to set when the
+    model's input is left to data this machine cannot read. The input and classes left to
+    the data are resolved here, once (``pipeline.data_shape``): the spec records them."""
     problem = cluster_problem(config)
     if problem:
         raise ValueError(problem)
+    if config.from_data:
+        try:
+            config, choice = data_shape.resolve(config)
+        except UserError as err:
+            raise ValueError(str(err)) from None
+        data_shape.require_readable(config)
+        announce("\n".join([choice.line(), *choice.hints]))
     from tfx import v1 as tfx  # the training stack: only once there is something to compile
 
     from pipeline.pipeline import OBSERVERS, create_pipeline

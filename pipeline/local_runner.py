@@ -10,7 +10,7 @@ import os
 import sys
 
 from domain.contracts import RunOutcome
-from pipeline import preflight, rerun
+from pipeline import data_shape, preflight, rerun
 from pipeline.config import OBJECT_STORES, STAGED_STORES, PipelineConfig
 from pipeline.preflight import UserError
 from pipeline.progress import readable_run
@@ -40,19 +40,34 @@ def observe(config: PipelineConfig):
                     served_version=rerun.observed_version(config, fingerprint))
 
 
+def resolve_input(config: PipelineConfig, announce=print) -> tuple[PipelineConfig, str]:
+    """``config`` with the model's input and classes resolved from the data
+    (``pipeline.data_shape``), announced first (with hints); returns it and what was said."""
+    config, choice = data_shape.resolve(config)
+    if choice is None:
+        return config, ""
+    said = "\n".join([choice.line(), *choice.hints])
+    announce(said, flush=True)
+    return config, said
+
+
 def run(config: PipelineConfig) -> RunOutcome:
     """Runs the pipeline once; returns its outcome (see ``pipeline.outcome``) and the path of
-    its HTML report (``report``). An identical rerun of the last completed run is recorded
+    its HTML report (``report``). The model's input and classes left to the data are resolved
+    first (``resolve_input``). An identical rerun of the last completed run is recorded
     as its cache hits without importing the training stack (``pipeline.rerun``)."""
     preflight.check_serving_dir(config)
     with preflight.run_lock(config):
         preflight.check_metadata(config)
-        config = resolve_data(config)
+        config, said = resolve_input(resolve_data(config))
         identity = rerun.identity(config)  # before the observers look: the world it keys
         replayed = rerun.replay(config, identity)
         if replayed is not None:
             return replayed
         preflight.check_data(config)
+        if config.from_data:  # data the preflight found sound, yet nothing to size it by
+            raise UserError("the model's input could not be told from the data: set "
+                            + " ".join(data_shape.OPTIONS[n] for n in config.from_data))
         import ml_metadata as mlmd  # the training stack: once the preflight has passed
         from tfx import v1 as tfx
 
@@ -67,7 +82,7 @@ def run(config: PipelineConfig) -> RunOutcome:
         before = last_execution_id(config.metadata_path)
         observed = observe(config)
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection, observed))
-        outcome = latest_outcome(config, before)
+        outcome = dataclasses.replace(latest_outcome(config, before), input_choice=said or None)
         outcome = dataclasses.replace(outcome, report=write_report(config, outcome, before))
         rerun.record(config, identity, observed.data_fingerprint, observed.served_version,
                      outcome, before)
@@ -92,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe(outcome: RunOutcome, config: PipelineConfig) -> str:
-    """The gate decision and the push, in words."""
+    """The model's input, the gate decision and the push, in words."""
+    chosen = f"{outcome.input_choice}\n" if outcome.input_choice else ""
+    return chosen + _decision(outcome, config)
+
+
+def _decision(outcome: RunOutcome, config: PipelineConfig) -> str:
     bound = config.min_accuracy if outcome.accuracy_bound is None else outcome.accuracy_bound
     gate = f"accuracy {outcome.accuracy:.4f} (gate: >= {bound:g}"
     if outcome.bound_reason and outcome.bound_reason != "min_accuracy":

@@ -167,7 +167,7 @@ def check_class_map(config: PipelineConfig) -> None:
         raise UserError(str(err)) from None
     if classes is None:
         return
-    if len(classes) != config.num_classes or (config.class_names and
+    if config.num_classes and len(classes) != config.num_classes or (config.class_names and
                                               list(config.class_names) != classes):
         raise UserError(f"{os.path.join(config.data_root, class_map.CLASS_MAP)} has "
                         f"{len(classes)} classes ({', '.join(classes)}) but the run is set for "
@@ -187,7 +187,9 @@ def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None
     labels_seen = 0
     # With a curated schema, its label domain is the contract: ExampleValidator names every
     # anomaly of the data at once.
-    scan_labels = config.label_format == "int" and not config.schema_path
+    # (Not before the number of classes is known: pipeline.data_shape.)
+    scan_labels = (config.label_format == "int" and not config.schema_path
+                   and config.num_classes > 0)
     for path in files:
         try:
             for index, record in enumerate(tf.data.TFRecordDataset(

@@ -138,6 +138,17 @@ class RunReport:
     def evaluation(self):
         return self.latest("ModelEvaluation", "Evaluator")
 
+    def model_input(self) -> str:
+        """The input size, channels and classes, where they came from, and hints
+        (``pipeline.data_shape``)."""
+        config = self.config
+        lines = (self.outcome.input_choice or
+                 f"Input {config.image_height}×{config.image_width}×{config.image_channels}, "
+                 f"{config.num_classes} classes").splitlines()
+        hint = '<p class="bad">'
+        return "".join((hint if line.startswith("hint:") else "<p>") + html.escape(line)
+                       + "</p>" for line in lines)
+
     def per_class(self, names: list[str]) -> str:
         """Precision, recall, F1 and support per class on the eval split: the candidate beside
         the served model (when one was compared)."""
@@ -354,6 +365,7 @@ class RunReport:
         names = self.summary().get("class_names") or _class_names(self.config)
         sections = [
             ("Decision", self.gate()),
+            ("Model input", self.model_input()),
             ("Dataset", self.dataset() + self.balance(names)),
             ("Data checks", self.checks()),
             ("Schema", self.schema()),

@@ -72,6 +72,9 @@ def version_card(push_dir: str, label: str, version: int, record: dict | None) -
     report = run_report(record)
     facts = [
         ("classes", ", ".join(training.get("class_names", [])) or "not recorded"),
+        ("input", "×".join(str(training[k]) for k in ("image_height", "image_width",
+                                                       "image_channels"))
+         + " pixels" if "image_height" in training else "not recorded"),
         ("accuracy on the eval split", f"{record['accuracy']:.4f}"
          if record.get("accuracy") is not None else "n/a"),
         ("compared with", f"version {record['baseline_version']}"

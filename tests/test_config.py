@@ -130,7 +130,9 @@ def test_help_lists_the_options_by_group_with_their_descriptions(capsys):
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.endswith(" options:")] == [
         f"{group} options:" for group in GROUPS]
-    assert "the model's input height in pixels (default: 8)" in " ".join(out.split())
+    text = " ".join(out.split())
+    assert "the model's input height in pixels; 0: from the data (the images' median" in text
+    assert "the embedded digits: 8) (default: 0)" in text
 
 
 def test_editing_a_module_changes_exactly_the_cache_keys_of_the_components_running_it(

@@ -15,6 +15,9 @@ from pipeline.config import PipelineConfig
 from pipeline.kubeflow_runner import check_executors, compile_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The data root is not readable at compile time: the model's input is set, not from the data.
+SHAPE = ["--image-height", "8", "--image-width", "8", "--image-channels", "1",
+         "--num-classes", "10"]
 DATAFLOW = ("--runner=DataflowRunner --project=my-project --region=europe-west4 "
             "--temp_location=gs://bucket/tmp --experiments=use_runner_v2")
 
@@ -28,7 +31,7 @@ def package_path(tmp_path_factory):
         "--trainer-memory", "48G", "--gpu-node-selector", "cloud.google.com/gke-accelerator=nvidia-l4",
         "--pvc-name", "datasets", "--spans", "true", "--train-steps", "600", "--epochs", "6",
         "--learning-rate", "0.002", "--batch-size", "64", "--min-accuracy", "0.85",
-        "--tune", "true"], environ={})
+        "--tune", "true", *SHAPE], environ={})
     return compile_pipeline(config, str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml"))
 
 
@@ -175,7 +178,7 @@ def test_new_data_reaches_the_cache_key_of_import_example_gen(package_path):
 
 
 CLUSTER = ["--pipeline-root", "minio://mlpipeline/v2/artifacts", "--pvc-name", "data",
-           "--data-root", "/mnt/data/images", "--serving-dir", "/mnt/data/serving"]
+           "--data-root", "/mnt/data/images", "--serving-dir", "/mnt/data/serving", *SHAPE]
 
 
 @pytest.mark.parametrize("flags, message", [

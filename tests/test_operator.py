@@ -72,7 +72,7 @@ def test_user_mistakes_name_the_file_record_or_option(tmp_path, capsys):
     assert "--image-key 'image' is not in the data" in line
     assert "has the features img, label" in line and "record 0" in line
     labels = _data(tmp_path / "labels", {"image": png, "label": 12})
-    line = _error(capsys, ["--data-root", labels] + work)
+    line = _error(capsys, ["--data-root", labels, "--num-classes", "10"] + work)
     assert "record 0: label 12 is outside [0, 10) (--num-classes 10)" in line
     (tmp_path / "not-records" / "train").mkdir(parents=True)
     (tmp_path / "not-records" / "train" / "a.tfrecord").write_text(

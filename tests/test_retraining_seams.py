@@ -93,7 +93,7 @@ def test_the_class_map_must_match_the_run_options_and_names_the_model_outputs(tm
     class_map.write(str(tmp_path / "data"), ["cat", "dog", "ant"])
     with pytest.raises(preflight.UserError, match=r"has 3 classes \(cat, dog, ant\) but the run "
                                                   "is set for --num-classes 10"):
-        preflight.check_class_map(_config(tmp_path / "data"))
+        preflight.check_class_map(_config(tmp_path / "data", "--num-classes", "10"))
     config = _config(tmp_path / "data", "--num-classes", "3")
     assert config.trainer_config()["class_names"] == ["cat", "dog", "ant"]
 

@@ -17,7 +17,9 @@ def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("packages")
     return [compile_pipeline(PipelineConfig(pipeline_root="gs://b/r", data_root="gs://b/d",
                                             pvc_name="data", serving_dir="/mnt/data/serving",
-                                            train_steps=steps), str(root / f"p{steps}.yaml"))
+                                            train_steps=steps, image_height=8, image_width=8,
+                                            image_channels=1, num_classes=10),
+                             str(root / f"p{steps}.yaml"))
             for steps in (400, 800)]
 
 
