@@ -12,6 +12,9 @@ from ops import schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(ROOT, ".github", "workflows", "ci.yml")
+# The compile options of the workflow's KFP_COMPILE_ARGS example: the model's input is given (the
+# compiler cannot read the cluster's volume).
+SHAPE = "--spans true --image-height 64 --image-width 64 --image-channels 3 --num-classes 10"
 
 
 def _workflow() -> dict:
@@ -51,11 +54,12 @@ def test_the_deploy_command_is_one_the_schedule_command_accepts(tmp_path, capsys
     from pipeline.kubeflow_runner import compile_pipeline
 
     step = next(r for r in _runs(_workflow()["jobs"]["deploy"]) if "ops.schedule" in r)
-    argv = shlex.split(step.replace("${{ vars.KFP_COMPILE_ARGS }}", "--spans true"))
+    argv = shlex.split(step.replace("${{ vars.KFP_COMPILE_ARGS }}", SHAPE))
     argv = argv[argv.index("ops.schedule") + 1:]
     makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
     cluster = re.search(r"^CLUSTER \?= ((?:.*\\\n)*.*)$", makefile, re.M).group(1)
-    config = PipelineConfig.from_args(shlex.split(cluster.replace("\\\n", " ")), {})
+    config = PipelineConfig.from_args(shlex.split(cluster.replace("\\\n", " ")) +
+                                      shlex.split(SHAPE), {})
     package = compile_pipeline(config, str(tmp_path / "ci.yaml"))
     argv[argv.index("--package") + 1] = package
     assert schedule.main(argv + ["--dry-run"]) == 0
