@@ -187,11 +187,12 @@ def test_only_blessed_models_are_pushed_across_spans(cycle):
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     summary = lineage.version_summary(v2).splitlines()
-    assert summary[0].startswith("version 2, pushed ") and len(summary) == 8
+    assert summary[0].startswith("version 2, pushed ") and len(summary) == 9
     assert summary[1].startswith("  data       span 3: train ") and "fingerprint" in summary[1]
     assert summary[4].startswith(f"  code       git {commit[:12]}") and "modules sha256" in \
         summary[4]
-    assert "blessed; baseline: served version 1" in summary[6]
+    assert summary[6].startswith("  input      Input ") and "10 classes" in summary[6]
+    assert "blessed; baseline: served version 1" in summary[7]
     assert "10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)," in summary[5]  # the class map's names
     assert lineage.version_lineage(config, 1)["spans"] == [1]
     fed = {s: lineage.span_lineage(config, s)["models"] for s in (1, 2, 3)}
