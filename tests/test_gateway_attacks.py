@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from domain import registry
+from tests.helpers import publish_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "attack-test-secret-with-32-bytes-or-more"
