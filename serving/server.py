@@ -4,8 +4,9 @@ the app (before authentication): at most ``max_header_bytes`` of request line an
 previous response (else 408 and the connection closed: no slow-header client holds a
 connection; the rest of a body the app refused without reading has the same deadline), at
 most ``max_connections`` connections (503 and closed beyond), a share of them per peer address
-(``max_connections_per_address``), as many requests in progress, and proxy headers ignored (``serving.rate.Peers`` trusts only configured
-proxies)."""
+(``max_connections_per_address``), as many requests in progress, and proxy headers ignored
+(``serving.rate.Peers`` trusts only configured proxies). The connection level proper (per-address
+caps, read and send deadlines, buffered bodies) belongs to the edge proxy (``serving/edge/``)."""
 from __future__ import annotations
 
 import asyncio
