@@ -55,17 +55,17 @@ def nginx_binary() -> str:
 def prepare(prefix: str, limits: EdgeLimits) -> list[str]:
     """Writes the rendered config into ``prefix``; the nginx command that runs it in the
     foreground."""
-    for temp in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        os.makedirs(os.path.join(prefix, "tmp", temp), exist_ok=True)
+    os.makedirs(prefix, exist_ok=True)
     conf = os.path.join(os.path.abspath(prefix), "nginx.conf")
     text = render(limits)
-    if os.geteuid() == 0:  # (CI, a dev container) workers that can write the prefix's tmp/
+    if os.geteuid() == 0:  # (CI, a dev container) workers that can write in the prefix
         text = "user root;\n" + text
     pathlib.Path(conf).write_text(text, encoding="utf-8")
     binary = nginx_binary()
     if not binary:
         raise FileNotFoundError("nginx is not installed: make edge (Debian's nginx-light)")
-    return [binary, "-p", os.path.abspath(prefix) + "/", "-c", conf, "-g", "daemon off;"]
+    return [binary, "-e", "stderr", "-p", os.path.abspath(prefix) + "/", "-c", conf, "-g",
+            "daemon off;"]
 
 
 def arguments() -> argparse.ArgumentParser:
