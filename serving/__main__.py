@@ -14,6 +14,7 @@ from serving.backends import HttpBackend, LocalBackend
 from serving.config import GatewayConfig
 from serving.feedback import FEEDBACK, Answers
 from serving.gateway import create_app
+from serving.native_log import limit_native_log
 from serving.routing import Router
 from serving.server import ServerLimits, run
 
@@ -104,6 +105,8 @@ def _key(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = arguments()
     args = parser.parse_args(argv)
+    if not args.backend:  # in-process decoders: their warnings rate-limited in the log
+        limit_native_log()
     config = GatewayConfig(
         model_name=args.model_name, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
         max_batch_pixels=args.max_batch_pixels, max_instances=args.max_instances,
