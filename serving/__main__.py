@@ -105,8 +105,6 @@ def _key(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = arguments()
     args = parser.parse_args(argv)
-    if not args.backend:  # in-process decoders: their warnings rate-limited in the log
-        limit_native_log()
     config = GatewayConfig(
         model_name=args.model_name, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
         max_batch_pixels=args.max_batch_pixels, max_instances=args.max_instances,
@@ -120,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = HttpBackend(args.backend, args.model_name) if args.backend else LocalBackend(
         push_dir)
     answers = Answers(args.feedback_dir or os.path.join(push_dir, FEEDBACK))
+    if not args.backend:  # in-process decoders (TensorFlow loads later): their warnings
+        limit_native_log()  # rate-limited in the log
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run(create_app(config, Router(push_dir, backend), answers), args.host, args.port,
         ServerLimits(args.max_header_bytes, args.header_timeout, args.max_connections,
