@@ -60,7 +60,7 @@ def arguments() -> argparse.ArgumentParser:
     limits.add_argument("--max-connections", type=int, default=SERVER.max_connections)
     limits.add_argument("--max-connections-per-address", type=int, default=0,
                         help="connections of one peer address (default: a quarter of "
-                        "--max-connections, at least 16; behind serving/edge's proxy: "
+                        "--max-connections, at least 16; behind python -m serving.edge's proxy: "
                         "--max-connections)")
     limits.add_argument("--rate", type=float, default=DEFAULTS.rate_per_second,
                         help="requests per second per token subject")

@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     command = prepare(args.prefix, limits)
     gateway = subprocess.Popen([sys.executable, "-m", "serving", "--host", "127.0.0.1",
                                 "--port", str(args.upstream_port), "--trusted-proxy",
-                                "127.0.0.1/32", *gateway_args])
+                                "127.0.0.1/32", "--max-connections-per-address",
+                                str(2**31 - 1), *gateway_args])  # (nginx caps per client)
     edge = subprocess.Popen(command)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    stopped = False
     try:
         while gateway.poll() is None and edge.poll() is None:
             try:
@@ -104,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 pass
     except (KeyboardInterrupt, SystemExit):
-        pass
+        stopped = True  # asked to stop: both are stopped below
     finally:
         for process in (edge, gateway):
             process.terminate()
             process.wait(10)
-    return gateway.returncode or edge.returncode or 0
+    return 0 if stopped else (gateway.returncode or edge.returncode or 1)
 
 
 if __name__ == "__main__":

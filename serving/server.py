@@ -5,8 +5,9 @@ previous response (else 408 and the connection closed: no slow-header client hol
 connection; the rest of a body the app refused without reading has the same deadline), at
 most ``max_connections`` connections (503 and closed beyond), a share of them per peer address
 (``max_connections_per_address``), as many requests in progress, and proxy headers ignored
-(``serving.rate.Peers`` trusts only configured proxies). The connection level proper (per-address
-caps, read and send deadlines, buffered bodies) belongs to the edge proxy (``serving/edge/``)."""
+(``serving.rate.Peers`` trusts only configured proxies). The connection level proper
+(per-address caps, read and send deadlines, buffered bodies) belongs to the edge proxy
+(``serving.edge``)."""
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,7 @@ class ServerLimits:
     max_connections: int = 1000
     keep_alive: int = 5  # seconds an idle connection stays open after a response
     # Connections of one peer address (0: a quarter of max_connections, at least 16); behind a
-    # proxy that caps each client (serving/edge/), every connection is the proxy's: set it to
+    # proxy that caps each client (serving.edge), every connection is the proxy's: set it to
     # max_connections.
     max_connections_per_address: int = 0
 

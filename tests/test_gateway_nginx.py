@@ -220,3 +220,37 @@ def test_a_head_over_16_kib_is_refused_by_nginx(edge):
         assert http.get(f"{url}/healthz", headers={"X-Pad": "a" * 12_000}).status_code == 200
         assert http.get(f"{url}/healthz", headers={"X-Pad": "a" * 60_000}).status_code in (
             400, 431, 494)
+
+
+def test_the_edge_command_runs_both_and_stops_both(tmp_path):
+    """``make serve-edge``: ``python -m serving.edge`` starts nginx and the gateway behind
+    it, and a SIGTERM stops both."""
+    import sys
+
+    from tests.helpers import ROOT
+    push_dir = publish_tiny_model(str(tmp_path), MODEL)
+    listen, upstream = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.edge", "--listen", f"127.0.0.1:{listen}",
+         "--upstream-port", str(upstream), "--prefix", str(tmp_path / "edge"), "--",
+         "--serving-dir", os.path.dirname(push_dir), "--no-auth"], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "edge.log", "wb"))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{listen}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (tmp_path / "edge.log").read_text()[-2000:]
+            time.sleep(0.2)
+        answer = httpx.post(f"http://127.0.0.1:{listen}{PATH}:classify", content=PNG,
+                            headers={"Content-Type": "image/png"})
+        assert answer.status_code == 200, answer.text
+    finally:
+        process.terminate()
+        assert process.wait(20) == 0
+    for port in (listen, upstream):
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
