@@ -74,23 +74,25 @@ class Healthz:
 
     def __init__(self, url: str):
         self.url, self.latencies, self._stop = url, [], threading.Event()
+        self.error = ""
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         with client(timeout=10) as http:
-            while not self._stop.is_set():
+            while not self._stop.is_set() or not self.latencies:  # at least one probe
                 start = time.perf_counter()
                 try:
                     ok = http.get(f"{self.url}/healthz").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                except httpx.HTTPError as err:
+                    ok, self.error = False, repr(err)
                 self.latencies.append(time.perf_counter() - start if ok else float("inf"))
                 time.sleep(0.02)
 
     def worst(self) -> float:
         self._stop.set()
         self._thread.join(15)
+        assert not self.error, self.error
         return max(self.latencies, default=float("inf"))
 
 
@@ -346,3 +348,32 @@ def test_the_header_parser_and_the_decoder_agree_on_the_size(fmt, options):
     decoded = tf.io.decode_image(data, expand_animations=True).shape
     frames = decoded[0] if len(decoded) == 4 else 1
     assert (header.frames, header.height, header.width) == (frames, *decoded[-3:-1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_refused_chunked_body_of_one_byte_chunks_costs_the_gateway_nothing(served):
+    """Without a token, 1-byte chunks after the 401: 13.5 s of the event loop's CPU in 12 s
+    before, parsed chunk by chunk; now the gateway stops reading the refused body."""
+    url, process, *_ = served
+    port = int(url.rsplit(":", 1)[1])
+    healthz = Healthz(url)
+    with socket.create_connection(("127.0.0.1", port), source_address=("127.0.3.1", 0)) as c:
+        c.sendall(f"POST {PATH}:classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n".encode())
+        cpu, deadline = cpu_seconds(process.pid), time.monotonic() + 3
+        c.settimeout(0.01)
+        try:
+            while time.monotonic() < deadline:
+                c.sendall(b"1\r\nx\r\n" * 100)
+                time.sleep(0.001)
+        except (socket.timeout, OSError):
+            pass  # the gateway stopped reading: the buffers are full
+        used = cpu_seconds(process.pid) - cpu
+        c.settimeout(5)
+        assert c.recv(200).startswith(b"HTTP/1.1 401")
+    assert used < 0.5, f"the gateway spent {used:.2f} s of CPU on the chunks"
+    assert healthz.worst() < 2.0

@@ -112,7 +112,7 @@ class Healthz:
 
     def _poll(self, url: str, source: str) -> None:
         with http_from(source) as http:
-            while not self._stop.is_set():
+            while not self._stop.is_set() or not self.latencies:  # at least one probe
                 start = time.perf_counter()
                 try:
                     ok = http.get(f"{url}/healthz").status_code == 200
