@@ -151,12 +151,14 @@ def _png(data: bytes) -> ImageHeader:
     length, kind, width, height = _unpack(">I4sII", data, 8)
     if kind != b"IHDR" or length != 13:
         raise _bad("PNG without IHDR first")
-    offset, blocks, idat, spent = 8, 0, 0, [0, 0]
+    offset, blocks, idat, frames, spent = 8, 0, 0, 0, [0, 0]
     while offset + 8 <= len(data):
         length, kind = _unpack(">I4s", data, offset)
         if kind == b"IDAT":
             idat = _count(idat, MAX_DATA_CHUNKS, "PNG IDAT chunks")
         else:
+            if kind == b"fcTL":  # (decoders show the default image: frames are only counted)
+                frames = _count(frames, MAX_FRAMES, "APNG frames")
             blocks = _count(blocks, MAX_BLOCKS, "PNG chunks")
             _ancillary(data, offset, length, kind, spent)
         if kind == b"IEND":
