@@ -6,7 +6,7 @@ ARGS ?=
 IMAGE ?= tfx-image-pipeline:latest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser run serve test test-fast bench compile image lock clean
+.PHONY: help setup browser edge run serve serve-edge test test-fast bench compile image lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -32,12 +32,21 @@ run: setup ## train on the embedded default data (or ARGS="--data-root ...") and
 serve: setup ## the prediction gateway and its try-it page on :8080 (ARGS="--no-auth" locally)
 	$(PY) -m serving --serving-dir outputs/serving $(ARGS)
 
+serve-edge: setup edge ## the gateway behind nginx (serving/nginx.conf) on :8080, as deployed
+	$(PY) -m serving.edge --listen 127.0.0.1:8080 -- --serving-dir outputs/serving $(ARGS)
+
+edge: ## install Debian's nginx for the edge proxy and its tests where apt-get can (else they skip)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq nginx-light >/dev/null; } || \
+	  echo "nginx is not installed: the edge tests will skip"
+
 browser: ## install Debian's Chromium for the browser test where apt-get can (else it skips)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	  >/dev/null; } || echo "Chromium is not installed: the browser test will skip"
 
-test: setup browser ## run the whole test suite (every tier; the 25 slowest tests listed)
+test: setup browser edge ## run the whole test suite (every tier; the 25 slowest tests listed)
 	$(PY) -m pytest tests -v --durations=25 $(ARGS)
 
 test-fast: setup ## run the unit tier only (a few minutes: no pipeline run, KFP or gateway process)

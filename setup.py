@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.12",
     packages=["domain", "modules", "components", "pipeline", "ops", "serving"],
-    package_data={"serving": ["page.html"]},
+    package_data={"serving": ["page.html", "nginx.conf"]},
     install_requires=[
         "tfx==1.21.0",
         "ml-pipelines-sdk==1.21.0",  # tfx.dsl, tfx.types, tfx.utils: TFX's SDK half

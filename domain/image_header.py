@@ -15,6 +15,7 @@ import json
 import os
 import re
 import struct
+import zlib
 
 from domain.features import TRAINING_FILE
 
@@ -27,6 +28,8 @@ MAX_DATA_CHUNKS = 65536  # PNG IDAT chunks
 MAX_SUB_BLOCKS = 131072  # GIF data sub-blocks (a 10 MB GIF of 255-byte ones has 41 k)
 MAX_SCANS = 64  # JPEG scans (a progressive JPEG has about 10)
 MAX_FRAMES = 256  # GIF and animated WebP frames
+MAX_ANCILLARY_BYTES = 2**20  # PNG chunks other than IDAT, together
+MAX_INFLATED = 2**20  # what PNG zTXt, compressed iTXt and iCCP chunks inflate to, together
 # Input area multiple for the default pixel limit, and its floor: a 224x224 model takes 1 MP.
 PIXELS_PER_INPUT_PIXEL, MIN_PIXEL_LIMIT = 16, 2**20
 
@@ -99,17 +102,65 @@ def _count(seen: int, cap: int, what: str) -> int:
     return seen + 1
 
 
+# PNG chunks whose data libpng inflates (zTXt, iTXt when flagged compressed, iCCP): where the
+# zlib stream starts after the keyword's NUL (None: iTXt's flag decides).
+_COMPRESSED = {b"zTXt": 1, b"iCCP": 1, b"iTXt": None}
+
+
+def _inflated(data: bytes, kind: bytes, budget: int) -> int:
+    """What a compressed ancillary chunk's ``data`` inflates to, refused past ``budget`` bytes
+    (inflating stops there: the cost is bounded by the budget, not by the chunk)."""
+    keyword = data.find(b"\0")
+    if not 1 <= keyword <= 79:
+        raise _bad(f"PNG {kind.decode()} chunk without a keyword")
+    start = keyword + 1 + (_COMPRESSED[kind] or 0)
+    if _COMPRESSED[kind] is None:  # iTXt: flag, method, language NUL, translated keyword NUL
+        if data[start:start + 1] != b"\1":
+            return 0
+        language = data.find(b"\0", start + 2)
+        translated = data.find(b"\0", language + 1) if language >= 0 else -1
+        if translated < 0:
+            raise _bad("PNG iTXt chunk truncated")
+        start = translated + 1
+    inflate = zlib.decompressobj()
+    try:
+        size = len(inflate.decompress(data[start:], budget + 1))
+    except zlib.error:
+        raise _bad(f"PNG {kind.decode()} chunk with a corrupt zlib stream") from None
+    if size > budget or inflate.unconsumed_tail:
+        raise _bad(f"PNG text and profile chunks inflate to more than {MAX_INFLATED} bytes")
+    return size
+
+
+def _ancillary(data: bytes, offset: int, length: int, kind: bytes, spent: list[int]) -> None:
+    """Checks one chunk other than IDAT before any decoder sees it: its CRC (libpng logs a
+    warning per bad ancillary chunk), the total bytes of such chunks and what the compressed
+    ones inflate to (``spent``: bytes so far, inflated so far)."""
+    body = data[offset + 8:offset + 8 + length]
+    spent[0] += length
+    if spent[0] > MAX_ANCILLARY_BYTES:
+        raise _bad(f"PNG chunks besides the image data of more than {MAX_ANCILLARY_BYTES} bytes")
+    (crc,) = _unpack(">I", data, offset + 8 + length)
+    if len(body) != length or zlib.crc32(kind + body) != crc:
+        raise _bad(f"PNG {kind.decode('latin-1')!r} chunk at byte {offset} fails its CRC")
+    if kind in _COMPRESSED:
+        spent[1] += _inflated(body, kind, MAX_INFLATED - spent[1])
+
+
 def _png(data: bytes) -> ImageHeader:
     length, kind, width, height = _unpack(">I4sII", data, 8)
     if kind != b"IHDR" or length != 13:
         raise _bad("PNG without IHDR first")
-    offset, blocks, idat = 8, 0, 0
+    offset, blocks, idat, frames, spent = 8, 0, 0, 0, [0, 0]
     while offset + 8 <= len(data):
         length, kind = _unpack(">I4s", data, offset)
         if kind == b"IDAT":
             idat = _count(idat, MAX_DATA_CHUNKS, "PNG IDAT chunks")
         else:
+            if kind == b"fcTL":  # (decoders show the default image: frames are only counted)
+                frames = _count(frames, MAX_FRAMES, "APNG frames")
             blocks = _count(blocks, MAX_BLOCKS, "PNG chunks")
+            _ancillary(data, offset, length, kind, spent)
         if kind == b"IEND":
             break
         offset += 12 + length
@@ -196,9 +247,9 @@ def _gif(data: bytes) -> ImageHeader:
 
 def _bmp(data: bytes) -> ImageHeader:
     (header,) = _unpack("<I", data, 14)
-    if header == 12:
-        width, height = _unpack("<HH", data, 18)
-    elif header >= 40:
+    if header == 12:  # OS/2 1.x: TensorFlow's decoder reads its 16-bit sizes as 32-bit ones
+        raise _bad("OS/2 BMP (12-byte header) is not supported")
+    if header >= 40:
         width, height = _unpack("<ii", data, 18)
     else:
         raise _bad(f"BMP header of {header} bytes")

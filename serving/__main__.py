@@ -14,6 +14,7 @@ from serving.backends import HttpBackend, LocalBackend
 from serving.config import GatewayConfig
 from serving.feedback import FEEDBACK, Answers
 from serving.gateway import create_app
+from serving.native_log import limit_native_log
 from serving.routing import Router
 from serving.server import ServerLimits, run
 
@@ -48,12 +49,19 @@ def arguments() -> argparse.ArgumentParser:
                         help="images per :predict request")
     limits.add_argument("--max-bodies", type=int, default=DEFAULTS.max_bodies,
                         help="requests past authentication at once (503 beyond)")
+    limits.add_argument("--max-bodies-per-client", type=int,
+                        default=DEFAULTS.max_bodies_per_client,
+                        help="of those, per token subject and per client address")
     limits.add_argument("--body-timeout", type=float, default=DEFAULTS.body_timeout,
                         help="seconds to receive a whole body (408 beyond)")
     limits.add_argument("--header-timeout", type=float, default=SERVER.header_timeout,
                         help="seconds to receive a request's headers (408 and closed beyond)")
     limits.add_argument("--max-header-bytes", type=int, default=SERVER.max_header_bytes)
     limits.add_argument("--max-connections", type=int, default=SERVER.max_connections)
+    limits.add_argument("--max-connections-per-address", type=int, default=0,
+                        help="connections of one peer address (default: a quarter of "
+                        "--max-connections, at least 16; behind python -m serving.edge's proxy: "
+                        "--max-connections)")
     limits.add_argument("--rate", type=float, default=DEFAULTS.rate_per_second,
                         help="requests per second per token subject")
     limits.add_argument("--burst", type=int, default=DEFAULTS.burst)
@@ -104,14 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         audience=args.audience, max_token_lifetime=args.max_token_lifetime,
         rate_per_second=args.rate, burst=args.burst, address_rate=args.address_rate,
         address_burst=args.address_burst, trusted_proxies=tuple(args.trusted_proxy),
-        max_batch=args.max_batch, max_bodies=args.max_bodies, body_timeout=args.body_timeout)
+        max_batch=args.max_batch, max_bodies=args.max_bodies,
+        max_bodies_per_client=args.max_bodies_per_client, body_timeout=args.body_timeout)
     push_dir = os.path.join(args.serving_dir, args.model_name)
     backend = HttpBackend(args.backend, args.model_name) if args.backend else LocalBackend(
         push_dir)
     answers = Answers(args.feedback_dir or os.path.join(push_dir, FEEDBACK))
+    if not args.backend:  # in-process decoders (TensorFlow loads later): their warnings
+        limit_native_log()  # rate-limited in the log
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run(create_app(config, Router(push_dir, backend), answers), args.host, args.port,
-        ServerLimits(args.max_header_bytes, args.header_timeout, args.max_connections),
+        ServerLimits(args.max_header_bytes, args.header_timeout, args.max_connections,
+                     max_connections_per_address=args.max_connections_per_address),
         args.access_log)
     return 0
 

@@ -57,6 +57,8 @@ class TokenPolicy:
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise Rejected(401, "invalid_token", "invalid token: sub must be a non-empty string",
                            INVALID)
+        if isinstance(claims["exp"], bool) or not isinstance(claims["exp"], (int, float)):
+            raise Rejected(401, "invalid_token", "invalid token: exp must be a number", INVALID)
         if self.max_lifetime and claims["exp"] - time.time() > self.max_lifetime:
             raise Rejected(401, "invalid_token", f"invalid token: it expires more than "
                            f"{self.max_lifetime:g} s from now", INVALID)

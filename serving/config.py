@@ -27,6 +27,7 @@ class GatewayConfig:
     max_batch: int = 32  # images per backend call, from concurrent requests
     batch_window: float = 0.002  # seconds a request waits for others to batch with
     max_bodies: int = 32  # requests past authentication at once (503 beyond)
+    max_bodies_per_client: int = 8  # of those, per token subject and per client address
     body_timeout: float = 10.0  # to receive a whole body (408)
     check_timeout: float = 5.0  # budget of routing, parsing and checking a request's images
     control_timeout: float = 2.0  # budget of readiness, status and metrics

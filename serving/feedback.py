@@ -79,6 +79,9 @@ class Answers:
 
     def answer(self, request_id: str) -> dict:
         """The answer a request id carries; ``UnknownRequest`` unless a gateway signed it."""
+        if not request_id.isascii():  # (no id a gateway issued; compare_digest needs ASCII)
+            raise UnknownRequest(f"request id {request_id[:80]!r} was not issued by this "
+                                 "model's gateways")
         payload, _, signature = request_id.partition(".")
         expected = _b64(hmac.new(self.key(), payload.encode(), hashlib.sha256).digest())
         if not signature or not hmac.compare_digest(signature, expected):

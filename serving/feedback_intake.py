@@ -32,13 +32,13 @@ class FeedbackIntake:
     def record(self, body: bytes, claims: dict | None, client: str) -> dict:
         """The recorded entry of a feedback ``body`` from ``client`` (``claims``: its token's,
         None without authentication); ``Rejected`` for feedback that cannot be taken."""
+        if claims is not None and FEEDBACK_SCOPE not in str(claims.get("scope", "")).split():
+            raise Rejected(403, "no_feedback_scope",  # before any work on the body
+                           f"feedback needs a token with the {FEEDBACK_SCOPE!r} scope")
         value = json_object(body, FEEDBACK_BODY, self.max_json_depth)
         if not isinstance(value.get("request_id"), str) or not isinstance(value.get("class"),
                                                                           str):
             raise Rejected(400, "bad_request", 'expected {"request_id": "...", "class": "..."}')
-        if claims is not None and FEEDBACK_SCOPE not in str(claims.get("scope", "")).split():
-            raise Rejected(403, "no_feedback_scope",
-                           f"feedback needs a token with the {FEEDBACK_SCOPE!r} scope")
         try:
             return self.answers.record(value["request_id"], value["class"], client,
                                        self.router.class_names)

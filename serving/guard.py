@@ -44,7 +44,8 @@ class Guard:
         self.by_subject = buckets or TokenBuckets(config.rate_per_second, config.burst)
         self.policy = TokenPolicy(config.jwt_key, config.issuer, config.audience,
                                   config.max_token_lifetime) if config.auth else None
-        self.bodies = Bodies(config.max_bodies, config.max_bytes, config.body_timeout)
+        self.bodies = Bodies(config.max_bodies, config.max_bytes, config.body_timeout,
+                             config.max_bodies_per_client)
 
     @staticmethod
     def _take(buckets: TokenBuckets, client: str) -> None:
@@ -57,6 +58,21 @@ class Guard:
         """429 when the request's client address is over its rate."""
         self._take(self.by_address, f"ip:{self.peers.client(request)}")
 
+    def identify(self, request: Request) -> str:
+        """The request's client after the address limit, the JWT and the subject's limit
+        (``sub:...``, or the address without authentication); sets ``request.state``'s
+        ``claims`` and ``client``; ``Rejected`` otherwise."""
+        client = self.peers.client(request)
+        request.state.claims = None
+        self.address_limit(request)
+        if self.policy:
+            claims = request.state.claims = self.policy.claims(
+                request.headers.get("authorization", ""))
+            client = f"sub:{claims['sub'][:64]}"
+            self._take(self.by_subject, client)
+        request.state.client = client
+        return client
+
     def endpoint(self, handle: Handler, route: str):
         """The Starlette endpoint of ``handle``, behind the guard; ``route`` names it in
         metrics and logs."""
@@ -65,20 +81,16 @@ class Guard:
         return guarded
 
     async def __call__(self, request: Request, route: str, handle: Handler) -> Response:
-        start, client, size = time.perf_counter(), self.peers.client(request), 0
+        start, size = time.perf_counter(), 0
+        client = address = self.peers.client(request)
         request.state.claims = None
         try:
-            self.address_limit(request)
             if request.path_params["name"] != self.model_name:
+                self.address_limit(request)
                 raise Rejected(404, "unknown_model",
                                f"no model {request.path_params['name'][:64]!r}")
-            if self.policy:
-                claims = request.state.claims = self.policy.claims(
-                    request.headers.get("authorization", ""))
-                client = f"sub:{claims['sub'][:64]}"
-                self._take(self.by_subject, client)
-            request.state.client = client
-            async with self.bodies:
+            client = self.identify(request)
+            async with self.bodies.slot(client, address):
                 body = await self.bodies.read(request)
                 size = len(body)
                 response = JSONResponse(await handle(request, body))

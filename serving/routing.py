@@ -57,13 +57,12 @@ class Router:
             return dict(self._followed)
 
     def choose(self, label: str = "", version: int = 0) -> tuple[str, int]:
-        """``(label, version)`` for a request that asked for ``label``, ``version`` or
-        (neither) whatever the weights say."""
-        if version:
+        """``(label, version)`` for a request that asked for ``label``, ``version`` (then the
+        label is ``""``, whatever labels name it) or (neither) whatever the weights say."""
+        if version:  # no label: an answer asked for by number is never A/B evidence
             if version not in self.backend.versions():
                 raise NoRoute(f"version {version} is not served")
-            by_version = {v: k for k, v in self.versions().items()}
-            return by_version.get(version, ""), version
+            return "", version
         versions = self.versions()
         if not versions:
             raise NoRoute("no model version is served yet", 503)

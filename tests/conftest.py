@@ -42,6 +42,8 @@ TIERS = {
     "test_kubeflow_run.py": ("kfp",),
     "test_gateway.py": ("gateway", "e2e"),  # over the session's digits run
     "test_gateway_attacks.py": ("gateway",),
+    "test_gateway_edge.py": ("gateway",),
+    "test_gateway_nginx.py": ("gateway",),
     "test_feedback.py": ("gateway",),
     "test_learning.py": ("training",),
 }

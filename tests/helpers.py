@@ -199,3 +199,41 @@ def publish_tiny_model(root: str, model_name: str) -> str:
     base = os.path.join(root, "serving", model_name)
     registry.publish(os.path.join(root, "model"), base, {"action": "push"}, keep=3)
     return base
+
+
+# ---- a gateway process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gateway(serving_dir: str, log_path: str, *args: str, host: str = "127.0.0.1",
+                  port: int = 0, ready: str = "/readyz"):
+    """``(process, url)``: ``python -m serving`` on ``serving_dir`` with ``args``, its stderr
+    in ``log_path``, once ``ready`` answers 200 (AssertionError with the log if it never
+    does)."""
+    import subprocess
+    import sys
+
+    import httpx
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--serving-dir", serving_dir, "--host", host,
+         "--port", str(port), *args], cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1"), stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}{ready}").status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the gateway never got ready: " + open(log_path).read()[-3000:])

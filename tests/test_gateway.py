@@ -183,7 +183,7 @@ def test_canary_gets_its_share_and_rollback_is_instant(two_versions, capsys):
     assert {(a["label"], a["model_version"]) for a in answered} == {("stable", 1),
                                                                     ("canary", 2)}
     assert _classify(url, "/labels/canary")["model_version"] == 2
-    assert _classify(url, "/versions/1")["label"] == "stable"
+    assert _classify(url, "/versions/1")["label"] == ""  # by number: never A/B evidence
     metrics = httpx.get(f"{url}/metrics").text
     assert 'gateway_model_version{label="canary"} 2.0' in metrics
     assert 'gateway_canary_weight 0.5' in metrics
@@ -408,12 +408,15 @@ def test_rs256_tokens_verify_against_a_public_key_and_hs256_ones_forged_with_it_
 
 
 def test_the_model_card_shows_the_served_version_with_per_class_figures_and_its_report(server):
-    card = httpx.get(f"{server}/model-card")
+    assert httpx.get(f"{server}/model-card").status_code == 401  # behind the same token
+    card = httpx.get(f"{server}/model-card",
+                     headers={"Authorization": f"Bearer {_token(sub='card')}"})
     assert card.status_code == 200 and "default-src 'none'" in card.headers[
         "content-security-policy"]
     assert "stable: version 1" in card.text and "this version recall" in card.text
     assert 'href="/model-card"' in httpx.get(server).text  # beside the try-it page
     assert "<th>classes</th><td>0, 1, 2, 3, 4, 5, 6, 7, 8, 9</td>" in card.text
-    report = httpx.get(f"{server}/model-card/report/stable")
+    bearer = {"Authorization": f"Bearer {_token(sub='report')}"}
+    report = httpx.get(f"{server}/model-card/report/stable", headers=bearer)
     assert report.status_code == 200 and "Errors you can see" in report.text
-    assert httpx.get(f"{server}/model-card/report/canary").status_code == 404
+    assert httpx.get(f"{server}/model-card/report/canary", headers=bearer).status_code == 404

@@ -295,7 +295,7 @@ def test_slow_bodies_time_out_and_a_client_leaving_mid_body_is_no_500(gateway):
 
 def test_deep_json_long_paths_and_oversized_batches_get_4xx_never_5xx(gateway):
     url, _, _ = gateway
-    auth = {"Authorization": f"Bearer {token('json')}"}
+    auth = {"Authorization": f"Bearer {token('json', scope='feedback')}"}
     deep = b"[" * 5000 + b"]" * 5000
     image = base64.b64encode(encode(grey(), "PNG")).decode()
     near_limit = base64.b64encode(encode(Image.new("L", (1024, 1000)), "PNG")).decode()

@@ -212,3 +212,31 @@ def test_a_models_pixel_limit_comes_from_its_training_options(tmp_path):
     (tmp_path / TRAINING_FILE).write_text('{"image_height": 512, "image_width": 384, '
                                           '"max_pixels": 50000000}')
     assert model_pixel_limit(str(tmp_path)) == 16 * 512 * 384
+
+
+def test_png_chunks_are_checked_before_any_decoder_sees_them():
+    """Issue 33: text and profile chunks by what they inflate to, every chunk's CRC besides
+    the image data's, APNG frames counted, OS/2 BMPs (misread by TensorFlow) refused."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    def png(extra: bytes) -> bytes:
+        data = encode("PNG")
+        return data[:33] + extra + data[33:]
+
+    bomb = chunk(b"zTXt", b"k\0\0" + zlib.compress(b"\0" * 2**21))
+    for data, message in ((png(bomb), "inflate to more than"),
+                          (png(chunk(b"tEXt", b"k\0v")[:-1] + b"?"), "fails its CRC"),
+                          (png(chunk(b"fcTL", b"\0" * 26) * 300), "more than 256 APNG"),
+                          (png(chunk(b"iCCP", b"p\0\0not zlib")), "corrupt zlib"),
+                          (b"BM" + b"\0" * 12 + struct.pack("<IHHHH", 12, 1000, 1, 1, 24),
+                           "OS/2 BMP")):
+        start = time.perf_counter()
+        with pytest.raises(ImageRefused, match=message):
+            read_header(data, 10**9)
+        assert time.perf_counter() - start < 0.1
+    small = chunk(b"iTXt", b"k\0\1\0en\0k\0" + zlib.compress(b"a caption"))
+    assert read_header(png(small), 10**6).width == 30

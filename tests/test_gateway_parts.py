@@ -205,3 +205,19 @@ def test_the_background_refresh_follows_tf_servings_status(tf_serving_status, tm
 
     assert asyncio.run(scenario()) == {"stable": 3}
     assert os.listdir(tmp_path) == []  # the refresh only reads
+
+
+def test_native_log_lines_pass_a_few_per_kind_and_window_then_one_count():
+    from serving.native_log import LineLimiter
+    now = [0.0]
+    limiter = LineLimiter(burst=2, window=10, clock=lambda: now[0])
+    warning = b"W0000 00:00:17.5  23106 png_io.cc:96] PNG warning: gAMA: invalid %d"
+    passed = [limiter.admit(warning % i) for i in range(5)]
+    assert passed == [True, True, False, False, False]
+    assert limiter.admit(b"INFO: a Python line") and limiter.admit(b"F0000 0:0:0.0 1 x.cc:1] die")
+    assert limiter.rollover() == []
+    now[0] = 11
+    (line,) = limiter.rollover()
+    assert json.loads(line) == {"event": "native_log_suppressed", "lines": 3, "seconds": 10,
+                                "kind": "png_io.cc:96 PNG warning: gAMA: invalid #"}
+    assert limiter.admit(warning % 9)  # a new window

@@ -22,8 +22,14 @@ HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "kfp", "serving"
 KUBERNETES = "1.33"
 
 
+def _containers(name: str) -> list[dict]:
+    return _named("Deployment", name)["spec"]["template"]["spec"]["containers"]
+
+
 def _container(name: str) -> dict:
-    return _named("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    """The Deployment's container of its own name (else its first)."""
+    containers = _containers(name)
+    return next((c for c in containers if c["name"] == name), containers[0])
 
 
 @pytest.mark.parametrize("manifest", OBJECTS, ids=lambda o: f"{o['kind']}/{o['metadata']['name']}")
@@ -45,7 +51,7 @@ def test_the_set_is_complete_and_its_references_resolve():
         deployment, service = _named("Deployment", name), _named("Service", name)
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= pod_labels.items()
-        ports = {p["name"] for p in _container(name)["ports"]}
+        ports = {p["name"] for c in _containers(name) for p in c.get("ports", [])}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
         container = _container(name)
         assert container["resources"]["requests"] and container["readinessProbe"]
@@ -105,3 +111,20 @@ def test_the_dashboard_queries_only_metrics_that_exist():
     assert queried and queried <= exported, queried - exported
     for histogram in ("gateway_request_seconds_bucket", "gateway_model_seconds_bucket"):
         assert histogram in queried
+
+
+def test_the_gateway_faces_clients_only_through_its_edge_proxy():
+    from serving.edge import EdgeLimits, render
+    edge, gateway = (next(c for c in _containers("gateway") if c["name"] == name)
+                     for name in ("edge", "gateway"))
+    args = arguments().parse_args(gateway["args"])
+    assert (args.host, args.trusted_proxy) == ("127.0.0.1", ["127.0.0.1/32"])
+    assert args.max_connections_per_address >= args.max_connections  # nginx caps per client
+    conf = _named("ConfigMap", "gateway-edge")["data"]["nginx.conf"]
+    listen = {p["name"]: p["containerPort"] for p in edge["ports"]}["http"]
+    assert conf == render(EdgeLimits(listen=str(listen), upstream=f"127.0.0.1:{args.port}"))
+    config_path = edge["command"][edge["command"].index("-c") + 1]
+    mounts = {m["mountPath"]: m["name"] for m in edge["volumeMounts"]}
+    assert mounts[os.path.dirname(config_path)] == "edge-config"
+    service = _named("Service", "gateway")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
