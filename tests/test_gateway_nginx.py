@@ -223,7 +223,7 @@ def test_a_head_over_16_kib_is_refused_by_nginx(edge):
 
 
 def test_the_edge_command_runs_both_and_stops_both(tmp_path):
-    """``make serve-edge``: ``python -m serving.edge`` starts nginx and the gateway behind
+    """``make serve``: ``python -m serving.edge`` starts nginx and the gateway behind
     it, and a SIGTERM stops both."""
     import sys
 
