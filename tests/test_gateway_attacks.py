@@ -29,7 +29,7 @@ from PIL import Image
 
 from domain import registry
 from serving.edge import nginx_binary
-from tests.helpers import free_port, publish_tiny_model
+from tests.helpers import free_port, publish_tiny_model, wait_ready
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "attack-test-secret-with-32-bytes-or-more"
@@ -143,17 +143,7 @@ def gateway(request, push_dir, tmp_path_factory):
         [sys.executable, *command], cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
         stdout=subprocess.DEVNULL, stderr=open(root / "gateway.log", "wb"))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None, (root / "gateway.log").read_text()
-        time.sleep(0.2)
-    else:
-        pytest.fail("the gateway never got ready: " + (root / "gateway.log").read_text())
+    wait_ready(process, url, str(root / "gateway.log"))
     prober = Prober(url, str(root / "stop-probing"))
     yield Target(request.param, url, process.pid if request.param == "app" else _gateway_pid(
         process.pid), prober)
