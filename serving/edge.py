@@ -57,15 +57,15 @@ def nginx_binary() -> str:
 def prepare(prefix: str, limits: EdgeLimits) -> list[str]:
     """Writes the rendered config into ``prefix``; the nginx command that runs it in the
     foreground."""
+    binary = nginx_binary()
+    if not binary:
+        raise FileNotFoundError(NO_NGINX)
     os.makedirs(prefix, exist_ok=True)
     conf = os.path.join(os.path.abspath(prefix), "nginx.conf")
     text = render(limits)
     if os.geteuid() == 0:  # (CI, a dev container) workers that can write in the prefix
         text = "user root;\n" + text
     pathlib.Path(conf).write_text(text, encoding="utf-8")
-    binary = nginx_binary()
-    if not binary:
-        raise FileNotFoundError(NO_NGINX)
     return [binary, "-e", "stderr", "-p", os.path.abspath(prefix) + "/", "-c", conf, "-g",
             "daemon off;"]
 

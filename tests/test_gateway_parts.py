@@ -234,4 +234,4 @@ def test_the_edge_without_nginx_fails_in_one_line_naming_make_edge(tmp_path, mon
     assert edge.main(["--prefix", str(tmp_path / "edge"), "--", "--no-auth"]) == 2
     error = capsys.readouterr().err
     assert len(error.splitlines()) == 1 and "make edge" in error and "nginx-light" in error
-    assert started == []
+    assert started == [] and not (tmp_path / "edge").exists()
