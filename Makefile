@@ -6,10 +6,10 @@ ARGS ?=
 IMAGE ?= tfx-image-pipeline:latest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser edge run serve serve-edge test test-fast bench compile image lock clean
+.PHONY: help setup browser edge run serve serve-app test test-fast bench compile image lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv from requirements.lock, hashes required (glibc wheel repair if needed)
 
@@ -29,11 +29,11 @@ $(STAMP): requirements.lock setup.py tools/manylinux_repair.py
 run: setup ## train on the embedded default data (or ARGS="--data-root ...") and push if blessed
 	$(PY) -m pipeline.local_runner $(ARGS)
 
-serve: setup ## the prediction gateway and its try-it page on :8080 (ARGS="--no-auth" locally)
-	$(PY) -m serving --serving-dir outputs/serving $(ARGS)
-
-serve-edge: setup edge ## the gateway behind nginx (serving/nginx.conf) on :8080, as deployed
+serve: setup edge ## the gateway behind nginx on :8080, as deployed (ARGS="--no-auth" locally)
 	$(PY) -m serving.edge --listen 127.0.0.1:8080 -- --serving-dir outputs/serving $(ARGS)
+
+serve-app: setup ## the gateway alone on :8080, no proxy in front (development only)
+	$(PY) -m serving --serving-dir outputs/serving $(ARGS)
 
 edge: ## install Debian's nginx for the edge proxy and its tests where apt-get can (else they skip)
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { [ "$$(id -u)" = 0 ] && \

@@ -14,6 +14,10 @@ A model is pushed by the pipeline on photo-like 224x224 JPEGs, then served by
    latency throughout (target: p99 under 100 ms), and the good requests' p99 against a quiet
    run (target <= 2x).
 
+Both run twice: on the gateway alone (``make serve-app``) and on ``python -m serving.edge``,
+nginx in front of it as ``make serve`` and the pods run it (issue 33); the edge runs are
+skipped where nginx is not installed (``make edge``).
+
 Every ratio compares two numbers measured in this one run: this machine is noisy.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import concurrent.futures
 import io
 import json
 import os
+import shutil
 import socket
 import statistics
 import struct
@@ -239,26 +244,48 @@ def probe(url: str, stop: threading.Event, latencies: list[float]) -> None:
             time.sleep(0.02)
 
 
-def start_gateway(serving: str, key_file: str) -> tuple[subprocess.Popen, str]:
+def start_gateway(serving: str, key_file: str, work: str, edge: bool = False
+                  ) -> tuple[subprocess.Popen, str, int]:
+    """The gateway alone, or behind nginx (``edge``): ``(process, url, the gateway's pid)``."""
     import httpx
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--serving-dir", serving, "--port", str(port),
-         "--jwt-key-file", key_file, "--rate", str(RATE), "--burst", str(BURST),
-         "--max-bytes", str(MAX_BYTES), "--header-timeout", str(DEADLINE),
-         "--body-timeout", str(DEADLINE)], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    port = free_port()
+    options = ["--serving-dir", serving, "--jwt-key-file", key_file, "--rate", str(RATE),
+               "--burst", str(BURST), "--max-bytes", str(MAX_BYTES), "--header-timeout",
+               str(DEADLINE), "--body-timeout", str(DEADLINE)]
+    command = ["-m", "serving", "--port", str(port), *options] if not edge else [
+        "-m", "serving.edge", "--listen", f"127.0.0.1:{port}", "--upstream-port",
+        str(free_port()), "--prefix", os.path.join(work, "edge"), "--header-timeout",
+        str(DEADLINE), "--body-timeout", str(DEADLINE), "--", *options]
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
             if httpx.get(f"{url}/readyz", timeout=60).status_code == 200:
-                return process, url
+                return process, url, gateway_pid(process.pid) if edge else process.pid
         except httpx.TransportError:
             pass
         time.sleep(0.2)
+    process.terminate()
     raise RuntimeError("the gateway did not become ready")
+
+
+def nginx_installed() -> bool:
+    """Whether ``python -m serving.edge`` finds nginx (bench imports no serving code)."""
+    return bool(shutil.which("nginx")) or os.access("/usr/sbin/nginx", os.X_OK)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_pid(edge_pid: int) -> int:
+    """The ``python -m serving`` that ``python -m serving.edge`` (``edge_pid``) started."""
+    children = open(f"/proc/{edge_pid}/task/{edge_pid}/children").read().split()
+    return next(int(c) for c in children if b"serving" in open(f"/proc/{c}/cmdline", "rb")
+                .read())
 
 
 def _pushed_model(work: str):
@@ -296,10 +323,11 @@ def _in_process(config, images) -> dict:
     return drive(call, CLIENTS, SECONDS)
 
 
-def _over_http(config, images, key_file: str) -> dict:
-    """The gateway's ``:classify`` alone, quiet, and during a bad-request storm."""
+def _over_http(config, images, key_file: str, edge: bool = False) -> dict:
+    """The gateway's ``:classify`` (behind nginx: ``edge``) alone, quiet, and during a
+    bad-request storm."""
     import httpx
-    gateway, url = start_gateway(config.serving_dir, key_file)
+    gateway, url, pid = start_gateway(config.serving_dir, key_file, config.work_dir, edge)
     try:
         clients = [httpx.Client(timeout=30, transport=httpx.HTTPTransport(
             local_address=f"127.0.0.{10 + i}"), headers={
@@ -313,7 +341,7 @@ def _over_http(config, images, key_file: str) -> dict:
 
         call(0)
         found = {"served": drive(call, CLIENTS, SECONDS), "quiet": drive(call, GOOD, SECONDS),
-                 "before": rss_mb(gateway.pid)}
+                 "before": rss_mb(pid)}
         stop, found["health"] = threading.Event(), []
         prober = threading.Thread(target=probe, args=(url, stop, found["health"]))
         prober.start()
@@ -325,7 +353,7 @@ def _over_http(config, images, key_file: str) -> dict:
                             json.loads(attacker.communicate()[0])}
         stop.set()
         prober.join()
-        found["after"] = rss_mb(gateway.pid)
+        found["after"] = rss_mb(pid)
         found["alive"] = gateway.poll() is None and \
             httpx.get(f"{url}/healthz").status_code == 200
     finally:
@@ -334,9 +362,15 @@ def _over_http(config, images, key_file: str) -> dict:
     return found
 
 
-def _throughput_lines(images, direct: dict, served: dict) -> list[str]:
+def _throughput_lines(images, direct: dict, served: dict, edge: dict | None) -> list[str]:
     from bench_model import machine
     ratio = served["rate"] / direct["rate"]
+    behind = [] if edge is None else [
+        f"| nginx then the gateway (`make serve`: `python -m serving.edge`) | "
+        f"{edge['rate']:.1f} | {edge['p50']:.1f} | {edge['p99']:.1f} |"]
+    edge_ratio = [] if edge is None else [
+        f"Behind nginx / in-process: **{edge['rate'] / direct['rate']:.2f}x**; target >= 0.7x: "
+        f"{'met' if edge['rate'] / direct['rate'] >= 0.7 else 'MISSED'}.", ""]
     return [
         "# Gateway benchmarks", "", f"Machine: {machine()}", "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: a model pushed by the "
@@ -348,12 +382,12 @@ def _throughput_lines(images, direct: dict, served: dict) -> list[str]:
         f"| raw-bytes signature in-process, {CLIENTS} threads | {direct['rate']:.1f} | "
         f"{direct['p50']:.1f} | {direct['p99']:.1f} |",
         f"| gateway `:classify` over HTTP (uvicorn, its own process) | {served['rate']:.1f} | "
-        f"{served['p50']:.1f} | {served['p99']:.1f} |", "",
+        f"{served['p50']:.1f} | {served['p99']:.1f} |", *behind, "",
         f"Gateway / in-process: **{ratio:.2f}x**; target >= 0.7x: "
-        f"{'met' if ratio >= 0.7 else 'MISSED'}.", ""]
+        f"{'met' if ratio >= 0.7 else 'MISSED'}.", "", *edge_ratio]
 
 
-def _storm_lines(m: dict) -> list[str]:
+def _storm_lines(m: dict, where: str) -> list[str]:
     attacks, storm, quiet, health = m["attacks"], m["storm"], m["quiet"], sorted(m["health"])
     bad = sum(attacks.values())
     server_errors = sum(n for (_, status), n in attacks.items() if status >= 500) + sum(
@@ -364,7 +398,7 @@ def _storm_lines(m: dict) -> list[str]:
         by_kind[name][status] += n
     p99_ratio = storm["p99"] / quiet["p99"]
     health_p99 = health[int(len(health) * 0.99)] * 1e3
-    lines = [f"## Bad-request storm while {GOOD} good clients run", "",
+    lines = [f"## Bad-request storm while {GOOD} good clients run: {where}", "",
              "| bad request | sent | statuses |", "|---|---:|---|"]
     lines += [f"| {name} | {sum(c.values())} | "
               f"{', '.join(f'{s}: {n}' for s, n in sorted(c.items()))} |"
@@ -383,8 +417,8 @@ def _storm_lines(m: dict) -> list[str]:
         f"- `/healthz` every 20 ms during the storm ({len(health)} probes): p50 "
         f"{health[len(health) // 2] * 1e3:.1f} ms, p99 **{health_p99:.1f} ms** (target < 100 ms: "
         f"{'met' if health_p99 < 100 else 'MISSED'}), slowest {health[-1] * 1e3:.0f} ms.",
-        f"- Slow headers and bodies end with the gateway's {DEADLINE:g} s deadlines (408) "
-        "before authentication; the 'slow' rows count the connections it ended.",
+        f"- Slow headers and bodies end with the {DEADLINE:g} s deadlines (the gateway: 408; "
+        "nginx: a reset) before authentication; the 'slow' rows count the connections ended.",
         f"- Good p99 during the storm / quiet: **{p99_ratio:.2f}x**; target <= 2x: "
         f"{'met' if p99_ratio <= 2 else 'MISSED'}.", ""]
 
@@ -405,7 +439,11 @@ def main(argv=None) -> int:
             f.write(SECRET)
         direct = _in_process(config, images)
         measured = _over_http(config, images, key_file)
-    lines = _throughput_lines(images, direct, measured["served"]) + _storm_lines(measured)
+        edge = _over_http(config, images, key_file, edge=True) if nginx_installed() else None
+    lines = _throughput_lines(images, direct, measured["served"], edge and edge["served"]) + \
+        _storm_lines(measured, "the gateway alone")
+    lines += _storm_lines(edge, "behind nginx, as deployed") if edge else [
+        "The gateway behind nginx: not measured, nginx is not installed (`make edge`).", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

@@ -17,6 +17,8 @@ import subprocess
 import sys
 
 TEMPLATE = pathlib.Path(__file__).with_name("nginx.conf")
+NO_NGINX = ("nginx is not installed: `make edge` installs Debian's nginx-light (as root, with "
+            "apt-get), or install nginx yourself; `make serve-app` runs the gateway alone")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +57,15 @@ def nginx_binary() -> str:
 def prepare(prefix: str, limits: EdgeLimits) -> list[str]:
     """Writes the rendered config into ``prefix``; the nginx command that runs it in the
     foreground."""
+    binary = nginx_binary()
+    if not binary:
+        raise FileNotFoundError(NO_NGINX)
     os.makedirs(prefix, exist_ok=True)
     conf = os.path.join(os.path.abspath(prefix), "nginx.conf")
     text = render(limits)
     if os.geteuid() == 0:  # (CI, a dev container) workers that can write in the prefix
         text = "user root;\n" + text
     pathlib.Path(conf).write_text(text, encoding="utf-8")
-    binary = nginx_binary()
-    if not binary:
-        raise FileNotFoundError("nginx is not installed: make edge (Debian's nginx-light)")
     return [binary, "-e", "stderr", "-p", os.path.abspath(prefix) + "/", "-c", conf, "-g",
             "daemon off;"]
 
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     limits = EdgeLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(
         EdgeLimits) if f.name not in ("listen", "upstream")}, listen=args.listen,
         upstream=f"127.0.0.1:{args.upstream_port}")
-    command = prepare(args.prefix, limits)
+    try:
+        command = prepare(args.prefix, limits)
+    except FileNotFoundError as error:  # a user's mistake: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     gateway = subprocess.Popen([sys.executable, "-m", "serving", "--host", "127.0.0.1",
                                 "--port", str(args.upstream_port), "--trusted-proxy",
                                 "127.0.0.1/32", "--max-connections-per-address",

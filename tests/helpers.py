@@ -217,23 +217,36 @@ def start_gateway(serving_dir: str, log_path: str, *args: str, host: str = "127.
     does)."""
     import subprocess
     import sys
-
-    import httpx
     port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--serving-dir", serving_dir, "--host", host,
          "--port", str(port), *args], cwd=ROOT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1"), stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
     url = f"http://{host}:{port}"
+    wait_ready(process, url, log_path, ready)
+    return process, url
+
+
+def wait_ready(process, url: str, log_path: str, ready: str = "/readyz") -> None:
+    """Until ``url + ready`` answers 200 (at most 2 minutes); AssertionError with the end of
+    ``log_path`` if ``process`` ends or it never does (then ``process`` is stopped with a
+    SIGTERM, which ``serving.edge`` passes on to its nginx and gateway)."""
+    import subprocess
+
+    import httpx
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}{ready}").status_code == 200:
-                return process, url
+                return
         except httpx.HTTPError:
             pass
         if process.poll() is not None:
             break
         time.sleep(0.2)
-    process.kill()
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
     raise AssertionError("the gateway never got ready: " + open(log_path).read()[-3000:])

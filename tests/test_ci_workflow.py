@@ -65,3 +65,15 @@ def test_the_deploy_command_is_one_the_schedule_command_accepts(tmp_path, capsys
     assert schedule.main(argv + ["--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert "run_pipeline" in [step["call"] for step in plan]
+
+
+def test_make_serve_runs_the_gateway_behind_its_edge_proxy():
+    """Issue 33: ``make serve`` starts nginx in front (installed by ``make edge``); the
+    gateway alone is ``make serve-app``, for development."""
+    makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
+    serve = re.search(r"^serve:(.*)\n\t(.*)", makefile, re.M)
+    assert "edge" in serve.group(1).split("##")[0].split()
+    assert "-m serving.edge" in serve.group(2)
+    assert re.search(r"^serve-app:.*\n\t.*-m serving --serving-dir", makefile, re.M)
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert "make serve-edge" not in readme and "make serve-app" in readme

@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from serving.edge import EdgeLimits, nginx_binary, prepare
-from tests.helpers import free_port, publish_tiny_model, start_gateway
+from tests.helpers import free_port, publish_tiny_model, start_gateway, wait_ready
 
 pytestmark = pytest.mark.skipif(not nginx_binary(), reason="nginx is not installed: `make "
                                 "edge` installs Debian's nginx-light where apt-get can")
@@ -223,7 +223,7 @@ def test_a_head_over_16_kib_is_refused_by_nginx(edge):
 
 
 def test_the_edge_command_runs_both_and_stops_both(tmp_path):
-    """``make serve-edge``: ``python -m serving.edge`` starts nginx and the gateway behind
+    """``make serve``: ``python -m serving.edge`` starts nginx and the gateway behind
     it, and a SIGTERM stops both."""
     import sys
 
@@ -235,16 +235,8 @@ def test_the_edge_command_runs_both_and_stops_both(tmp_path):
          "--upstream-port", str(upstream), "--prefix", str(tmp_path / "edge"), "--",
          "--serving-dir", os.path.dirname(push_dir), "--no-auth"], cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "edge.log", "wb"))
+    wait_ready(process, f"http://127.0.0.1:{listen}", str(tmp_path / "edge.log"))
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{listen}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "edge.log").read_text()[-2000:]
-            time.sleep(0.2)
         answer = httpx.post(f"http://127.0.0.1:{listen}{PATH}:classify", content=PNG,
                             headers={"Content-Type": "image/png"})
         assert answer.status_code == 200, answer.text

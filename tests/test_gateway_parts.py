@@ -221,3 +221,17 @@ def test_native_log_lines_pass_a_few_per_kind_and_window_then_one_count():
     assert json.loads(line) == {"event": "native_log_suppressed", "lines": 3, "seconds": 10,
                                 "kind": "png_io.cc:96 PNG warning: gAMA: invalid #"}
     assert limiter.admit(warning % 9)  # a new window
+
+
+def test_the_edge_without_nginx_fails_in_one_line_naming_make_edge(tmp_path, monkeypatch,
+                                                                   capsys):
+    """``make serve`` where nginx could not be installed: exit 2 (a user's mistake), one line
+    that names ``make edge`` and the package, no gateway started."""
+    from serving import edge
+    monkeypatch.setattr(edge, "nginx_binary", lambda: "")
+    started = []
+    monkeypatch.setattr(edge.subprocess, "Popen", lambda *a, **k: started.append(a))
+    assert edge.main(["--prefix", str(tmp_path / "edge"), "--", "--no-auth"]) == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and "make edge" in error and "nginx-light" in error
+    assert started == [] and not (tmp_path / "edge").exists()
