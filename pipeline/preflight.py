@@ -10,7 +10,6 @@ finds the other run's work in the cache; the pusher never pushes a model twice.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import sqlite3
 import sys
@@ -112,6 +111,7 @@ def abandon_interrupted(store) -> int:
 
 
 LABELS_SCANNED = 20_000  # records per split whose labels the preflight reads
+FILES_OPENED = 100  # files per split whose first record is read (dot files sort first)
 
 
 def check_data(config: PipelineConfig) -> None:
@@ -120,6 +120,7 @@ def check_data(config: PipelineConfig) -> None:
     and int labels outside ``[0, num_classes)`` (among the first ``LABELS_SCANNED`` of each
     split; without ``schema_path``), and a class map that disagrees (``check_class_map``).
     Object-store data roots are left to the pipeline."""
+    from domain import spans
     from domain.features import SPLITS
     root = config.data_root
     if "://" in root:
@@ -131,7 +132,7 @@ def check_data(config: PipelineConfig) -> None:
     span = _span_folder(config)
     for split in SPLITS:
         pattern = os.path.join(root, span, split, "*")
-        files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
+        files = sorted(f.path for f in spans.local_glob(pattern) if not f.is_directory)
         if not files:
             present = ", ".join(sorted(os.listdir(root))[:10]) or "nothing"
             raise UserError(f"--data-root {root}: no files match {pattern} (the folder holds: "
@@ -190,7 +191,9 @@ def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None
     # (Not before the number of classes is known: pipeline.data_shape.)
     scan_labels = (config.label_format == "int" and not config.schema_path
                    and config.num_classes > 0)
-    for path in files:
+    for opened, path in enumerate(files):
+        if opened >= FILES_OPENED and (labels_seen >= LABELS_SCANNED or not scan_labels):
+            break
         try:
             for index, record in enumerate(tf.data.TFRecordDataset(
                     path, compression_type=compression(path)).as_numpy_iterator()):
@@ -216,8 +219,6 @@ def _check_records(config: PipelineConfig, split: str, files: list[str]) -> None
                             "; each split needs TFRecord files of tf.Examples") from None
         except ValueError as err:  # DecodeError: records that are not tf.Examples
             raise UserError(f"{path}: its records are not tf.Examples ({err})") from None
-        if labels_seen >= LABELS_SCANNED or (labels_seen and not scan_labels):
-            return
     if not labels_seen:
         raise UserError(f"no records in the {split} split ({len(files)} files, the first "
                         f"{files[0]}); each split needs at least one example")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -79,6 +80,13 @@ def test_user_mistakes_name_the_file_record_or_option(tmp_path, capsys):
         "a text file, not TFRecords\n" * 4)
     line = _error(capsys, ["--data-root", str(tmp_path / "not-records")] + work)
     assert "is not a readable TFRecord file" in line and "a.tfrecord" in line
+    # every file ImportExampleGen would read: a Finder dot file, and a stray file after the data
+    good = _data(tmp_path / "good", {"image": png, "label": 1})
+    for stray in (".DS_Store", "zz-notes.txt"):
+        shutil.copytree(good, tmp_path / stray)
+        (tmp_path / stray / "eval" / stray).write_bytes(b"\x00\x00\x00Bud1" * 8)
+        line = _error(capsys, ["--data-root", str(tmp_path / stray)] + work)
+        assert f"eval/{stray} is not a readable TFRecord file" in line
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     line = _error(capsys, ["--data-root", labels, "--serving-dir", str(blocker / "serving")]
