@@ -230,3 +230,16 @@ def test_usage_errors_exit_2_in_one_line(argv, message, monkeypatch, capsys):
         cluster_check.main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_the_command_imports_no_training_stack():
+    """It runs before the first deployment, on any operator's machine: seconds, not TF's."""
+    import subprocess
+
+    from tests.conftest import ROOT
+    from tests.helpers import HEAVY, PROBE
+    done = subprocess.run([sys.executable, "-c", PROBE.format(
+        module="ops.cluster_check", args=["--help"], heavy=HEAVY)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-300:]
