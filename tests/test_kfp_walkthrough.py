@@ -125,9 +125,12 @@ def test_every_command_of_the_walkthrough_uses_those_names():
     assert set(re.findall(r"(?:^|\s)IMAGE=(\S+)", code, re.M)) == {names["image"], "$IMAGE"}
     assert set(re.findall(r"PROFILE=(\w+)", prose)) <= {"cpu", "gpu"}
     assert set(re.findall(r"--pvc-name (\S+)", prose)) == {names["volume"]}
+    sub_paths = {m["subPath"] for d in ("tf-serving", "gateway") for c in named(
+        "Deployment", d)["spec"]["template"]["spec"]["containers"] for m in c.get(
+        "volumeMounts", []) if "subPath" in m}  # what the serving pods mount of the volume
+    allowed = {names["data root"], *(f"{names['mount path']}/{p}" for p in sub_paths)}
     for path in re.findall(r"(/mnt/[\w/.-]+)", code):
-        assert path.startswith((names["data root"], names["serving dir"])) or \
-            path == names["mount path"], path
+        assert path.startswith(tuple(allowed)) or path == names["mount path"], path
     assert f"{names['serving dir']}/{names['model']}/manifest.json" in code
     assert f"/v1/models/{names['model']}:classify" in code
     assert "-m ops.cluster_check" in code and "VERSIONS.md" in prose
