@@ -60,6 +60,8 @@ class Kube:
             done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
         except FileNotFoundError:
             raise RuntimeError("kubectl is not on PATH") from None
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"no answer in {TIMEOUT} s") from None
         if done.returncode == 0:
             return json.loads(done.stdout)
         if "NotFound" in done.stderr:
@@ -202,7 +204,7 @@ def _cluster_line(check, *args) -> tuple[bool, str]:
     try:
         return check(*args)
     except RuntimeError as err:
-        return False, f"{check.__name__.removeprefix('check_')}: kubectl: {err}"
+        return False, f"{check.__name__.removeprefix('check_').replace('_', ' ')}: kubectl: {err}"
 
 
 def main(argv: list[str] | None = None) -> int:
