@@ -243,3 +243,14 @@ def test_the_command_imports_no_training_stack():
         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-300:]
+
+
+def test_a_kubectl_that_hangs_is_a_failed_line(tmp_path, monkeypatch, capsys):
+    script = tmp_path / "kubectl"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(30)\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(cluster_check, "TIMEOUT", 1)
+    kube = cluster_check.Kube("", "kubeflow")
+    passed, line = cluster_check._cluster_line(cluster_check.check_volume, kube, "v")
+    assert not passed and line == "volume: kubectl: no answer in 1 s"
