@@ -3,10 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
-IMAGE ?= tfx-image-pipeline:latest
+# The Kubeflow image, in the registry the cluster pulls from: no default on purpose (make image
+# and make compile refuse to run without one), e.g. IMAGE=registry.example.com/ml/tfx-image-pipeline:1.0
+IMAGE ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser edge run serve serve-app test test-fast bench compile image lock clean
+.PHONY: help setup browser edge run serve serve-app test test-fast bench compile image need-image lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,17 +67,23 @@ bench: setup ## run the benchmarks (about 45 min); results in bench/results.md
 	cat $(BENCHES:%=bench/results-%.md) > bench/results.md
 	rm $(BENCHES:%=bench/results-%.md)
 
-# The example cluster of kfp/README.md: open-source KFP with its MinIO (the default pipeline
+# The example cluster of kfp/README.md: open-source KFP with its object store (the default pipeline
 # root) and the volume of kfp/serving/storage.yaml for the data and the serving dir.
 CLUSTER ?= --pipeline-root minio://mlpipeline/v2/artifacts --pvc-name tfx-image-data \
 	--pvc-mount-path /mnt/data --data-root /mnt/data/images --spans true \
 	--serving-dir /mnt/data/serving
+# cpu: schedules on any node; gpu: the Trainer asks for a GPU (kfp/README.md, "GPU nodes")
+PROFILE ?= cpu
 
-compile: setup ## compile the Kubeflow package for the example cluster (CLUSTER="...", ARGS="...")
-	$(PY) -m pipeline.kubeflow_runner --kfp-image $(IMAGE) $(CLUSTER) $(ARGS)
+compile: need-image setup ## compile the Kubeflow package: IMAGE=registry/name:tag (PROFILE=cpu|gpu, CLUSTER, ARGS)
+	$(PY) -m pipeline.kubeflow_runner --kfp-image $(IMAGE) --profile $(PROFILE) $(CLUSTER) $(ARGS)
 
-image: ## build the Kubeflow container image (needs a Docker engine): IMAGE=name:tag
+image: need-image ## build the Kubeflow image (needs a Docker engine): IMAGE=registry/name:tag
 	docker build -f kfp/Dockerfile -t $(IMAGE) .
+
+need-image:
+	@case "$(IMAGE)" in */*:*) ;; *) echo "make $(MAKECMDGOALS): IMAGE='$(IMAGE)' names no \
+	registry; set IMAGE=<registry>/<name>:<tag>, the image the cluster pulls" >&2; exit 2;; esac
 
 lock: setup ## re-resolve requirements.in into requirements.lock with hashes (PACKAGE=name: only it)
 	$(VENV)/bin/uv pip compile requirements.in --output-file requirements.lock --generate-hashes \

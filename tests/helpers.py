@@ -147,6 +147,8 @@ def _objects() -> list[dict]:
     import yaml
     objects = []
     for path in sorted(glob.glob(os.path.join(SERVING_MANIFESTS, "*.yaml"))):
+        if os.path.basename(path) == "kustomization.yaml":  # kustomize's, not an object
+            continue
         with open(path) as f:
             objects += [o for o in yaml.safe_load_all(f) if o]
     return objects
