@@ -19,7 +19,8 @@ parameters (``pipeline.config.RUN_TIME_PARAMETERS``) declared as root inputs def
 the config's values. What cannot work on a cluster is refused at compile time
 (``cluster_problem``): no data root, paths of this machine without a volume, a pipeline root
 the backend refuses; and a model input left to data this machine cannot read (an object
-store: set the shape and class options).
+store: set the shape and class options). The credentials an s3:// or gs:// path needs on the
+cluster are announced (``credentials_needed``).
 """
 from __future__ import annotations
 
@@ -141,6 +142,21 @@ def cluster_problem(config: PipelineConfig) -> str:
     return ""
 
 
+def credentials_needed(config: PipelineConfig) -> list[str]:
+    """What the cluster must give the tasks to reach the object stores ``config`` names, a
+    line each (the launcher's: kfp backend ``v2/config``, ``v2/objectstore``)."""
+    lines = []
+    if config.pipeline_root.startswith("s3://"):
+        lines.append("s3:// pipeline root: the run's namespace needs the ConfigMap kfp-launcher "
+                     "with providers.s3 naming a Secret of the bucket's keys (KFP >= 2.2), "
+                     "else the pods' AWS credentials (environment or IRSA)")
+    if any(path.startswith("gs://") for path in (config.pipeline_root, config.data_root)):
+        lines.append("gs:// paths: the launcher stages gs:// inputs to /gcs and TensorFlow "
+                     "reads gs:// itself: the pods' service account needs GCS read/write "
+                     "(Workload Identity; kfp-launcher providers.gs serves the launcher only)")
+    return lines
+
+
 def check_producers(spec: dict) -> None:
     """Raises ``ValueError`` where a task names a producer the DAG lacks: the backend's Argo
     compiler refuses the run ("failed to add implicit deps: unknown producer task")."""
@@ -204,6 +220,8 @@ def compile_pipeline(config: PipelineConfig, output: str, announce=_to_stderr) -
             raise ValueError(str(err)) from None
         data_shape.require_readable(config)
         announce("\n".join([choice.line(), *choice.hints]))
+    for line in credentials_needed(config):
+        announce(line)
     from tfx import v1 as tfx  # the training stack: only once there is something to compile
 
     from pipeline.pipeline import OBSERVERS, create_pipeline

@@ -256,6 +256,17 @@ def test_every_task_has_a_retry_policy(package_path, cluster_spec):
                     "backoffMaxDuration": "600s"})
 
 
+def test_the_compiler_says_which_store_credentials_the_cluster_needs():
+    from pipeline.kubeflow_runner import credentials_needed
+    assert credentials_needed(PipelineConfig.from_args(CLUSTER, {})) == []  # minio: the default
+    s3 = credentials_needed(PipelineConfig.from_args(
+        CLUSTER + ["--pipeline-root", "s3://bucket/root"], {}))
+    assert len(s3) == 1 and "ConfigMap kfp-launcher with providers.s3" in s3[0]
+    gs = credentials_needed(PipelineConfig.from_args(
+        CLUSTER + ["--data-root", "gs://bucket/images"], {}))
+    assert len(gs) == 1 and "stages gs:// inputs to /gcs" in gs[0]
+
+
 def test_parameters_from_tasks_have_their_producers_types(cluster_spec):
     """The driver refuses a string where a number is declared and turns a number consumed as
     STRING into text (a served version 0 became "0"): each such input has its producer's
