@@ -157,6 +157,15 @@ def credentials_needed(config: PipelineConfig) -> list[str]:
     return lines
 
 
+def set_retries(spec: dict, retries: int) -> None:
+    """A retry policy of ``retries`` on every task, in place (none for 0): a failed or
+    preempted pod need not fail the run."""
+    for task in spec["root"]["dag"]["tasks"].values():
+        task.pop("retryPolicy", None)
+        if retries:
+            task["retryPolicy"] = {"maxRetryCount": retries, **RETRY_BACKOFF}
+
+
 def check_producers(spec: dict) -> None:
     """Raises ``ValueError`` where a task names a producer the DAG lacks: the backend's Argo
     compiler refuses the run ("failed to add implicit deps: unknown producer task")."""
@@ -243,9 +252,7 @@ def compile_pipeline(config: PipelineConfig, output: str, announce=_to_stderr) -
         parameter.update(defaultValue=getattr(config, name), isOptional=True)
     for task in OBSERVERS:  # they read the world: a cached answer would be stale
         spec["root"]["dag"]["tasks"][task]["cachingOptions"] = {"enableCache": False}
-    if config.task_retries:  # an evicted or preempted pod need not fail the run
-        for task in spec["root"]["dag"]["tasks"].values():
-            task["retryPolicy"] = {"maxRetryCount": config.task_retries, **RETRY_BACKOFF}
+    set_retries(spec, config.task_retries)
     check_executors(spec)
     for_open_source(spec)
     executors = {}

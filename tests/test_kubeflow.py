@@ -254,6 +254,10 @@ def test_every_task_has_a_retry_policy(package_path, cluster_spec):
         assert {name: task.get("retryPolicy") for name, task in tasks.items()} == dict.fromkeys(
             tasks, {"maxRetryCount": 2, "backoffDuration": "30s", "backoffFactor": 2.0,
                     "backoffMaxDuration": "600s"})
+    from pipeline.kubeflow_runner import set_retries
+    spec = _spec(package_path)
+    set_retries(spec, 0)  # --task-retries 0
+    assert not any("retryPolicy" in task for task in spec["root"]["dag"]["tasks"].values())
 
 
 def test_the_compiler_says_which_store_credentials_the_cluster_needs():
