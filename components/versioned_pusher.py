@@ -23,7 +23,7 @@ from tfx.utils import io_utils, path_utils
 
 from domain import class_map, registry
 from domain.versions import entry_of
-from domain.contracts import NO_NEW_DATA, PushResult
+from domain.contracts import NO_NEW_DATA, PushResult, store_uri
 from components.gate import overall_metric
 from components.image_validator import FINGERPRINT
 from components.live_inputs import (SERVED_VERSION, SOURCE_MODEL_ID, STATISTICS_PATH,
@@ -49,7 +49,7 @@ def _why_not(model, examples, manifest: list[dict], base: str, classes: list[str
     """Why ``model`` (trained on ``classes``) is not pushed whatever its blessing, or ""
     (called again under the lock)."""
     earlier = [e["version"] for e in manifest
-               if e.get("model_uri") == model.uri and e.get("action") == "push"]
+               if e.get("model_uri") == store_uri(model) and e.get("action") == "push"]
     if earlier:
         return f"already pushed as version {earlier[0]}"
     served = entry_of(manifest, registry.served_version(base))
@@ -58,12 +58,19 @@ def _why_not(model, examples, manifest: list[dict], base: str, classes: list[str
     if mismatch:
         return mismatch
     # A warm-started retrain on the data and settings of the served version is no news.
-    if served and served.get("examples_uri") == examples.uri and served.get("retained") and \
-            _training(path_utils.serving_model_path(model.uri)) == \
+    if served and served.get("examples_uri") == store_uri(examples) and \
+            served.get("retained") and _training(path_utils.serving_model_path(model.uri)) == \
             _training(os.path.join(base, str(served["version"]))):
         return (f"{NO_NEW_DATA}: served version {served['version']} was trained on the same "
                 "examples with the same settings")
     return ""
+
+
+def _pushed_by(manifest: list[dict], pushed_model_uri: str) -> dict | None:
+    """The push of the task whose output is ``pushed_model_uri``: a retry of a task killed
+    after it pushed finds its own push here (the output URI is the same on every attempt)."""
+    return next((e for e in manifest if e.get("action") == "push"
+                 and e.get("pushed_model_uri") == pushed_model_uri), None)
 
 
 @component
@@ -93,24 +100,32 @@ def VersionedPusher(
         return _why_not(model, examples, manifest, base_directory, classes,
                         bool(allow_new_classes))
 
-    reason = why_not(registry.read_manifest(base_directory)) or (
+    manifest = registry.read_manifest(base_directory)
+    own = _pushed_by(manifest, store_uri(pushed_model))
+    reason = "" if own else why_not(manifest) or (
         "" if model_blessing.get_int_custom_property("blessed") else "not blessed")
     if reason:
         PushResult(pushed=False, reason=reason).write(pushed_model)
         return
     gated_against = baseline_model.get_int_custom_property(SERVED_VERSION)
     accuracy = overall_metric(evaluation.uri)
-    record = {
-        "action": "push", "model_uri": model.uri, "model_id": model.id,
-        "blessing_id": model_blessing.id, "evaluation_uri": evaluation.uri,
-        "accuracy": accuracy, "spans": _spans(examples), "examples_uri": examples.uri,
+    record = {  # the artifacts by their store URIs: the pod-local copies are gone after it
+        "action": "push", "model_uri": store_uri(model), "model_id": model.id,
+        "blessing_id": model_blessing.id, "evaluation_uri": store_uri(evaluation),
+        "accuracy": accuracy, "spans": _spans(examples), "examples_uri": store_uri(examples),
         "data_fingerprint": (examples.get_string_custom_property(FINGERPRINT)
                              if examples.has_custom_property(FINGERPRINT) else None),
         "baseline_version": gated_against or None,
         "baseline_model_id": (baseline_model.get_int_custom_property(SOURCE_MODEL_ID)
                               if model_blessing.has_custom_property(BASELINE_ID) else None),
         "definition": definition, "class_names": classes,
+        "pushed_model_uri": store_uri(pushed_model),
     }
+    if own:  # this task again (a retried pod): its push, once
+        PushResult(pushed=True, version=own["version"],
+                   destination=os.path.join(base_directory, str(own["version"])),
+                   record=record, accuracy=accuracy).write(pushed_model)
+        return
     with tempfile.TemporaryDirectory() as tmp:  # the pipeline root may be an object store
         source = os.path.join(tmp, "model")
         io_utils.copy_dir(path_utils.serving_model_path(model.uri), source)

@@ -15,6 +15,17 @@ NO_NEW_DATA = "no new data"  # the start of a push's reason when a rerun brought
 ACCURACY_METRIC = "sparse_categorical_accuracy"
 CANDIDATE, BASELINE = "candidate", "baseline"
 CLASS_METRICS = "class_metrics.json"
+# The custom property on an artifact the KFP launcher staged to a pod-local path (``uri``)
+# naming its object-store URI (minio://, s3://): set by pipeline.kfp_entrypoint for the task
+# only, never written back to MLMD.
+STORE_URI = "store_uri"
+
+
+def store_uri(artifact) -> str:
+    """Where ``artifact`` (a TFX artifact) lives for anyone outside this task: its
+    ``STORE_URI`` where the launcher staged it, else its ``uri``."""
+    return (artifact.get_string_custom_property(STORE_URI)
+            if artifact.has_custom_property(STORE_URI) else artifact.uri)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,8 @@ def fields_in(*scopes: str) -> list[str]:
 
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PROFILES = ("cpu", "gpu")  # Kubeflow compile profiles (pipeline.kubeflow_runner)
+GPU_TYPE = "nvidia.com/gpu"
 # The model's input and classes: 0 means "from the data" (pipeline.data_shape resolves them
 # before a run or a compile); with no data root (or the embedded digits' own), the digits'.
 FROM_DATA = {"image_height": 8, "image_width": 8, "image_channels": 1, "num_classes": 10}
@@ -253,9 +255,17 @@ class PipelineConfig:
                              "the container image every task runs")
     kfp_package: str = _option("", KUBEFLOW, RUNNER,
                                "the compiled package's path (empty: <work-dir>/kfp/<name>.yaml)")
-    trainer_gpus: int = _option(1, KUBEFLOW, RUNNER, "GPUs of the Trainer and Tuner pods")
-    gpu_type: str = _option("nvidia.com/gpu", KUBEFLOW, RUNNER, "the GPU resource name")
-    gpu_node_selector: str = _option("", KUBEFLOW, RUNNER, "label=value of the GPU nodes")
+    profile: str = _option("cpu", KUBEFLOW, RUNNER,
+                           "cpu (no GPU: the tasks schedule on any node) or gpu (the Trainer "
+                           "and Tuner get GPUs, the GPU toleration and node selector)")
+    trainer_gpus: int = _option(0, KUBEFLOW, RUNNER,
+                                "GPUs of the Trainer and Tuner pods under --profile gpu (0: 1)")
+    gpu_type: str = _option(GPU_TYPE, KUBEFLOW, RUNNER,
+                            "the GPU resource name (--profile gpu)")
+    gpu_node_selector: str = _option("", KUBEFLOW, RUNNER,
+                                     "label=value of the GPU nodes (--profile gpu)")
+    task_retries: int = _option(2, KUBEFLOW, RUNNER,
+                                "times a failed task's pod is run again (KFP >= 2.5)")
     trainer_cpu: float = _option(8.0, KUBEFLOW, RUNNER, "CPU limit of the Trainer and Tuner pods")
     trainer_memory: str = _option("32G", KUBEFLOW, RUNNER,
                                   "memory limit of the Trainer and Tuner pods")
@@ -273,7 +283,7 @@ class PipelineConfig:
                               ("strategy", STRATEGIES), ("backbone", BACKBONES),
                               ("tflite", TFLITE_MODES), ("image_format", IMAGE_FORMATS),
                               ("label_format", LABEL_FORMATS), ("lr_schedule", LR_SCHEDULES),
-                              ("class_weights", CLASS_WEIGHTS)):
+                              ("class_weights", CLASS_WEIGHTS), ("profile", PROFILES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if set(self.augmentation) - set(AUGMENTATIONS):
@@ -282,8 +292,10 @@ class PipelineConfig:
                                            or self.raw_channels not in (1, 3, 4)):
             raise ValueError("image_format=raw needs raw_height, raw_width >= 1 and "
                              "raw_channels in (1, 3, 4)")
-        if self.trainer_gpus < 0 or self.trainer_cpu <= 0 or self.data_cpu <= 0:
-            raise ValueError("trainer_gpus must be >= 0, trainer_cpu and data_cpu > 0")
+        if min(self.trainer_gpus, self.task_retries) < 0 or min(self.trainer_cpu,
+                                                                 self.data_cpu) <= 0:
+            raise ValueError("trainer_gpus and task_retries must be >= 0, trainer_cpu and "
+                             "data_cpu > 0")
         for name in ("max_bad_image_fraction", "max_regression", "min_class_recall",
                      "label_drift_threshold", "size_drift_threshold", "target_accuracy"):
             if not 0.0 <= getattr(self, name) <= 1.0:

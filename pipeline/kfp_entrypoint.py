@@ -18,6 +18,9 @@ one behaviour of the backend (the hooks into TFX's entrypoint: ``pipeline.tfx_en
    (``/minio/<bucket>/<key>``, ``/s3/<bucket>/<key>``) before the command and uploads the
    outputs from there after it. TFX reads and writes those local paths; the ExecutorOutput
    names the store's URIs again. ``gs://`` stays as it is: TensorFlow reads and writes GCS.
+   For the task, each staged artifact also carries its store URI (``domain.contracts.STORE_URI``,
+   never written back): what a component records for later (the pusher's ``model_uri``)
+   names the store, not the pod.
 4. **Exact ids**: artifact metadata crosses the backend as a protobuf ``Struct``, whose
    numbers are doubles; TFX's artifact ids are sha256-derived int64s. Integers beyond 2**53
    travel as decimal strings and are read back as integers.
@@ -28,6 +31,7 @@ import json
 import os
 import sys
 
+from domain.contracts import STORE_URI
 from pipeline import tfx_entrypoint
 
 # The launcher's pod-local mount of each store it stages (KFP's launcher v2 and SDK executor).
@@ -53,23 +57,37 @@ def _type_of(inputs_spec: dict, key: str) -> dict:
 
 def adapt(executor_input: dict, inputs_spec: dict, pod_root: str = "/",
           ) -> tuple[dict, dict[str, str]]:
-    """The ExecutorInput TFX can run (adaptations 1 to 3), and each local output path's URI
-    in the store."""
+    """The ExecutorInput TFX can run (adaptations 1 to 3), and each staged local path's URI
+    in the store (inputs and outputs)."""
     adapted = json.loads(json.dumps(executor_input))
+    remote = {}
     for key, artifacts in adapted.get("inputs", {}).get("artifacts", {}).items():
         for artifact in artifacts.get("artifacts", []):
             if not artifact.get("type", {}).get("schemaTitle") and \
                     not artifact.get("type", {}).get("instanceSchema"):
                 artifact["type"] = _type_of(inputs_spec, key)
-            artifact["uri"] = local_path(artifact.get("uri", ""), pod_root)
+            _stage(artifact, remote, pod_root)
     outputs = adapted.get("outputs", {}).get("artifacts", {})
     outputs.pop(LOG_OUTPUT, None)
-    remote = {}
     for artifacts in outputs.values():
         for artifact in artifacts.get("artifacts", []):
-            local = local_path(artifact.get("uri", ""), pod_root)
-            remote[local], artifact["uri"] = artifact.get("uri", ""), local
+            _stage(artifact, remote, pod_root)
     return adapted, remote
+
+
+def _stage(artifact: dict, remote: dict[str, str], pod_root: str) -> None:
+    """Points ``artifact`` at its pod-local path, noting its store URI in ``remote``."""
+    local = local_path(artifact.get("uri", ""), pod_root)
+    if local != artifact.get("uri", ""):
+        remote[local] = artifact["uri"]
+    artifact["uri"] = local
+
+
+def _store_uris(artifacts: dict, remote: dict[str, str]) -> None:
+    """Sets ``STORE_URI`` on the parsed artifacts the launcher staged."""
+    for artifact in (a for values in artifacts.values() for a in values):
+        if artifact.uri in remote:
+            artifact.set_string_custom_property(STORE_URI, remote[artifact.uri])
 
 
 def _exact_ids_in(artifacts: dict) -> None:
@@ -106,13 +124,19 @@ def run(args, beam_args: list[str], pod_root: str = "/") -> None:
                                    inputs_spec, pod_root)
     args.json_serialized_invocation_args = json.dumps(executor_input)
 
+    def parsed(artifacts):
+        _exact_ids_in(artifacts)
+        _store_uris(artifacts, remote)
+
     def translated(result, outputs):
         for key, artifact_list in result.items():
             for runtime_artifact, artifact in zip(artifact_list.artifacts, outputs[key]):
                 runtime_artifact.uri = remote.get(runtime_artifact.uri, runtime_artifact.uri)
+                if STORE_URI in runtime_artifact.metadata:  # the task's alone
+                    del runtime_artifact.metadata[STORE_URI]
                 _exact_ids_out(runtime_artifact, artifact)
 
-    tfx_entrypoint.run_executor(args, beam_args, _exact_ids_in, translated)
+    tfx_entrypoint.run_executor(args, beam_args, parsed, translated)
 
 
 def main() -> None:

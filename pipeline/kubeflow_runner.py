@@ -2,9 +2,12 @@
 
 The same ``create_pipeline(config)`` as the local runner, compiled by TFX's
 KubeflowV2DagRunner into a KFP package (YAML: the pipeline spec, then the Kubernetes platform
-spec). Per-task resources come from TFX's platform config (the Trainer's GPUs, CPU and memory;
-CPU and memory for the Beam components); node selector, GPU tolerations and an optional volume
-mount from the kfp-kubernetes executor config. Paths (``--data-root``, ``--pipeline-root``,
+spec). ``--profile cpu`` (the default) asks for no GPU, so every task schedules on any node;
+``--profile gpu`` gives the Trainer and Tuner GPUs, the GPU toleration and ``--gpu-node-selector``
+(GPU options under ``cpu`` are refused). Per-task resources come from TFX's platform config
+(the Trainer's GPUs, CPU and memory; CPU and memory for the Beam components); node selector,
+GPU tolerations and an optional volume mount from the kfp-kubernetes executor config. Every
+task has a retry policy (``--task-retries``). Paths (``--data-root``, ``--pipeline-root``,
 ``--serving-dir``) are the cluster's (GCS or the mounted volume; the serving dir always a
 volume), and ``--beam-mode``/``--beam-args`` pick the Beam runner of the data components.
 
@@ -16,7 +19,8 @@ parameters (``pipeline.config.RUN_TIME_PARAMETERS``) declared as root inputs def
 the config's values. What cannot work on a cluster is refused at compile time
 (``cluster_problem``): no data root, paths of this machine without a volume, a pipeline root
 the backend refuses; and a model input left to data this machine cannot read (an object
-store: set the shape and class options).
+store: set the shape and class options). The credentials an s3:// or gs:// path needs on the
+cluster are announced (``credentials_needed``).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipeline import data_shape
-from pipeline.config import SETUP_FILE, PipelineConfig
+from pipeline.config import GPU_TYPE, SETUP_FILE, PipelineConfig
 from pipeline.preflight import UserError
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
@@ -45,6 +49,9 @@ IMAGE_SETUP_FILE = "/opt/tfx-image-pipeline/setup.py"  # the project in kfp/Dock
 INPUTS_SPEC_FLAG = "--json_serialized_inputs_spec_args"
 BEAM_COMPONENTS = ("ImportExampleGen", "ImageValidator", "StatisticsGen", "Transform",
                    "Evaluator")
+# A failed task's pod runs again after 30 s, then 60 s, ... at most 10 min apart (Argo's
+# retryStrategy on the executor pod: the backend compiles it from KFP 2.5 on).
+RETRY_BACKOFF = {"backoffDuration": "30s", "backoffFactor": 2.0, "backoffMaxDuration": "600s"}
 
 
 def _memory_gb(text: str) -> float:
@@ -55,22 +62,46 @@ def _memory_gb(text: str) -> float:
     return float(text)
 
 
+def gpus(config: PipelineConfig) -> int:
+    """The Trainer's and Tuner's GPUs: none under the cpu profile, at least 1 under gpu."""
+    return max(config.trainer_gpus, 1) if config.profile == "gpu" else 0
+
+
+def profile_problem(config: PipelineConfig) -> str:
+    """Why the GPU options contradict ``--profile`` (or the strategy), in one line, or ""."""
+    if config.profile == "cpu":
+        given = [option for option, value in (
+            ("--trainer-gpus", config.trainer_gpus),
+            ("--gpu-node-selector", config.gpu_node_selector),
+            ("--gpu-type", config.gpu_type != GPU_TYPE and config.gpu_type)) if value]
+        if given:
+            return (f"{', '.join(given)} given with --profile cpu (no GPU): compile with "
+                    "--profile gpu, or leave them out")
+    elif config.gpu_node_selector and "=" not in config.gpu_node_selector.strip("="):
+        return (f"--gpu-node-selector {config.gpu_node_selector}: expected label=value "
+                "(e.g. cloud.google.com/gke-accelerator=nvidia-l4)")
+    elif config.strategy == "one_device" and gpus(config) > 1:
+        return (f"--strategy one_device trains on one of --trainer-gpus {config.trainer_gpus}: "
+                "use --strategy auto or mirrored, or fewer GPUs")
+    return ""
+
+
 def resource_specs(config: PipelineConfig) -> dict[str, ResourceSpec]:
     """Component id -> its resource requests and limits."""
     trainer = ResourceSpec(cpu_limit=config.trainer_cpu,
                            memory_limit=_memory_gb(config.trainer_memory))
-    if config.trainer_gpus:
+    if gpus(config):
         trainer.accelerator.type = config.gpu_type
-        trainer.accelerator.count = config.trainer_gpus
+        trainer.accelerator.count = gpus(config)
     data = ResourceSpec(cpu_limit=config.data_cpu, memory_limit=_memory_gb(config.data_memory))
     return {**dict.fromkeys(TRAINING_COMPONENTS, trainer), **dict.fromkeys(BEAM_COMPONENTS, data)}
 
 
 def kubernetes_config(config: PipelineConfig, executor: str) -> k8s.KubernetesExecutorConfig:
-    """Node selector and GPU toleration for the Trainer and Tuner; the volume mount for every
-    task."""
+    """Node selector and GPU toleration for the Trainer and Tuner under the gpu profile; the
+    volume mount for every task."""
     result = k8s.KubernetesExecutorConfig()
-    if executor in {f"{name}_executor" for name in TRAINING_COMPONENTS} and config.trainer_gpus:
+    if executor in {f"{name}_executor" for name in TRAINING_COMPONENTS} and gpus(config):
         if config.gpu_node_selector:
             key, _, value = config.gpu_node_selector.partition("=")
             result.node_selector.labels[key] = value
@@ -109,6 +140,30 @@ def cluster_problem(config: PipelineConfig) -> str:
             return (f"{option} {path} is no path of the tasks: mount a volume (--pvc-name, "
                     f"--pvc-mount-path {config.pvc_mount_path}) and give a path under it")
     return ""
+
+
+def credentials_needed(config: PipelineConfig) -> list[str]:
+    """What the cluster must give the tasks to reach the object stores ``config`` names, a
+    line each (the launcher's: kfp backend ``v2/config``, ``v2/objectstore``)."""
+    lines = []
+    if config.pipeline_root.startswith("s3://"):
+        lines.append("s3:// pipeline root: the run's namespace needs the ConfigMap kfp-launcher "
+                     "with providers.s3 naming a Secret of the bucket's keys (KFP >= 2.2), "
+                     "else the pods' AWS credentials (environment or IRSA)")
+    if any(path.startswith("gs://") for path in (config.pipeline_root, config.data_root)):
+        lines.append("gs:// paths: the launcher stages gs:// inputs to /gcs and TensorFlow "
+                     "reads gs:// itself: the pods' service account needs GCS read/write "
+                     "(Workload Identity; kfp-launcher providers.gs serves the launcher only)")
+    return lines
+
+
+def set_retries(spec: dict, retries: int) -> None:
+    """A retry policy of ``retries`` on every task, in place (none for 0): a failed or
+    preempted pod need not fail the run."""
+    for task in spec["root"]["dag"]["tasks"].values():
+        task.pop("retryPolicy", None)
+        if retries:
+            task["retryPolicy"] = {"maxRetryCount": retries, **RETRY_BACKOFF}
 
 
 def check_producers(spec: dict) -> None:
@@ -164,7 +219,7 @@ def compile_pipeline(config: PipelineConfig, output: str, announce=_to_stderr) -
     ``ValueError`` with ``cluster_problem``'s reason, or naming the options to set when the
     model's input is left to data this machine cannot read. The input and classes left to
     the data are resolved here, once (``pipeline.data_shape``): the spec records them."""
-    problem = cluster_problem(config)
+    problem = cluster_problem(config) or profile_problem(config)
     if problem:
         raise ValueError(problem)
     if config.from_data:
@@ -174,6 +229,8 @@ def compile_pipeline(config: PipelineConfig, output: str, announce=_to_stderr) -
             raise ValueError(str(err)) from None
         data_shape.require_readable(config)
         announce("\n".join([choice.line(), *choice.hints]))
+    for line in credentials_needed(config):
+        announce(line)
     from tfx import v1 as tfx  # the training stack: only once there is something to compile
 
     from pipeline.pipeline import OBSERVERS, create_pipeline
@@ -195,6 +252,7 @@ def compile_pipeline(config: PipelineConfig, output: str, announce=_to_stderr) -
         parameter.update(defaultValue=getattr(config, name), isOptional=True)
     for task in OBSERVERS:  # they read the world: a cached answer would be stale
         spec["root"]["dag"]["tasks"][task]["cachingOptions"] = {"enableCache": False}
+    set_retries(spec, config.task_retries)
     check_executors(spec)
     for_open_source(spec)
     executors = {}

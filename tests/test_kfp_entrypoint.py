@@ -43,11 +43,25 @@ def test_staged_stores_become_the_launchers_local_paths_and_back(tmp_path):
     assert adapted["inputs"]["artifacts"]["examples"]["artifacts"][0]["uri"] == \
         str(tmp_path / "minio/mlpipeline/v2/artifacts/p/run/ImportExampleGen/x/examples")
     local = adapted["outputs"]["artifacts"]["statistics"]["artifacts"][0]["uri"]
-    assert remote == {local: uri + "-stats"}
+    assert remote == {local: uri + "-stats", str(tmp_path / "minio" / uri[len("minio://"):]): uri}
     assert local_path("s3://bucket/key") == "/s3/bucket/key"
     assert local_path("gs://bucket/key") == "gs://bucket/key"  # TensorFlow reads GCS itself
     assert local_path("/mnt/data/x") == "/mnt/data/x"
     assert original["inputs"]["artifacts"]["examples"]["artifacts"][0]["uri"] == uri  # a copy
+
+
+def test_staged_artifacts_tell_their_store_uri_and_gs_ones_nothing():
+    from tfx.types import standard_artifacts
+
+    from domain.contracts import STORE_URI, store_uri
+    from pipeline.kfp_entrypoint import _store_uris
+    _, remote = adapt(_input(), SPEC)
+    staged, direct = standard_artifacts.Examples(), standard_artifacts.Examples()
+    staged.uri, direct.uri = "/minio/mlpipeline/v2/artifacts/p/run/ImportExampleGen/x/examples", \
+        "gs://bucket/x"
+    _store_uris({"examples": [staged, direct]}, remote)
+    assert store_uri(staged) == "minio://mlpipeline/v2/artifacts/p/run/ImportExampleGen/x/examples"
+    assert store_uri(direct) == "gs://bucket/x" and not direct.has_custom_property(STORE_URI)
 
 
 def test_ids_beyond_doubles_travel_exactly():

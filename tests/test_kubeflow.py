@@ -27,7 +27,7 @@ def package_path(tmp_path_factory):
     config = PipelineConfig.from_args([
         "--data-root", "gs://bucket/images", "--pipeline-root", "gs://bucket/runs",
         "--serving-dir", "/mnt/data/serving", "--kfp-image", "registry.example.com/tip:1.2",
-        "--beam-args", DATAFLOW, "--trainer-gpus", "2", "--trainer-cpu", "12",
+        "--beam-args", DATAFLOW, "--profile", "gpu", "--trainer-gpus", "2", "--trainer-cpu", "12",
         "--trainer-memory", "48G", "--gpu-node-selector", "cloud.google.com/gke-accelerator=nvidia-l4",
         "--pvc-name", "datasets", "--spans", "true", "--train-steps", "600", "--epochs", "6",
         "--learning-rate", "0.002", "--batch-size", "64", "--min-accuracy", "0.85",
@@ -199,12 +199,83 @@ def test_what_cannot_run_on_a_cluster_fails_at_compile_time_in_one_line(flags, m
     assert code == 2 and message in error and len(error.strip().splitlines()) == 1, error
 
 
-def test_parameters_from_tasks_have_their_producers_types(tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    (["--trainer-gpus", "2"], "--trainer-gpus given with --profile cpu (no GPU)"),
+    (["--gpu-node-selector", "accelerator=nvidia-l4", "--gpu-type", "amd.com/gpu"],
+     "--gpu-node-selector, --gpu-type given with --profile cpu (no GPU)"),
+    (["--profile", "gpu", "--gpu-node-selector", "nvidia-l4"],
+     "--gpu-node-selector nvidia-l4: expected label=value"),
+    (["--profile", "gpu", "--trainer-gpus", "2", "--strategy", "one_device"],
+     "--strategy one_device trains on one of --trainer-gpus 2"),
+    (["--profile", "tpu"], "profile must be one of ('cpu', 'gpu'), got 'tpu'"),
+])
+def test_gpu_options_contradicting_the_profile_fail_at_compile_time_in_one_line(
+        flags, message, capsys):
+    test_what_cannot_run_on_a_cluster_fails_at_compile_time_in_one_line(flags, message, capsys)
+
+
+@pytest.fixture(scope="module")
+def cluster_path(tmp_path_factory):
+    """The package of the default (cpu) profile."""
+    return compile_pipeline(PipelineConfig.from_args(CLUSTER, {}),
+                            str(tmp_path_factory.mktemp("cpu") / "p.yaml"))
+
+
+@pytest.fixture(scope="module")
+def cluster_spec(cluster_path):
+    return _spec(cluster_path)
+
+
+def test_the_cpu_profile_asks_for_no_gpu_and_schedules_anywhere(cluster_path, cluster_spec):
+    executors = cluster_spec["deploymentSpec"]["executors"]
+    assert all("accelerator" not in e["container"].get("resources", {})
+               for e in executors.values())
+    platform = list(yaml.safe_load_all(open(cluster_path)))[1]["platforms"]["kubernetes"]
+    assert {key for executor in platform["deploymentSpec"]["executors"].values()
+            for key in executor} == {"pvcMount"}  # no toleration, no node selector
+
+
+def test_the_gpu_profile_gives_one_gpu_unless_told_more():
+    from google.protobuf import json_format
+
+    from pipeline.kubeflow_runner import kubernetes_config, resource_specs
+    config = PipelineConfig.from_args(CLUSTER + ["--profile", "gpu"], {})
+    assert resource_specs(config)["Trainer"].accelerator.count == 1
+    trainer = json_format.MessageToDict(kubernetes_config(config, "Trainer_executor"))
+    assert trainer["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                       "effect": "NoSchedule"}] and "nodeSelector" not in trainer
+    assert "tolerations" not in json_format.MessageToDict(
+        kubernetes_config(config, "Transform_executor"))
+
+
+def test_every_task_has_a_retry_policy(package_path, cluster_spec):
+    for spec in (_spec(package_path), cluster_spec):
+        tasks = spec["root"]["dag"]["tasks"]
+        assert {name: task.get("retryPolicy") for name, task in tasks.items()} == dict.fromkeys(
+            tasks, {"maxRetryCount": 2, "backoffDuration": "30s", "backoffFactor": 2.0,
+                    "backoffMaxDuration": "600s"})
+    from pipeline.kubeflow_runner import set_retries
+    spec = _spec(package_path)
+    set_retries(spec, 0)  # --task-retries 0
+    assert not any("retryPolicy" in task for task in spec["root"]["dag"]["tasks"].values())
+
+
+def test_the_compiler_says_which_store_credentials_the_cluster_needs():
+    from pipeline.kubeflow_runner import credentials_needed
+    assert credentials_needed(PipelineConfig.from_args(CLUSTER, {})) == []  # minio: the default
+    s3 = credentials_needed(PipelineConfig.from_args(
+        CLUSTER + ["--pipeline-root", "s3://bucket/root"], {}))
+    assert len(s3) == 1 and "ConfigMap kfp-launcher with providers.s3" in s3[0]
+    gs = credentials_needed(PipelineConfig.from_args(
+        CLUSTER + ["--data-root", "gs://bucket/images"], {}))
+    assert len(gs) == 1 and "stages gs:// inputs to /gcs" in gs[0]
+
+
+def test_parameters_from_tasks_have_their_producers_types(cluster_spec):
     """The driver refuses a string where a number is declared and turns a number consumed as
     STRING into text (a served version 0 became "0"): each such input has its producer's
     type, and the inputs spec in the command says the same."""
-    from pipeline.config import PipelineConfig
-    spec = _spec(compile_pipeline(PipelineConfig.from_args(CLUSTER, {}), str(tmp_path / "p.yaml")))
+    spec = cluster_spec
     served_model = spec["components"]["ServedModel"]
     assert served_model["inputDefinitions"]["parameters"]["version"] == {
         "parameterType": "NUMBER_INTEGER"}
