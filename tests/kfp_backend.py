@@ -137,6 +137,14 @@ class Release:
         return ("gs://", "s3://", "minio://") + (("mem://",) if self.version >= (2, 2) else ())
 
     @property
+    def lists_siblings(self) -> bool:
+        """``DownloadBlob`` lists the store by a plain prefix, so ``<key>`` also fetches the
+        objects of ``<key>_run/...`` and writes them beside the download (``filepath.Rel``):
+        objectstore/object_store.go through 2.16.0; 2.17.0 keeps only keys under the prefix
+        (``isBlobKeyUnderPrefix``)."""
+        return self.version < (2, 17)
+
+    @property
     def kubernetes_fields(self) -> dict | None:
         """The fields the driver's strict parse of ``--kubernetes_config`` knows (cmd/driver/
         main.go ``jsonpb.UnmarshalString`` through 2.4); None from 2.5.0, whose
@@ -371,7 +379,8 @@ class Backend:
             for artifact in artifacts["artifacts"]:
                 relative = local_path(artifact["uri"])
                 if relative is not None:
-                    download_blob(self.store / relative, pod / relative)
+                    download_blob(self.store / relative, pod / relative,
+                                  self.release.lists_siblings)
         for parameter in executor_input["outputs"]["parameters"].values():
             os.makedirs(os.path.dirname(parameter["outputFile"]), exist_ok=True)
         for artifacts in executor_input["outputs"]["artifacts"].values():
@@ -577,9 +586,14 @@ def _proto_name(field: str) -> str:
     return re.sub(r"([A-Z])", lambda m: "_" + m[1].lower(), field)
 
 
-def download_blob(source: Path, target: Path) -> None:
+def download_blob(source: Path, target: Path, siblings: bool = False) -> None:
     """objectstore ``DownloadBlob``: the store's objects under ``source``, files only (a
-    listing has no directories, so an empty one is not recreated)."""
+    listing has no directories, so an empty one is not recreated); with ``siblings``, those
+    of every key ``source`` is a prefix of too (``Release.lists_siblings``)."""
+    if siblings and source.parent.is_dir():
+        for sibling in source.parent.iterdir():
+            if sibling.name.startswith(source.name) and sibling.name != source.name:
+                download_blob(sibling, target.parent / sibling.name)
     if source.is_file():
         os.makedirs(target.parent, exist_ok=True)
         shutil.copy2(source, target)
@@ -591,7 +605,9 @@ def download_blob(source: Path, target: Path) -> None:
             shutil.copy2(Path(folder, file), target / relative)
 
 
-upload_blob = download_blob  # UploadBlob writes the files under a local path: no directories
+def upload_blob(source: Path, target: Path) -> None:
+    """objectstore ``UploadBlob``: the files under a local path (no directories)."""
+    download_blob(source, target)
 
 
 def _with_upstream(tasks: dict, names: set[str]) -> set[str]:

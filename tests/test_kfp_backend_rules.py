@@ -30,13 +30,14 @@ outputs = executor_input["outputs"]
 def local(uri):
     scheme, _, rest = uri.partition("://")
     return os.path.join(pod, {"gs": "gcs"}.get(scheme, scheme), rest)
-seen = []
+seen, beside = [], []
 for artifacts in inputs.get("artifacts", {}).values():
     root = local(artifacts["artifacts"][0]["uri"])
     seen += sorted(os.path.relpath(os.path.join(d, n), root)
                    for d, ds, fs in os.walk(root) for n in ds + fs)
+    beside += sorted(os.listdir(os.path.dirname(root)))
 result = {"parameterValues": {"text": inputs["parameterValues"].get("text", ""), "seen": seen,
-                              "outputs": outputs}, "artifacts": {}}
+                              "beside": beside, "outputs": outputs}, "artifacts": {}}
 for key, artifacts in outputs.get("artifacts", {}).items():
     if key != "executor-logs":
         path = local(artifacts["artifacts"][0]["uri"])
@@ -50,12 +51,13 @@ json.dump(result, open(outputs["outputFile"], "w"))
 """
 ARTIFACT = {"artifactType": {"schemaTitle": "system.Artifact", "schemaVersion": "0.0.1"}}
 OUTPUT_PARAMETERS = {"text": {"parameterType": "STRING"}, "seen": {"parameterType": "LIST"},
-                     "outputs": {"parameterType": "STRUCT"}}
+                     "beside": {"parameterType": "LIST"}, "outputs": {"parameterType": "STRUCT"}}
 
 
 def _package(tmp_path, platform: dict | None = None) -> str:
-    """``producer`` (a number root parameter into its STRING input ``text``) then
-    ``consumer`` (``producer``'s artifact as its input)."""
+    """``producer`` (a number root parameter into its STRING input ``text``; outputs
+    ``data`` and ``data_run``, as the Trainer's ``model`` and ``model_run``) then
+    ``consumer`` (``producer``'s ``data`` as its input)."""
     inputs = {"text": {"parameterType": "STRING"},
               "elsewhere": {"parameterType": "STRING", "isOptional": True}}
     spec = {
@@ -63,7 +65,8 @@ def _package(tmp_path, platform: dict | None = None) -> str:
         "components": {
             "comp-producer": {"executorLabel": "exec-task",
                               "inputDefinitions": {"parameters": inputs},
-                              "outputDefinitions": {"artifacts": {"data": ARTIFACT},
+                              "outputDefinitions": {"artifacts": {"data": ARTIFACT,
+                                                                  "data_run": ARTIFACT},
                                                     "parameters": OUTPUT_PARAMETERS}},
             "comp-consumer": {"executorLabel": "exec-task",
                               "inputDefinitions": {"artifacts": {"data": ARTIFACT}},
@@ -189,6 +192,8 @@ def test_each_release_provisions_outputs_its_own_way(tmp_path, release):
         else "tmp/kfp_outputs/output_metadata.json"
     assert outputs["outputFile"].endswith(expected_file)
     assert run.tasks["consumer"].parameters["seen"] == ["data.txt"]
+    assert run.tasks["consumer"].parameters["beside"] == (
+        ["data"] if release.version >= (2, 17) else ["data", "data_run"])
     assert backend.store_path(data["uri"]).joinpath("data.txt").read_text() == "x"
 
 
