@@ -208,8 +208,8 @@ class Run:
 
 class Backend:
     """One cluster of one ``release``: its object store, MLMD (artifacts) and cache, kept
-    across runs. ``forker``: a started ``tests.task_forker.Forker`` to share (else one is
-    started at the first task and ended by ``close``)."""
+    across runs. ``forker``: another backend's ``task_forker()`` to share (else this one
+    starts its own at the first task and ends it in ``close``)."""
 
     def __init__(self, work: Path, release: str = "2.17", publish_logs: bool = True,
                  parallelism: int = 2, preimported: bool = True, forker=None):
@@ -227,6 +227,14 @@ class Backend:
         if self.forker is not None and self._own_forker:
             self.forker.close()
             self.forker = None
+
+    def task_forker(self):
+        """The ``tests.task_forker.Forker`` running this cluster's tasks, started if need be."""
+        from tests.task_forker import Forker
+        with self._forker_lock:
+            if self.forker is None:
+                self.forker = Forker(dict(os.environ, PYTHONPATH=_project_root()))
+        return self.forker
 
     def store_path(self, uri: str) -> Path:
         relative = local_path(uri)
@@ -434,12 +442,8 @@ class Backend:
             process = subprocess.run(command, capture_output=True, text=True, env=env,
                                      cwd=pod, timeout=900)
             return process.returncode, process.stdout + process.stderr
-        from tests.task_forker import Forker
-        with self._forker_lock:
-            if self.forker is None:
-                self.forker = Forker(dict(os.environ, PYTHONPATH=_project_root()))
         out, err = (pod.parent / f"{pod.name}.{stream}" for stream in ("stdout", "stderr"))
-        code = self.forker.run(command[2], command[3:], str(pod), env, str(out), str(err),
+        code = self.task_forker().run(command[2], command[3:], str(pod), env, str(out), str(err),
                                timeout=900)
         log = out.read_text(errors="replace") + err.read_text(errors="replace")
         out.unlink()

@@ -161,7 +161,7 @@ FIRST_TASKS = {"DataSpan", "ImportExampleGen", "ImageValidator"}
                          ids=lambda release: release.name)
 def test_every_release_runs_the_first_tasks(cluster, tmp_path, release):
     backend, package, *_ = cluster
-    other = Backend(tmp_path, release.name, forker=backend.forker)
+    other = Backend(tmp_path, release.name, forker=backend.task_forker())
     try:
         run = other.create_run(package, tasks={"ImageValidator"})
     finally:
@@ -173,7 +173,7 @@ def test_every_release_runs_the_first_tasks(cluster, tmp_path, release):
                         examples.uri), examples.uri
     assert examples.properties["custom:span"] >= 1
     valid = other.store_path(run.tasks["ImageValidator"].artifacts["valid_examples"].uri)
-    assert sorted(p.name for p in valid.iterdir()) == ["Split-eval", "Split-train"]
+    assert {"Split-eval", "Split-train"} <= {p.name for p in valid.iterdir()}
     logs = {"executor-logs" in task.artifacts for task in run.tasks.values()}
     assert logs == {release.version >= (2, 5)}
     for pod in (tmp_path / "pods" / run.id).iterdir():
