@@ -137,6 +137,12 @@ class Release:
         return ("gs://", "s3://", "minio://") + (("mem://",) if self.version >= (2, 2) else ())
 
     @property
+    def session_info(self) -> bool:
+        """``RecordArtifact`` adds a ``store_session_info`` custom property to each output
+        (metadata/client.go from 2.3.0); ``display_name`` in every release."""
+        return self.version >= (2, 3)
+
+    @property
     def lists_siblings(self) -> bool:
         """``DownloadBlob`` lists the store by a plain prefix, so ``<key>`` also fetches the
         objects of ``<key>_run/...`` and writes them beside the download (``filepath.Rel``):
@@ -182,8 +188,6 @@ class Artifact:
         """``toRuntimeArtifact`` as the driver hands it to a consumer."""
         metadata = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
                     else v for k, v in self.properties.items()}
-        metadata.setdefault("display_name", self.key)
-        metadata.setdefault("store_session_info", "{}")
         return {"name": str(self.id), "uri": self.uri, "type": {"instanceSchema": ""},
                 "metadata": metadata}
 
@@ -451,9 +455,13 @@ class Backend:
         return code, log
 
     def _record(self, key: str, artifact: dict) -> Artifact:
-        """``RecordArtifact``: metadata becomes custom properties, numbers doubles."""
+        """``RecordArtifact``: metadata becomes custom properties, numbers doubles, with
+        ``display_name`` (and ``store_session_info``) unless the metadata has them."""
         properties = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
                       else v for k, v in artifact.get("metadata", {}).items()}
+        properties.setdefault("display_name", key)
+        if self.release.session_info:
+            properties.setdefault("store_session_info", "{}")
         recorded = Artifact(len(self.artifacts) + 1, key, artifact["uri"],
                             artifact["type"].get("instanceSchema")
                             or f"title: {artifact['type'].get('schemaTitle')}", properties)

@@ -221,3 +221,11 @@ def test_releases_before_2_5_parse_the_kubernetes_config_strictly(tmp_path):
         _backend(tmp_path, "2.0").create_run(_package(tmp_path / "gpu", platform))
     run = _backend(tmp_path, "2.1").create_run(_package(tmp_path / "gpu", platform))
     assert json.dumps(run.tasks["consumer"].parameters["seen"]) == '["data.txt"]'
+
+
+def test_recorded_artifacts_carry_the_release_s_custom_properties(tmp_path):
+    for name, session in (("2.2", False), ("2.3", True)):
+        run = _backend(tmp_path, name).create_run(_package(tmp_path))
+        properties = run.tasks["producer"].artifacts["data"].properties
+        assert properties["display_name"] == "data"
+        assert ("store_session_info" in properties) == session
