@@ -1,14 +1,20 @@
 """The compiled package run as the open-source KFP v2 backend runs it (``tests/kfp_backend``).
 
-A cluster with the default ``minio://`` pipeline root and a volume for data and serving:
+A 2.17 cluster with the default ``minio://`` pipeline root and a volume for data and serving:
 the first run pushes a version, an identical run is all cache hits but the two observers, a
 new span reruns ImportExampleGen and everything after it, run-time ``min_accuracy`` and
 ``train_steps`` are honoured, ids stay exact, and the gateway serves what the cluster pushed.
+Every other release of kfp/VERSIONS.md runs the package's first two tasks (DataSpan, then
+ImportExampleGen: parameters between tasks, artifacts provisioned, written and uploaded) with
+its own output conventions (artifacts downloaded by a consumer: tests/test_kfp_backend_rules
+on every release), and parses every task's Kubernetes config.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +27,7 @@ from domain import registry
 from domain.features import TRAINER_SUMMARY
 from pipeline.config import PipelineConfig
 from pipeline.kubeflow_runner import compile_pipeline
-from tests.kfp_backend import Backend, BackendError
+from tests.kfp_backend import RELEASES, Backend, BackendError, kubernetes_config_problem
 from tests.helpers import write_examples
 
 ALL = {"DataSpan", "ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
@@ -45,7 +51,7 @@ def cluster(tmp_path_factory):
         "--train-steps", "60", "--eval-steps", "5", "--min-accuracy", "0.3",
         "--max-regression", "1.0", "--trainer-gpus", "0"], environ={})
     package = compile_pipeline(config, str(work / "pipeline.yaml"))
-    backend = Backend(work)
+    backend = Backend(work, "2.17")
     yield backend, package, config, volume, records
     backend.close()
 
@@ -131,11 +137,13 @@ class _gateway:
 
 def test_the_backend_refuses_what_it_refuses(cluster, tmp_path):
     backend, package, *_ = cluster
-    with pytest.raises(BackendError, match="invalid pipeline root"):
+    with pytest.raises(BackendError, match="unrecognized pipeline root format"):
         backend.create_run(package, pipeline_root="/local/path")
-    with pytest.raises(BackendError, match="unrecognized input parameters"):
+    with pytest.raises(BackendError, match="unsupported provider in provider config mem"):
+        backend.create_run(package, pipeline_root="mem://mlpipeline/v2/artifacts")
+    with pytest.raises(BackendError, match="not required by pipeline: train_step"):
         backend.create_run(package, {"train_step": 5})
-    with pytest.raises(BackendError, match="type mismatch"):
+    with pytest.raises(BackendError, match="train_steps requires type double or integer"):
         backend.create_run(package, {"train_steps": "5"})
     import yaml
     documents = list(yaml.safe_load_all(open(package)))
@@ -145,3 +153,46 @@ def test_the_backend_refuses_what_it_refuses(cluster, tmp_path):
     broken.write_text(yaml.safe_dump_all(documents))
     with pytest.raises(BackendError, match='unknown producer task "ServedVersion_task"'):
         backend.create_run(str(broken))
+
+
+FIRST_TASKS = {"DataSpan", "ImportExampleGen"}
+
+
+@pytest.mark.parametrize("release", [r for r in RELEASES if r.name != "2.17"],
+                         ids=lambda release: release.name)
+def test_every_release_runs_the_first_two_tasks(cluster, tmp_path, release):
+    backend, package, *_ = cluster
+    other = Backend(tmp_path, release.name, forker=backend.task_forker())
+    try:
+        run = other.create_run(package, tasks={"ImportExampleGen"})
+    finally:
+        other.close()
+    assert run.executed() == FIRST_TASKS
+    examples = run.tasks["ImportExampleGen"].artifacts["examples"]
+    salt = "/[0-9a-f-]{36}" if release.version >= (2, 4) else ""
+    assert re.fullmatch(re.escape(f"{run.root}/ImportExampleGen") + salt + "/examples",
+                        examples.uri), examples.uri
+    assert examples.properties["custom:span"] >= 1
+    stored = other.store_path(examples.uri)
+    assert {p.name for p in stored.iterdir()} == {"Split-eval", "Split-train"}
+    assert run.tasks["DataSpan"].parameters["range_config"]
+    logs = {"executor-logs" in task.artifacts for task in run.tasks.values()}
+    assert logs == {release.version >= (2, 5)}
+    for pod in (tmp_path / "pods" / run.id).iterdir():
+        legacy = (pod / "tmp/kfp_outputs/output_metadata.json").exists()
+        assert legacy == (release.version < (2, 15)), pod
+
+
+def test_the_gpu_package_is_refused_by_2_0_only(cluster, tmp_path):
+    import yaml
+    _, package, config, *_ = cluster
+    cpu = list(yaml.safe_load_all(open(package)))[1]["platforms"]["kubernetes"][
+        "deploymentSpec"]["executors"]
+    gpu_config = dataclasses.replace(config, trainer_gpus=1)
+    gpu = list(yaml.safe_load_all(open(compile_pipeline(gpu_config, str(
+        tmp_path / "gpu.yaml")))))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "tolerations" in gpu["Trainer_executor"]
+    for release in RELEASES:
+        assert not any(kubernetes_config_problem(release, c) for c in cpu.values())
+        refused = {e for e, c in gpu.items() if kubernetes_config_problem(release, c)}
+        assert refused == ({"Trainer_executor"} if release.name == "2.0" else set())
