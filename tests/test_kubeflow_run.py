@@ -188,7 +188,7 @@ def test_the_gpu_package_is_refused_by_2_0_only(cluster, tmp_path):
     _, package, config, *_ = cluster
     cpu = list(yaml.safe_load_all(open(package)))[1]["platforms"]["kubernetes"][
         "deploymentSpec"]["executors"]
-    gpu_config = dataclasses.replace(config, trainer_gpus=1)
+    gpu_config = dataclasses.replace(config, profile="gpu")
     gpu = list(yaml.safe_load_all(open(compile_pipeline(gpu_config, str(
         tmp_path / "gpu.yaml")))))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert "tolerations" in gpu["Trainer_executor"]
