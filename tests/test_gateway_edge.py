@@ -314,3 +314,14 @@ def test_the_header_parser_and_the_decoder_agree_on_the_size(fmt, options):
     decoded = tf.io.decode_image(data, expand_animations=True).shape
     frames = decoded[0] if len(decoded) == 4 else 1
     assert (header.frames, header.height, header.width) == (frames, *decoded[-3:-1])
+
+
+def test_the_gateway_alone_warns_once_when_it_faces_a_network(tmp_path):
+    """Without its edge proxy the gateway is for development: bound to a non-loopback
+    address, it says so once at start (on loopback, as behind nginx, it does not)."""
+    for host, warnings in (("0.0.0.0", 1), ("127.0.0.1", 0)):
+        log = str(tmp_path / f"{host}.log")
+        process, _ = start_gateway(str(tmp_path), log, "--no-auth", host=host, ready="/healthz")
+        process.terminate()
+        process.wait(10)
+        assert open(log).read().count("without its edge proxy") == warnings, host
