@@ -155,7 +155,8 @@ def slowloris(port: int, counts: collections.Counter, lock, deadline: float, ind
     """Keeps SLOW connections sending an unfinished header, or a body shorter than its
     Content-Length, one byte a second; counts how the gateway ends them."""
     def opened(slow_body: bool) -> socket.socket:
-        connection = socket.create_connection(("127.0.0.1", port))
+        connection = socket.create_connection(("127.0.0.1", port),
+                                              source_address=(f"127.0.0.{100 + index}", 0))
         head = (b"POST /v1/models/image_classifier:classify HTTP/1.1\r\nHost: x\r\n")
         if slow_body:
             head += (b"Content-Type: image/png\r\nAuthorization: Bearer "
@@ -255,7 +256,8 @@ def start_gateway(serving: str, key_file: str, work: str, edge: bool = False
     command = ["-m", "serving", "--port", str(port), *options] if not edge else [
         "-m", "serving.edge", "--listen", f"127.0.0.1:{port}", "--upstream-port",
         str(free_port()), "--prefix", os.path.join(work, "edge"), "--header-timeout",
-        str(DEADLINE), "--body-timeout", str(DEADLINE), "--", *options]
+        str(DEADLINE), "--body-timeout", str(DEADLINE), "--max-body", str(MAX_BYTES), "--",
+        *options]
     process = subprocess.Popen([sys.executable, *command], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -419,9 +421,11 @@ def _storm_lines(m: dict, where: str) -> list[str]:
         f"- `/healthz` every 20 ms during the storm ({len(health)} probes): p50 "
         f"{health[len(health) // 2] * 1e3:.1f} ms, p99 **{health_p99:.1f} ms** (target < 100 ms: "
         f"{'met' if health_p99 < 100 else 'MISSED'}), slowest {health[-1] * 1e3:.0f} ms.",
-        f"- Slow headers and bodies end with the {DEADLINE:g} s deadlines (nginx: a reset; the "
-        "gateway alone, development-only, ends slow bodies with 408 and leaves slow headers to "
-        "the edge) before authentication; the 'slow' rows count the connections ended.",
+        f"- Slow connections (1 byte a second) against the {DEADLINE:g} s deadlines, before "
+        "authentication; the 'slow' rows count the connections ended. nginx resets slow headers "
+        "(status 0) and holds slow bodies (its deadline is between two reads) without the "
+        "gateway seeing a byte; the gateway alone (development-only) ends slow bodies with 408 "
+        "and leaves slow headers open: their deadline is the edge's.",
         f"- Good p99 during the storm / quiet: **{p99_ratio:.2f}x**; target <= 2x: "
         f"{'met' if p99_ratio <= 2 else 'MISSED'}.", ""]
 
