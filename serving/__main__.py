@@ -1,6 +1,8 @@
 """``python -m serving --serving-dir DIR``: the gateway on the pushed versions (in-process), or
 ``--backend http://tf-serving:8501`` to forward to TF Serving. It routes by the serving dir's
-labels (``python -m ops.labels``), and serves the try-it page at ``/``."""
+labels (``python -m ops.labels``), and serves the try-it page at ``/``. Alone it is for
+development only: facing a network, run it behind its edge proxy (``make serve``: ``python -m
+serving.edge``), which owns per-address connection caps and header, body and send deadlines."""
 from __future__ import annotations
 
 import argparse
@@ -36,7 +38,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="", help="TF Serving REST URL; empty: in-process")
     parser.add_argument("--feedback-dir", default="",
                         help="where true classes are logged (default: <model dir>/feedback)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="another than loopback warns: the edge proxy belongs in front")
     parser.add_argument("--port", type=int, default=8080)
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-bytes", type=int, default=DEFAULTS.max_bytes)
@@ -54,14 +57,13 @@ def arguments() -> argparse.ArgumentParser:
                         help="of those, per token subject and per client address")
     limits.add_argument("--body-timeout", type=float, default=DEFAULTS.body_timeout,
                         help="seconds to receive a whole body (408 beyond)")
-    limits.add_argument("--header-timeout", type=float, default=SERVER.header_timeout,
-                        help="seconds to receive a request's headers (408 and closed beyond)")
-    limits.add_argument("--max-header-bytes", type=int, default=SERVER.max_header_bytes)
-    limits.add_argument("--max-connections", type=int, default=SERVER.max_connections)
-    limits.add_argument("--max-connections-per-address", type=int, default=0,
-                        help="connections of one peer address (default: a quarter of "
-                        "--max-connections, at least 16; behind python -m serving.edge's proxy: "
-                        "--max-connections)")
+    limits.add_argument("--max-header-bytes", type=int, default=SERVER.max_header_bytes,
+                        help="of a request head still incomplete (400 beyond; whole heads: "
+                        "the edge's limit)")
+    limits.add_argument("--max-connections", type=int, default=SERVER.max_connections,
+                        help="connections at once (their requests get 503 beyond)")
+    limits.add_argument("--keep-alive", type=float, default=SERVER.keep_alive,
+                        help="seconds an idle connection stays open after an answer")
     limits.add_argument("--rate", type=float, default=DEFAULTS.rate_per_second,
                         help="requests per second per token subject")
     limits.add_argument("--burst", type=int, default=DEFAULTS.burst)
@@ -122,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         limit_native_log()  # rate-limited in the log
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run(create_app(config, Router(push_dir, backend), answers), args.host, args.port,
-        ServerLimits(args.max_header_bytes, args.header_timeout, args.max_connections,
-                     max_connections_per_address=args.max_connections_per_address),
+        ServerLimits(args.max_header_bytes, args.max_connections, args.keep_alive),
         args.access_log)
     return 0
 

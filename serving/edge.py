@@ -2,9 +2,8 @@
 internet. nginx (Debian's package; ``make edge`` installs it) owns the connection level with
 ``serving/nginx.conf``: connections and requests per client address, header, body and send
 deadlines, the 16 KiB head limit, whole bodies (chunked or slow) buffered before the
-application sees them. The gateway (``python -m serving``) listens on loopback behind it,
-believes ``X-Forwarded-For`` from nginx alone (``--trusted-proxy``), and leaves the
-per-address connection share to nginx."""
+application sees them. The gateway (``python -m serving``) listens on loopback behind it and
+believes ``X-Forwarded-For`` from nginx alone (``--trusted-proxy``)."""
 from __future__ import annotations
 
 import argparse
@@ -100,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     gateway = subprocess.Popen([sys.executable, "-m", "serving", "--host", "127.0.0.1",
                                 "--port", str(args.upstream_port), "--trusted-proxy",
-                                "127.0.0.1/32", "--max-connections-per-address",
-                                str(2**31 - 1), *gateway_args])  # (nginx caps per client)
+                                "127.0.0.1/32", *gateway_args])
     edge = subprocess.Popen(command)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     stopped = False

@@ -1,8 +1,8 @@
 """The prediction gateway: the protections of a public image endpoint in front of a model.
 
-``create_app`` composes small pieces, each its own module: the server's limits before any
-request reaches the app (``serving.server``: header size and deadline, connection cap), then
-per request, in order, the ``Guard`` (``serving.guard``): the per-address token bucket
+``create_app`` composes small pieces, each its own module: the edge proxy's connection level
+(``serving.edge``) and the server's limits (``serving.server``) before any request reaches the
+app, then per request, in order, the ``Guard`` (``serving.guard``): the per-address token bucket
 (``serving.rate``: every request, authenticated or not, ``/readyz`` and ``/metrics`` too;
 429), the path (404), the JWT (``serving.auth``: 401), the per-subject bucket (429), the
 body's size, deadline and concurrency (``serving.limits``: 413/408/503); then the handler:

@@ -235,3 +235,11 @@ def test_the_edge_without_nginx_fails_in_one_line_naming_make_edge(tmp_path, mon
     error = capsys.readouterr().err
     assert len(error.splitlines()) == 1 and "make edge" in error and "nginx-light" in error
     assert started == [] and not (tmp_path / "edge").exists()
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("127.0.0.1", True), ("127.0.3.9", True), ("::1", True), ("localhost", True),
+    ("0.0.0.0", False), ("10.1.2.3", False), ("::", False), ("gateway.example", False)])
+def test_only_loopback_hosts_count_as_behind_the_edge(host, expected):
+    from serving.server import loopback
+    assert loopback(host) is expected
