@@ -75,7 +75,7 @@ def run_fn(fn_args: FnArgs) -> None:
     clock.lap("evaluate")
     # Every worker saves (collective ops need all of them); only the chief's copy is the model.
     out_dir = fn_args.serving_model_dir if is_chief(tf_config) else tempfile.mkdtemp()
-    export_model(model, out_dir, config, inputs.tf_transform_output, names, warm)
+    export_model(model, out_dir, config, inputs.tf_transform_output, names, warm, fn_args)
     clock.lap("export")
     write_json(os.path.join(fn_args.model_run_dir, TRAINER_SUMMARY), {
         "train_examples": inputs.examples, "batch_size": batch_size, "train_steps": inputs.steps,

@@ -192,7 +192,9 @@ class PipelineConfig:
     fine_tune_epochs: int = _option(0, TRAINING, TRAINER,
                                     "application backbones: rounds of fine-tuning at a tenth of "
                                     "the rate")
-    tflite: str = _option("", MODEL, TRAINER, "also export a TFLite model: float16 or dynamic_int8")
+    tflite: str = _option("", MODEL, TRAINER,
+                          "also export a TFLite model: float16, dynamic_int8 or int8 (full "
+                          "integer, uint8 in and out, calibrated on the train split)")
     strategy: str = _option("auto", TRAINING, TRAINER, "auto, one_device, mirrored or multi_worker")
     mixed_precision: bool = _option(True, TRAINING, TRAINER, "mixed_float16 on GPUs")
     augmentation: tuple[str, ...] = _option(DEFAULT_AUGMENTATION, TRAINING, TRAINER,
@@ -232,6 +234,9 @@ class PipelineConfig:
     allow_new_classes: bool = _option(False, GATE, RUNNER,
                                       "allow a model with classes the served one lacks (a new "
                                       "head; the data's class map extends the served one's)")
+    max_tflite_drop: float = _option(0.01, GATE, TRAINER,
+                                     "the most eval accuracy the TFLite model may lose against "
+                                     "the SavedModel; further behind, it is not pushed")
     keep_versions: int = _option(5, SERVING, RUNNER, "pushed versions kept in the serving dir")
     # Running
     spans: bool = _option(False, DATA, RUNNER,
@@ -285,7 +290,8 @@ class PipelineConfig:
         if self.trainer_gpus < 0 or self.trainer_cpu <= 0 or self.data_cpu <= 0:
             raise ValueError("trainer_gpus must be >= 0, trainer_cpu and data_cpu > 0")
         for name in ("max_bad_image_fraction", "max_regression", "min_class_recall",
-                     "label_drift_threshold", "size_drift_threshold", "target_accuracy"):
+                     "label_drift_threshold", "size_drift_threshold", "target_accuracy",
+                     "max_tflite_drop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.raw_max_value <= self.raw_min_value:
