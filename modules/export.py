@@ -10,6 +10,7 @@ import tensorflow_transform as tft
 from domain.features import (CLASS_IDS, CLASS_NAMES, CLASSES, CODE_FILE, IMAGE_XF,
                              LABEL_VOCABULARY, LABEL_XF, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE,
                              SERVING_INPUT, TRAINING_FILE, TRANSFORM_SIGNATURE, ImageSpec)
+from domain.exported import TEACHER_FILE
 from modules.json_files import write_json
 from modules.preprocessing import decode_images, model_pixels
 from modules.provenance import code_version
@@ -84,14 +85,17 @@ def class_names(config: dict, tf_transform_output: tft.TFTransformOutput) -> lis
 
 
 def export_model(model, out_dir: str, config: dict, tf_transform_output: tft.TFTransformOutput,
-                 names: list[str], warm: dict | None, fn_args=None) -> None:
+                 names: list[str], warm: dict | None, fn_args=None,
+                 teacher: dict | None = None) -> None:
     """The serving SavedModel, warm-start weights (and how ``warm`` went), effective
-    settings, code version and, with ``tflite``, the TFLite model measured on ``fn_args``'
-    eval split (``modules.tflite``)."""
+    settings, code version, the distillation's ``teacher`` if any and, with ``tflite``, the
+    TFLite model measured on ``fn_args``' eval split (``modules.tflite``)."""
     spec = ImageSpec.from_custom_config(config)
     ServingModule(model, tf_transform_output, spec, names).save(out_dir)
     export_warm_start(model, out_dir, config, warm)
     write_json(os.path.join(out_dir, TRAINING_FILE), config)
     write_json(os.path.join(out_dir, CODE_FILE), code_version())
+    if teacher:
+        write_json(os.path.join(out_dir, TEACHER_FILE), teacher)
     if config["tflite"]:
         export_tflite(model, out_dir, config, fn_args, tf_transform_output)

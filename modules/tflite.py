@@ -22,7 +22,7 @@ import tensorflow as tf
 from tfx_bsl.tfxio import dataset_options
 
 from domain.features import IMAGE_XF, LABEL_XF, PROBABILITIES, TFLITE_MODES, ImageSpec
-from domain.tflite_summary import TFLITE_PATH, TFLITE_SUMMARY
+from domain.exported import TFLITE_PATH, TFLITE_SUMMARY
 from modules.json_files import write_json
 from modules.preprocessing import model_pixels
 
@@ -69,9 +69,12 @@ def tflite_bytes(model, spec: ImageSpec, mode: str,
 
 
 def _representative(images: np.ndarray, spec: ImageSpec):
-    """Calibration inputs: a black and a white image first, so the input range is exactly
-    [0, 1] (uint8 pixel = byte value), then the sample."""
-    for image in [np.zeros(spec.shape), np.ones(spec.shape), *images]:
+    """Calibration inputs: an image half black, half white first, so the input range is
+    exactly [0, 1] (uint8 pixel = byte value; not flat, which would stretch the ranges of the
+    model's standardisation), then the sample."""
+    two_tone = np.zeros(spec.shape)
+    two_tone[:, spec.width // 2:] = 1.0
+    for image in [two_tone, *images]:
         yield [image[np.newaxis].astype(np.float32)]
 
 

@@ -8,7 +8,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from domain.contracts import RunOutcome
 from domain.features import RESULT_FILE, WARM_START_DIR
-from domain.tflite_summary import TFLITE_SUMMARY, tflite_line
+from domain.exported import TFLITE_SUMMARY, tflite_line
 from pipeline.config import PipelineConfig
 from domain.mlmd_queries import (latest_artifact, metadata_store, run_outputs, run_push,
                                  value_of)
@@ -17,9 +17,9 @@ from domain.mlmd_queries import (latest_artifact, metadata_store, run_outputs, r
 def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOutcome:
     """The evaluation and push of the run after ``since_execution_id``: accuracy (and the
     served baseline's version and accuracy, if something was served), how the warm start went
-    (if on), the TFLite model's figures (if one was made), blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and
-    whether every execution after ``since_execution_id`` was a cache hit (no new data, no new
-    config)."""
+    (if on), the TFLite model's figures (if one was made), blessed, pushed,
+    pushed_path/pushed_version, or why nothing was pushed, and whether every execution after
+    ``since_execution_id`` was a cache hit (no new data, no new config)."""
     from components.gate import BASELINE, overall_metric  # TFMA: only once a run is over
     from components.live_inputs import SERVED_VERSION
     store = metadata_store(config.metadata_path)

@@ -23,7 +23,7 @@ from domain.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS, ImageSpec
 from domain.mlmd_queries import (executions_since, latest_artifact, metadata_store, run_outputs,
                                  seconds)
 from domain.records import compression
-from domain.tflite_summary import TFLITE_SUMMARY
+from domain.exported import TFLITE_SUMMARY
 from pipeline.config import PipelineConfig
 from pipeline.outcome import class_recalls
 

@@ -21,7 +21,7 @@ import time
 from domain import registry
 from domain.contracts import BASELINE, CANDIDATE, CLASS_METRICS
 from domain.features import TRAINING_FILE
-from domain.tflite_summary import TFLITE_SUMMARY, tflite_line
+from domain.exported import TEACHER_FILE, TFLITE_SUMMARY, teacher_line, tflite_line
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 8px;
@@ -73,6 +73,7 @@ def version_card(push_dir: str, label: str, version: int, record: dict | None) -
     metrics = _json(os.path.join(record.get("evaluation_uri", ""), CLASS_METRICS)) or {}
     report = run_report(record)
     tflite = _json(os.path.join(push_dir, str(version), TFLITE_SUMMARY))
+    teacher = _json(os.path.join(push_dir, str(version), TEACHER_FILE))
     facts = [
         ("classes", ", ".join(training.get("class_names", [])) or "not recorded"),
         ("input", "×".join(str(training[k]) for k in ("image_height", "image_width",
@@ -86,6 +87,7 @@ def version_card(push_dir: str, label: str, version: int, record: dict | None) -
         ("data fingerprint", record.get("data_fingerprint") or "n/a"),
         ("pushed", record.get("time", "n/a")),
         ("TFLite (assets.extra/model.tflite)", tflite_line(tflite) if tflite else "none"),
+        ("distilled from", teacher_line(teacher) if teacher else "no teacher"),
     ]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in facts)

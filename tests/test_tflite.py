@@ -15,10 +15,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "too
 
 from make_shapes import SHAPES, draw  # noqa: E402
 from domain.features import ImageSpec  # noqa: E402
-from domain.tflite_summary import TFLITE_PATH, TFLITE_SUMMARY, tflite_line  # noqa: E402
+from domain.exported import TFLITE_PATH, TFLITE_SUMMARY, tflite_line  # noqa: E402
 from modules.model import build_model  # noqa: E402
 from modules.preprocessing import decode_images  # noqa: E402
 from modules.tflite import HELD_BACK, LiteClassifier, place_tflite, tflite_bytes  # noqa: E402
+
+pytestmark = pytest.mark.training  # trains a small model on generated images
 
 SPEC = ImageSpec("image", "label", 32, 32, 1, 3)  # grey: learnt in seconds, not minutes
 
