@@ -123,7 +123,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results-distill.md")
     parser.add_argument("--seeds", type=int, default=len(SEEDS))
     args = parser.parse_args(argv)
-    runs = [one_seed(seed) for seed in SEEDS[:args.seeds]]
+    runs = []
+    for seed in SEEDS[:args.seeds]:
+        runs.append(one_seed(seed))
+        print(f"seed {seed}: teacher {runs[-1]['teacher']:.3f}, student alone "
+              f"{runs[-1]['alone']:.3f}, taught {runs[-1]['taught']:.3f}", file=sys.stderr)
     gains = [run["taught"] - run["alone"] for run in runs]
     spread = statistics.stdev(gains) if len(gains) > 1 else float("nan")
     teacher_weights, student_weights = runs[0]["weights"]
