@@ -83,3 +83,4 @@ class RunOutcome:
     weakest_class: str | None = None  # the candidate's class of lowest recall, by name
     weakest_recall: float | None = None
     input_choice: str | None = None  # the model's input and classes, and where they came from
+    tflite: str | None = None  # the TFLite model's figures (``tflite_line``); None: none made

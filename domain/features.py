@@ -20,7 +20,7 @@ IMAGE_FORMATS = ("encoded", "raw")
 LABEL_FORMATS = ("int", "string")
 RESIZE_MODES = ("pad", "crop", "stretch")
 BACKBONES = ("cnn", "mobilenet_v2", "efficientnet_b0")
-TFLITE_MODES = ("", "float16", "dynamic_int8")
+TFLITE_MODES = ("", "float16", "dynamic_int8", "int8")
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
 AUGMENTATIONS = ("flip", "rotate", "zoom", "colour", "invert")
 # Colour-robust by default: a class must not be learnt from its colours or brightness alone.

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
-import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from domain.features import (CLASS_IDS, CLASS_NAMES, CLASSES, CODE_FILE, IMAGE_XF,
                              LABEL_VOCABULARY, LABEL_XF, PROBABILITIES, RAW_INPUT, RAW_SIGNATURE,
-                             SERVING_INPUT, TFLITE_MODES, TRAINING_FILE, TRANSFORM_SIGNATURE,
-                             ImageSpec)
+                             SERVING_INPUT, TRAINING_FILE, TRANSFORM_SIGNATURE, ImageSpec)
+from domain.exported import TEACHER_FILE
 from modules.json_files import write_json
 from modules.preprocessing import decode_images, model_pixels
 from modules.provenance import code_version
+from modules.tflite import export_tflite
 from modules.warm_start import export_warm_start
-
-TFLITE_PATH = os.path.join("assets.extra", "model.tflite")
 
 
 class ServingModule(tf.Module):
@@ -39,6 +36,10 @@ class ServingModule(tf.Module):
         # neither needed nor required.
         self._raw_spec = {spec.image_key: raw_spec[spec.image_key]}
         self._raw_spec_with_label = {k: raw_spec[k] for k in (spec.image_key, spec.label_key)}
+        # Decoded pixels in: no signature (TF Serving never sees it), for measuring the model
+        # on the same pixels as its TFLite export (``modules.tflite``).
+        self.serve_pixels = tf.function(self._predict, input_signature=[
+            tf.TensorSpec((None,) + spec.shape, tf.float32, name=IMAGE_XF)])
 
     def _predict(self, pixels):
         probabilities = self.model(pixels, training=False)
@@ -83,41 +84,18 @@ def class_names(config: dict, tf_transform_output: tft.TFTransformOutput) -> lis
     return names
 
 
-def tflite_bytes(model, spec: ImageSpec, mode: str) -> bytes:
-    """The model on decoded pixels ``[1, h, w, c]`` as TFLite, float16 or dynamic-range int8."""
-    if mode not in TFLITE_MODES[1:]:
-        raise ValueError(f"tflite mode must be one of {TFLITE_MODES[1:]}, got {mode!r}")
-    signature = [tf.TensorSpec((1,) + spec.shape, tf.float32, name=IMAGE_XF)]
-    with tempfile.TemporaryDirectory() as tmp:
-        if isinstance(model, keras.Model):  # Keras 3: a traced tf.function converts to NaNs
-            # Inference mode stated: ``model.export`` leaves ``training`` open, which keeps
-            # the random augmentation ops (rotate, zoom) that TFLite cannot convert.
-            archive = keras.export.ExportArchive()
-            archive.track(model)
-            archive.add_endpoint("serving_default", lambda pixels: model(pixels, training=False),
-                                 input_signature=signature)
-            archive.write_out(tmp, verbose=False)
-        else:  # tf_keras
-            tf.saved_model.save(model, tmp, signatures=tf.function(
-                lambda pixels: model(pixels, training=False), input_signature=signature))
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if mode == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        return converter.convert()
-
-
 def export_model(model, out_dir: str, config: dict, tf_transform_output: tft.TFTransformOutput,
-                 names: list[str], warm: dict | None) -> None:
+                 names: list[str], warm: dict | None, fn_args=None,
+                 teacher: dict | None = None) -> None:
     """The serving SavedModel, warm-start weights (and how ``warm`` went), effective
-    settings, code version and optional TFLite."""
+    settings, code version, the distillation's ``teacher`` if any and, with ``tflite``, the
+    TFLite model measured on ``fn_args``' eval split (``modules.tflite``)."""
     spec = ImageSpec.from_custom_config(config)
     ServingModule(model, tf_transform_output, spec, names).save(out_dir)
     export_warm_start(model, out_dir, config, warm)
     write_json(os.path.join(out_dir, TRAINING_FILE), config)
     write_json(os.path.join(out_dir, CODE_FILE), code_version())
+    if teacher:
+        write_json(os.path.join(out_dir, TEACHER_FILE), teacher)
     if config["tflite"]:
-        path = os.path.join(out_dir, TFLITE_PATH)
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(tflite_bytes(model, spec, config["tflite"]))
+        export_tflite(model, out_dir, config, fn_args, tf_transform_output)

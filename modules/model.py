@@ -67,7 +67,9 @@ def _standardise(x):
     """Per image: zero mean, unit variance over all pixels and channels (lighting and
     exposure invariance; the floor keeps flat images finite)."""
     mean, variance = tf.nn.moments(x, axes=[1, 2, 3], keepdims=True)
-    return (x - mean) / tf.maximum(tf.sqrt(variance), 1.0 / 255)
+    # A product, not a division: full-integer TFLite's DIV refuses a divisor whose int8 code
+    # is 0 (a standard deviation at the middle of its calibrated range, about 0.2).
+    return (x - mean) * tf.math.rsqrt(tf.maximum(variance, (1.0 / 255) ** 2))
 
 
 def stem_stride(spec: ImageSpec) -> int:

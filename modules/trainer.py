@@ -12,6 +12,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from domain.features import TRAINER_SUMMARY
 from modules.budget import Convergence
 from modules.data import read_inputs
+from modules.distill import distiller, student_of
 from modules.export import class_names, export_model
 from modules.json_files import write_json
 from modules.model import learning_rate, model_for
@@ -51,7 +52,8 @@ def run_fn(fn_args: FnArgs) -> None:
     export; ``TRAINER_SUMMARY`` in the ModelRun records the budget, the class names, the
     examples per class of the fit and validation parts, the class weights, the final
     validation metrics, the seconds of each phase, the rounds run (fine-tuning's included),
-    why training stopped, and the time to accuracy (``Convergence``)."""
+    why training stopped, the time to accuracy (``Convergence``) and the distillation's
+    teacher, if any (``modules.distill``: the student alone is exported)."""
     clock = _Clock()
     tuned = tuned_values(fn_args.hyperparameters)
     config = dict(fn_args.custom_config, **tuned)
@@ -65,6 +67,10 @@ def run_fn(fn_args: FnArgs) -> None:
                                  api)
         model = model_for(config, schedule, api)
         warm = warm_start(model, fn_args.base_model, config) if config["warm_start"] else None
+    teacher = None
+    if config["distill_teacher"]:  # the student (``model``) learns from a teacher too
+        model, teacher = distiller(model, config, schedule, api, inputs, strategy,
+                                   fn_args.model_run_dir)
     clock.lap("input_and_compile")
     convergence = Convergence(inputs.steps, inputs.round_steps, config["target_accuracy"],
                               clock.started, schedule)
@@ -75,7 +81,8 @@ def run_fn(fn_args: FnArgs) -> None:
     clock.lap("evaluate")
     # Every worker saves (collective ops need all of them); only the chief's copy is the model.
     out_dir = fn_args.serving_model_dir if is_chief(tf_config) else tempfile.mkdtemp()
-    export_model(model, out_dir, config, inputs.tf_transform_output, names, warm)
+    export_model(student_of(model), out_dir, config, inputs.tf_transform_output, names, warm,
+                 fn_args, teacher)
     clock.lap("export")
     write_json(os.path.join(fn_args.model_run_dir, TRAINER_SUMMARY), {
         "train_examples": inputs.examples, "batch_size": batch_size, "train_steps": inputs.steps,
@@ -87,4 +94,4 @@ def run_fn(fn_args: FnArgs) -> None:
         "steps_run": convergence.rounds[-1][0] if convergence.rounds else 0,
         "stopped": convergence.stop, "rounds": convergence.rounds,
         "time_to_accuracy": convergence.time_to_accuracy(metrics["accuracy"]),
-        "tuned": tuned, "seconds": clock.seconds})
+        "tuned": tuned, "seconds": clock.seconds, "teacher": teacher})

@@ -3,7 +3,8 @@
 * ``runs``: every pipeline run, its executions' states and what it pushed;
 * ``version N``: what produced served version N: the data span(s) with file counts and a
   fingerprint, schema, transform graph, code (git commit and dirty flag, a hash of the module
-  files, package version), key options, accuracy and gate, the baseline version;
+  files, package version), key options, accuracy and gate, the baseline version, its TFLite
+  model's figures and the distillation teacher it learnt from (if any);
 * ``span N``: the models that data span fed, and the versions they were pushed as.
 
 Prints a short summary; ``--json`` prints everything found. Takes the pipeline options of the
@@ -23,6 +24,7 @@ from tfx.utils.path_constants import SERVING_MODEL_DIR
 
 from domain import registry
 from domain.features import CODE_FILE
+from domain.exported import TEACHER_FILE, TFLITE_SUMMARY, teacher_line, tflite_line
 from pipeline.config import PipelineConfig
 from domain.mlmd_queries import (DOWNSTREAM, INPUT_EVENTS, OUTPUT_EVENTS, UPSTREAM,
                                    lineage_graph, run_push, value_of)
@@ -130,7 +132,9 @@ def version_lineage(config: PipelineConfig, version: int) -> dict:
     model = lineage.upstream(entry["model_id"])
     run = lineage.run_of(model["produced_by"]["execution_id"])
     return {"version": version, "manifest": entry, "spans": sorted(lineage.spans_of(model)),
-            "run": run, "model": model, "input": lineage.input_of(run)}
+            "run": run, "model": model, "input": lineage.input_of(run),
+            "tflite": _trained_json(entry["model_uri"], TFLITE_SUMMARY),
+            "teacher": _trained_json(entry["model_uri"], TEACHER_FILE)}
 
 
 def span_lineage(config: PipelineConfig, span: int) -> dict:
@@ -156,12 +160,20 @@ def _data(fingerprint: str | None) -> str:
     return ", ".join(splits) + f"; fingerprint {digest}"
 
 
-def _code(model_uri: str) -> str:
-    path = os.path.join(model_uri, SERVING_MODEL_DIR, CODE_FILE)  # a Keras Trainer's layout
+def _trained_json(model_uri: str, name: str) -> dict | None:
+    """A JSON file beside a trained model's SavedModel (a Keras Trainer's layout); None when
+    absent."""
+    path = os.path.join(model_uri, SERVING_MODEL_DIR, name)
     if not os.path.exists(path):
-        return "not recorded"
+        return None
     with open(path) as f:
-        code = json.load(f)
+        return json.load(f)
+
+
+def _code(model_uri: str) -> str:
+    code = _trained_json(model_uri, CODE_FILE)
+    if code is None:
+        return "not recorded"
     git = (f"git {code['git_commit'][:12]}" + (" with uncommitted changes" if code["git_dirty"]
                                                else "")) if code["git_commit"] else "no git"
     return f"{git}, modules sha256 {code['modules_sha256'][:12]}, package {code['package']}"
@@ -193,6 +205,8 @@ def version_summary(result: dict) -> str:
             ("options", options),
             *([("input", result["input"].splitlines()[0])] if result.get("input") else []),
             ("result", f"accuracy {entry['accuracy']:.4f}, blessed; baseline: {baseline}"),
+            *([("tflite", tflite_line(result["tflite"]))] if result.get("tflite") else []),
+            *([("teacher", teacher_line(result["teacher"]))] if result.get("teacher") else []),
             ("model", entry["model_uri"])]
     return "\n".join([f"version {result['version']}, pushed {entry['time']} by run "
                       f"{result['run']}"] + [f"  {name:<10} {text}" for name, text in rows])

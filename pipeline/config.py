@@ -194,7 +194,20 @@ class PipelineConfig:
     fine_tune_epochs: int = _option(0, TRAINING, TRAINER,
                                     "application backbones: rounds of fine-tuning at a tenth of "
                                     "the rate")
-    tflite: str = _option("", MODEL, TRAINER, "also export a TFLite model: float16 or dynamic_int8")
+    tflite: str = _option("", MODEL, TRAINER,
+                          "also export a TFLite model: float16, dynamic_int8 or int8 (full "
+                          "integer, uint8 in and out, calibrated on the train split)")
+    distill_teacher: str = _option("", TRAINING, TRAINER,
+                                   "knowledge distillation: the model learns from this teacher's "
+                                   "softened probabilities too: a pushed version's directory "
+                                   "(e.g. outputs/serving/3), or backbone[:width] trained first "
+                                   "in the run (e.g. cnn:96, efficientnet_b0); empty: off")
+    distill_temperature: float = _option(4.0, TRAINING, TRAINER,
+                                         "distillation: the temperature softening both models' "
+                                         "probabilities")
+    distill_alpha: float = _option(0.5, TRAINING, TRAINER,
+                                   "distillation: the labels' weight in the loss (the teacher's "
+                                   "is 1 - alpha)")
     strategy: str = _option("auto", TRAINING, TRAINER, "auto, one_device, mirrored or multi_worker")
     mixed_precision: bool = _option(True, TRAINING, TRAINER, "mixed_float16 on GPUs")
     augmentation: tuple[str, ...] = _option(DEFAULT_AUGMENTATION, TRAINING, TRAINER,
@@ -234,6 +247,9 @@ class PipelineConfig:
     allow_new_classes: bool = _option(False, GATE, RUNNER,
                                       "allow a model with classes the served one lacks (a new "
                                       "head; the data's class map extends the served one's)")
+    max_tflite_drop: float = _option(0.01, GATE, TRAINER,
+                                     "the most eval accuracy the TFLite model may lose against "
+                                     "the SavedModel; further behind, it is not pushed")
     keep_versions: int = _option(5, SERVING, RUNNER, "pushed versions kept in the serving dir")
     # Running
     spans: bool = _option(False, DATA, RUNNER,
@@ -297,7 +313,8 @@ class PipelineConfig:
             raise ValueError("trainer_gpus and task_retries must be >= 0, trainer_cpu and "
                              "data_cpu > 0")
         for name in ("max_bad_image_fraction", "max_regression", "min_class_recall",
-                     "label_drift_threshold", "size_drift_threshold", "target_accuracy"):
+                     "label_drift_threshold", "size_drift_threshold", "target_accuracy",
+                     "max_tflite_drop", "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.raw_max_value <= self.raw_min_value:
@@ -327,6 +344,7 @@ class PipelineConfig:
                              f"{self.validation_percent}")
         if self.tune_trials < 1 or self.tune_steps < 0 or self.tune_minutes <= 0:
             raise ValueError("tune_trials must be >= 1, tune_steps >= 0 and tune_minutes > 0")
+        self._check_distillation()
         if min(self.train_steps, self.epochs) < 0:
             raise ValueError("train_steps and epochs must be >= 0 (0: derived from the data size)")
         if self.min_accuracy < 0:  # above 1 is allowed: a gate nothing passes
@@ -353,6 +371,24 @@ class PipelineConfig:
         }
         for name, default in derived.items():
             object.__setattr__(self, name, str(getattr(self, name) or default))
+
+    def _check_distillation(self) -> None:
+        teacher = self.distill_teacher
+        if not teacher:
+            return
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.strategy == "multi_worker":
+            raise ValueError("distill_teacher needs Keras 3: not with strategy=multi_worker")
+        if self.backbone != "cnn" and self.fine_tune_layers and self.fine_tune_epochs:
+            raise ValueError("distill_teacher: the student's backbone is not fine-tuned (set "
+                             "fine_tune_layers or fine_tune_epochs to 0)")
+        name, _, width = teacher.partition(":")
+        if name in BACKBONES and width and not (width.isdigit() and int(width) % 8 == 0):
+            raise ValueError(f"distill_teacher {teacher}: the width must be a multiple of 8")
+        if name not in BACKBONES and "://" not in teacher and not os.path.isdir(teacher):
+            raise ValueError(f"distill_teacher {teacher}: neither a backbone[:width] "
+                             f"({', '.join(BACKBONES)}) nor a pushed version's directory")
 
     @property
     def from_data(self) -> list[str]:

@@ -128,6 +128,8 @@ def _decision(outcome: RunOutcome, config: PipelineConfig) -> str:
                     if config.min_class_recall else ""))
     if outcome.warm_start:
         gate += f"\nWarm start: {outcome.warm_start}"
+    if outcome.tflite:
+        gate += f"\n{outcome.tflite}"
     if outcome.pushed:
         return f"Model BLESSED, {gate}\nPushed version {outcome.pushed_version}: " \
                f"{outcome.pushed_path}"

@@ -8,6 +8,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from domain.contracts import RunOutcome
 from domain.features import RESULT_FILE, WARM_START_DIR
+from domain.exported import TFLITE_SUMMARY, tflite_line
 from pipeline.config import PipelineConfig
 from domain.mlmd_queries import (latest_artifact, metadata_store, run_outputs, run_push,
                                  value_of)
@@ -16,9 +17,9 @@ from domain.mlmd_queries import (latest_artifact, metadata_store, run_outputs, r
 def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOutcome:
     """The evaluation and push of the run after ``since_execution_id``: accuracy (and the
     served baseline's version and accuracy, if something was served), how the warm start went
-    (if on), blessed, pushed, pushed_path/pushed_version, or why nothing was pushed, and
-    whether every execution after ``since_execution_id`` was a cache hit (no new data, no new
-    config)."""
+    (if on), the TFLite model's figures (if one was made), blessed, pushed,
+    pushed_path/pushed_version, or why nothing was pushed, and whether every execution after
+    ``since_execution_id`` was a cache hit (no new data, no new config)."""
     from components.gate import BASELINE, overall_metric  # TFMA: only once a run is over
     from components.live_inputs import SERVED_VERSION
     store = metadata_store(config.metadata_path)
@@ -31,6 +32,7 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
         raise RuntimeError(f"no completed run recorded in {config.metadata_path}")
     has_baseline = "baseline_model_id" in blessing.custom_properties
     served = latest_artifact(store, "Model", "ServedModel", outputs)
+    trained = latest_artifact(store, "Model", "Trainer", outputs)
     cached = {e.last_known_state for e in executions} == {metadata_store_pb2.Execution.CACHED}
     return RunOutcome(
         cached=cached,
@@ -42,7 +44,7 @@ def latest_outcome(config: PipelineConfig, since_execution_id: int = 0) -> RunOu
         reason=push.reason,
         baseline_version=served.custom_properties[SERVED_VERSION].int_value
         if has_baseline and served is not None else None,
-        warm_start=_warm_start(latest_artifact(store, "Model", "Trainer", outputs)),
+        warm_start=_warm_start(trained), tflite=_tflite(trained),
         accuracy_bound=_property(evaluation, "accuracy_bound"),
         bound_reason=_property(evaluation, "accuracy_bound_reason"),
         **_weakest_class(evaluation.uri))
@@ -79,9 +81,19 @@ def _property(artifact, key: str):
 
 def _warm_start(model) -> str | None:
     """How the trained model's warm start went (None when it was off)."""
+    found = trained_file(model, os.path.join(WARM_START_DIR, RESULT_FILE))
+    return found and found["reason"]
+
+
+def _tflite(model) -> str | None:
+    """The trained model's TFLite figures in one line (None when it has none)."""
+    found = trained_file(model, TFLITE_SUMMARY)
+    return found and tflite_line(found)
+
+
+def trained_file(model, name: str) -> dict | None:
+    """A JSON file beside the trained ``model``'s SavedModel (None when absent)."""
     from tfx.dsl.io import fileio
     from tfx.utils import io_utils, path_utils
-    path = os.path.join(path_utils.serving_model_path(model.uri), WARM_START_DIR, RESULT_FILE)
-    if not fileio.exists(path):
-        return None
-    return json.loads(io_utils.read_string_file(path))["reason"]
+    path = os.path.join(path_utils.serving_model_path(model.uri), name)
+    return json.loads(io_utils.read_string_file(path)) if fileio.exists(path) else None

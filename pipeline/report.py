@@ -23,6 +23,7 @@ from domain.features import SPLITS, TRAINER_SUMMARY, TUNER_RESULTS, ImageSpec
 from domain.mlmd_queries import (executions_since, latest_artifact, metadata_store, run_outputs,
                                  seconds)
 from domain.records import compression
+from domain.exported import TFLITE_SUMMARY
 from pipeline.config import PipelineConfig
 from pipeline.outcome import class_recalls
 
@@ -223,6 +224,30 @@ class RunReport:
                  for phase, seconds in summary["seconds"].items()]
         return _table(["", ""], rows)
 
+    def tflite(self) -> str:
+        """The TFLite model's figures against the SavedModel's on the eval split, its recall
+        per class, and whether it goes with the push (empty without ``--tflite``)."""
+        from pipeline.outcome import trained_file
+        lite = trained_file(self.latest("Model", "Trainer"), TFLITE_SUMMARY)
+        if not lite:
+            return "<p>off (<code>--tflite float16|dynamic_int8|int8</code>)</p>"
+        rows = [["mode (input, output)", f"{lite['mode']} ({lite['input_type']}, "
+                                         f"{lite['output_type']})", ""],
+                ["eval images", lite["images"], lite["images"]],
+                ["accuracy", f"{lite['accuracy']:.4f}", f"{lite['saved_model_accuracy']:.4f}"],
+                ["drop (gate: <= max_tflite_drop)", f"{lite['drop']:.4f}",
+                 f"<= {lite['max_drop']:g}"],
+                ["agreement with the SavedModel", f"{lite['agreement']:.4f}", ""],
+                ["size KB (SavedModel: its weights)", f"{lite['kb']:g}",
+                 f"{lite['saved_model_kb']:g}"],
+                ["ms per image (1 image, decoded pixels in)", f"{lite['ms_per_image']:g}",
+                 f"{lite['saved_model_ms_per_image']:g}"]]
+        rows += [[f"recall: {name}", f"{recall:.4f}", ""]
+                 for name, recall in lite["class_recall"].items()]
+        verdict = (f'<p class="bad">Not pushed: {html.escape(lite["reason"])}</p>'
+                   if lite["reason"] else "<p>Pushed with the SavedModel (if it was).</p>")
+        return _table(["", "TFLite", "SavedModel"], rows) + verdict
+
     def tuning(self) -> str:
         """The Tuner's trials, best first (empty when no Tuner ran in this run)."""
         from tfx.utils import io_utils
@@ -371,6 +396,7 @@ class RunReport:
             ("Schema", self.schema()),
             ("Tuning", self.tuning()),
             ("Training", self.budget() + self.curves()),
+            ("TFLite model (eval split)", self.tflite()),
             ("Metrics per class (eval split)", self.per_class(names)),
             ("Confusion matrix (eval split)", confusion_svg(self.confusion(), names)),
             ("Errors you can see (eval split)", self.gallery(names)),

@@ -4,7 +4,8 @@ beside the model it was compared with), the data spans and fingerprint it was tr
 judged on, when it was pushed, and where its run report is.
 
 Read from the serving dir's push records (``domain.registry``), the version's own
-``assets.extra/training.json`` and the figures the Evaluator wrote beside its evaluation
+``assets.extra/training.json`` (and ``tflite.json``: its TFLite model's measured figures)
+and the figures the Evaluator wrote beside its evaluation
 (``components.gate.CLASS_METRICS``); the run report is served at
 ``/model-card/report/<label>`` (found from the push record, never from the request's path).
 Pure files and HTML: no TensorFlow in the gateway.
@@ -20,6 +21,7 @@ import time
 from domain import registry
 from domain.contracts import BASELINE, CANDIDATE, CLASS_METRICS
 from domain.features import TRAINING_FILE
+from domain.exported import TEACHER_FILE, TFLITE_SUMMARY, teacher_line, tflite_line
 
 CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 8px;
@@ -70,6 +72,8 @@ def version_card(push_dir: str, label: str, version: int, record: dict | None) -
     training = _json(os.path.join(push_dir, str(version), TRAINING_FILE)) or {}
     metrics = _json(os.path.join(record.get("evaluation_uri", ""), CLASS_METRICS)) or {}
     report = run_report(record)
+    tflite = _json(os.path.join(push_dir, str(version), TFLITE_SUMMARY))
+    teacher = _json(os.path.join(push_dir, str(version), TEACHER_FILE))
     facts = [
         ("classes", ", ".join(training.get("class_names", [])) or "not recorded"),
         ("input", "×".join(str(training[k]) for k in ("image_height", "image_width",
@@ -82,6 +86,8 @@ def version_card(push_dir: str, label: str, version: int, record: dict | None) -
         ("data spans", ", ".join(map(str, record.get("spans") or [])) or "one dataset"),
         ("data fingerprint", record.get("data_fingerprint") or "n/a"),
         ("pushed", record.get("time", "n/a")),
+        ("TFLite (assets.extra/model.tflite)", tflite_line(tflite) if tflite else "none"),
+        ("distilled from", teacher_line(teacher) if teacher else "no teacher"),
     ]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in facts)

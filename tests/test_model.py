@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from domain.features import AUGMENTATIONS, IMAGE_XF, ImageSpec
-from modules.export import tflite_bytes
+from modules.tflite import tflite_bytes
 from modules.model import backbone_of, build_model, learning_rate, unfreeze_top
 from modules.budget import MIN_ROUND_STEPS, Convergence, round_steps, step_budget
 from modules.strategy import is_chief, keras_api, make_strategy, strategy_kind

@@ -220,7 +220,7 @@ def test_raw_bytes_signature_agrees_with_the_example_signature(first_run):
 
 
 def test_tflite_artifact_agrees_with_the_pushed_saved_model(first_run):
-    from modules.export import TFLITE_PATH
+    from domain.exported import TFLITE_PATH
     from domain.features import ImageSpec
     from modules.preprocessing import decode_images
     config, outcome = first_run
