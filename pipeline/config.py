@@ -386,9 +386,6 @@ class PipelineConfig:
         name, _, width = teacher.partition(":")
         if name in BACKBONES and width and not (width.isdigit() and int(width) % 8 == 0):
             raise ValueError(f"distill_teacher {teacher}: the width must be a multiple of 8")
-        if name not in BACKBONES and "://" not in teacher and not os.path.isdir(teacher):
-            raise ValueError(f"distill_teacher {teacher}: neither a backbone[:width] "
-                             f"({', '.join(BACKBONES)}) nor a pushed version's directory")
 
     @property
     def from_data(self) -> list[str]:

@@ -65,6 +65,7 @@ def run(config: PipelineConfig) -> RunOutcome:
         if replayed is not None:
             return replayed
         preflight.check_data(config)
+        preflight.check_teacher(config)
         if config.from_data:  # data the preflight found sound, yet nothing to size it by
             raise UserError("the model's input could not be told from the data: set "
                             + " ".join(data_shape.OPTIONS[n] for n in config.from_data))

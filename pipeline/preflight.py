@@ -114,6 +114,17 @@ LABELS_SCANNED = 20_000  # records per split whose labels the preflight reads
 FILES_OPENED = 100  # files per split whose first record is read (dot files sort first)
 
 
+def check_teacher(config: PipelineConfig) -> None:
+    """Raises ``UserError`` when ``--distill-teacher`` is neither a backbone nor a folder of
+    this machine (a cluster's path is checked where it runs)."""
+    from domain.features import BACKBONES
+    teacher = config.distill_teacher
+    if (teacher and teacher.partition(":")[0] not in BACKBONES and "://" not in teacher
+            and not os.path.isdir(teacher)):
+        raise UserError(f"--distill-teacher {teacher}: neither a backbone[:width] "
+                        f"({', '.join(BACKBONES)}) nor a pushed version's directory")
+
+
 def check_data(config: PipelineConfig) -> None:
     """Raises ``UserError`` for a missing data root, splits without TFRecord files (in the span
     the run will read), files that hold no tf.Examples, image or label keys that are not in the data (naming those that are),

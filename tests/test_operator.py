@@ -87,6 +87,8 @@ def test_user_mistakes_name_the_file_record_or_option(tmp_path, capsys):
         (tmp_path / stray / "eval" / stray).write_bytes(b"\x00\x00\x00Bud1" * 8)
         line = _error(capsys, ["--data-root", str(tmp_path / stray)] + work)
         assert f"eval/{stray} is not a readable TFRecord file" in line
+    line = _error(capsys, ["--data-root", good, "--distill-teacher", str(tmp_path / "v9")] + work)
+    assert f"--distill-teacher {tmp_path / 'v9'}: neither a backbone[:width]" in line
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     line = _error(capsys, ["--data-root", labels, "--serving-dir", str(blocker / "serving")]
