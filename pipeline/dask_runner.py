@@ -36,6 +36,8 @@ from apache_beam.runners.dask import transform_evaluator as evaluator
 from apache_beam.runners.dask.overrides import _Read, dask_overrides
 from apache_beam.transforms.sideinputs import SideInputMap
 
+from pipeline.preflight import UserError
+
 MIN_BUNDLE_BYTES = 1 << 20  # a source splits into bundles of at least this many bytes
 MAX_SPLITS_PER_SOURCE = 64  # beyond its files, a source splits into about this many bundles
 
@@ -169,6 +171,10 @@ class _BagVisitor(PipelineVisitor):
                 if node not in self.consumed and isinstance(bag, db.Bag)]
 
 
+class DaskClusterTimeout(UserError, TimeoutError):
+    """A run that did not finish within ``--dask_run_timeout``: told in one line."""
+
+
 class DaskRunResult(beam_dask.DaskRunnerResult):
     """Closes its client when the run ends, and bounds the wait by ``--dask_run_timeout``."""
 
@@ -181,10 +187,10 @@ class DaskRunResult(beam_dask.DaskRunnerResult):
             return super().wait_until_finish(duration)
         except TimeoutError as error:
             self.client.cancel(self.futures)
-            raise TimeoutError(
-                f"the Dask cluster at {self.client.scheduler.address} did not finish the "
-                f"pipeline within {duration / 1000:g} s (--dask_run_timeout): a worker "
-                "hung or was lost") from error
+            raise DaskClusterTimeout(
+                f"the Dask cluster at {self.client.scheduler.address} did not finish a Beam "
+                f"component within {duration / 1000:g} s (--dask-timeout): a worker hung or "
+                "was lost") from error
         finally:
             self.client.close()
 

@@ -12,7 +12,7 @@ import cloudpickle
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.dask_runner import DaskRunner
+from pipeline.dask_runner import DaskClusterTimeout, DaskRunner
 from tests.dask_cluster import loopback_cluster
 
 pytestmark = pytest.mark.e2e  # server processes: a scheduler and two workers
@@ -124,3 +124,23 @@ def test_beams_file_sink_writes_every_record(tmp_path, address):
     shards = sorted(p for p in os.listdir(tmp_path) if p.startswith("out"))
     assert len(shards) == 2
     assert sorted(int(line) for s in shards for line in open(tmp_path / s)) == list(range(30))
+
+
+def test_the_client_is_closed_when_the_run_ends(tmp_path, address):
+    pipeline = beam.Pipeline(runner=DaskRunner(), options=PipelineOptions(
+        [f"--dask_client_address={address}"]))
+    pipeline | beam.Create([1, 2]) | beam.Map(_record, str(tmp_path / "out"))
+    result = pipeline.run()
+    assert result.wait_until_finish() == "DONE" and result.client.status == "closed"
+    assert _recorded(str(tmp_path / "out")) == [1, 2]
+
+
+def test_a_cluster_that_runs_nothing_is_a_timeout_error_not_a_wait(tmp_path):
+    with loopback_cluster(workers=0) as no_workers:
+        pipeline = beam.Pipeline(runner=DaskRunner(), options=PipelineOptions(
+            [f"--dask_client_address={no_workers}", "--dask_run_timeout=3"]))
+        pipeline | beam.Create([1]) | beam.Map(_record, str(tmp_path / "out"))
+        result = pipeline.run()
+        with pytest.raises(DaskClusterTimeout, match=r"did not finish .* within 3 s"):
+            result.wait_until_finish()
+        assert result.client.status == "closed"
