@@ -44,8 +44,11 @@ def loopback_cluster(workers: int = 2):
                 with ddist.Client(address, timeout=30) as client:
                     client.wait_for_workers(workers, timeout=120)
             yield address
-        finally:
-            for proc in procs:
+        finally:  # the workers first: a worker whose scheduler is gone waits for it
+            for proc in reversed(procs):
                 proc.terminate()
-            for proc in procs:
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
