@@ -52,7 +52,7 @@ test: setup browser edge ## run the whole test suite (every tier; the 25 slowest
 test-fast: setup ## run the unit tier only (a few minutes: no pipeline run, KFP or gateway process)
 	$(PY) -m pytest tests -m unit --durations=10 $(ARGS)
 
-BENCHES := pipeline data model learning warm-start gateway seams
+BENCHES := pipeline data model learning warm-start gateway seams dask
 
 bench: setup ## run the benchmarks (about 45 min); results in bench/results.md
 	$(PY) bench/bench_pipeline.py --out bench/results-pipeline.md
@@ -62,6 +62,7 @@ bench: setup ## run the benchmarks (about 45 min); results in bench/results.md
 	$(PY) bench/bench_warm_start.py --out bench/results-warm-start.md
 	$(PY) bench/bench_gateway.py --out bench/results-gateway.md
 	$(PY) bench/bench_seams.py --out bench/results-seams.md
+	$(PY) bench/bench_dask.py --out bench/results-dask.md
 	cat $(BENCHES:%=bench/results-%.md) > bench/results.md
 	rm $(BENCHES:%=bench/results-%.md)
 

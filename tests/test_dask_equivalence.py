@@ -18,7 +18,7 @@ import pytest
 
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
-from tests.dask_cluster import loopback_cluster
+from tools.dask_cluster import loopback_cluster
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import DASK_RUNNER, SETUP_FILE, PipelineConfig
 from pipeline.preflight import UserError, check_dask_scheduler
-from tests.dask_cluster import ROOT
+from tools.dask_cluster import ROOT
 
 
 def test_dask_mode_names_the_projects_runner_and_the_scheduler():

@@ -13,7 +13,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.dask_runner import DaskClusterTimeout, DaskRunner
-from tests.dask_cluster import loopback_cluster
+from tools.dask_cluster import loopback_cluster
 
 pytestmark = pytest.mark.e2e  # server processes: a scheduler and two workers
 

@@ -1,5 +1,6 @@
-"""A real ``dask.distributed`` cluster on loopback: a scheduler and two single-thread workers,
-each its own process, importing this checkout (the runner module must import everywhere)."""
+"""A real ``dask.distributed`` cluster on loopback (tests and benchmarks): a scheduler and
+single-thread workers, each its own process, importing this checkout (the runner module must
+import everywhere)."""
 from __future__ import annotations
 
 import contextlib
