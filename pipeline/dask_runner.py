@@ -15,6 +15,11 @@ Written to be proposed upstream as it stands. Each fix names the bug of the stoc
 5. Side inputs: each task computed its side inputs again inside the task, so a side input that
    is not deterministic (a temp dir, TFT's analyzer outputs) differed between tasks. Here a
    side input is a task dependency, computed once.
+6. Shuffles: a GroupByKey is a ``Bag.groupby`` whose shuffle method Dask picks when the graph
+   is built: ``disk`` (files under the client's temp dir, appended to by every worker) unless
+   a distributed client is already the default. Here it is always ``tasks``: through the
+   cluster, whatever the order in which the graph and the client are made (the stock runner
+   is safe only because it makes its client first).
 
 Operations: the module must be importable on the scheduler and the workers (they unpickle its
 functions); a run closes its ``Client`` when it ends; ``--dask_run_timeout`` bounds a run, so a
@@ -198,16 +203,23 @@ class DaskRunResult(beam_dask.DaskRunnerResult):
 class DaskRunner(beam_dask.DaskRunner):
     """Executes a pipeline on a Dask distributed cluster, every leaf computed."""
 
+    @staticmethod
+    def leaves(pipeline, bag_kwargs: dict) -> list[db.Bag]:
+        """The pipeline as bags, one per leaf (fix 4); shuffles through the cluster (fix 6)."""
+        pipeline.replace_all(dask_overrides())
+        visitor = _BagVisitor(bag_kwargs)
+        with dask.config.set({"dataframe.shuffle.method": "tasks"}):
+            pipeline.visit(visitor)
+        return visitor.leaves()
+
     def run_pipeline(self, pipeline, options):
         dask_options = options.view_as(beam_dask.DaskOptions).get_all_options(
             drop_default=True, current_only=True)
         bag_kwargs = beam_dask.DaskOptions._extract_bag_kwargs(dask_options)
-        pipeline.replace_all(dask_overrides())
-        visitor = _BagVisitor(bag_kwargs)
-        pipeline.visit(visitor)
+        leaves = self.leaves(pipeline, bag_kwargs)
         client = ddist.Client(**dask_options)
         try:
-            futures = client.compute(dask.optimize(*visitor.leaves()))
+            futures = client.compute(dask.optimize(*leaves))
         except BaseException:
             client.close()
             raise

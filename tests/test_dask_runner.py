@@ -144,3 +144,19 @@ def test_a_cluster_that_runs_nothing_is_a_timeout_error_not_a_wait(tmp_path):
         with pytest.raises(DaskClusterTimeout, match=r"did not finish .* within 3 s"):
             result.wait_until_finish()
         assert result.client.status == "closed"
+
+
+def test_group_by_key_shuffles_through_the_cluster_not_a_workers_disk(tmp_path, address):
+    def build(pipeline, out):
+        (pipeline | beam.Create(range(200)) | beam.Map(lambda x: (x % 10, x))
+         | beam.GroupByKey() | beam.MapTuple(lambda key, values: (key, sorted(values)))
+         | beam.Map(_record, f"{out}/groups"))
+    groups = _same_on_both(build, tmp_path, address, partitions=8)["groups"]
+    assert [key for key, _ in groups] == list(range(10))
+    # on loopback a disk shuffle's files are shared by the workers: the graph tells the method
+    pipeline = beam.Pipeline(runner=DaskRunner())
+    build(pipeline, str(tmp_path / "graph"))
+    names = [key[0] if isinstance(key, tuple) else key
+             for bag in DaskRunner.leaves(pipeline, {}) for key in bag.dask]
+    assert any(name.startswith("shuffle-") for name in names)
+    assert not any(name.startswith("partd-") for name in names)
