@@ -59,3 +59,22 @@ def test_the_runner_exits_2_with_one_line_before_any_component(tmp_path):
     [line] = run.stderr.strip().splitlines()
     assert line.startswith("error: --dask-address tcp://127.0.0.1:") and "no Dask" in line
     assert not (tmp_path / "pipelines" / "image-classifier" / "metadata.db").exists()
+
+
+def test_the_compiled_kubeflow_package_points_the_beam_components_at_the_cluster(tmp_path):
+    from kfp import components as kfp_components
+
+    from pipeline.kubeflow_runner import compile_pipeline
+    address = "tcp://dask-scheduler.kubeflow:8786"
+    config = PipelineConfig.from_args([
+        "--data-root", "/mnt/data/images", "--pipeline-root", "gs://bucket/runs",
+        "--serving-dir", "/mnt/data/serving", "--pvc-name", "datasets", "--beam-mode", "dask",
+        "--dask-address", address, "--image-height", "8", "--image-width", "8",
+        "--image-channels", "1", "--num-classes", "10"], environ={})
+    package = kfp_components.load_component_from_file(
+        compile_pipeline(config, str(tmp_path / "pipeline.yaml")))
+    executors = package.pipeline_spec.deployment_spec["executors"]
+    for component in ("ImportExampleGen", "ImageValidator", "StatisticsGen", "Transform",
+                      "Evaluator"):
+        args = executors[f"{component}_executor"]["container"]["args"]
+        assert f"--runner={DASK_RUNNER}" in args and f"--dask_client_address={address}" in args
