@@ -177,7 +177,8 @@ class _BagVisitor(PipelineVisitor):
 
 
 class DaskClusterTimeout(UserError, TimeoutError):
-    """A run that did not finish within ``--dask_run_timeout``: told in one line."""
+    """A run that did not finish within ``--dask_run_timeout``: told in one line (upstream it
+    would be a ``TimeoutError`` alone; ``UserError`` is this project's one-line error)."""
 
 
 class DaskRunResult(beam_dask.DaskRunnerResult):
