@@ -54,7 +54,7 @@ test-fast: setup ## run the unit tier only (a few minutes: no pipeline run, KFP 
 
 BENCHES := pipeline data model learning warm-start gateway seams dask
 
-bench: setup ## run the benchmarks (about 45 min); results in bench/results.md
+bench: setup ## run the benchmarks (about an hour); results in bench/results.md
 	$(PY) bench/bench_pipeline.py --out bench/results-pipeline.md
 	$(PY) bench/bench_data.py --out bench/results-data.md
 	$(PY) bench/bench_model.py --out bench/results-model.md
