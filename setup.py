@@ -29,6 +29,7 @@ setup(
         "pyyaml>=6,<7",  # the KFP package and the manifests
         "tqdm",  # ops/ingest.py's progress bar
         "apache-beam>=2.60,<3",
+        "dask[distributed]>=2024.4.2",  # --beam-mode dask (pipeline/dask_runner.py)
         "kfp>=2.6,<2.17",
         "kfp-kubernetes>=1.2,<2.17",
         "kfp-pipeline-spec",  # kfp.pipeline_spec (pipeline/kubeflow_runner.py)

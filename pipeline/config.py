@@ -31,7 +31,11 @@ COMPONENT_MODULES = tuple(
     f"components.{name[:-3]}" for name in sorted(os.listdir(os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components")))
     if name.endswith(".py") and name != "__init__.py")
-BEAM_MODES = ("in_process", "multi_processing")
+BEAM_MODES = ("in_process", "multi_processing", "dask")
+# --beam-mode dask: Beam's DaskRunner with the project's fixes (pipeline/dask_runner.py)
+DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
+DASK_SCHEMES = ("tcp", "tls")
+DASK_CONNECT_SECONDS = 10  # a scheduler that has not answered by then is unreachable
 # Beam options that tell where the pipeline's code is (TFX's dependency_utils reads them).
 BEAM_DEPENDENCY_FLAGS = ("--extra_package", "--extra_packages", "--setup_file",
                          "--requirements_file", "--sdk_container_image",
@@ -71,7 +75,7 @@ GPU_TYPE = "nvidia.com/gpu"
 # before a run or a compile); with no data root (or the embedded digits' own), the digits'.
 FROM_DATA = {"image_height": 8, "image_width": 8, "image_channels": 1, "num_classes": 10}
 # Fields that change how a run goes, not what it computes (outside ``definition_sha256``).
-HOW_IT_RUNS = ("verbose", "beam_mode", "beam_workers")
+HOW_IT_RUNS = ("verbose", "beam_mode", "beam_workers", "dask_address", "dask_timeout")
 # Run-time parameters of the compiled Kubeflow pipeline (per run and per recurring run).
 RUN_TIME_PARAMETERS = {"span": int, "train_steps": int, "epochs": int, "learning_rate": float,
                        "batch_size": int, "min_accuracy": float}
@@ -257,8 +261,14 @@ class PipelineConfig:
     span: int = _option(0, DATA, RUNNER,
                         "this span instead of the latest; 0: the latest (run-time parameter)")
     beam_mode: str = _option("in_process", RUNTIME, RUNNER,
-                             "Beam DirectRunner: in_process (small data) or multi_processing")
+                             "Beam runner: the DirectRunner in_process (small data) or "
+                             "multi_processing, or dask (a Dask cluster: --dask-address)")
     beam_workers: int = _option(0, RUNTIME, RUNNER, "multi_processing workers; 0: one per core")
+    dask_address: str = _option("", RUNTIME, RUNNER,
+                                "the Dask scheduler of --beam-mode dask (tcp://HOST:PORT)")
+    dask_timeout: float = _option(3600.0, RUNTIME, RUNNER,
+                                  "seconds one Beam component may run on the Dask cluster; "
+                                  "past that it fails (a hung or lost worker)")
     beam_args: tuple[str, ...] = _option((), RUNTIME, RUNNER,
                                          "extra Beam pipeline arguments (for example "
                                          "--runner=DataflowRunner ...)")
@@ -308,6 +318,7 @@ class PipelineConfig:
                                            or self.raw_channels not in (1, 3, 4)):
             raise ValueError("image_format=raw needs raw_height, raw_width >= 1 and "
                              "raw_channels in (1, 3, 4)")
+        self._check_dask()
         if min(self.trainer_gpus, self.task_retries) < 0 or min(self.trainer_cpu,
                                                                  self.data_cpu) <= 0:
             raise ValueError("trainer_gpus and task_retries must be >= 0, trainer_cpu and "
@@ -416,14 +427,31 @@ class PipelineConfig:
         """TF Serving model base path: versions appear as ``<push_dir>/<version>/``."""
         return os.path.join(self.serving_dir, self.model_name)
 
+    def _check_dask(self) -> None:
+        """--dask-address is a ``tcp://HOST:PORT`` (or ``tls://``) and is given with, and
+        only with, --beam-mode dask."""
+        if (self.beam_mode == "dask") != bool(self.dask_address):
+            raise ValueError("--beam-mode dask and --dask-address tcp://HOST:PORT go together")
+        scheme, _, where = self.dask_address.partition("://")
+        host, _, port = where.rpartition(":")
+        if self.dask_address and (scheme not in DASK_SCHEMES or not host or not port.isdigit()):
+            raise ValueError(f"--dask-address must be tcp://HOST:PORT, got {self.dask_address!r}")
+        if self.dask_timeout <= 0:
+            raise ValueError(f"dask_timeout must be > 0, got {self.dask_timeout}")
+
     @property
     def beam_pipeline_args(self) -> list[str]:
-        """DirectRunner in-process (small data) or multi-processing, plus any extra args, and
-        where the code is (``--setup_file``, unless the extra args say): without it TFX
-        builds a source package of itself before every Beam component, which the DirectRunner
-        never uses and which a remote runner could not run our components from."""
+        """DirectRunner in-process (small data) or multi-processing, or the Dask cluster, plus
+        any extra args, and where the code is (``--setup_file``, unless the extra args say):
+        without it TFX builds a source package of itself before every Beam component, which
+        the DirectRunner never uses and which a remote runner could not run our components
+        from."""
         if self.beam_mode == "in_process":
             args = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        elif self.beam_mode == "dask":
+            args = [f"--runner={DASK_RUNNER}", f"--dask_client_address={self.dask_address}",
+                    f"--dask_connection_timeout={DASK_CONNECT_SECONDS}",
+                    f"--dask_run_timeout={self.dask_timeout:g}"]
         else:
             args = ["--direct_running_mode=multi_processing",
                     f"--direct_num_workers={self.beam_workers}"]

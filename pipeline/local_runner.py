@@ -57,6 +57,7 @@ def run(config: PipelineConfig) -> RunOutcome:
     first (``resolve_input``). An identical rerun of the last completed run is recorded
     as its cache hits without importing the training stack (``pipeline.rerun``)."""
     preflight.check_serving_dir(config)
+    preflight.check_dask_scheduler(config)
     with preflight.run_lock(config):
         preflight.check_metadata(config)
         config, said = resolve_input(resolve_data(config))

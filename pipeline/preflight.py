@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sqlite3
 import sys
 import time
 
 from domain import files
 from domain.records import compression
-from pipeline.config import PipelineConfig
+from pipeline.config import DASK_CONNECT_SECONDS, PipelineConfig
 
 
 class UserError(Exception):
@@ -61,6 +62,19 @@ def run_lock(config: PipelineConfig, announce=lambda line: print(line, flush=Tru
             yield
         finally:
             files.note(path, "")
+
+
+def check_dask_scheduler(config: PipelineConfig) -> None:
+    """Raises ``UserError`` when ``--beam-mode dask`` names a scheduler that does not accept a
+    connection: before the run, not in its first Beam component."""
+    if config.beam_mode != "dask":
+        return
+    host, _, port = config.dask_address.partition("://")[2].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), DASK_CONNECT_SECONDS).close()
+    except OSError as err:
+        raise UserError(f"--dask-address {config.dask_address}: no Dask scheduler answers "
+                        f"({err.strerror or err})") from None
 
 
 def check_metadata(config: PipelineConfig) -> None:
