@@ -40,6 +40,7 @@ TIERS = {
     "test_operator.py": ("e2e",),
     "test_image_validator.py": ("e2e",),
     "test_kubeflow_run.py": ("kfp",),
+    "test_kfp_retry.py": ("kfp",),  # a whole run in the backend harness
     "test_gateway.py": ("gateway", "e2e"),  # over the session's digits run
     "test_gateway_attacks.py": ("gateway",),
     "test_gateway_edge.py": ("gateway",),

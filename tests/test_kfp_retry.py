@@ -30,15 +30,15 @@ class RetryingBackend(Backend):
         super().__init__(work)
         self.attempts: dict[str, list] = {}
 
-    def _launch(self, component, container, executor_input, pod):
+    def _launch(self, component, container, executor_input, pod, *rest):
         label = component["executorLabel"]
         if label not in RETRIED:
-            return super()._launch(component, container, executor_input, pod)
+            return super()._launch(component, container, executor_input, pod, *rest)
         recorded = len(self.artifacts)
-        first = super()._launch(component, container, executor_input, pod)
+        first = super()._launch(component, container, executor_input, pod, *rest)
         del self.artifacts[recorded:]  # never recorded: the pod died first
         shutil.rmtree(pod)  # a new pod: nothing staged survives
-        second = super()._launch(component, container, executor_input, pod)
+        second = super()._launch(component, container, executor_input, pod, *rest)
         self.attempts[label] = [first, second]
         return second
 
