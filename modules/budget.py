@@ -13,11 +13,17 @@ from domain.features import ACCURACY_DELTA
 # costs a few percent of a round, and stops early (``Convergence``).
 AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 48_000, 5, 100
 MIN_ROUND_STEPS, ROUND_COST = 25, 8
-# Convergence: a round improves when its validation accuracy beats the best by more than
-# ACCURACY_DELTA; the plateau is PATIENCE rounds, and at least PLATEAU_SHARE of the steps the
-# last improvement took, without one; no plateau counts before MIN_SHARE of the budget (the
-# learning rate's warm-up and the first steps at chance).
-PATIENCE, PLATEAU_SHARE, MIN_SHARE = 3, 0.5, 0.2
+# Convergence, after each round from MIN_SHARE of the budget on (the learning rate's warm-up
+# and the first steps at chance): least-squares trends of validation accuracy and loss over
+# the rounds of the last WINDOW_SHARE of the steps run (at least MIN_WINDOW rounds). Training
+# is still learning while, Z standard errors below its estimate, the accuracy's gain over the
+# window is over ACCURACY_DELTA or the loss's fall over it is over LOSS_SHARE of its mean
+# level (a slow upward trend under round-to-round noise is still learning; a flat, noisy
+# curve is not). Else it has plateaued: the rate anneals to its floor over a short tail of
+# ANNEAL_SHARE of the steps run (at least ANNEAL_ROUNDS rounds), where the last gain usually
+# comes, and training stops at its end.
+WINDOW_SHARE, MIN_WINDOW, Z, LOSS_SHARE = 0.3, 8, 1.0, 0.1
+ANNEAL_SHARE, ANNEAL_ROUNDS, MIN_SHARE = 0.1, 2, 0.2
 
 
 def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -> int:
@@ -35,24 +41,53 @@ def round_steps(steps: int, validation_batches: int) -> int:
     return max(1, min(steps, max(MIN_ROUND_STEPS, ROUND_COST * validation_batches)))
 
 
+def trend(steps: list[int], values: list[float]) -> tuple[float, float]:
+    """The least-squares change of ``values`` from the first of ``steps`` to the last, and
+    its standard error (from the residuals; needs 3 points or more)."""
+    mean_x, mean_y = sum(steps) / len(steps), sum(values) / len(values)
+    sxx = sum((x - mean_x) ** 2 for x in steps)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(steps, values)) / sxx
+    residuals = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in zip(steps, values))
+    span = steps[-1] - steps[0]
+    return slope * span, math.sqrt(residuals / (len(steps) - 2) / sxx) * span
+
+
+def learning(steps: list[int], accuracies: list[float], losses: list[float]) -> bool:
+    """Whether validation rounds at ``steps`` still show learning (see ``WINDOW_SHARE``)."""
+    first = steps[-1] * (1 - WINDOW_SHARE)
+    window = min(len(steps) - MIN_WINDOW, next(i for i, s in enumerate(steps) if s >= first))
+    if window < 0:
+        return True
+    steps, accuracies, losses = steps[window:], accuracies[window:], losses[window:]
+    gain, error = trend(steps, accuracies)
+    change, loss_error = trend(steps, losses)
+    return (gain - Z * error > ACCURACY_DELTA
+            or -change - Z * loss_error > LOSS_SHARE * sum(losses) / len(losses))
+
+
+def anneal_rounds(steps: int, per_round: int) -> int:
+    """Rounds of the annealing tail after a plateau at ``steps`` (see ``ANNEAL_SHARE``)."""
+    return max(ANNEAL_ROUNDS, math.ceil(ANNEAL_SHARE * steps / per_round))
+
+
 class Convergence:
     """Decides after each validation round whether training goes on, and keeps the weights
     of the best round. ``stop`` is ``target`` once validation accuracy reaches
-    ``target_accuracy`` (0: none); ``plateau`` once it has not improved by more than
-    ``ACCURACY_DELTA`` for ``PATIENCE`` rounds and ``PLATEAU_SHARE`` of the steps its last
-    improvement took (not before ``MIN_SHARE`` of ``budget``), after an annealing tail of
-    that length when ``schedule`` can anneal (``WarmupCosine``: the rate decays to its floor
-    by the end of the tail); else ``budget`` at the end. ``per_round`` is the steps of a
-    round; ``rounds`` holds ``(steps, seconds since start, validation accuracy)``."""
+    ``target_accuracy`` (0: none); ``plateau`` once the rounds no longer show learning
+    (``learning``; not before ``MIN_SHARE`` of ``budget``, never without ``early_stop``),
+    after a short annealing tail when ``schedule`` can anneal (``WarmupCosine``: the rate
+    decays to its floor by the end of the tail); else ``budget`` at the end. ``per_round``
+    is the steps of a round; ``rounds`` holds ``(steps, seconds since start, validation
+    accuracy)``."""
 
     def __init__(self, budget: int, per_round: int, target_accuracy: float, started: float,
-                 schedule=None):
+                 schedule=None, early_stop: bool = True):
         self.budget, self.per_round, self.schedule = budget, per_round, schedule
-        self.target, self.started = target_accuracy, started
+        self.target, self.started, self.early_stop = target_accuracy, started, early_stop
         self.rounds: list[tuple[int, float, float]] = []
+        self.losses: list[float] = []
         self.stop, self.best_weights, self.annealed_at = "budget", None, 0
         self._best = (-1.0, -math.inf)  # (accuracy, -loss) of the kept weights
-        self._level, self._improved = -1.0, 0  # the accuracy to beat, the last improvement
         self._end = budget  # the step training ends at
 
     def keep(self, accuracy: float, loss: float, weights) -> None:
@@ -64,23 +99,21 @@ class Convergence:
     def update(self, steps: int, accuracy: float, loss: float, weights) -> bool:
         """Records a round; returns whether to stop."""
         self.rounds.append((steps, round(time.perf_counter() - self.started, 2), accuracy))
+        self.losses.append(loss)
         self.keep(accuracy, loss, weights)
-        if accuracy > self._level + ACCURACY_DELTA:
-            self._improved = steps
-        self._level = max(self._level, accuracy)
-        tail = max(PATIENCE * self.per_round, PLATEAU_SHARE * self._improved)
         if self.target and accuracy >= self.target:
             self.stop = "target"
         elif steps >= self._end:
             self.stop = "plateau" if self.annealed_at else "budget"
-        elif (not self.annealed_at and steps >= MIN_SHARE * self.budget
-              and steps - self._improved >= tail):
+        elif (self.early_stop and not self.annealed_at and steps >= MIN_SHARE * self.budget
+              and not learning([r[0] for r in self.rounds], [r[2] for r in self.rounds],
+                               self.losses)):
             self.annealed_at = steps
             if not hasattr(self.schedule, "anneal"):
                 self.stop = "plateau"
-            else:  # the tail in whole rounds
-                self._end = min(self.budget, steps + self.per_round * math.ceil(
-                    tail / self.per_round))
+            else:
+                self._end = min(self.budget, steps + self.per_round * anneal_rounds(
+                    steps, self.per_round))
                 self.schedule.anneal(steps, self._end - steps)
         return self.stop != "budget"
 
