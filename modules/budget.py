@@ -12,18 +12,18 @@ from domain.features import ACCURACY_DELTA
 # least MIN_ROUND_STEPS steps and ROUND_COST times the batches one validation reads, so a check
 # costs a few percent of a round, and stops early (``Convergence``).
 AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 48_000, 5, 100
-MIN_ROUND_STEPS, ROUND_COST = 25, 8
+MIN_ROUND_STEPS, ROUND_COST = 25, 5
 # Convergence, after each round from MIN_SHARE of the budget on (the learning rate's warm-up
 # and the first steps at chance): least-squares trends of validation accuracy and loss over
 # the rounds of the last WINDOW_SHARE of the steps run (at least MIN_WINDOW rounds). Training
-# is still learning while, Z standard errors below its estimate, the accuracy's gain over the
-# window is over ACCURACY_DELTA or the loss's fall over it is over LOSS_SHARE of its mean
-# level (a slow upward trend under round-to-round noise is still learning; a flat, noisy
-# curve is not). Else it has plateaued: the rate anneals to its floor over a short tail of
-# ANNEAL_SHARE of the steps run (at least ANNEAL_ROUNDS rounds), where the last gain usually
-# comes, and training stops at its end.
-WINDOW_SHARE, MIN_WINDOW, Z, LOSS_SHARE = 0.3, 8, 1.0, 0.1
-ANNEAL_SHARE, ANNEAL_ROUNDS, MIN_SHARE = 0.1, 2, 0.2
+# is still learning while, Z standard errors above its estimate (a confidence bound), the
+# accuracy's gain over the window is over MIN_GAIN, or the loss's fall over it is over
+# LOSS_SHARE of its mean level: a slow rise under round-to-round noise is still learning. A
+# plateau is FLAT_ROUNDS rounds in a row without learning (one verdict of many can be noise).
+# Then the rate anneals to its floor over a short tail of ANNEAL_SHARE of the steps run (at
+# least ANNEAL_ROUNDS rounds), where the last gain usually comes, and training stops at its end.
+WINDOW_SHARE, MIN_WINDOW, Z, MIN_GAIN, LOSS_SHARE = 0.3, 8, 1.0, 0.01, 0.1
+FLAT_ROUNDS, ANNEAL_SHARE, ANNEAL_ROUNDS, MIN_SHARE = 2, 0.1, 2, 0.2
 
 
 def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -> int:
@@ -61,8 +61,8 @@ def learning(steps: list[int], accuracies: list[float], losses: list[float]) -> 
     steps, accuracies, losses = steps[window:], accuracies[window:], losses[window:]
     gain, error = trend(steps, accuracies)
     change, loss_error = trend(steps, losses)
-    return (gain - Z * error > ACCURACY_DELTA
-            or -change - Z * loss_error > LOSS_SHARE * sum(losses) / len(losses))
+    return (gain + Z * error > MIN_GAIN
+            or -change + Z * loss_error > LOSS_SHARE * sum(losses) / len(losses))
 
 
 def anneal_rounds(steps: int, per_round: int) -> int:
@@ -73,9 +73,9 @@ def anneal_rounds(steps: int, per_round: int) -> int:
 class Convergence:
     """Decides after each validation round whether training goes on, and keeps the weights
     of the best round. ``stop`` is ``target`` once validation accuracy reaches
-    ``target_accuracy`` (0: none); ``plateau`` once the rounds no longer show learning
-    (``learning``; not before ``MIN_SHARE`` of ``budget``, never without ``early_stop``),
-    after a short annealing tail when ``schedule`` can anneal (``WarmupCosine``: the rate
+    ``target_accuracy`` (0: none); ``plateau`` once ``FLAT_ROUNDS`` rounds in a row show no
+    learning (``learning``; not before ``MIN_SHARE`` of ``budget``; never without
+    ``early_stop``), after a short annealing tail when ``schedule`` can anneal (``WarmupCosine``: the rate
     decays to its floor by the end of the tail); else ``budget`` at the end. ``per_round``
     is the steps of a round; ``rounds`` holds ``(steps, seconds since start, validation
     accuracy)``."""
@@ -88,7 +88,7 @@ class Convergence:
         self.losses: list[float] = []
         self.stop, self.best_weights, self.annealed_at = "budget", None, 0
         self._best = (-1.0, -math.inf)  # (accuracy, -loss) of the kept weights
-        self._end = budget  # the step training ends at
+        self._end, self._flat = budget, 0  # the step training ends at, rounds without learning
 
     def keep(self, accuracy: float, loss: float, weights) -> None:
         """Keeps ``weights()`` when the round beats the best so far (the lower loss breaks
@@ -105,9 +105,7 @@ class Convergence:
             self.stop = "target"
         elif steps >= self._end:
             self.stop = "plateau" if self.annealed_at else "budget"
-        elif (self.early_stop and not self.annealed_at and steps >= MIN_SHARE * self.budget
-              and not learning([r[0] for r in self.rounds], [r[2] for r in self.rounds],
-                               self.losses)):
+        elif self.early_stop and not self.annealed_at and self._plateau(steps):
             self.annealed_at = steps
             if not hasattr(self.schedule, "anneal"):
                 self.stop = "plateau"
@@ -116,6 +114,13 @@ class Convergence:
                     steps, self.per_round))
                 self.schedule.anneal(steps, self._end - steps)
         return self.stop != "budget"
+
+    def _plateau(self, steps: int) -> bool:
+        """Whether the rounds up to ``steps`` end in ``FLAT_ROUNDS`` without learning."""
+        flat = steps >= MIN_SHARE * self.budget and not learning(
+            [r[0] for r in self.rounds], [r[2] for r in self.rounds], self.losses)
+        self._flat = self._flat + 1 if flat else 0
+        return self._flat >= FLAT_ROUNDS
 
     def time_to_accuracy(self, final: float) -> float | None:
         """Seconds until validation accuracy first came within ``ACCURACY_DELTA`` of ``final``."""
