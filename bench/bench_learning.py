@@ -108,6 +108,31 @@ def row(name: str, early: dict, full: dict) -> str:
             f"{trainer_s(full):.1f} | {early['trainer']:.1f} |")
 
 
+def section(runs: list[tuple[str, dict, dict]]) -> list[str]:
+    """The Markdown section of ``(data, plateau run, whole-budget run)`` rows."""
+    worst_ratio = max(trainer_over_tta(early) for _, early, _ in runs)
+    worst_lost = max(lost_points(early, full) for _, early, full in runs)
+    return ["# Stop rule: the plateau against the whole step budget", "",
+            f"Machine: {machine()}", "",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; first runs "
+            "from a fresh work dir, default training options, then the same run with "
+            "`--early-stop false` (the whole step budget). Time to accuracy: the Trainer's "
+            "seconds until validation accuracy first came within 0.5 points of its final "
+            "value; Trainer s: its `run_fn` (input and compile, fit, evaluate, export), the "
+            "span time to accuracy is measured in; the component's wall time beside it. "
+            "Points: eval accuracy against the whole budget's.", "",
+            "| data | seed | eval accuracy | whole budget | points | steps run of budget "
+            "(stop; rounds of steps) | validation part (images) | Trainer s | time to "
+            "accuracy s | Trainer / time to accuracy | whole budget: Trainer s | Trainer "
+            "component wall s |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"] + [
+            row(name, early, full) for name, early, full in runs] + [
+            "", f"- Trainer / time to accuracy <= {RATIO}x, worst of the {len(runs)} runs: "
+            f"{target(worst_ratio, RATIO, False, 'x')}",
+            f"- Eval accuracy within {POINTS} points of the whole budget, worst of the "
+            f"{len(runs)}: {target(worst_lost, POINTS, False, ' points')}", ""]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results-learning.md")
@@ -116,30 +141,9 @@ def main(argv=None) -> int:
         ("embedded digits 8x8", digits_flags, SEEDS[0]),
         ("shapes, 5 classes, 64x64", photo_flags, SEEDS[0])]
     runs = []
-    for name, flags, seed in datasets:
+    for name, flags, seed in datasets:  # the section so far after each (a long bench)
         runs.append((name, first_run(flags, seed), first_run(flags, seed, FULL)))
-        print(row(*runs[-1]), runs[-1][1]["rounds"], file=sys.stderr, flush=True)
-    worst_ratio = max(trainer_over_tta(early) for _, early, _ in runs)
-    worst_lost = max(lost_points(early, full) for _, early, full in runs)
-    lines = ["# Stop rule: the plateau against the whole step budget", "",
-             f"Machine: {machine()}", "",
-             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; first runs "
-             "from a fresh work dir, default training options, then the same run with "
-             "`--early-stop false` (the whole step budget). Time to accuracy: the Trainer's "
-             "seconds until validation accuracy first came within 0.5 points of its final "
-             "value; Trainer s: its `run_fn` (input and compile, fit, evaluate, export), the "
-             "span time to accuracy is measured in; the component's wall time beside it.", "",
-             "| data | seed | eval accuracy | whole budget | points | steps run of budget "
-             "(stop; rounds of steps) | validation part (images) | Trainer s | time to "
-             "accuracy s | Trainer / time to accuracy | whole budget: Trainer s | Trainer "
-             "component wall s |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"] + [
-             row(name, early, full) for name, early, full in runs] + [
-             "", f"- Trainer / time to accuracy <= {RATIO}x, worst of the {len(runs)} runs: "
-             f"{target(worst_ratio, RATIO, False, 'x')}",
-             f"- Eval accuracy within {POINTS} points of the whole budget, worst of the "
-             f"{len(runs)}: {target(worst_lost, POINTS, False, ' points')}", ""]
-    write_results(args.out, lines)
+        write_results(args.out, section(runs))
     return 0
 
 

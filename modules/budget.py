@@ -14,15 +14,16 @@ from domain.features import ACCURACY_DELTA
 AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 48_000, 5, 100
 MIN_ROUND_STEPS, ROUND_COST = 25, 5
 # Convergence, after each round from MIN_SHARE of the budget on (the learning rate's warm-up
-# and the first steps at chance): least-squares trends of validation accuracy and loss over
-# the rounds of the last WINDOW_SHARE of the steps run (at least MIN_WINDOW rounds). Training
-# is still learning while, Z standard errors above its estimate (a confidence bound), the
-# accuracy's gain over the window is over MIN_GAIN, or the loss's fall over it is over
-# LOSS_SHARE of its mean level: a slow rise under round-to-round noise is still learning. A
-# plateau is FLAT_ROUNDS rounds in a row without learning (one verdict of many can be noise).
-# Then the rate anneals to its floor over a short tail of ANNEAL_SHARE of the steps run (at
-# least ANNEAL_ROUNDS rounds), where the last gain usually comes, and training stops at its end.
-WINDOW_SHARE, MIN_WINDOW, Z, MIN_GAIN, LOSS_SHARE = 0.3, 8, 1.0, 0.01, 0.1
+# and the first steps at chance): a least-squares trend of validation accuracy over the
+# rounds of the last WINDOW_SHARE of the steps run (at least MIN_WINDOW rounds). Training is
+# still learning while the accuracy's gain over the window, Z standard errors above its
+# estimate (a confidence bound), is over MIN_GAIN: a slow rise under round-to-round noise is
+# still learning. (Validation loss is no guide: it keeps falling as the model grows surer of
+# answers it already gets right.) A plateau is FLAT_ROUNDS rounds in a row without learning
+# (one verdict of many can be noise). Then the rate anneals to its floor over a short tail of
+# ANNEAL_SHARE of the steps run (at least ANNEAL_ROUNDS rounds), where the last gain usually
+# comes, and training stops at its end.
+WINDOW_SHARE, MIN_WINDOW, Z, MIN_GAIN = 0.3, 8, 0.5, 0.015
 FLAT_ROUNDS, ANNEAL_SHARE, ANNEAL_ROUNDS, MIN_SHARE = 2, 0.1, 2, 0.2
 
 
@@ -52,17 +53,14 @@ def trend(steps: list[int], values: list[float]) -> tuple[float, float]:
     return slope * span, math.sqrt(residuals / (len(steps) - 2) / sxx) * span
 
 
-def learning(steps: list[int], accuracies: list[float], losses: list[float]) -> bool:
+def learning(steps: list[int], accuracies: list[float]) -> bool:
     """Whether validation rounds at ``steps`` still show learning (see ``WINDOW_SHARE``)."""
     first = steps[-1] * (1 - WINDOW_SHARE)
     window = min(len(steps) - MIN_WINDOW, next(i for i, s in enumerate(steps) if s >= first))
     if window < 0:
         return True
-    steps, accuracies, losses = steps[window:], accuracies[window:], losses[window:]
-    gain, error = trend(steps, accuracies)
-    change, loss_error = trend(steps, losses)
-    return (gain + Z * error > MIN_GAIN
-            or -change + Z * loss_error > LOSS_SHARE * sum(losses) / len(losses))
+    gain, error = trend(steps[window:], accuracies[window:])
+    return gain + Z * error > MIN_GAIN
 
 
 def anneal_rounds(steps: int, per_round: int) -> int:
@@ -85,7 +83,6 @@ class Convergence:
         self.budget, self.per_round, self.schedule = budget, per_round, schedule
         self.target, self.started, self.early_stop = target_accuracy, started, early_stop
         self.rounds: list[tuple[int, float, float]] = []
-        self.losses: list[float] = []
         self.stop, self.best_weights, self.annealed_at = "budget", None, 0
         self._best = (-1.0, -math.inf)  # (accuracy, -loss) of the kept weights
         self._end, self._flat = budget, 0  # the step training ends at, rounds without learning
@@ -99,7 +96,6 @@ class Convergence:
     def update(self, steps: int, accuracy: float, loss: float, weights) -> bool:
         """Records a round; returns whether to stop."""
         self.rounds.append((steps, round(time.perf_counter() - self.started, 2), accuracy))
-        self.losses.append(loss)
         self.keep(accuracy, loss, weights)
         if self.target and accuracy >= self.target:
             self.stop = "target"
@@ -118,7 +114,7 @@ class Convergence:
     def _plateau(self, steps: int) -> bool:
         """Whether the rounds up to ``steps`` end in ``FLAT_ROUNDS`` without learning."""
         flat = steps >= MIN_SHARE * self.budget and not learning(
-            [r[0] for r in self.rounds], [r[2] for r in self.rounds], self.losses)
+            [r[0] for r in self.rounds], [r[2] for r in self.rounds])
         self._flat = self._flat + 1 if flat else 0
         return self._flat >= FLAT_ROUNDS
 
