@@ -100,7 +100,8 @@ def lost_points(early: dict, full: dict) -> float:
 def row(name: str, early: dict, full: dict) -> str:
     reached = early["time_to_accuracy"]
     return (f"| {name} | {early['seed']} | {early['accuracy']:.3f} | {full['accuracy']:.3f} | "
-            f"{(early['accuracy'] - full['accuracy']) * 100:+.1f} | {early['steps_run']} of {early['train_steps']}"
+            f"{(early['accuracy'] - full['accuracy']) * 100:+.1f} | "
+            f"{early['steps_run']} of {early['train_steps']}"
             f" ({early['stopped']}; {early['rounds_run']} rounds of "
             f"{early['rounds'][0][0]}) | {early['validation_percent']}% "
             f"({sum(early['class_counts']['validation'])}) | {trainer_s(early):.1f} | "

@@ -73,8 +73,9 @@ class Convergence:
     of the best round. ``stop`` is ``target`` once validation accuracy reaches
     ``target_accuracy`` (0: none); ``plateau`` once ``FLAT_ROUNDS`` rounds in a row show no
     learning (``learning``; not before ``MIN_SHARE`` of ``budget``; never without
-    ``early_stop``), after a short annealing tail when ``schedule`` can anneal (``WarmupCosine``: the rate
-    decays to its floor by the end of the tail); else ``budget`` at the end. ``per_round``
+    ``early_stop``), after a short annealing tail when ``schedule`` can anneal
+    (``WarmupCosine``: the rate decays to its floor by the end of the tail); else ``budget``
+    at the end. ``per_round``
     is the steps of a round; ``rounds`` holds ``(steps, seconds since start, validation
     accuracy)``."""
 
