@@ -12,12 +12,19 @@ from domain.features import ACCURACY_DELTA
 # least MIN_ROUND_STEPS steps and ROUND_COST times the batches one validation reads, so a check
 # costs a few percent of a round, and stops early (``Convergence``).
 AUTO_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 48_000, 5, 100
-MIN_ROUND_STEPS, ROUND_COST = 25, 8
-# Convergence: a round improves when its validation accuracy beats the best by more than
-# ACCURACY_DELTA; the plateau is PATIENCE rounds, and at least PLATEAU_SHARE of the steps the
-# last improvement took, without one; no plateau counts before MIN_SHARE of the budget (the
-# learning rate's warm-up and the first steps at chance).
-PATIENCE, PLATEAU_SHARE, MIN_SHARE = 3, 0.5, 0.2
+MIN_ROUND_STEPS, ROUND_COST = 25, 5
+# Convergence, after each round from MIN_SHARE of the budget on (the learning rate's warm-up
+# and the first steps at chance): a least-squares trend of validation accuracy over the
+# rounds of the last WINDOW_SHARE of the steps run (at least MIN_WINDOW rounds). Training is
+# still learning while the accuracy's gain over the window, Z standard errors above its
+# estimate (a confidence bound), is over MIN_GAIN: a slow rise under round-to-round noise is
+# still learning. (Validation loss is no guide: it keeps falling as the model grows surer of
+# answers it already gets right.) A plateau is FLAT_ROUNDS rounds in a row without learning
+# (one verdict of many can be noise). Then the rate anneals to its floor over a short tail of
+# ANNEAL_SHARE of the steps run (at least ANNEAL_ROUNDS rounds), where the last gain usually
+# comes, and training stops at its end.
+WINDOW_SHARE, MIN_WINDOW, Z, MIN_GAIN = 0.3, 8, 0.5, 0.015
+FLAT_ROUNDS, ANNEAL_SHARE, ANNEAL_ROUNDS, MIN_SHARE = 2, 0.1, 2, 0.2
 
 
 def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -> int:
@@ -35,25 +42,51 @@ def round_steps(steps: int, validation_batches: int) -> int:
     return max(1, min(steps, max(MIN_ROUND_STEPS, ROUND_COST * validation_batches)))
 
 
+def trend(steps: list[int], values: list[float]) -> tuple[float, float]:
+    """The least-squares change of ``values`` from the first of ``steps`` to the last, and
+    its standard error (from the residuals; needs 3 points or more)."""
+    mean_x, mean_y = sum(steps) / len(steps), sum(values) / len(values)
+    sxx = sum((x - mean_x) ** 2 for x in steps)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(steps, values)) / sxx
+    residuals = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in zip(steps, values))
+    span = steps[-1] - steps[0]
+    return slope * span, math.sqrt(residuals / (len(steps) - 2) / sxx) * span
+
+
+def learning(steps: list[int], accuracies: list[float]) -> bool:
+    """Whether validation rounds at ``steps`` still show learning (see ``WINDOW_SHARE``)."""
+    first = steps[-1] * (1 - WINDOW_SHARE)
+    window = min(len(steps) - MIN_WINDOW, next(i for i, s in enumerate(steps) if s >= first))
+    if window < 0:
+        return True
+    gain, error = trend(steps[window:], accuracies[window:])
+    return gain + Z * error > MIN_GAIN
+
+
+def anneal_rounds(steps: int, per_round: int) -> int:
+    """Rounds of the annealing tail after a plateau at ``steps`` (see ``ANNEAL_SHARE``)."""
+    return max(ANNEAL_ROUNDS, math.ceil(ANNEAL_SHARE * steps / per_round))
+
+
 class Convergence:
     """Decides after each validation round whether training goes on, and keeps the weights
     of the best round. ``stop`` is ``target`` once validation accuracy reaches
-    ``target_accuracy`` (0: none); ``plateau`` once it has not improved by more than
-    ``ACCURACY_DELTA`` for ``PATIENCE`` rounds and ``PLATEAU_SHARE`` of the steps its last
-    improvement took (not before ``MIN_SHARE`` of ``budget``), after an annealing tail of
-    that length when ``schedule`` can anneal (``WarmupCosine``: the rate decays to its floor
-    by the end of the tail); else ``budget`` at the end. ``per_round`` is the steps of a
-    round; ``rounds`` holds ``(steps, seconds since start, validation accuracy)``."""
+    ``target_accuracy`` (0: none); ``plateau`` once ``FLAT_ROUNDS`` rounds in a row show no
+    learning (``learning``; not before ``MIN_SHARE`` of ``budget``; never without
+    ``early_stop``), after a short annealing tail when ``schedule`` can anneal
+    (``WarmupCosine``: the rate decays to its floor by the end of the tail); else ``budget``
+    at the end. ``per_round``
+    is the steps of a round; ``rounds`` holds ``(steps, seconds since start, validation
+    accuracy)``."""
 
     def __init__(self, budget: int, per_round: int, target_accuracy: float, started: float,
-                 schedule=None):
+                 schedule=None, early_stop: bool = True):
         self.budget, self.per_round, self.schedule = budget, per_round, schedule
-        self.target, self.started = target_accuracy, started
+        self.target, self.started, self.early_stop = target_accuracy, started, early_stop
         self.rounds: list[tuple[int, float, float]] = []
         self.stop, self.best_weights, self.annealed_at = "budget", None, 0
         self._best = (-1.0, -math.inf)  # (accuracy, -loss) of the kept weights
-        self._level, self._improved = -1.0, 0  # the accuracy to beat, the last improvement
-        self._end = budget  # the step training ends at
+        self._end, self._flat = budget, 0  # the step training ends at, rounds without learning
 
     def keep(self, accuracy: float, loss: float, weights) -> None:
         """Keeps ``weights()`` when the round beats the best so far (the lower loss breaks
@@ -65,24 +98,26 @@ class Convergence:
         """Records a round; returns whether to stop."""
         self.rounds.append((steps, round(time.perf_counter() - self.started, 2), accuracy))
         self.keep(accuracy, loss, weights)
-        if accuracy > self._level + ACCURACY_DELTA:
-            self._improved = steps
-        self._level = max(self._level, accuracy)
-        tail = max(PATIENCE * self.per_round, PLATEAU_SHARE * self._improved)
         if self.target and accuracy >= self.target:
             self.stop = "target"
         elif steps >= self._end:
             self.stop = "plateau" if self.annealed_at else "budget"
-        elif (not self.annealed_at and steps >= MIN_SHARE * self.budget
-              and steps - self._improved >= tail):
+        elif self.early_stop and not self.annealed_at and self._plateau(steps):
             self.annealed_at = steps
             if not hasattr(self.schedule, "anneal"):
                 self.stop = "plateau"
-            else:  # the tail in whole rounds
-                self._end = min(self.budget, steps + self.per_round * math.ceil(
-                    tail / self.per_round))
+            else:
+                self._end = min(self.budget, steps + self.per_round * anneal_rounds(
+                    steps, self.per_round))
                 self.schedule.anneal(steps, self._end - steps)
         return self.stop != "budget"
+
+    def _plateau(self, steps: int) -> bool:
+        """Whether the rounds up to ``steps`` end in ``FLAT_ROUNDS`` without learning."""
+        flat = steps >= MIN_SHARE * self.budget and not learning(
+            [r[0] for r in self.rounds], [r[2] for r in self.rounds])
+        self._flat = self._flat + 1 if flat else 0
+        return self._flat >= FLAT_ROUNDS
 
     def time_to_accuracy(self, final: float) -> float | None:
         """Seconds until validation accuracy first came within ``ACCURACY_DELTA`` of ``final``."""

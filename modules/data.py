@@ -21,13 +21,34 @@ from modules.preprocessing import model_pixels
 FIT, VALIDATION = "fit", "validation"
 
 
-def is_validation(image: tf.Tensor, percent: int) -> tf.Tensor:
-    """Whether one transformed example's ``image_xf`` (encoded bytes or pixels) is in the
-    validation part: ``percent`` of 100 hash buckets of its content, so the same image is
-    always on the same side, whatever the order, shard or run (as ``ops.ingest`` splits by
-    its SHA-256; a different hash, so the carve is independent of that split)."""
+def hash_bucket(image: tf.Tensor) -> tf.Tensor:
+    """One transformed example's bucket of 100 by a hash of its ``image_xf`` (encoded bytes or
+    pixels): the same image is always in the same bucket, whatever the order, shard or run (as
+    ``ops.ingest`` splits by its SHA-256; a different hash, so the carve is independent of that
+    split)."""
     content = image if image.dtype == tf.string else tf.io.serialize_tensor(image)
-    return tf.strings.to_hash_bucket_fast(tf.reshape(content, [-1])[0], 100) < percent
+    return tf.strings.to_hash_bucket_fast(tf.reshape(content, [-1])[0], 100)
+
+
+def is_validation(image: tf.Tensor, percent: int) -> tf.Tensor:
+    """Whether one transformed example is in the validation part: the first ``percent``
+    buckets (``hash_bucket``)."""
+    return hash_bucket(image) < percent
+
+
+# A validation part resolves what a round gained to 1/n of n images: the part grows past
+# ``validation_percent`` for small train splits until it holds MIN_VALIDATION images, but to
+# at most MAX_VALIDATION_PERCENT, so that small sets do not lose much of their fit part (the
+# trade-off: under 1,200 training images, up to a quarter of them choose rather than train).
+MIN_VALIDATION, MAX_VALIDATION_PERCENT = 300, 25
+
+
+def validation_percent(percent: int, buckets: list[int]) -> int:
+    """The validation part's percentage of a train split with ``buckets[i]`` examples in hash
+    bucket ``i``: the least from ``percent`` whose part holds ``MIN_VALIDATION`` images, at most
+    ``MAX_VALIDATION_PERCENT`` (never below ``percent``)."""
+    most = max(percent, MAX_VALIDATION_PERCENT)
+    return next((p for p in range(percent, most) if sum(buckets[:p]) >= MIN_VALIDATION), most)
 
 
 def carve(dataset: tf.data.Dataset, part: str, percent: int) -> tf.data.Dataset:
@@ -74,10 +95,10 @@ def input_fn(files: list[str], data_accessor: DataAccessor,
             .prefetch(tf.data.AUTOTUNE))
 
 
-def class_counts(files: list[str], data_accessor: DataAccessor,
-                 tf_transform_output: tft.TFTransformOutput, num_classes: int,
-                 validation_percent: int) -> dict[str, list[int]]:
-    """``{FIT: [examples per class id], VALIDATION: [...]}`` of the train split, in one read
+def bucket_counts(files: list[str], data_accessor: DataAccessor,
+                  tf_transform_output: tft.TFTransformOutput,
+                  num_classes: int) -> list[list[int]]:
+    """Examples per hash bucket (``hash_bucket``) and class id of the train split, in one read
     (parsing only, no decoding)."""
     dataset = data_accessor.tf_dataset_factory(files, dataset_options.TensorFlowDatasetOptions(
         batch_size=256, label_key=LABEL_XF, num_epochs=1, shuffle=False),
@@ -85,12 +106,18 @@ def class_counts(files: list[str], data_accessor: DataAccessor,
 
     def add(counts, example):
         features, label = example
-        row = tf.cast(is_validation(features[IMAGE_XF], validation_percent), tf.int64)
-        index = tf.stack([row, tf.reshape(tf.cast(label, tf.int64), [-1])[0]])
+        index = tf.stack([hash_bucket(features[IMAGE_XF]),
+                          tf.reshape(tf.cast(label, tf.int64), [-1])[0]])
         return tf.tensor_scatter_nd_add(counts, index[tf.newaxis], tf.constant([1], tf.int64))
 
-    counts = dataset.reduce(tf.zeros([2, num_classes], tf.int64), add).numpy().tolist()
-    return {FIT: counts[0], VALIDATION: counts[1]}
+    return dataset.reduce(tf.zeros([100, num_classes], tf.int64), add).numpy().tolist()
+
+
+def class_counts(buckets: list[list[int]], percent: int) -> dict[str, list[int]]:
+    """``{FIT: [examples per class id], VALIDATION: [...]}`` from ``bucket_counts`` with the
+    first ``percent`` buckets validating."""
+    return {part: [sum(column) for column in zip(*rows)]
+            for part, rows in ((FIT, buckets[percent:]), (VALIDATION, buckets[:percent]))}
 
 
 # ``auto`` weighs the loss when the largest class has over this many times the smallest's
@@ -121,7 +148,8 @@ def fits_in_memory(examples: int, spec: ImageSpec, limit_mb: int) -> bool:
 class Inputs:
     """What training reads: the Transform output, the train split's examples per class in
     its fit and validation parts, the step budget, the loss's class weights, the repeated fit
-    dataset and the validation's ``validation_batches``, at the global batch size."""
+    dataset and the validation's ``validation_batches``, at the global batch size, and the
+    validation part's percentage of the train split."""
     tf_transform_output: tft.TFTransformOutput
     counts: dict[str, list[int]]
     steps: int
@@ -129,6 +157,7 @@ class Inputs:
     train: tf.data.Dataset
     validation: tf.data.Dataset
     validation_batches: int
+    validation_percent: int = 0  # of the train split (``validation_percent``)
 
     @property
     def round_steps(self) -> int:
@@ -143,12 +172,13 @@ class Inputs:
 def read_inputs(fn_args: FnArgs, config: dict, batch_size: int, train_steps: int,
                 share: float = 1.0) -> Inputs:
     """The datasets and ``share`` of a step budget of ``train_steps`` (0: derived from the
-    train split's size, see ``budget.step_budget``). Reads the train split only: the eval
-    split is the Evaluator's."""
+    train split's size, see ``budget.step_budget``), with the validation part sized by
+    ``validation_percent``. Reads the train split only: the eval split is the Evaluator's."""
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-    percent = config["validation_percent"]
-    counts = class_counts(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-                          config["num_classes"], percent)
+    buckets = bucket_counts(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
+                            config["num_classes"])
+    percent = validation_percent(config["validation_percent"], list(map(sum, buckets)))
+    counts = class_counts(buckets, percent)
     examples = sum(map(sum, counts.values()))
     if not sum(counts[VALIDATION]) or not sum(counts[FIT]):
         raise ValueError(f"validation_percent={percent} of the {examples} training examples "
@@ -167,4 +197,4 @@ def read_inputs(fn_args: FnArgs, config: dict, batch_size: int, train_steps: int
                                   part, percent, batches)
                          for part, batches in ((FIT, 0), (VALIDATION, validation_batches)))
     return Inputs(tf_transform_output, counts, steps, weights, train, validation,
-                  validation_batches)
+                  validation_batches, percent)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import absl.logging
 
 from domain.features import EPOCH_LOG, STOP_LOG
-from modules.budget import PATIENCE, Convergence
+from modules.budget import Convergence
 from modules.data import Inputs
 from modules.model import unfreeze_top
 
+PATIENCE = 3  # ReduceLROnPlateau's rounds without a lower validation loss
 ROUND_LOGS = ("loss", "accuracy", "val_loss", "val_accuracy")  # EPOCH_LOG's values
 
 

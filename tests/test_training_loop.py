@@ -1,5 +1,7 @@
-"""The Trainer's two phases (issue 30): fine-tuning rounds compete for the best weights, and
-the trainer summary counts the rounds of both phases."""
+"""The Trainer's rounds: when training stops (issue 34: a trend test on the validation rounds,
+a short anneal, a validation part big enough to resolve a point), and its two phases (issue
+30): fine-tuning rounds compete for the best weights, and the trainer summary counts the
+rounds of both phases."""
 from __future__ import annotations
 
 import json
@@ -12,9 +14,119 @@ import tensorflow as tf
 
 from domain.features import EPOCH_LOG, IMAGE_XF, STOP_LOG, TRAINER_SUMMARY, ImageSpec
 from modules import trainer, training
-from modules.budget import Convergence
-from modules.data import FIT, VALIDATION, Inputs
-from modules.model import build_model, compile_model
+from modules.budget import ANNEAL_ROUNDS, ANNEAL_SHARE, Convergence
+from modules.data import (FIT, MAX_VALIDATION_PERCENT, MIN_VALIDATION, VALIDATION, Inputs,
+                          class_counts, validation_percent)
+from modules.model import build_model, compile_model, learning_rate
+
+NOISE_SEEDS = range(20)
+
+
+def _train(convergence: Convergence, curve) -> list[int]:
+    """Feeds validation accuracies ``curve`` (a flat loss) round by round until
+    ``convergence`` stops; a round's weights are its index. Returns the steps of the rounds
+    run."""
+    for index, accuracy in enumerate(curve):
+        steps = (index + 1) * convergence.per_round
+        if convergence.update(steps, accuracy, 1.0, lambda: index):
+            break
+    return [steps for steps, _, _ in convergence.rounds]
+
+
+def _noisy(seed: int, gain_per_round: float, rounds: int, plateau_at: int = 10**9,
+           noise: float = 0.015) -> list[float]:
+    """Validation accuracies from 0.5 up by ``gain_per_round`` until round ``plateau_at``,
+    then flat, each round off by Gaussian ``noise`` (1.5 points: about what 100-300
+    validation images give)."""
+    rng = np.random.default_rng(seed)
+    return [0.5 + gain_per_round * min(i, plateau_at) + rng.normal(0, noise)
+            for i in range(rounds)]
+
+
+def _stops(curves) -> list[int]:
+    """The steps each curve's training stopped at, in rounds of 25 within 2,000 steps."""
+    stopped = []
+    for curve in curves:
+        convergence = Convergence(2000, 25, 0.0, 0.0)
+        stopped.append(_train(convergence, curve)[-1])
+    return stopped
+
+
+def test_a_noisy_curve_that_still_trends_up_is_not_a_plateau():
+    """Three quarters of a point a round under 1.5-point noise: a new best only every few
+    rounds (the rule before issue 34, no new best for 3 rounds, stopped on such noise), but
+    the trend over the window is clear, and every noise seed runs the whole budget. At half
+    a point a round, a trend that slow hides in that noise for about one seed in ten."""
+    assert _stops(_noisy(seed, 0.0075, 80) for seed in NOISE_SEEDS) == [2000] * 20
+    slower = _stops(_noisy(seed, 0.005, 80) for seed in range(100))
+    assert 85 <= slower.count(2000) < 100, slower
+
+
+def test_a_real_plateau_stops_within_the_window_after_it():
+    """Gains until round 30 (750 steps), then a noisy plateau: the plateau is seen once the
+    window (``WINDOW_SHARE`` of the steps, at least ``MIN_WINDOW`` rounds) lies mostly past
+    it and ``FLAT_ROUNDS`` verdicts agree: for the median noise seed by 1.5x its steps, for
+    every seed far before the budget of 2,000."""
+    seen = []
+    for seed in NOISE_SEEDS:
+        convergence = Convergence(2000, 25, 0.0, 0.0)
+        _train(convergence, _noisy(seed, 0.015, 80, plateau_at=30, noise=0.01))
+        assert convergence.stop == "plateau", seed
+        seen.append(convergence.annealed_at)
+    assert 750 < min(seen) and np.median(seen) <= 1.5 * 750 and max(seen) <= 1600, seen
+
+
+def test_no_plateau_while_the_rate_warms_up_and_a_budget_is_a_cap():
+    """A stall at chance in the first fifth of the budget is not a plateau; a curve that
+    keeps improving runs the whole budget; a constant rate stops at the plateau at once;
+    without ``early_stop``, a plateau runs the budget too."""
+    stalled = Convergence(1000, 25, 0.0, 0.0)
+    steps = _train(stalled, [0.33] * 7 + [0.5 + 0.01 * i for i in range(33)])
+    assert steps[-1] == 1000 and stalled.stop == "budget" and not stalled.annealed_at
+    constant = Convergence(1000, 25, 0.0, 0.0, learning_rate("constant", 0.01, 1000))
+    steps = _train(constant, [0.5, 0.8, 0.9] + [0.9] * 37)
+    assert constant.stop == "plateau" and steps[-1] == constant.annealed_at == 275
+    full = Convergence(1000, 25, 0.0, 0.0, early_stop=False)
+    assert _train(full, [0.5, 0.8, 0.9] + [0.9] * 37)[-1] == 1000 and full.stop == "budget"
+
+
+def test_the_anneal_is_short_and_the_best_round_is_kept():
+    """A rise to 0.9 by round 13, then flat: the plateau is seen at 525 steps and anneals over
+    a tenth of them (``ANNEAL_SHARE``, at least ``ANNEAL_ROUNDS`` rounds): the rate decays
+    from its value there to its floor 75 steps (3 rounds of 25) later, where training
+    stops, with the best round's weights (in the tail: where the last gain comes)."""
+    schedule = learning_rate("warmup_cosine", 0.01, 2000)
+    convergence = Convergence(2000, 25, 0.0, 0.0, schedule)
+    steps = _train(convergence, [0.3 + 0.05 * i for i in range(13)] + [0.9] * 8 + [0.95] * 59)
+    assert convergence.annealed_at == 525 and convergence.stop == "plateau"
+    assert steps[-1] - 525 == 75 == 25 * max(ANNEAL_ROUNDS, np.ceil(ANNEAL_SHARE * 525 / 25))
+    assert float(schedule(600)) == pytest.approx(1e-4) and float(schedule(526)) > 5e-3
+    assert convergence.best_weights == 21  # the first 0.95, the first round of the tail
+
+
+def test_training_stops_at_the_target_accuracy():
+    convergence = Convergence(1000, 50, 0.9, 0.0)
+    assert _train(convergence, [0.4, 0.7, 0.92, 0.95]) == [50, 100, 150]
+    assert convergence.stop == "target" and convergence.best_weights == 2
+
+
+def test_time_to_accuracy_is_the_first_round_near_the_final_accuracy():
+    convergence = Convergence(1000, 50, 0.0, 0.0)
+    convergence.rounds = [(50, 5.0, 0.6), (100, 10.0, 0.897), (150, 15.0, 0.91)]
+    assert convergence.time_to_accuracy(0.9) == 10.0
+    assert convergence.time_to_accuracy(0.99) is None
+
+
+def test_the_validation_part_grows_for_small_sets_to_resolve_a_point():
+    """10% of 6,000 training images is enough; of 1,500, the part grows to 300 images (20%);
+    of 500, it stops at a quarter (125 images), which keeps three quarters to train on."""
+    assert validation_percent(10, [60] * 100) == 10
+    assert validation_percent(10, [15] * 100) == 20 and 20 * 15 == MIN_VALIDATION
+    assert validation_percent(10, [5] * 100) == MAX_VALIDATION_PERCENT == 25
+    assert validation_percent(40, [5] * 100) == 40  # never below the option
+    buckets = [[i % 3, 1] for i in range(100)]  # examples per bucket and class: 2 on average
+    counts = class_counts(buckets, validation_percent(10, list(map(sum, buckets))))
+    assert counts == {FIT: [75, 75], VALIDATION: [24, 25]}
 
 
 def test_a_fine_tuning_round_replaces_the_kept_weights_only_when_better():
