@@ -36,21 +36,6 @@ def is_validation(image: tf.Tensor, percent: int) -> tf.Tensor:
     return hash_bucket(image) < percent
 
 
-# A validation part resolves what a round gained to 1/n of n images: the part grows past
-# ``validation_percent`` for small train splits until it holds MIN_VALIDATION images, but to
-# at most MAX_VALIDATION_PERCENT, so that small sets do not lose much of their fit part (the
-# trade-off: under 1,200 training images, up to a quarter of them choose rather than train).
-MIN_VALIDATION, MAX_VALIDATION_PERCENT = 300, 25
-
-
-def validation_percent(percent: int, buckets: list[int]) -> int:
-    """The validation part's percentage of a train split with ``buckets[i]`` examples in hash
-    bucket ``i``: the least from ``percent`` whose part holds ``MIN_VALIDATION`` images, at most
-    ``MAX_VALIDATION_PERCENT`` (never below ``percent``)."""
-    most = max(percent, MAX_VALIDATION_PERCENT)
-    return next((p for p in range(percent, most) if sum(buckets[:p]) >= MIN_VALIDATION), most)
-
-
 def carve(dataset: tf.data.Dataset, part: str, percent: int) -> tf.data.Dataset:
     """The ``part`` (``FIT`` or ``VALIDATION``) of unbatched ``(features, label)`` elements."""
     if part not in (FIT, VALIDATION):
@@ -148,8 +133,7 @@ def fits_in_memory(examples: int, spec: ImageSpec, limit_mb: int) -> bool:
 class Inputs:
     """What training reads: the Transform output, the train split's examples per class in
     its fit and validation parts, the step budget, the loss's class weights, the repeated fit
-    dataset and the validation's ``validation_batches``, at the global batch size, and the
-    validation part's percentage of the train split."""
+    dataset and the validation's ``validation_batches``, at the global batch size."""
     tf_transform_output: tft.TFTransformOutput
     counts: dict[str, list[int]]
     steps: int
@@ -157,7 +141,6 @@ class Inputs:
     train: tf.data.Dataset
     validation: tf.data.Dataset
     validation_batches: int
-    validation_percent: int = 0  # of the train split (``validation_percent``)
 
     @property
     def round_steps(self) -> int:
@@ -177,7 +160,7 @@ def read_inputs(fn_args: FnArgs, config: dict, batch_size: int, train_steps: int
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     buckets = bucket_counts(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                             config["num_classes"])
-    percent = validation_percent(config["validation_percent"], list(map(sum, buckets)))
+    percent = config["validation_percent"]
     counts = class_counts(buckets, percent)
     examples = sum(map(sum, counts.values()))
     if not sum(counts[VALIDATION]) or not sum(counts[FIT]):

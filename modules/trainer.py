@@ -87,7 +87,7 @@ def run_fn(fn_args: FnArgs) -> None:
     write_json(os.path.join(fn_args.model_run_dir, TRAINER_SUMMARY), {
         "train_examples": inputs.examples, "batch_size": batch_size, "train_steps": inputs.steps,
         "class_names": names, "class_counts": inputs.counts,
-        "validation_percent": inputs.validation_percent,
+        "validation_percent": config["validation_percent"],
         "class_weight": inputs.class_weight and list(inputs.class_weight.values()),
         "rounds_run": len(history.get("loss", [])), "validation_metrics": metrics,
         "last_round_train_accuracy": history.get("accuracy", [None])[-1],

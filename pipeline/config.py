@@ -219,8 +219,7 @@ class PipelineConfig:
                                             "invert")
     validation_percent: int = _option(10, TRAINING, TRAINER,
                                       "share of the train split (by image content hash) that "
-                                      "chooses the model: early stopping, the Tuner; grown "
-                                      "for small sets to 300 images, at most a quarter; the eval "
+                                      "chooses the model: early stopping, the Tuner; the eval "
                                       "split only judges it")
     class_weights: str = _option("auto", TRAINING, TRAINER,
                                  "balanced (each class weighs the same in the loss), none, or "

@@ -15,8 +15,7 @@ import tensorflow as tf
 from domain.features import EPOCH_LOG, IMAGE_XF, STOP_LOG, TRAINER_SUMMARY, ImageSpec
 from modules import trainer, training
 from modules.budget import ANNEAL_ROUNDS, ANNEAL_SHARE, Convergence
-from modules.data import (FIT, MAX_VALIDATION_PERCENT, MIN_VALIDATION, VALIDATION, Inputs,
-                          class_counts, validation_percent)
+from modules.data import FIT, VALIDATION, Inputs, class_counts
 from modules.model import build_model, compile_model, learning_rate
 
 NOISE_SEEDS = range(20)
@@ -117,16 +116,10 @@ def test_time_to_accuracy_is_the_first_round_near_the_final_accuracy():
     assert convergence.time_to_accuracy(0.99) is None
 
 
-def test_the_validation_part_grows_for_small_sets_to_resolve_a_point():
-    """10% of 6,000 training images is enough; of 1,500, the part grows to 300 images (20%);
-    of 500, it stops at a quarter (125 images), which keeps three quarters to train on."""
-    assert validation_percent(10, [60] * 100) == 10
-    assert validation_percent(10, [15] * 100) == 20 and 20 * 15 == MIN_VALIDATION
-    assert validation_percent(10, [5] * 100) == MAX_VALIDATION_PERCENT == 25
-    assert validation_percent(40, [5] * 100) == 40  # never below the option
+def test_the_validation_part_is_the_first_buckets_by_content_hash():
     buckets = [[i % 3, 1] for i in range(100)]  # examples per bucket and class: 2 on average
-    counts = class_counts(buckets, validation_percent(10, list(map(sum, buckets))))
-    assert counts == {FIT: [75, 75], VALIDATION: [24, 25]}
+    assert class_counts(buckets, 10) == {FIT: [90, 90], VALIDATION: [9, 10]}
+    assert class_counts(buckets, 25) == {FIT: [75, 75], VALIDATION: [24, 25]}
 
 
 def test_a_fine_tuning_round_replaces_the_kept_weights_only_when_better():
