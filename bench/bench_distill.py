@@ -17,7 +17,6 @@ and initialises the models differently):
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.bench_model import machine, write_results  # noqa: E402
-from make_shapes import SHAPES, draw  # noqa: E402
+from make_shapes import encoded_shapes  # noqa: E402
 from domain.features import ImageSpec  # noqa: E402
 from modules.distill import Distiller  # noqa: E402
 from modules.model import build_model, compile_model  # noqa: E402
@@ -46,13 +45,7 @@ TEACHER_WIDTH, STUDENT_WIDTH = 64, 8
 
 def shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` photo-like images decoded as the pipeline does, and their class ids."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, SPEC.num_classes, n)
-    encoded = []
-    for label in labels:
-        out = io.BytesIO()
-        draw(rng, SHAPES[label]).save(out, format="PNG")
-        encoded.append(out.getvalue())
+    encoded, labels = encoded_shapes(n, SPEC.num_classes, seed)
     return decode_images(tf.constant(encoded), SPEC).numpy(), labels
 
 

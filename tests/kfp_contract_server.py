@@ -18,7 +18,24 @@ from urllib.parse import parse_qs, urlparse
 API = "/apis/v2beta1"
 
 
-class KfpContractServer:
+class LoopbackServer:
+    """An HTTP server on a free loopback port (``self.port``), serving in a thread within
+    ``with``; subclasses give the request handler class."""
+
+    def __init__(self, handler):
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self._server.server_address[1]
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class KfpContractServer(LoopbackServer):
     def __init__(self, honour_filters: bool = True):
         self.honour_filters = honour_filters
         self.requests: list[dict] = []
@@ -28,16 +45,8 @@ class KfpContractServer:
         self.recurring_runs: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
         self._ids = (f"id-{n}" for n in itertools.count(1))
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler())
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def calls(self) -> list[str]:
         """``METHOD path`` of each recorded request, health checks left out."""

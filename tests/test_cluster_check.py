@@ -7,13 +7,12 @@ import json
 import os
 import stat
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from ops import cluster_check
-from tests.kfp_contract_server import KfpContractServer
+from tests.kfp_contract_server import KfpContractServer, LoopbackServer
 
 DIGEST = "sha256:" + "ab" * 32
 REPOSITORY = "ml/tfx-image-pipeline"
@@ -75,21 +74,13 @@ def kube(tmp_path, monkeypatch):
     return record
 
 
-class Registry:
+class Registry(LoopbackServer):
     """A registry v2 API on loopback: HEAD of a manifest, Docker's bearer-token flow."""
 
     def __init__(self, tags: set[str], credentials: tuple[str, str] | None = None):
         self.tags, self.credentials, self.requests = tags, credentials, []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.host = f"127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler())
+        self.host = f"127.0.0.1:{self.port}"
 
     def _handler(self):
         registry = self

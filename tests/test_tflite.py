@@ -2,7 +2,6 @@
 types and accuracy, and the gate that keeps a TFLite model too far behind out of the push."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -13,7 +12,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
 
-from make_shapes import SHAPES, draw  # noqa: E402
+from make_shapes import encoded_shapes  # noqa: E402
 from domain.features import ImageSpec  # noqa: E402
 from domain.exported import TFLITE_PATH, TFLITE_SUMMARY, tflite_line  # noqa: E402
 from modules.model import build_model  # noqa: E402
@@ -27,13 +26,7 @@ SPEC = ImageSpec("image", "label", 32, 32, 1, 3)  # grey: learnt in seconds, not
 
 def _shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` photo-like images decoded as the pipeline does, and their class ids."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, SPEC.num_classes, n)
-    encoded = []
-    for label in labels:
-        out = io.BytesIO()
-        draw(rng, SHAPES[label]).save(out, format="PNG")
-        encoded.append(out.getvalue())
+    encoded, labels = encoded_shapes(n, SPEC.num_classes, seed)
     return decode_images(tf.constant(encoded), SPEC).numpy(), labels
 
 

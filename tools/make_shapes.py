@@ -10,6 +10,7 @@ must learn shapes, not colours. Deterministic for a ``--seed``.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import sys
@@ -82,6 +83,18 @@ def draw(rng: np.random.Generator, shape: str):
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
     mode = rng.choice(["RGB", "RGB", "L", "RGBA"])
     return image.convert(str(mode))
+
+
+def encoded_shapes(n: int, classes: int, seed: int) -> tuple[list[bytes], np.ndarray]:
+    """``n`` PNGs of random ones of the first ``classes`` shapes, and their class ids."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    encoded = []
+    for label in labels:
+        out = io.BytesIO()
+        draw(rng, SHAPES[label]).save(out, format="PNG")
+        encoded.append(out.getvalue())
+    return encoded, labels
 
 
 def write_shapes(out: str, per_class: int, classes: int = 3, seed: int = 0) -> list[str]:
