@@ -180,4 +180,4 @@ def read_inputs(fn_args: FnArgs, config: dict, batch_size: int, train_steps: int
                                   part, percent, batches)
                          for part, batches in ((FIT, 0), (VALIDATION, validation_batches)))
     return Inputs(tf_transform_output, counts, steps, weights, train, validation,
-                  validation_batches, percent)
+                  validation_batches)
