@@ -125,6 +125,18 @@ def states(config) -> dict[str, list[int]]:
     return found
 
 
+def volume_config(volume, *flags: str):
+    """The example cluster's options (kfp/README.md: the volume, spans under ``images``, the
+    serving dir, MinIO's pipeline root) on a local ``volume`` folder, then ``flags``."""
+    from pipeline.config import PipelineConfig
+    return PipelineConfig.from_args([
+        "--pvc-name", "tfx-image-data", "--pvc-mount-path", str(volume),
+        "--data-root", str(volume / "images"), "--spans", "true",
+        "--serving-dir", str(volume / "serving"),
+        "--pipeline-root", "minio://mlpipeline/v2/artifacts", "--kfp-image", "tip:test",
+        *flags], environ={})
+
+
 def write_examples(directory, records, compression="GZIP"):
     """``(split, serialized example)`` pairs into ``directory/<split>/data.gz``."""
     import tensorflow as tf

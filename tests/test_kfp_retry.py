@@ -15,9 +15,8 @@ import pytest
 
 from domain import registry
 from domain.contracts import STORE_URI
-from pipeline.config import PipelineConfig
 from pipeline.kubeflow_runner import compile_pipeline
-from tests.helpers import write_examples
+from tests.helpers import volume_config, write_examples
 from tests.kfp_backend import Backend
 
 RETRIED = {"DataSpan_executor", "ServedVersion_executor", "VersionedPusher_executor"}
@@ -55,13 +54,8 @@ def retried_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("cluster")
     volume = work / "volume"
     write_examples(volume / "images" / "span-1", list(digits_examples())[:600])
-    config = PipelineConfig.from_args([
-        "--pvc-name", "tfx-image-data", "--pvc-mount-path", str(volume),
-        "--data-root", str(volume / "images"), "--spans", "true",
-        "--serving-dir", str(volume / "serving"),
-        "--pipeline-root", "minio://mlpipeline/v2/artifacts", "--kfp-image", "tip:test",
-        "--train-steps", "30", "--eval-steps", "3", "--min-accuracy", "0.0",
-        "--max-regression", "1.0"], environ={})
+    config = volume_config(volume, "--train-steps", "30", "--eval-steps", "3",
+                           "--min-accuracy", "0.0", "--max-regression", "1.0")
     backend = RetryingBackend(work)
     try:
         yield backend, backend.create_run(compile_pipeline(config, str(work / "p.yaml"))), config

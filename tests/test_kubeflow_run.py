@@ -25,10 +25,9 @@ import pytest
 
 from domain import registry
 from domain.features import TRAINER_SUMMARY
-from pipeline.config import PipelineConfig
 from pipeline.kubeflow_runner import compile_pipeline
 from tests.kfp_backend import RELEASES, Backend, BackendError, kubernetes_config_problem
-from tests.helpers import write_examples
+from tests.helpers import volume_config, write_examples
 
 ALL = {"DataSpan", "ImportExampleGen", "ImageValidator", "StatisticsGen", "SchemaGen",
        "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "ServedVersion",
@@ -43,13 +42,9 @@ def cluster(tmp_path_factory):
     volume = work / "volume"  # the PVC every task mounts
     records = list(digits_examples())
     write_examples(volume / "images" / "span-1", records[:900])
-    config = PipelineConfig.from_args([
-        "--pvc-name", "tfx-image-data", "--pvc-mount-path", str(volume),
-        "--data-root", str(volume / "images"), "--spans", "true",
-        "--serving-dir", str(volume / "serving"),
-        "--pipeline-root", "minio://mlpipeline/v2/artifacts", "--kfp-image", "tip:test",
-        "--train-steps", "60", "--eval-steps", "5", "--min-accuracy", "0.3",
-        "--max-regression", "1.0", "--trainer-gpus", "0"], environ={})
+    config = volume_config(volume, "--train-steps", "60", "--eval-steps", "5",
+                           "--min-accuracy", "0.3", "--max-regression", "1.0",
+                           "--trainer-gpus", "0")
     package = compile_pipeline(config, str(work / "pipeline.yaml"))
     backend = Backend(work, "2.17")
     yield backend, package, config, volume, records
