@@ -51,7 +51,7 @@ browser: ## install Debian's Chromium for the browser test where apt-get can (el
 	  >/dev/null; } || echo "Chromium is not installed: the browser test will skip"
 
 test: setup browser edge ## run the whole test suite (every tier, TEST_JOBS=2 processes; the 25 slowest tests listed)
-	$(PY) -m pytest tests -v -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder --durations=25 $(ARGS)
+	$(PY) -m pytest tests -v -n $(TEST_JOBS) --dist loadscope --no-loadscope-reorder --durations=25 $(ARGS)
 
 test-fast: setup ## run the unit tier only (a few minutes: no pipeline run, KFP or gateway process)
 	$(PY) -m pytest tests -m unit --durations=10 $(ARGS)

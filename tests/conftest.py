@@ -57,13 +57,34 @@ TEST_TIERS = {  # (module, test function) in a module of another tier
 }
 
 
+# The modules whose tests read the session's digits run: one group of make test's processes
+# (pytest-xdist), so the run is built once. A module that reads it elsewhere stops collection.
+DIGITS_MODULES = ("test_pipeline_e2e.py", "test_gateway.py", "test_edge_e2e.py",
+                  "test_dask_equivalence.py")
+
+
+def group(module: str) -> str:
+    """A test module's group in ``make test``'s processes: ``digits`` or the module."""
+    return "digits" if module in DIGITS_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``make test``'s scheduler: pytest-xdist's per-scope one, with a module's tests as one
+    scope (its module fixtures built once) and the ``DIGITS_MODULES`` as one. (xdist's own
+    ``xdist_group`` marks are lost on pytest 9, whose node ids it can no longer rename.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group(os.path.basename(nodeid.split("::")[0]))
+    return ModuleGroups(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     """Each test gets its module's tier (else ``unit``), tests that drive Chromium also
-    ``browser``, and an ``xdist_group`` for ``make test``'s two processes (``-n 2 --dist
-    loadgroup``): ``digits`` for every test that reads the session's digits run (built once,
-    in one process), else its module (its module fixtures built once). Groups holding a
-    pipeline run go first, so the longest work starts first; tests marked
-    ``digits_run_last`` (they change the digits run) go after every other test."""
+    ``browser``. Groups holding a pipeline run go first, so that the longest work starts
+    first in ``make test``; tests marked ``digits_run_last`` (they change the digits run) go
+    after every other test."""
     for item in items:
         module = os.path.basename(str(item.fspath))
         for tier in TIERS.get(module, ()) + TEST_TIERS.get(
@@ -73,8 +94,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("browser")
         if not any(item.get_closest_marker(tier) for tier in TIER_MARKERS):
             item.add_marker("unit")
-        item.add_marker(pytest.mark.xdist_group(
-            "digits" if "digits_run" in item.fixturenames else module))
+        if "digits_run" in item.fixturenames and module not in DIGITS_MODULES:
+            raise pytest.UsageError(f"{module} reads the digits run: add it to DIGITS_MODULES")
     items[:] = sorted(items, key=_order(items))
 
 
@@ -83,14 +104,14 @@ def _order(items):
     group's first position, ``digits_run_last``, the test's position."""
     first, rank, position = {}, {}, {id(item): n for n, item in enumerate(items)}
     for item in items:
-        group = item.get_closest_marker("xdist_group").args[0]
-        first.setdefault(group, len(first))
+        name = group(os.path.basename(str(item.fspath)))
+        first.setdefault(name, len(first))
         tiers = [n for n, tier in enumerate(TIER_MARKERS) if item.get_closest_marker(tier)]
-        rank[group] = min(rank.get(group, len(TIER_MARKERS)), *tiers, len(TIER_MARKERS))
+        rank[name] = min(rank.get(name, len(TIER_MARKERS)), *tiers, len(TIER_MARKERS))
 
     def key(item):
-        group = item.get_closest_marker("xdist_group").args[0]
-        return (rank[group], first[group],
+        name = group(os.path.basename(str(item.fspath)))
+        return (rank[name], first[name],
                 item.get_closest_marker("digits_run_last") is not None, position[id(item)])
     return key
 
