@@ -36,6 +36,8 @@ from domain.records import staged
 KEEP_FORMATS = {"JPEG": ("L", "RGB"), "PNG": ("L", "RGB", "RGBA", "LA"), "GIF": ("L", "P"),
                 "BMP": ("L", "RGB")}
 ENGINES = ("direct", "dask")
+CHUNK = 32  # files one check task takes at a time
+DASK_PARTITIONS = 1024  # at most, on Dask: about 4 chunks each below that
 # Fewer files are checked in process: Beam's multi-processing DirectRunner costs about 25 s
 # more to start on 2 cores and gains about 1.3 ms per image (measured at 600 and 6,000 images).
 MANY_FILES = 20_000
@@ -190,7 +192,7 @@ def ingest(image_dir: str, out_dir: str, shards: int = 4, compress: bool = False
         (path, name) for name, paths in files.items() for path in paths)]
     if workers is None:
         workers = 1 if len(jobs) < MANY_FILES else 0
-    options = beam_options(engine, workers, dask_address, beam_args)
+    options = beam_options(engine, workers, dask_address, beam_args, len(jobs))
     root = os.path.join(out_dir, f"span-{span}") if span is not None else out_dir
     # Another span's ingest may extend the map meanwhile; without spans the records are the
     # data root, written once (by rename: nothing may be in it before).
@@ -216,12 +218,14 @@ def ingest(image_dir: str, out_dir: str, shards: int = 4, compress: bool = False
     return manifest
 
 
-def beam_options(engine: str, workers: int, dask_address: str, beam_args: str) -> list:
+def beam_options(engine: str, workers: int, dask_address: str, beam_args: str,
+                 files: int) -> list:
     """The Beam arguments of ``engine`` as the pipeline's runners build them
     (``PipelineConfig.beam_pipeline_args``): the DirectRunner in process (``workers`` 1) or
     with ``workers`` processes (0: one per core), or the project's DaskRunner at
-    ``dask_address``; ``beam_args`` last
-    (another runner: ``--runner=DataflowRunner ...``)."""
+    ``dask_address`` (``files`` spread over partitions of a few check chunks: the runner's
+    default of 128 elements a partition would check thousands of files in one task);
+    ``beam_args`` last (another runner: ``--runner=DataflowRunner ...``)."""
     from pipeline.config import PipelineConfig
     if engine not in ENGINES:
         raise IngestError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -237,7 +241,11 @@ def beam_options(engine: str, workers: int, dask_address: str, beam_args: str) -
     # The setup file is for a runner whose workers install the project (--runner=...); on
     # this machine or the Dask cluster it is installed, and building its package takes seconds.
     remote = any(arg.startswith("--runner") for arg in extra)
-    return [arg for arg in args if remote or not arg.startswith("--setup_file=")]
+    args = [arg for arg in args if remote or not arg.startswith("--setup_file=")]
+    if engine == "dask" and not any(arg.startswith("--dask_") for arg in extra):
+        chunks = -(-files // CHUNK)
+        args.insert(1, f"--dask_npartitions={max(1, min(DASK_PARTITIONS, -(-chunks // 4)))}")
+    return args
 
 
 def _run(options: list, jobs: list, image_dir: str, staging: str, labels: dict,

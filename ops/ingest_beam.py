@@ -26,7 +26,6 @@ from domain.features import SPLITS
 from domain.records import open_shard, shard_name, write_record
 from ops import ingest as ops_ingest
 
-CHUNK = 32  # files one check task takes at a time
 SUMMARY = ".summary.json"  # in the staging folder; read and removed by the client
 
 
@@ -134,7 +133,8 @@ def _write_summary(summary: dict, staging: str) -> None:
 def build(pipeline, jobs: list, image_dir: str, staging: str, labels: dict, shards: int,
           compress: bool, eval_fraction: float, max_pixels: int) -> None:
     """The ingest of ``jobs`` (``(file index, path, class name)``) into ``staging``."""
-    chunks = [jobs[start:start + CHUNK] for start in range(0, len(jobs), CHUNK)]
+    chunks = [jobs[start:start + ops_ingest.CHUNK]
+              for start in range(0, len(jobs), ops_ingest.CHUNK)]
     outcomes = (pipeline
                 | "Files" >> beam.Create(chunks)
                 | "Spread" >> beam.Reshuffle()

@@ -113,7 +113,7 @@ def test_records_are_in_sha256_order_within_shards_assigned_by_hash(tmp_path):
     rng = np.random.default_rng(4)
     expected = {"train": set(), "eval": set()}
     for name in ("a", "b"):
-        for i in range(ingest_beam.CHUNK + 7):
+        for i in range(ingest.CHUNK + 7):
             path = f"{name}/{i:03d}.png"
             data = encode(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8), "PNG")
             if i % 29 == 3:
