@@ -9,7 +9,7 @@ with no images (it keeps its id). Records are split by content hash
 (so a file stays in its split across re-ingestions), sharded by hash, and in sha256 order
 within a shard (classes mixed, the same on every engine and rerun: ``"order": "sha256"`` in
 ``manifest.json``). The work is one Beam pipeline (``ops.ingest_beam``): on the DirectRunner
-with one process per core by default, on a Dask cluster with ``--engine dask --dask-address
+(in process below ``MANY_FILES`` files, else one process per core), on a Dask cluster with ``--engine dask --dask-address
 tcp://HOST:PORT``, or on any runner by ``--beam-args``. Corrupt, unsupported, oversized or
 duplicated files are skipped and listed with the reason in ``manifest.json`` beside the
 records, never crashing the run. The command fails (exit 2, nothing written) if the folder is

@@ -62,7 +62,7 @@ class Combine(beam.CombineFn):
             summary.counts[split, item.label_name] += 1
             summary.shapes[item.height, item.width, item.colour] += 1
         else:
-            getattr(summary, kind if kind == "skipped" else "conflicts").append(tuple(rest))
+            (summary.skipped if kind == "skipped" else summary.conflicts).append(tuple(rest))
         return summary
 
     def merge_accumulators(self, summaries) -> Summary:
@@ -79,7 +79,7 @@ class Combine(beam.CombineFn):
 
 
 def _check(chunk: list, root: str, max_pixels: int):
-    """``(sha256, Checked without its bytes, its file index)`` of each file of a chunk."""
+    """``(sha256, (file index, Checked without its bytes))`` of each file of a chunk."""
     for index, path, label_name in chunk:
         item = ops_ingest.check_file(root, path, label_name, max_pixels)
         item.data = b""
@@ -102,6 +102,13 @@ def _resolve(group, eval_fraction: float):
                                       f"({first.path}) and '{item.label_name}' ({item.path})")
         else:
             yield "skipped", index, item.path, f"duplicate of {first.path}"
+
+
+def _keyed_by_shard(outcome, shards: int):
+    """A kept image as ``((split, shard), Checked)``; nothing of the other outcomes."""
+    if outcome[0] == "kept":
+        _, split, item = outcome
+        yield (split, shard_of(item.sha256, shards)), item
 
 
 class WriteShard(beam.DoFn):
@@ -143,9 +150,7 @@ def build(pipeline, jobs: list, image_dir: str, staging: str, labels: dict, shar
                 | "Resolve" >> beam.FlatMap(_resolve, eval_fraction))
     every_shard = pipeline | "Shards" >> beam.Create(
         [((split, shard), None) for split in SPLITS for shard in range(shards)])
-    kept = outcomes | "Kept" >> beam.FlatMap(
-        lambda outcome: [((outcome[1], shard_of(outcome[2].sha256, shards)), outcome[2])]
-        if outcome[0] == "kept" else [])
+    kept = outcomes | "Kept" >> beam.FlatMap(_keyed_by_shard, shards)
     _ = ((kept, every_shard) | "AllShards" >> beam.Flatten()
          | "ByShard" >> beam.GroupByKey()
          | "Write" >> beam.ParDo(WriteShard(image_dir, staging, labels, shards, compress)))
