@@ -325,9 +325,10 @@ def main(argv: list[str] | None = None) -> int:
                              "workers need this project installed and the image and output "
                              "folders at the same paths")
     parser.add_argument("--beam-args", default="",
-                        help="extra Beam pipeline arguments, last (another runner: "
-                             "\"--runner=DataflowRunner --project=... --region=... "
-                             "--temp_location=gs://...\")")
+                        help="extra Beam pipeline arguments, last; another runner: "
+                             "--beam-args=\"--runner=... ...\" (--setup_file of this project "
+                             "is added; its workers must mount both folders at the same paths: "
+                             "local paths only, no gs://)")
     parser.add_argument("--max-skipped-fraction", type=float, default=0.05,
                         help="fail, writing nothing, when more of the files are skipped "
                              "(corrupt, unsupported, too large, duplicates; default: "
