@@ -2,9 +2,9 @@
 Markdown section (``make bench``).
 
 Photo-like images (``tools/make_shapes.py``: 40-300 px, JPEG and PNG, 3 classes) at 1x (600)
-and 30x (18,000): ``ops.ingest`` of each (decode and hash with Pillow in parallel, then the
-writing), then a pipeline run on its records with a 64x64 model and a short training (the data
-components do not depend on it). Reported: each Beam component's milliseconds per image it
+and 30x (18,000): ``ops.ingest`` of each (its Beam pipeline on the DirectRunner, in process
+at these sizes), then a pipeline run on its records with a 64x64 model and a short training
+(the data components do not depend on it). Reported: each Beam component's milliseconds per image it
 reads as a ratio to ingest's (target at 30x: <= 1.5x), the marginal cost of an added image
 between the two sizes, and peak memory (RSS: of ingest's process; of the pipeline's process,
 sampled every 0.2 s, during each component and the whole run). One run
@@ -35,15 +35,15 @@ TARGET = 1.5  # per-image cost against ingest's, at 30x
 RUN_ARGS = ["--image-height", "64", "--image-width", "64", "--image-channels", "3",
             "--num-classes", "3", "--id-key", "source_path", "--train-steps", "20",
             "--min-accuracy", "0"]
-# ingest.ingest timed apart from the interpreter's and TensorFlow's start-up.
-# And its peak RSS (its checking processes hold a chunk of files each).
+# ingest.ingest timed apart from the interpreter's start-up (it imports no TensorFlow), and
+# its peak RSS (of the process, or of its largest Beam worker process if larger).
 TIMED_INGEST = """
 import resource, sys, time
-import tensorflow
 from ops import ingest
 start = time.perf_counter()
 ingest.ingest(sys.argv[1], sys.argv[2], progress=False)
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(time.perf_counter() - start, max(resource.getrusage(who).ru_maxrss / 1024
+                                       for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 """
 
 
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
              f"Photo-like images (40-300 px, JPEG and PNG, 3 classes), {small['images']:,} (1x) "
              f"and {large['images']:,} (30x); 64x64 model, 20 training steps; in-process "
              "DirectRunner (the default).", "",
-             f"`ops.ingest` (decode and hash with Pillow on every core, then writing): "
+             f"`ops.ingest` (one Beam pipeline: decode and hash with Pillow, group by SHA-256, "
+             "write each shard in SHA-256 order; in process below 20,000 files): "
              f"{per_image['1x']:.2f} ms per image at 1x, {per_image['30x']:.2f} ms at 30x "
              f"(the call alone, after imports), marginal {ingest_marginal:.2f} ms.", "",
              "| component | 1x ms/image | 30x ms/image | 30x / ingest | marginal ms/image "

@@ -3,12 +3,13 @@ generators), and their compression by name. Written in TFRecord's own framing (l
 CRC-32C of the length, data, masked CRC-32C of the data), so no TensorFlow is imported."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
 import struct
 import tempfile
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import google_crc32c
 
@@ -33,44 +34,35 @@ def write_record(f: BinaryIO, record: bytes) -> None:
     f.write(length + _masked_crc(length) + record + _masked_crc(record))
 
 
-def _open(path: str, compress: bool) -> BinaryIO:
+def open_shard(path: str, compress: bool) -> BinaryIO:
+    """A TFRecord file opened for writing, GZIP when ``compress``."""
     # mtime 0: the same records make the same bytes (reruns find the data unchanged)
     return gzip.GzipFile(path, "wb", mtime=0) if compress else open(path, "wb")
 
 
-def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int = 1,
-                 name: str = "data", compress: bool = False) -> dict[str, int]:
-    """Writes ``(split, serialized record)`` pairs round-robin into ``shards`` files per split,
-    ``<target>/<split>/<name>-0000i-of-0000N.tfrecord[.gz]``; returns the records per split.
+def shard_name(name: str, shard: int, shards: int, compress: bool) -> str:
+    """``<name>-0000i-of-0000N.tfrecord[.gz]``: the file ImportExampleGen reads as ``<name>-*``."""
+    return f"{name}-{shard:05d}-of-{shards:05d}.tfrecord" + (".gz" if compress else "")
 
-    The files go to a staging sibling renamed to ``target`` at the end (an empty ``target`` is
-    replaced), so a crash or error leaves nothing half-written; raises ``FileExistsError`` if
-    ``target`` is written by another process meanwhile. Folders get mode 0755 and files 0644
-    (not ``mkdtemp``'s 0700): the pipeline's pods and other users read them.
-    """
+
+@contextlib.contextmanager
+def staged(target: str, name: str = "data") -> Iterator[str]:
+    """Yields a staging sibling of ``target`` with a folder per split, renamed to ``target``
+    when the block ends (an empty ``target`` is replaced) and removed if it raises, so a crash
+    or error leaves nothing half-written; raises ``FileExistsError`` if ``target`` is written
+    by another process meanwhile. Folders get mode 0755 and files 0644 (not ``mkdtemp``'s
+    0700): the pipeline's pods and other users read them."""
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
-    os.chmod(staging, READABLE_DIR)
-    suffix = ".tfrecord.gz" if compress else ".tfrecord"
-    counts = dict.fromkeys(SPLITS, 0)
     try:
-        writers = {}
-        for split in SPLITS:
-            os.mkdir(os.path.join(staging, split))
-            os.chmod(os.path.join(staging, split), READABLE_DIR)  # whatever the umask
-            writers[split] = [_open(
-                os.path.join(staging, split, f"{name}-{i:05d}-of-{shards:05d}{suffix}"),
-                compress) for i in range(shards)]
-        for split, record in records:
-            write_record(writers[split][counts[split] % shards], record)
-            counts[split] += 1
-        for split_writers in writers.values():
-            for writer in split_writers:
-                writer.close()
-        for split in SPLITS:
-            for file in os.listdir(os.path.join(staging, split)):
-                os.chmod(os.path.join(staging, split, file), READABLE_FILE)
+        for folder in [staging] + [os.path.join(staging, split) for split in SPLITS]:
+            os.makedirs(folder, exist_ok=True)
+            os.chmod(folder, READABLE_DIR)  # whatever the umask
+        yield staging
+        for folder, _, files in os.walk(staging):
+            for file in files:
+                os.chmod(os.path.join(folder, file), READABLE_FILE)
         try:
             if os.path.isdir(target):
                 os.rmdir(target)  # only ever an empty one
@@ -81,4 +73,24 @@ def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int 
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_splits(target: str, records: Iterable[tuple[str, bytes]], shards: int = 1,
+                 name: str = "data", compress: bool = False) -> dict[str, int]:
+    """Writes ``(split, serialized record)`` pairs round-robin into ``shards`` files per split,
+    ``<target>/<split>/<name>-0000i-of-0000N.tfrecord[.gz]``, all or nothing (``staged``);
+    returns the records per split."""
+    counts = dict.fromkeys(SPLITS, 0)
+    with staged(target, name) as staging:
+        writers = {split: [open_shard(os.path.join(staging, split,
+                                                   shard_name(name, i, shards, compress)),
+                                      compress) for i in range(shards)] for split in SPLITS}
+        try:
+            for split, record in records:
+                write_record(writers[split][counts[split] % shards], record)
+                counts[split] += 1
+        finally:
+            for split_writers in writers.values():
+                for writer in split_writers:
+                    writer.close()
     return counts

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ops import ingest
+from ops import ingest, ingest_beam
 from tests.conftest import encode
 
 
@@ -96,13 +96,24 @@ def test_split_and_shards_are_deterministic(tmp_path):
                 assert a.read() == b.read()
 
 
-def test_images_stream_to_the_shards_in_file_order(tmp_path):
-    """More files than the checking process has in flight, with bad files and duplicates
-    among them: every shard holds the kept images of its split in file order, round-robin."""
+def _shards(root, split, shards=3):
+    """The records of each shard file of a split, parsed, in file order."""
+    return [[tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(
+        os.path.join(root, split, f"data-{shard:05d}-of-{shards:05d}.tfrecord.gz"), "GZIP")]
+        for shard in range(shards)]
+
+
+def _value(example, key):
+    return example.features.feature[key].bytes_list.value[0].decode()
+
+
+def test_records_are_in_sha256_order_within_shards_assigned_by_hash(tmp_path):
+    """Several check chunks, bad files and duplicates among them: every kept image is in the
+    shard of its hash, each shard in sha256 order, classes mixed in every shard."""
     rng = np.random.default_rng(4)
-    expected = {"train": [], "eval": []}
+    expected = {"train": set(), "eval": set()}
     for name in ("a", "b"):
-        for i in range(ingest.CHUNK * ingest.IN_FLIGHT + 7):
+        for i in range(ingest.CHUNK + 7):
             path = f"{name}/{i:03d}.png"
             data = encode(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8), "PNG")
             if i % 29 == 3:
@@ -111,19 +122,115 @@ def test_images_stream_to_the_shards_in_file_order(tmp_path):
                 with open(tmp_path / "images" / name / f"{i - 1:03d}.png", "rb") as f:
                     data = f.read()  # a duplicate: skipped
             else:
-                split = ingest.split_of(hashlib.sha256(data).hexdigest(), 0.3)
-                expected[split].append(path.encode())
+                expected[ingest.split_of(hashlib.sha256(data).hexdigest(), 0.3)].add(path)
             _save(str(tmp_path / "images" / path), data)
     manifest = ingest.ingest(str(tmp_path / "images"), str(tmp_path / "out"), shards=3,
-                             compress=True, eval_fraction=0.3, workers=1,
-                             max_skipped_fraction=0.2, progress=False)
+                             compress=True, eval_fraction=0.3, max_skipped_fraction=0.2,
+                             progress=False)
+    assert manifest["order"] == "sha256"
     assert len(manifest["skipped"]) == manifest["files"] - sum(map(len, expected.values()))
     for split, paths in expected.items():
-        for shard in range(3):
-            records = tf.data.TFRecordDataset(
-                str(tmp_path / "out" / split / f"data-{shard:05d}-of-00003.tfrecord.gz"), "GZIP")
-            assert [tf.train.Example.FromString(r.numpy()).features.feature["source_path"]
-                    .bytes_list.value[0] for r in records] == paths[shard::3]
+        shards = _shards(manifest["root"], split)
+        assert {_value(e, "source_path") for shard in shards for e in shard} == paths
+        for number, shard in enumerate(shards):
+            hashes = [_value(e, "sha256") for e in shard]
+            assert hashes == sorted(hashes)
+            assert {ingest_beam.shard_of(sha, 3) for sha in hashes} == {number}
+    for shard in _shards(manifest["root"], "train"):
+        names = [_value(e, "label_name") for e in shard]
+        assert set(names) == {"a", "b"} and names != sorted(names)  # mixed, not grouped
+
+
+def test_examples_are_tensorflows_bytes():
+    """The records are serialized without TensorFlow, byte for byte as it does."""
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[value if isinstance(value, bytes) else value.encode()]))
+
+    for item, label in [(ingest.Checked("a/b.png", "cats", "ab" * 32, bytes(range(256)) * 3,
+                                        300, 4000), 0),
+                        (ingest.Checked("ü/x.jpg", "dögs", "f" * 64, b"", 0, 1), 2 ** 40),
+                        (ingest.Checked("p", "n", "0" * 64, b"x", 1, 1), -3)]:
+        assert ingest.example(item, label) == tf.train.Example(features=tf.train.Features(
+            feature={"image": feature(item.data), "label": feature(label),
+                     "label_name": feature(item.label_name), "height": feature(item.height),
+                     "width": feature(item.width), "source_path": feature(item.path),
+                     "sha256": feature(item.sha256)})).SerializeToString(deterministic=True)
+
+
+def _sequential(image_dir, eval_fraction):
+    """The former ingest's semantics, one file after another in file order: the records (as
+    TensorFlow serializes them) per split and the manifest's counts, skips and image stats."""
+    from domain import data_shape
+    files = ingest.scan(image_dir)
+    classes = sorted(files)
+    records, counts = {"train": set(), "eval": set()}, {
+        split: dict.fromkeys(classes, 0) for split in ("train", "eval")}
+    first_seen, skipped, shapes = {}, [], []
+    for name, paths in files.items():
+        for path in paths:
+            item = ingest.check_file(image_dir, path, name, ingest.MAX_PIXELS)
+            if not item.skipped and item.sha256 in first_seen:
+                item.skipped = f"duplicate of {first_seen[item.sha256]}"
+            if item.skipped:
+                skipped.append({"path": item.path, "reason": item.skipped})
+                continue
+            first_seen[item.sha256] = item.path
+            split = ingest.split_of(item.sha256, eval_fraction)
+            counts[split][name] += 1
+            shapes.append((item.height, item.width, item.colour))
+            records[split].add(tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[item.data])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[classes.index(name)])),
+                "label_name": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[name.encode()])),
+                "height": tf.train.Feature(int64_list=tf.train.Int64List(value=[item.height])),
+                "width": tf.train.Feature(int64_list=tf.train.Int64List(value=[item.width])),
+                "source_path": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[path.encode()])),
+                "sha256": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[item.sha256.encode()]))})).SerializeToString(deterministic=True))
+    return records, {"counts": counts, "skipped": skipped,
+                     "images": data_shape.image_stats(shapes)}
+
+
+def _written(root):
+    """The records per split (serialized) of an ingest's output."""
+    return {split: {r.numpy() for r in tf.data.TFRecordDataset(
+        sorted(glob.glob(os.path.join(root, split, "*"))), "GZIP")} for split in ("train", "eval")}
+
+
+def test_the_pipeline_writes_what_the_sequential_ingest_did(tmp_path):
+    """The messy tree (corrupt, text, duplicate, CMYK and 16-bit re-encoded): the same records
+    per split and the same counts, skips (in file order) and image stats as the former
+    file-by-file semantics, on the DirectRunner in process and with two processes."""
+    _tree(str(tmp_path / "images"), np.random.default_rng(6))
+    records, expected = _sequential(str(tmp_path / "images"), 0.3)
+    for workers in (1, 2):
+        manifest = ingest.ingest(str(tmp_path / "images"), str(tmp_path / f"out{workers}"),
+                                 shards=2, compress=True, eval_fraction=0.3, workers=workers,
+                                 max_skipped_fraction=0.3, progress=False)
+        assert {key: manifest[key] for key in expected} == expected
+        assert _written(manifest["root"]) == records
+
+
+def test_a_failed_run_writes_nothing(tmp_path):
+    """A worker error (a file gone between the scan and its check) and too many skipped
+    files: no records, no manifest, no class map, no staging folder left."""
+    _classes_tree(str(tmp_path / "images"), ["cat", "dog"], np.random.default_rng(7))
+    os.symlink(tmp_path / "gone.png", tmp_path / "images" / "dog" / "gone.png")
+    out = tmp_path / "data"
+    with pytest.raises(Exception, match="gone.png"):
+        ingest.ingest(str(tmp_path / "images"), str(out), span=1, progress=False)
+    os.remove(tmp_path / "images" / "dog" / "gone.png")
+    _save(str(tmp_path / "images" / "dog" / "notes.txt"), b"not an image")
+    with pytest.raises(ingest.IngestError, match="1 of 7 files skipped"):
+        ingest.ingest(str(tmp_path / "images"), str(out), span=1, max_skipped_fraction=0.1,
+                      progress=False)
+    assert [name for name in os.listdir(out) if name != ".classes.lock"] == []
 
 
 @pytest.mark.parametrize("make_bad, message", [
