@@ -13,8 +13,9 @@ serialized examples) the records are instead streamed here, unparsed, one output
   the order is class-mixed, so the Trainer's validation part (its first batches in file
   order, ``modules.data``) holds every class, as it did after TFX's shuffle.
 
-Output: ``Split-<name>/data_tfrecord-0000i-of-0000N.gz`` (TFX's names), gzip without a name or
-time in its header, so the same input makes the same bytes.
+Output: ``Split-<name>/data_tfrecord-0000i-of-0000N`` (TFX's names; readers tell compression by
+the ``.gz`` suffix), uncompressed as the ImageValidator's: encoded images do not shrink, and
+gzip took nine tenths of the time. The same input makes the same bytes.
 """
 from __future__ import annotations
 
@@ -56,14 +57,6 @@ def _reader(path: str) -> Iterator[Iterator[bytes]]:
         yield read_records(f)
 
 
-@contextlib.contextmanager
-def _writer(path: str) -> Iterator[BinaryIO]:
-    """A gzip TFRecord file without a name or time in its header (the same bytes each run)."""
-    with fileio.open(path, "wb") as raw, gzip.GzipFile(
-            filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as f:
-        yield f
-
-
 def is_ordered(input_base: str, pattern: str) -> bool:
     """Whether the split ``pattern`` (``[span-N/]<split>/*``) was written by ``ops.ingest``
     in SHA-256 order: its ``manifest.json`` beside the split folders says so."""
@@ -75,14 +68,14 @@ def is_ordered(input_base: str, pattern: str) -> bool:
 
 
 def _name(out_dir: str, index: int, total: int) -> str:
-    return os.path.join(out_dir, f"{FILE_NAME}-{index:05d}-of-{total:05d}.gz")
+    return os.path.join(out_dir, f"{FILE_NAME}-{index:05d}-of-{total:05d}")
 
 
 def copy_split(files: list[str], out_dir: str) -> int:
     """Copies the records of ``files`` in order, one output file each; returns the count."""
     count = 0
     for index, path in enumerate(files):
-        with _reader(path) as records, _writer(_name(out_dir, index, len(files))) as out:
+        with _reader(path) as records, fileio.open(_name(out_dir, index, len(files)), "wb") as out:
             for record in records:
                 write_record(out, record)
                 count += 1
@@ -110,7 +103,7 @@ def hash_ordered_split(files: list[str], out_dir: str, spill_dir: str, count: in
         with open(path, "rb") as f:
             records = sorted(read_records(f), key=lambda r: hashlib.sha256(r).digest())
         os.remove(path)
-        with _writer(_name(out_dir, index, count)) as out:
+        with fileio.open(_name(out_dir, index, count), "wb") as out:
             for record in records:
                 write_record(out, record)
         written += len(records)

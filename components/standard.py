@@ -53,7 +53,7 @@ def _add_exec_properties(component, values: dict[str, Any]) -> None:
     component.exec_properties.update(values)
 
 
-# What ``example_splits`` writes: records as they are, in gzip TFRecord files.
+# What ``example_splits`` writes: records as they are, in TFRecord files.
 STREAMED_PAYLOADS = (example_gen_pb2.FORMAT_TF_EXAMPLE, example_gen_pb2.FORMAT_TF_SEQUENCE_EXAMPLE,
                      example_gen_pb2.FORMAT_PROTO)
 STREAMED_FILES = (example_gen_pb2.FILE_FORMAT_UNSPECIFIED, example_gen_pb2.FORMAT_TFRECORDS_GZIP)

@@ -76,7 +76,7 @@ def _files(out, split: str) -> list[str]:
 
 
 def _records(path: str) -> list[bytes]:
-    with gzip.open(path, "rb") as f:
+    with open(path, "rb") as f:
         return list(example_splits.read_records(f))
 
 
@@ -127,5 +127,5 @@ def test_records_ingest_wrote_in_sha256_order_are_copied_file_by_file(tmp_path):
     for split, files in inputs.items():
         assert [_records(p) for p in _files(tmp_path / "out", split)] == files
         assert [os.path.basename(p) for p in _files(tmp_path / "out", split)] == [
-            f"data_tfrecord-0000{i}-of-00002.gz" for i in range(2)]
+            f"data_tfrecord-0000{i}-of-00002" for i in range(2)]
     assert [_label(r) for r in _records(_files(tmp_path / "out", "eval")[0])][:3] == [0, 0, 0]
