@@ -9,7 +9,9 @@ import gzip
 import hashlib
 import json
 import os
+import re
 
+import pytest
 import tensorflow as tf
 from google.protobuf import json_format
 from tfx.proto import example_gen_pb2
@@ -129,3 +131,11 @@ def test_records_ingest_wrote_in_sha256_order_are_copied_file_by_file(tmp_path):
         assert [os.path.basename(p) for p in _files(tmp_path / "out", split)] == [
             f"data_tfrecord-0000{i}-of-00002" for i in range(2)]
     assert [_label(r) for r in _records(_files(tmp_path / "out", "eval")[0])][:3] == [0, 0, 0]
+
+
+def test_a_truncated_input_file_is_named(tmp_path):
+    _class_ordered(tmp_path / "data")
+    path = tmp_path / "data" / "train" / "b.tfrecord"
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: truncated TFRecord file"):
+        _run(tmp_path / "data", tmp_path / "out")
