@@ -5,6 +5,8 @@ Each subclass keeps TFX's component (its spec, driver and id) and wraps its exec
 * ``ImportExampleGen`` resolves ``{SPAN}`` patterns itself when no driver ran before it (on
   open-source Kubeflow Pipelines no ExampleGen driver runs: only Vertex honours TFX's
   pre-cache check), and takes ``data_fingerprint`` so that its cache key changes with the data;
+  it writes its input splits in bounded memory, without TFX's in-memory reshuffle
+  (``components.example_splits``);
 * ``Trainer`` takes ``train_steps``, ``epochs``, ``learning_rate`` and ``batch_size`` as
   execution properties (Kubeflow run-time parameters) and hands them to ``run_fn``;
 * ``Evaluator`` takes ``min_accuracy`` likewise, raised to the best version pushed on the
@@ -25,15 +27,18 @@ from tfx import v1 as tfx
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.components.example_gen import driver as example_gen_driver
 from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen import write_split
 from tfx.components.example_gen.import_example_gen import executor as import_executor
 from tfx.components.trainer import executor as trainer_executor
+from tfx.components.util import examples_utils
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
-from tfx.proto import trainer_pb2
+from tfx.proto import example_gen_pb2, trainer_pb2
 from tfx.types import artifact_utils, standard_component_specs as keys
 from tfx.utils import io_utils, path_utils, proto_utils
 
 from domain import registry
+from components import example_splits
 from components.gate import (CLASS_METRICS, accuracy_bound, class_metrics, regression_floor,
                              tolerance, with_min_accuracy)
 from components.image_validator import FINGERPRINT
@@ -48,6 +53,25 @@ def _add_exec_properties(component, values: dict[str, Any]) -> None:
     component.exec_properties.update(values)
 
 
+# What ``example_splits`` writes: records as they are, in TFRecord files.
+STREAMED_PAYLOADS = (example_gen_pb2.FORMAT_TF_EXAMPLE, example_gen_pb2.FORMAT_TF_SEQUENCE_EXAMPLE,
+                     example_gen_pb2.FORMAT_PROTO)
+STREAMED_FILES = (example_gen_pb2.FILE_FORMAT_UNSPECIFIED, example_gen_pb2.FORMAT_TFRECORDS_GZIP)
+
+
+def streamed_splits(exec_properties) -> list | None:
+    """The input splits ``example_splits`` writes in bounded memory (each split read on its
+    own, TFRecords in and out), or None: TFX's Beam path then (a hash split, Parquet)."""
+    output_config = proto_utils.json_to_proto(exec_properties[keys.OUTPUT_CONFIG_KEY],
+                                              example_gen_pb2.Output())
+    if (output_config.split_config.splits
+            or exec_properties.get(keys.OUTPUT_DATA_FORMAT_KEY) not in STREAMED_PAYLOADS
+            or exec_properties.get(keys.OUTPUT_FILE_FORMAT_KEY, 0) not in STREAMED_FILES):
+        return None
+    return list(proto_utils.json_to_proto(exec_properties[keys.INPUT_CONFIG_KEY],
+                                          example_gen_pb2.Input()).splits)
+
+
 class _SpanResolvingExecutor(import_executor.Executor):
     def Do(self, input_dict, output_dict, exec_properties):
         if exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME) is None:  # no driver ran
@@ -55,7 +79,18 @@ class _SpanResolvingExecutor(import_executor.Executor):
                 dict(exec_properties), None, None)
             examples = artifact_utils.get_single_instance(output_dict[keys.EXAMPLES_KEY])
             example_gen_driver.update_output_artifact(exec_properties, examples.mlmd_artifact)
-        super().Do(input_dict, output_dict, exec_properties)
+        splits = streamed_splits(exec_properties)
+        if splits is None:
+            return super().Do(input_dict, output_dict, exec_properties)
+        self._log_startup(input_dict, output_dict, exec_properties)
+        examples = artifact_utils.get_single_instance(output_dict[keys.EXAMPLES_KEY])
+        examples.split_names = artifact_utils.encode_split_names([s.name for s in splits])
+        for split in splits:
+            example_splits.write_split(exec_properties[keys.INPUT_BASE_KEY], split.pattern,
+                                       artifact_utils.get_split_uri([examples], split.name))
+        examples_utils.set_payload_format(examples, exec_properties[keys.OUTPUT_DATA_FORMAT_KEY])
+        examples_utils.set_file_format(examples, write_split.to_file_format_str(
+            example_gen_pb2.FORMAT_TFRECORDS_GZIP))
 
 
 class ImportExampleGen(tfx.components.ImportExampleGen):

@@ -5,6 +5,7 @@ import dataclasses
 import json
 from typing import Any
 
+import tensorflow_data_validation as tfdv
 from google.protobuf import json_format
 from tfx import v1 as tfx
 
@@ -110,7 +111,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         image_config=json.dumps(config.transform_config(), sort_keys=True),
         max_bad_fraction=config.max_bad_image_fraction, id_key=config.id_key)
     examples = image_validator.outputs["valid_examples"]
-    statistics_gen = tfx.components.StatisticsGen(examples=examples)
+    # Top values and uniques by sketches (Misra-Gries, KMV): TFDV's default counts every
+    # distinct value of every string feature in memory, each encoded image included.
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=examples, stats_options=tfdv.StatsOptions(use_sketch_based_topk_uniques=True))
     if config.schema_path:  # the curated schema, the data contract
         schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
     else:
