@@ -21,10 +21,9 @@ pytestmark = pytest.mark.e2e  # server processes: a scheduler and two workers
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(scope="module")
-def address():
-    with loopback_cluster() as scheduler:
-        yield scheduler
+@pytest.fixture
+def address(dask_cluster):
+    return dask_cluster
 
 
 def _record(value, folder: str) -> None:
