@@ -1,9 +1,10 @@
 """The Dask path through the KFP v2 backend harness (tests/kfp_backend.py): a package compiled
 with ``--beam-mode dask --dask-address <the session's loopback cluster>`` runs its first Beam
-tasks (DataSpan, ImportExampleGen, ImageValidator, StatisticsGen) as the backend runs them,
-each task driving the cluster, and writes what the DirectRunner writes: every input file's
-records in order (Dask: one shard per file, in order; the DirectRunner's one shard is their
-concatenation), no bad image, and statistics of every record."""
+tasks (DataSpan, ImportExampleGen, ImageValidator) as the backend runs them, each Beam task
+driving the cluster, and writes what the DirectRunner writes: every input file's records in
+order (Dask: one shard per file, in order; the DirectRunner's one shard is their
+concatenation), and all of them valid. The pods' disk is this machine's, which the workers
+share (on a cluster they would not: kfp/README.md, a ``gs://`` root)."""
 from __future__ import annotations
 
 import pytest
@@ -44,14 +45,14 @@ def run(tmp_path_factory, dask_cluster):
     package = compile_pipeline(config, str(work / "pipeline.yaml"))
     backend = Backend(work, "2.17")
     try:
-        yield backend, backend.create_run(package, tasks={"StatisticsGen"}), files
+        yield backend, backend.create_run(package, tasks={"ImageValidator"}), files
     finally:
         backend.close()
 
 
 def _records(path) -> list[bytes]:
     import tensorflow as tf
-    return [tf.train.Example.FromString(r.numpy()).SerializeToString(deterministic=True)
+    return [_canonical(r.numpy())
             for r in tf.data.TFRecordDataset(str(path), "GZIP" if path.suffix == ".gz" else "")]
 
 
@@ -63,10 +64,8 @@ def _written(backend, run, task: str, output: str, split: str) -> list[list[byte
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_the_beam_tasks_write_what_the_direct_runner_writes(run, split):
     import json
-    from tensorflow_metadata.proto.v0 import statistics_pb2
     backend, result, files = run
-    assert result.executed() == {"DataSpan", "ImportExampleGen", "ImageValidator",
-                                 "StatisticsGen"}
+    assert result.executed() == {"DataSpan", "ImportExampleGen", "ImageValidator"}
     expected = files[split]
     assert _written(backend, result, "ImportExampleGen", "examples", split) == expected
     valid = _written(backend, result, "ImageValidator", "valid_examples", split)
@@ -74,10 +73,6 @@ def test_the_beam_tasks_write_what_the_direct_runner_writes(run, split):
     folder = backend.store_path(result.tasks["ImageValidator"].artifacts["valid_examples"].uri)
     report = json.loads((folder / f"bad_images-{split}.json").read_text())
     assert report == {"valid": sum(map(len, expected)), "bad": []}
-    stats = statistics_pb2.DatasetFeatureStatisticsList.FromString((backend.store_path(
-        result.tasks["StatisticsGen"].artifacts["statistics"].uri) / f"Split-{split}"
-        / "FeatureStats.pb").read_bytes())
-    assert stats.datasets[0].num_examples == sum(map(len, expected))
 
 
 def _canonical(record: bytes) -> bytes:
