@@ -132,8 +132,9 @@ def digits_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dask_cluster():
-    """THE loopback Dask cluster of a session (tools/dask_cluster.py: a scheduler and two
-    single-thread workers): its address, shared by every Dask test."""
+    """THE loopback Dask cluster of a test process (tools/dask_cluster.py: a scheduler and two
+    single-thread workers): its address, shared by every Dask test of the process (``make
+    test``'s two processes start one each at most)."""
     from tools.dask_cluster import loopback_cluster
     with loopback_cluster() as address:
         yield address
