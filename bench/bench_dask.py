@@ -48,7 +48,10 @@ def table(times: int, images: int, runs: dict) -> list[str]:
         a, b = runs["direct"][1][name], runs["dask"][1][name]
         lines.append(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
     a, b = runs["direct"][0], runs["dask"][0]
-    return lines + [f"| whole run (wall) | {a:.1f} | {b:.1f} | {b / a:.2f}x |"]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return lines + [f"| whole run (wall) | {a:.1f} | {b:.1f} | {b / a:.2f}x |", "",
+                    f"Load average (1, 5, 15 min) after these runs: {load} on "
+                    f"{os.cpu_count()} cores."]
 
 
 def main(argv: list[str] | None = None) -> int:

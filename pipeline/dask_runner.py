@@ -20,6 +20,12 @@ Written to be proposed upstream as it stands. Each fix names the bug of the stoc
    a distributed client is already the default. Here it is always ``tasks``: through the
    cluster, whatever the order in which the graph and the client are made (the stock runner
    is safe only because it makes its client first).
+7. Shard order: a file sink (``WriteToText``, ``WriteToTFRecord``... without ``num_shards``)
+   writes a temp file per bundle named by a random UUID, and numbers the shards in the order of
+   those names, so the shards of the same records came in another order every run (and a
+   reader of ``shard-*`` read them in that order). Here a bundle's temp files are named first
+   by the bundle's index, so shard ``i`` holds the ``i``-th bundle: the records in the order
+   the DirectRunner writes them (its single bundle), split at bundle boundaries.
 
 Operations: the module must be importable on the scheduler and the workers (they unpickle its
 functions); a run closes its ``Client`` when it ends; ``--dask_run_timeout`` bounds a run, so a
@@ -28,6 +34,7 @@ hung cluster is an error instead of a wait without end.
 from __future__ import annotations
 
 import math
+import uuid
 
 import dask
 import dask.bag as db
@@ -35,6 +42,7 @@ import dask.distributed as ddist
 from apache_beam import DoFn, TaggedOutput, pvalue
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import PipelineVisitor
+from apache_beam.io.iobase import _WriteBundleDoFn
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, _OutputHandler
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.dask import transform_evaluator as evaluator
@@ -126,8 +134,30 @@ def _run_bundle(items, fn, label, window_fn, args, kwargs, views, *side_values) 
             else out.value for out in receivers.values]
 
 
+class _OrderedWriteBundleDoFn(_WriteBundleDoFn):
+    """Fix 7: Beam's per-bundle writer whose temp files sort by bundle index, then by the
+    order in which the bundle opened them (a writer at capacity is followed by another)."""
+
+    def __init__(self, sink, bundle: int):
+        super().__init__(sink)
+        self.bundle, self.opened = bundle, 0
+
+    def process(self, element, init_result):
+        if self.writer is None:
+            uid = f"{self.bundle:08d}-{self.opened:08d}-{uuid.uuid4().hex}"
+            self.writer, self.opened = self.sink.open_writer(init_result, uid), self.opened + 1
+        yield from super().process(element, init_result)
+
+
+def _run_write_bundle(items, bundle: list[int], fn, *rest) -> list:
+    """Fix 7: one bundle of a file sink's write, its temp files named by its index
+    (``bundle``: the matching partition of a bag of indexes)."""
+    return _run_bundle(items, _OrderedWriteBundleDoFn(fn.sink, bundle[0]), *rest)
+
+
 class ParDo(evaluator.DaskBagOp):
-    """A ParDo whose side inputs (``(AsSideInput, bag)`` pairs) are task dependencies."""
+    """A ParDo whose side inputs (``(AsSideInput, bag)`` pairs) are task dependencies; a file
+    sink's writes know their bundle's index (fix 7)."""
 
     def apply(self, input_bag, side_inputs=None) -> db.Bag:
         transform = self.transform
@@ -138,9 +168,12 @@ class ParDo(evaluator.DaskBagOp):
                  for si, _ in side_inputs or ()]
         computed = [dask.delayed(_concat)(bag.to_delayed(optimize_graph=False))
                     for _, bag in side_inputs or ()]
-        return input_bag.map(evaluator.get_windowed_value, window_fn).map_partitions(
-            _run_bundle, transform.fn, transform.label, window_fn, list(args), kwargs, views,
-            *computed)
+        bundles = input_bag.map(evaluator.get_windowed_value, window_fn)
+        rest = (transform.label, window_fn, list(args), kwargs, views, *computed)
+        if type(transform.fn) is not _WriteBundleDoFn:
+            return bundles.map_partitions(_run_bundle, transform.fn, *rest)
+        indexes = db.from_sequence(range(bundles.npartitions), npartitions=bundles.npartitions)
+        return bundles.map_partitions(_run_write_bundle, indexes, transform.fn, *rest)
 
 
 TRANSLATIONS = {**evaluator.TRANSLATIONS, _Read: Read, evaluator.apache_beam.ParDo: ParDo}

@@ -41,6 +41,7 @@ TIERS = {
     "test_image_validator.py": ("e2e",),
     "test_kubeflow_run.py": ("kfp",),
     "test_kfp_retry.py": ("kfp",),  # a whole run in the backend harness
+    "test_dask_kfp.py": ("kfp",),  # the Beam tasks on the session's Dask cluster
     "test_gateway.py": ("gateway", "e2e"),  # over the session's digits run
     "test_gateway_attacks.py": ("gateway",),
     "test_gateway_edge.py": ("gateway",),
@@ -148,3 +149,13 @@ def digits_run(tmp_path_factory):
     outcome = local_runner.run(config)
     assert outcome.pushed, outcome
     return dataclasses.replace(config, data_root=config.default_data_root), outcome
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """THE loopback Dask cluster of a test process (tools/dask_cluster.py: a scheduler and two
+    single-thread workers): its address, shared by every Dask test of the process (``make
+    test``'s two processes start one each at most)."""
+    from tools.dask_cluster import loopback_cluster
+    with loopback_cluster() as address:
+        yield address
