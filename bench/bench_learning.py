@@ -140,6 +140,8 @@ def section(runs: list[tuple[str, dict, dict]]) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results-learning.md")
+    parser.add_argument("--runs", default="", help="also write every run's numbers and "
+                        "validation rounds to this JSON file (to replay stop rules on)")
     args = parser.parse_args(argv)
     datasets = [("shapes 64x64", shapes_flags, seed) for seed in SEEDS] + [
         ("embedded digits 8x8", digits_flags, SEEDS[0]),
@@ -148,6 +150,9 @@ def main(argv=None) -> int:
     for name, flags, seed in datasets:  # the section so far after each (a long bench)
         runs.append((name, first_run(flags, seed), first_run(flags, seed, FULL)))
         write_results(args.out, section(runs))
+        if args.runs:
+            with open(args.runs, "w") as f:
+                json.dump(runs, f)
     return 0
 
 
