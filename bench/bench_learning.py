@@ -142,13 +142,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results-learning.md")
     parser.add_argument("--runs", default="", help="also write every run's numbers and "
                         "validation rounds to this JSON file (to replay stop rules on)")
+    parser.add_argument("--whole-budget", default="", help="reuse the whole-budget runs of "
+                        "this --runs file (the stop rule plays no part in them)")
     args = parser.parse_args(argv)
+    reused = {}
+    if args.whole_budget:
+        with open(args.whole_budget) as f:
+            reused = {(name, full["seed"]): full for name, _, full in json.load(f)}
     datasets = [("shapes 64x64", shapes_flags, seed) for seed in SEEDS] + [
         ("embedded digits 8x8", digits_flags, SEEDS[0]),
         ("shapes, 5 classes, 64x64", photo_flags, SEEDS[0])]
     runs = []
     for name, flags, seed in datasets:  # the section so far after each (a long bench)
-        runs.append((name, first_run(flags, seed), first_run(flags, seed, FULL)))
+        early = first_run(flags, seed)
+        runs.append((name, early, reused.get((name, seed)) or first_run(flags, seed, FULL)))
         write_results(args.out, section(runs))
         if args.runs:
             with open(args.runs, "w") as f:
