@@ -18,15 +18,13 @@ MIN_ROUND_STEPS, ROUND_COST = 25, 5
 # rounds of the last WINDOW_SHARE of the steps run (at least MIN_WINDOW rounds). Training is
 # still learning while the accuracy's gain over the window, Z standard errors above its
 # estimate (a confidence bound), is over MIN_GAIN: a slow rise under round-to-round noise is
-# still learning. (Validation loss is no guide: it keeps falling for rounds after the
-# accuracy stops, as the model grows surer of answers it already gets right, then rises; as a
-# second sign of learning it stopped later, not sooner.) A plateau is FLAT_ROUNDS rounds in a
-# row without learning: three verdicts on a short window see the last gain sooner than two on
-# a long one, and stop on noise less often. Then the rate anneals to its floor over a short
-# tail of ANNEAL_SHARE of the steps run (at least ANNEAL_ROUNDS rounds), where the last gain
-# usually comes, and training stops at its end.
-WINDOW_SHARE, MIN_WINDOW, Z, MIN_GAIN = 0.2, 8, 0.5, 0.015
-FLAT_ROUNDS, ANNEAL_SHARE, ANNEAL_ROUNDS, MIN_SHARE = 3, 0.1, 2, 0.2
+# still learning. (Validation loss is no guide: it keeps falling as the model grows surer of
+# answers it already gets right.) A plateau is FLAT_ROUNDS rounds in a row without learning
+# (one verdict of many can be noise). Then the rate anneals to its floor over a short tail of
+# ANNEAL_SHARE of the steps run (at least ANNEAL_ROUNDS rounds), where the last gain usually
+# comes, and training stops at its end.
+WINDOW_SHARE, MIN_WINDOW, Z, MIN_GAIN = 0.3, 8, 0.5, 0.015
+FLAT_ROUNDS, ANNEAL_SHARE, ANNEAL_ROUNDS, MIN_SHARE = 2, 0.1, 2, 0.2
 
 
 def step_budget(train_steps: int, epochs: int, examples: int, batch_size: int) -> int:
