@@ -137,17 +137,37 @@ def section(runs: list[tuple[str, dict, dict]]) -> list[str]:
             f"{len(runs)}: {target(worst_lost, POINTS, False, ' points')}", ""]
 
 
+def whole_budget_run(runs_file: str, name: str, seed: int) -> dict | None:
+    """The whole-budget run of ``name`` and ``seed`` in a ``--runs`` file, if any (read when
+    needed: an earlier bench may still be writing it)."""
+    if not runs_file or not os.path.exists(runs_file):
+        return None
+    with open(runs_file) as f:
+        return next((full for data, _, full in json.load(f)
+                     if (data, full["seed"]) == (name, seed)), None)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results-learning.md")
+    parser.add_argument("--runs", default="", help="also write every run's numbers and "
+                        "validation rounds to this JSON file (to replay stop rules on)")
+    parser.add_argument("--whole-budget", default="", help="reuse the whole-budget runs of "
+                        "this --runs file (the stop rule plays no part in them)")
     args = parser.parse_args(argv)
     datasets = [("shapes 64x64", shapes_flags, seed) for seed in SEEDS] + [
         ("embedded digits 8x8", digits_flags, SEEDS[0]),
         ("shapes, 5 classes, 64x64", photo_flags, SEEDS[0])]
     runs = []
     for name, flags, seed in datasets:  # the section so far after each (a long bench)
-        runs.append((name, first_run(flags, seed), first_run(flags, seed, FULL)))
+        early = first_run(flags, seed)
+        runs.append((name, early, whole_budget_run(args.whole_budget, name, seed)
+                     or first_run(flags, seed, FULL)))
         write_results(args.out, section(runs))
+        if args.runs:
+            with open(args.runs + ".part", "w") as f:
+                json.dump(runs, f)
+            os.replace(args.runs + ".part", args.runs)
     return 0
 
 

@@ -77,13 +77,13 @@ class Convergence:
     (``WarmupCosine``: the rate decays to its floor by the end of the tail); else ``budget``
     at the end. ``per_round``
     is the steps of a round; ``rounds`` holds ``(steps, seconds since start, validation
-    accuracy)``."""
+    accuracy, validation loss)``."""
 
     def __init__(self, budget: int, per_round: int, target_accuracy: float, started: float,
                  schedule=None, early_stop: bool = True):
         self.budget, self.per_round, self.schedule = budget, per_round, schedule
         self.target, self.started, self.early_stop = target_accuracy, started, early_stop
-        self.rounds: list[tuple[int, float, float]] = []
+        self.rounds: list[tuple[int, float, float, float]] = []
         self.stop, self.best_weights, self.annealed_at = "budget", None, 0
         self._best = (-1.0, -math.inf)  # (accuracy, -loss) of the kept weights
         self._end, self._flat = budget, 0  # the step training ends at, rounds without learning
@@ -96,7 +96,8 @@ class Convergence:
 
     def update(self, steps: int, accuracy: float, loss: float, weights) -> bool:
         """Records a round; returns whether to stop."""
-        self.rounds.append((steps, round(time.perf_counter() - self.started, 2), accuracy))
+        self.rounds.append((steps, round(time.perf_counter() - self.started, 2), accuracy,
+                            round(loss, 5)))
         self.keep(accuracy, loss, weights)
         if self.target and accuracy >= self.target:
             self.stop = "target"
@@ -121,4 +122,4 @@ class Convergence:
 
     def time_to_accuracy(self, final: float) -> float | None:
         """Seconds until validation accuracy first came within ``ACCURACY_DELTA`` of ``final``."""
-        return next((s for _, s, a in self.rounds if a >= final - ACCURACY_DELTA), None)
+        return next((r[1] for r in self.rounds if r[2] >= final - ACCURACY_DELTA), None)

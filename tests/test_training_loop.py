@@ -29,7 +29,7 @@ def _train(convergence: Convergence, curve) -> list[int]:
         steps = (index + 1) * convergence.per_round
         if convergence.update(steps, accuracy, 1.0, lambda: index):
             break
-    return [steps for steps, _, _ in convergence.rounds]
+    return [r[0] for r in convergence.rounds]
 
 
 def _noisy(seed: int, gain_per_round: float, rounds: int, plateau_at: int = 10**9,
