@@ -7,6 +7,7 @@ component fails with that list when the bad fraction of any split exceeds
 the component's type annotations at run time.)
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -43,10 +44,9 @@ class _CheckImages(beam.DoFn):
     def setup(self):
         import tensorflow as tf
 
-        from modules.preprocessing import decode_failure, decode_images
+        from modules.preprocessing import decode_failure
         self._tf, self._failure = tf, decode_failure
-        self._decode = tf.function(lambda data: decode_images(data, self._spec),
-                                   input_signature=[tf.TensorSpec([None], tf.string)])
+        self._decode = _decoder(self._spec)
 
     def _feature_problem(self, features) -> str | None:
         """What is wrong with the image feature short of decoding it."""
@@ -99,6 +99,17 @@ class _CheckImages(beam.DoFn):
             name = "sha256:" + hashlib.sha256(record).hexdigest()[:16]
         return {"split": self._split, "file": os.path.basename(filename), "index": index,
                 "record": name, "error": problem}
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder(spec: ImageSpec):
+    """``decode_images`` for ``spec`` as one graph, traced once per process (every split's
+    DoFn shares it) and without AutoGraph: its control flow is TensorFlow's already."""
+    import tensorflow as tf
+
+    from modules.preprocessing import decode_images
+    return tf.function(lambda data: decode_images(data, spec), autograph=False,
+                       input_signature=[tf.TensorSpec([None], tf.string)])
 
 
 def _batches(path: str):
