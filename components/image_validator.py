@@ -137,6 +137,13 @@ def check_fractions(reports: dict[str, dict], max_bad_fraction: float) -> None:
                 + (f"\n  ... and {more} more" if more > 0 else ""))
 
 
+def _write_report(bad: list[dict], valid: int, path: str) -> None:
+    """A split's report, one small file written whole (no Beam file sink: its temp files
+    and finalize stages cost more than the report)."""
+    with fileio.open(path, "w") as f:
+        f.write(json.dumps({"valid": valid, "bad": bad}, indent=1) + "\n")
+
+
 FINGERPRINT = "input_fingerprint"  # ExampleGen's fingerprint of the files it read
 
 
@@ -176,11 +183,8 @@ def ImageValidator(
             _ = (checked.bad
                  | f"Bad[{split}]" >> beam.combiners.ToList()
                  | f"Report[{split}]" >> beam.Map(
-                     lambda bad, valid: json.dumps({"valid": valid, "bad": bad}, indent=1),
-                     valid=beam.pvalue.AsSingleton(valid_count))
-                 | f"WriteReport[{split}]" >> beam.io.WriteToText(
-                     os.path.join(valid_examples.uri, REPORT.format(split=split)),
-                     shard_name_template=""))
+                     _write_report, valid=beam.pvalue.AsSingleton(valid_count),
+                     path=os.path.join(valid_examples.uri, REPORT.format(split=split))))
     reports = {}
     for split in splits:
         path = os.path.join(valid_examples.uri, REPORT.format(split=split))
