@@ -40,9 +40,14 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
-def timed_run(args: list[str]) -> tuple[float, float, float]:
-    """Runs the local runner; returns (wall seconds, peak RSS in MiB, CPU seconds: user plus
-    system, a figure a loaded machine inflates less than the wall time)."""
+def timed_run(args: list[str]) -> tuple[float, float]:
+    """Runs the local runner; returns (wall seconds, peak RSS in MiB)."""
+    return measured_run(args)[:2]
+
+
+def measured_run(args: list[str]) -> tuple[float, float, float]:
+    """``timed_run`` and the CPU seconds (user plus system: a figure a loaded machine inflates
+    less than the wall time)."""
     command = [sys.executable, "-m", "pipeline.local_runner"] + args
     with tempfile.NamedTemporaryFile("r") as report:
         if os.path.exists(GNU_TIME):
@@ -118,12 +123,12 @@ def main(argv=None) -> int:
              f"{os.getloadavg()[0]:.1f} at the start.", ""]
     try:
         base = os.path.join(work, "base")
-        first = timed_run(["--work-dir", base])
+        first = measured_run(["--work-dir", base])
         first_durations = durations(base)
         bare_import = bare_import_seconds()
         overhead = first[0] - first_durations["Trainer"]
         before = last_execution_id(PipelineConfig(work_dir=base).metadata_path)
-        cached = timed_run(["--work-dir", base])
+        cached = measured_run(["--work-dir", base])
         cached_states = [e.last_known_state == e.CACHED for _, e in executions_since(
             metadata_store(PipelineConfig(work_dir=base).metadata_path), before)]
         imports, pipeline_s = cached_run_split(["--work-dir", base])
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
         runs = {}
         for mode in ("in_process", "multi_processing"):
             target = os.path.join(work, f"10x-{mode}")
-            wall, rss, _ = timed_run(["--work-dir", target, "--data-root", data_10x,
+            wall, rss = timed_run(["--work-dir", target, "--data-root", data_10x,
                                    "--beam-mode", mode, "--train-steps", "40", "--epochs", "2",
                                    "--min-accuracy", "0"])
             runs[mode] = (wall, rss, durations(target))
