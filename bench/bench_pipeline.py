@@ -42,15 +42,23 @@ def _verdict(met: bool) -> str:
 
 def timed_run(args: list[str]) -> tuple[float, float]:
     """Runs the local runner; returns (wall seconds, peak RSS in MiB)."""
+    return measured_run(args)[:2]
+
+
+def measured_run(args: list[str]) -> tuple[float, float, float]:
+    """``timed_run`` and the CPU seconds (user plus system: a figure a loaded machine inflates
+    less than the wall time)."""
     command = [sys.executable, "-m", "pipeline.local_runner"] + args
     with tempfile.NamedTemporaryFile("r") as report:
         if os.path.exists(GNU_TIME):
-            command = [GNU_TIME, "-f", "%e %M", "-o", report.name] + command
+            command = [GNU_TIME, "-f", "%e %U %S %M", "-o", report.name] + command
         start = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         fields = report.read().split()
-    return wall, (int(fields[-1]) / 1024 if fields else float("nan"))
+    if not fields:
+        return wall, float("nan"), float("nan")
+    return wall, int(fields[-1]) / 1024, float(fields[-3]) + float(fields[-2])
 
 
 BARE_IMPORT = "import apache_beam, ml_metadata, tensorflow, tensorflow_model_analysis, tfx.v1"
@@ -111,15 +119,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-")
     lines = ["# Pipeline benchmarks", "", f"Machine: {machine()}", "",
-             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+             f"{os.getloadavg()[0]:.1f} at the start.", ""]
     try:
         base = os.path.join(work, "base")
-        first = timed_run(["--work-dir", base])
+        first = measured_run(["--work-dir", base])
         first_durations = durations(base)
         bare_import = bare_import_seconds()
         overhead = first[0] - first_durations["Trainer"]
         before = last_execution_id(PipelineConfig(work_dir=base).metadata_path)
-        cached = timed_run(["--work-dir", base])
+        cached = measured_run(["--work-dir", base])
         cached_states = [e.last_known_state == e.CACHED for _, e in executions_since(
             metadata_store(PipelineConfig(work_dir=base).metadata_path), before)]
         imports, pipeline_s = cached_run_split(["--work-dir", base])
@@ -128,10 +137,10 @@ def main(argv=None) -> int:
         accuracies = [latest_outcome(PipelineConfig(work_dir=w)).accuracy for w in (base, again)]
         points = abs(accuracies[0] - accuracies[1]) * 100
         lines += ["## End to end, default data (1,797 8x8 digits)", "",
-                  "| run | wall s | peak RSS MiB |", "|---|---:|---:|",
-                  f"| first | {first[0]:.1f} | {first[1]:.0f} |",
+                  "| run | wall s | CPU s | peak RSS MiB |", "|---|---:|---:|---:|",
+                  f"| first | {first[0]:.1f} | {first[2]:.1f} | {first[1]:.0f} |",
                   f"| identical rerun ({_cache_hits(cached_states)}) | {cached[0]:.1f} | "
-                  f"{cached[1]:.0f} |", "",
+                  f"{cached[2]:.1f} | {cached[1]:.0f} |", "",
                   f"Rerun / first: {cached[0] / first[0]:.2f}x wall time.", "",
                   f"First run apart from training: {overhead:.1f} s (wall minus the Trainer's "
                   f"{first_durations['Trainer']:.1f} s), {overhead / bare_import:.2f}x the bare "
@@ -178,6 +187,7 @@ def main(argv=None) -> int:
             lines.append(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
         a, b = runs["in_process"][0], runs["multi_processing"][0]
         lines.append(f"| whole run (wall) | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+        lines += ["", f"Load average {os.getloadavg()[0]:.1f} at the end."]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_results(args.out, lines)

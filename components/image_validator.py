@@ -7,6 +7,7 @@ component fails with that list when the bad fraction of any split exceeds
 the component's type annotations at run time.)
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -43,10 +44,9 @@ class _CheckImages(beam.DoFn):
     def setup(self):
         import tensorflow as tf
 
-        from modules.preprocessing import decode_failure, decode_images
+        from modules.preprocessing import decode_failure
         self._tf, self._failure = tf, decode_failure
-        self._decode = tf.function(lambda data: decode_images(data, self._spec),
-                                   input_signature=[tf.TensorSpec([None], tf.string)])
+        self._decode = _decoder(self._spec)
 
     def _feature_problem(self, features) -> str | None:
         """What is wrong with the image feature short of decoding it."""
@@ -101,6 +101,17 @@ class _CheckImages(beam.DoFn):
                 "record": name, "error": problem}
 
 
+@functools.lru_cache(maxsize=None)
+def _decoder(spec: ImageSpec):
+    """``decode_images`` for ``spec`` as one graph, traced once per process (every split's
+    DoFn shares it) and without AutoGraph: its control flow is TensorFlow's already."""
+    import tensorflow as tf
+
+    from modules.preprocessing import decode_images
+    return tf.function(lambda data: decode_images(data, spec), autograph=False,
+                       input_signature=[tf.TensorSpec([None], tf.string)])
+
+
 def _batches(path: str):
     """Lists of up to ``BATCH`` ``(path, index, record)``, every record of one TFRecord file
     (gzip by suffix) in order."""
@@ -124,6 +135,13 @@ def check_fractions(reports: dict[str, dict], max_bad_fraction: float) -> None:
                 f"split '{split}': {len(report['bad'])} of {total} images cannot be decoded, "
                 f"more than max_bad_image_fraction={max_bad_fraction}:\n{listed}"
                 + (f"\n  ... and {more} more" if more > 0 else ""))
+
+
+def _write_report(bad: list[dict], valid: int, path: str) -> None:
+    """A split's report, one small file written whole (no Beam file sink: its temp files
+    and finalize stages cost more than the report)."""
+    with fileio.open(path, "w") as f:
+        f.write(json.dumps({"valid": valid, "bad": bad}, indent=1) + "\n")
 
 
 FINGERPRINT = "input_fingerprint"  # ExampleGen's fingerprint of the files it read
@@ -165,11 +183,8 @@ def ImageValidator(
             _ = (checked.bad
                  | f"Bad[{split}]" >> beam.combiners.ToList()
                  | f"Report[{split}]" >> beam.Map(
-                     lambda bad, valid: json.dumps({"valid": valid, "bad": bad}, indent=1),
-                     valid=beam.pvalue.AsSingleton(valid_count))
-                 | f"WriteReport[{split}]" >> beam.io.WriteToText(
-                     os.path.join(valid_examples.uri, REPORT.format(split=split)),
-                     shard_name_template=""))
+                     _write_report, valid=beam.pvalue.AsSingleton(valid_count),
+                     path=os.path.join(valid_examples.uri, REPORT.format(split=split))))
     reports = {}
     for split in splits:
         path = os.path.join(valid_examples.uri, REPORT.format(split=split))

@@ -7,6 +7,7 @@ component's code is made of (its module and every project module it imports, tra
 from __future__ import annotations
 
 import ast
+import functools
 import glob
 import hashlib
 import os
@@ -69,6 +70,14 @@ def _imported(tree: ast.AST) -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=None)
+def _imports_of(name: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """``_imported`` of a project file, parsed once per version of it (a run hashes the same
+    files for every component)."""
+    with open(os.path.join(MODULES, name), encoding="utf-8") as f:
+        return tuple(_imported(ast.parse(f.read())))
+
+
 def source_sha256(module: str) -> str:
     """A hash over ``module``'s file (``modules.<name>``, ``components.<name>``...) and every
     project file it imports, transitively (``PACKAGES``): part of a component's cache key, so
@@ -79,8 +88,8 @@ def source_sha256(module: str) -> str:
             if name in files:
                 continue
             files.add(name)
-            with open(os.path.join(MODULES, name), encoding="utf-8") as f:
-                todo += _imported(ast.parse(f.read()))
+            stat = os.stat(os.path.join(MODULES, name))
+            todo += _imports_of(name, stat.st_mtime_ns, stat.st_size)
     return _sha256(files)
 
 

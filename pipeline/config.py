@@ -449,8 +449,10 @@ class PipelineConfig:
         without it TFX builds a source package of itself before every Beam component, which
         the DirectRunner never uses and which a remote runner could not run our components
         from."""
-        if self.beam_mode == "in_process":
-            args = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        if self.beam_mode == "in_process":  # FnApiRunner: the DirectRunner first tries
+            # Prism, which fails here after building a source package twice (~2.5 s a component)
+            args = ["--direct_running_mode=in_memory", "--direct_num_workers=1",
+                    "--runner=FnApiRunner"]
         elif self.beam_mode == "dask":
             args = [f"--runner={DASK_RUNNER}", f"--dask_client_address={self.dask_address}",
                     f"--dask_connection_timeout={DASK_CONNECT_SECONDS}",

@@ -40,6 +40,16 @@ def test_multi_processing_beam_mode():
                                          "--direct_num_workers=4", f"--setup_file={SETUP_FILE}"]
 
 
+def test_in_process_beam_runs_on_the_fn_api_runner_with_no_prism_attempt():
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+    with beam.Pipeline(options=PipelineOptions(PipelineConfig().beam_pipeline_args)) as p:
+        assert type(p.runner) is FnApiRunner
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x * 3), equal_to([3, 6]))
+
+
 @pytest.mark.parametrize("bad", [{"beam_mode": "spark"}, {"image_channels": 2},
                                  {"batch_size": 0}, {"min_accuracy": -0.1},
                                  {"train_steps": -1}, {"epochs": -2}, {"width": 12},

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 from components.image_validator import (BATCH, REPORT, BadImageError, ImageValidator,
-                                        _batches, _CheckImages, check_fractions)
+                                        _batches, _CheckImages, _decoder, check_fractions)
 from domain.features import ImageSpec
 from pipeline.config import PipelineConfig
 from tests.conftest import encode
@@ -85,6 +85,10 @@ def test_tolerated_bad_images_are_dropped_and_reported(messy_data, tmp_path):
     assert sorted(b["record"] for b in report["bad"]) == ["no-image", "notes.txt",
                                                          "truncated.jpg"]
     assert all(b["error"] and b["file"].startswith("data_tfrecord") for b in report["bad"])
+    # Both splits' checks in this process shared one decoder, traced once.
+    config = PipelineConfig(image_height=9, image_width=9, image_channels=3)
+    decoder = _decoder(ImageSpec.from_custom_config(config.transform_config()))
+    assert decoder.experimental_get_tracing_count() == 1
 
 
 def test_a_batch_with_bad_images_names_each_and_passes_the_good_ones():
