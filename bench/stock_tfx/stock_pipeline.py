@@ -25,7 +25,7 @@ _beam_pipeline_args = [
 def _create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str,
                      module_file: str, serving_model_dir: str, metadata_path: str,
                      beam_pipeline_args: List[str],
-                     accuracy_threshold: float = 0.8) -> tfx.dsl.Pipeline:
+                     accuracy_threshold: float = 0.6) -> tfx.dsl.Pipeline:
   """Implements the image classification pipeline with TFX."""
   # Brings data into the pipeline: the records are already split.
   example_gen = tfx.components.ImportExampleGen(
