@@ -32,6 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+USER_LEGACY_KERAS = "TF_USE_LEGACY_KERAS" in os.environ
 
 from bench.bench_data import images  # noqa: E402
 from bench.bench_learning import target  # noqa: E402
@@ -42,6 +43,11 @@ from domain.mlmd_queries import (executions_since, latest_artifact,  # noqa: E40
 from ops.ingest import split_of  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.outcome import latest_outcome  # noqa: E402
+
+# tensorflow_transform sets TF_USE_LEGACY_KERAS=1 when imported (above): every run gets the
+# environment a shell would give it instead.
+if not USER_LEGACY_KERAS:
+    os.environ.pop("TF_USE_LEGACY_KERAS", None)
 
 PER_CLASS = 1000  # images per class, 3 classes
 EVAL_FRACTION = 0.2  # ops.ingest's default

@@ -1,6 +1,6 @@
 """The small CNN of Keras' image classification tutorial, shared by the stock TFX module and
 the plain Keras recipe (the same model on both stock sides)."""
-import keras
+from tensorflow import keras  # as the examples and tutorials: tf.keras
 
 IMAGE_SIZE = 64  # pixels per side, as the project's run is configured in bench_compare
 NUM_CLASSES = 3

@@ -8,8 +8,8 @@ import json
 import os
 import sys
 
-import keras
 import tensorflow as tf
+from tensorflow import keras
 
 from cnn import IMAGE_SIZE, build_cnn
 
