@@ -127,14 +127,14 @@ def measure(work: str) -> dict:
     return result
 
 
-def section(r: dict, seconds: float) -> list[str]:
+def section(r: dict, took: float) -> list[str]:
     """The Markdown section: the sides, the ratios against their targets."""
     held_out = {r["eval_images"], r["stock_eval"], r["split"]["eval"]}
     stock_ratio = r["project_s"] / r["stock_s"]
     recipe_ratio = (r["ingest_s"] + r["project_s"]) / r["recipe_s"]
     lines = ["# Comparisons: stock TFX and a plain Keras recipe", "", f"Machine: {machine()}",
              "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, in "
-             f"{seconds:.0f} s; load average (1, 5, 15 min) {r['load_before']} before the runs "
+             f"{took:.0f} s; load average (1, 5, 15 min) {r['load_before']} before the runs "
              f"and {r['load_after']} after (other work shares the machine).", "",
              f"{3 * PER_CLASS:,} photo-like images (3 shape classes, 40-300 px, JPEG and PNG), "
              f"{r['split']['train']:,} train and {r['split']['eval']:,} held out by ingest's "
@@ -154,7 +154,7 @@ def section(r: dict, seconds: float) -> list[str]:
              "|---|---:|---|---|",
              f"| project run / stock TFX run | {stock_ratio:.2f}x | {r['project_accuracy']:.3f} vs "
              f"{r['stock_accuracy']:.3f} | time {target(stock_ratio, SPEED_STOCK, False, 'x')}; "
-             f"accuracy {target(r['project_accuracy'], r['stock_accuracy'], True)} |",
+             f"accuracy {target(r['project_accuracy'], round(r['stock_accuracy'], 3), True)} |",
              f"| ingest + project run / Keras recipe | {recipe_ratio:.2f}x | "
              f"{r['project_accuracy']:.3f} vs {r['recipe_accuracy']:.3f} | time "
              f"{target(recipe_ratio, SPEED_RECIPE, False, 'x')}; accuracy "
