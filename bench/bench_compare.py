@@ -100,6 +100,7 @@ def load() -> str:
 
 def measure(work: str) -> dict:
     """The folder, its ingest and split, then the three runs back to back."""
+    started = time.perf_counter()
     image_dir, records, split = (os.path.join(work, d) for d in ("images", "records", "split"))
     images(image_dir, PER_CLASS)
     result = {"load_before": load()}
@@ -123,18 +124,18 @@ def measure(work: str) -> dict:
                                 recipe], os.path.join(work, "recipe.log"))
     with open(os.path.join(recipe, "result.json")) as f:
         result["recipe_accuracy"] = json.load(f)["accuracy"]
-    result["load_after"] = load()
+    result["load_after"], result["took"] = load(), time.perf_counter() - started
     return result
 
 
-def section(r: dict, took: float) -> list[str]:
+def section(r: dict) -> list[str]:
     """The Markdown section: the sides, the ratios against their targets."""
     held_out = {r["eval_images"], r["stock_eval"], r["split"]["eval"]}
     stock_ratio = r["project_s"] / r["stock_s"]
     recipe_ratio = (r["ingest_s"] + r["project_s"]) / r["recipe_s"]
     lines = ["# Comparisons: stock TFX and a plain Keras recipe", "", f"Machine: {machine()}",
              "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, in "
-             f"{took:.0f} s; load average (1, 5, 15 min) {r['load_before']} before the runs "
+             f"{r['took']:.0f} s; load average (1, 5, 15 min) {r['load_before']} before the runs "
              f"and {r['load_after']} after (other work shares the machine).", "",
              f"{3 * PER_CLASS:,} photo-like images (3 shape classes, 40-300 px, JPEG and PNG), "
              f"{r['split']['train']:,} train and {r['split']['eval']:,} held out by ingest's "
@@ -170,20 +171,17 @@ def components(r: dict) -> list[str]:
     for name in list(stock) + [n for n in project if n not in stock]:
         lines.append(f"| {name} | " + " | ".join(
             f"{side[name]:.1f}" if name in side else "-" for side in (stock, project)) + " |")
-    lines.append(f"| rest of the wall time (start-up, imports, orchestration) | "
-                 f"{r['stock_s'] - sum(stock.values()):.1f} | "
-                 f"{r['project_s'] - sum(project.values()):.1f} |")
-    return lines
+    return lines + [f"| rest of the wall time (start-up, imports, orchestration) | "
+                    f"{r['stock_s'] - sum(stock.values()):.1f} | "
+                    f"{r['project_s'] - sum(project.values()):.1f} |"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results-compare.md")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-compare-", ignore_cleanup_errors=True) as work:
-        result = measure(work)
-    write_results(args.out, section(result, time.perf_counter() - started))
+        write_results(args.out, section(measure(work)))
     return 0
 
 
