@@ -56,9 +56,9 @@ test: setup browser edge ## run the whole test suite (every tier, TEST_JOBS=2 pr
 test-fast: setup ## run the unit tier only (a few minutes: no pipeline run, KFP or gateway process)
 	$(PY) -m pytest tests -m unit --durations=10 $(ARGS)
 
-BENCHES := pipeline data model learning warm-start gateway seams distill dask
+BENCHES := pipeline data model learning warm-start gateway seams distill dask compare
 
-bench: setup ## run the benchmarks (about 90 min); results in bench/results.md
+bench: setup ## run the benchmarks (about 100 min); results in bench/results.md
 	$(PY) bench/bench_pipeline.py --out bench/results-pipeline.md
 	$(PY) bench/bench_data.py --out bench/results-data.md
 	$(PY) bench/bench_model.py --out bench/results-model.md
@@ -68,6 +68,7 @@ bench: setup ## run the benchmarks (about 90 min); results in bench/results.md
 	$(PY) bench/bench_seams.py --out bench/results-seams.md
 	$(PY) bench/bench_distill.py --out bench/results-distill.md
 	$(PY) bench/bench_dask.py --out bench/results-dask.md
+	$(PY) bench/bench_compare.py --out bench/results-compare.md
 	cat $(BENCHES:%=bench/results-%.md) > bench/results.md
 	rm $(BENCHES:%=bench/results-%.md)
 
