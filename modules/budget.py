@@ -70,7 +70,7 @@ def anneal_rounds(steps: int, per_round: int) -> int:
 
 class Convergence:
     """Decides after each validation round whether training goes on, and keeps the weights
-    of the best round. ``stop`` is ``target`` once validation accuracy reaches
+    of the round of lowest validation loss (``keep``). ``stop`` is ``target`` once validation accuracy reaches
     ``target_accuracy`` (0: none); ``plateau`` once ``FLAT_ROUNDS`` rounds in a row show no
     learning (``learning``; not before ``MIN_SHARE`` of ``budget``; never without
     ``early_stop``), after a short annealing tail when ``schedule`` can anneal
@@ -85,14 +85,18 @@ class Convergence:
         self.target, self.started, self.early_stop = target_accuracy, started, early_stop
         self.rounds: list[tuple[int, float, float, float]] = []
         self.stop, self.best_weights, self.annealed_at = "budget", None, 0
-        self._best = (-1.0, -math.inf)  # (accuracy, -loss) of the kept weights
+        self._best_loss = math.inf  # of the kept weights
         self._end, self._flat = budget, 0  # the step training ends at, rounds without learning
 
     def keep(self, accuracy: float, loss: float, weights) -> None:
-        """Keeps ``weights()`` when the round beats the best so far (the lower loss breaks
-        a tie); fine-tuning rounds, which decide nothing, come here alone."""
-        if (accuracy, -loss) > self._best:
-            self._best, self.best_weights = (accuracy, -loss), weights()
+        """Keeps ``weights()`` when the round's validation loss is the lowest so far (as
+        Keras' ``restore_best_weights`` does by default). Accuracy on a validation part of a
+        hundred-odd images moves in steps of whole images, so its best round is often an early
+        lucky one: on the digits, kept at step 100 of 225 (0.987 against 0.974 on 152 images,
+        loss 0.124 against 0.075), it scored 0.942 on the eval split. Fine-tuning rounds,
+        which decide nothing, come here alone; ``accuracy`` is for the callers' logs."""
+        if loss < self._best_loss:
+            self._best_loss, self.best_weights = loss, weights()
 
     def update(self, steps: int, accuracy: float, loss: float, weights) -> bool:
         """Records a round; returns whether to stop."""

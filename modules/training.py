@@ -1,6 +1,6 @@
 """The Trainer's fit: validation rounds until ``Convergence`` stops them, then, for an
 application backbone, fine-tuning rounds of its top layers. Each phase ends on the weights of
-the best round so far (of either phase)."""
+the round of lowest validation loss so far (of either phase)."""
 from __future__ import annotations
 
 import absl.logging
@@ -28,7 +28,7 @@ def rounds_callback(api, convergence: Convergence, fine_tune: bool):
     """Logs each validation round (``EPOCH_LOG``) and offers its weights to ``convergence``:
     in the first phase ``Convergence.update`` also decides when to stop (then ``STOP_LOG``);
     fine-tuning rounds only compete for the best (``Convergence.keep``). At the end of
-    either phase the model gets the best round's weights."""
+    either phase the model gets the weights of the round of lowest validation loss."""
 
     class Rounds(api.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

@@ -1,14 +1,16 @@
 """The Dask path through the KFP v2 backend harness (tests/kfp_backend.py): a package compiled
 with ``--beam-mode dask --dask-address <the session's loopback cluster>`` runs its first Beam
-tasks (DataSpan, ImportExampleGen, ImageValidator) as the backend runs them, each Beam task
-driving the cluster, and writes what the DirectRunner writes: every input file's records in
-order (Dask: one shard per file, in order; the DirectRunner's one shard is their
-concatenation), and all of them valid. The pods' disk is this machine's, which the workers
+tasks (DataSpan, ImportExampleGen, ImageValidator) as the backend runs them, the Beam task
+(ImageValidator; ImportExampleGen streams TFRecord splits itself, components.example_splits)
+driving the cluster, and writes what the DirectRunner writes: every input record, in the
+SHA-256 order ImportExampleGen gives records that ops.ingest did not order, and all of them
+valid. The pods' disk is this machine's, which the workers
 share (on a cluster they would not: kfp/README.md, a ``gs://`` root)."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline.kubeflow_runner import compile_pipeline
 from tests.helpers import volume_config
@@ -20,8 +22,7 @@ FILES_PER_SPLIT = 2
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, dask_cluster):
-    """``(backend, run, {split: [each input file's records, in Beam's match order]})``: the
-    order in which a DirectRunner reads them."""
+    """``(backend, run, {split: [each input file's records]})``."""
     import tensorflow as tf
     from pipeline.default_data import digits_examples
     work = tmp_path_factory.mktemp("dask-kfp")
@@ -39,8 +40,7 @@ def run(tmp_path_factory, dask_cluster):
             with tf.io.TFRecordWriter(path, "GZIP") as writer:
                 for record in part:
                     writer.write(record)
-        matched = FileSystems.match([str(folder / "*")])[0].metadata_list
-        files[split] = [parts[m.path] for m in matched]
+        files[split] = list(parts.values())
     config = volume_config(volume, "--beam-mode", "dask", "--dask-address", dask_cluster)
     package = compile_pipeline(config, str(work / "pipeline.yaml"))
     backend = Backend(work, "2.17")
@@ -66,13 +66,14 @@ def test_the_beam_tasks_write_what_the_direct_runner_writes(run, split):
     import json
     backend, result, files = run
     assert result.executed() == {"DataSpan", "ImportExampleGen", "ImageValidator"}
-    expected = files[split]
-    assert _written(backend, result, "ImportExampleGen", "examples", split) == expected
-    valid = _written(backend, result, "ImageValidator", "valid_examples", split)
-    assert [r for shard in valid for r in shard] == [r for part in expected for r in part]
+    expected = sorted((r for part in files[split] for r in part),
+                      key=lambda record: hashlib.sha256(record).digest())
+    for task, output in (("ImportExampleGen", "examples"), ("ImageValidator", "valid_examples")):
+        written = _written(backend, result, task, output, split)
+        assert [r for shard in written for r in shard] == expected, task
     folder = backend.store_path(result.tasks["ImageValidator"].artifacts["valid_examples"].uri)
     report = json.loads((folder / f"bad_images-{split}.json").read_text())
-    assert report == {"valid": sum(map(len, expected)), "bad": []}
+    assert report == {"valid": len(expected), "bad": []}
 
 
 def _canonical(record: bytes) -> bytes:

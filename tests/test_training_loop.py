@@ -22,12 +22,12 @@ NOISE_SEEDS = range(20)
 
 
 def _train(convergence: Convergence, curve) -> list[int]:
-    """Feeds validation accuracies ``curve`` (a flat loss) round by round until
-    ``convergence`` stops; a round's weights are its index. Returns the steps of the rounds
-    run."""
+    """Feeds validation accuracies ``curve`` (and a loss of 1 - accuracy) round by round
+    until ``convergence`` stops; a round's weights are its index. Returns the steps of the
+    rounds run."""
     for index, accuracy in enumerate(curve):
         steps = (index + 1) * convergence.per_round
-        if convergence.update(steps, accuracy, 1.0, lambda: index):
+        if convergence.update(steps, accuracy, 1.0 - accuracy, lambda: index):
             break
     return [r[0] for r in convergence.rounds]
 
@@ -125,10 +125,10 @@ def test_the_validation_part_is_the_first_buckets_by_content_hash():
 def test_a_fine_tuning_round_replaces_the_kept_weights_only_when_better():
     convergence = Convergence(100, 25, 0.0, 0.0)
     convergence.update(25, 0.9, 0.3, lambda: "first phase")
-    convergence.keep(0.8, 0.1, lambda: "worse")
+    convergence.keep(0.95, 0.4, lambda: "a lucky image more, a higher loss")
     assert convergence.best_weights == "first phase"
-    convergence.keep(0.9, 0.2, lambda: "as accurate, lower loss")
-    assert convergence.best_weights == "as accurate, lower loss"
+    convergence.keep(0.9, 0.2, lambda: "lower loss")
+    assert convergence.best_weights == "lower loss"
     assert len(convergence.rounds) == 1 and convergence.stop == "budget"  # decides nothing
 
 
@@ -193,10 +193,11 @@ def fine_tuned(tmp_path_factory):
 
 
 def test_fine_tuning_ends_on_the_best_round_of_either_phase(fine_tuned):
-    """The model evaluated (and exported) is the best round's, not the last one's."""
+    """The model evaluated (and exported) is the round's of lowest validation loss, not the
+    last one's."""
     summary, records = fine_tuned
     rounds = [r.args for r in records if r.msg == EPOCH_LOG]
-    accuracy, loss = max(rounds, key=lambda r: (r[5], -r[4]))[5:3:-1]
+    accuracy, loss = min(rounds, key=lambda r: r[4])[5:3:-1]
     assert accuracy > 0.9 and all(r[5] < 0.5 for r in rounds[2:])  # fine-tuning made it worse
     assert summary["validation_metrics"]["accuracy"] == pytest.approx(accuracy)
     assert summary["validation_metrics"]["loss"] == pytest.approx(loss, rel=1e-3, abs=1e-6)
