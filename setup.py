@@ -27,7 +27,6 @@ setup(
         "protobuf",
         "absl-py",
         "pyyaml>=6,<7",  # the KFP package and the manifests
-        "tqdm",  # ops/ingest.py's progress bar
         "apache-beam>=2.60,<3",
         "dask[distributed]>=2024.4.2",  # --beam-mode dask (pipeline/dask_runner.py)
         "kfp>=2.6,<2.17",
