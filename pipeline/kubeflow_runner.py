@@ -157,6 +157,17 @@ def credentials_needed(config: PipelineConfig) -> list[str]:
     return lines
 
 
+def engine_warnings(config: PipelineConfig) -> list[str]:
+    """What a Beam engine outside the task pods needs of the pipeline root, a line each."""
+    scheme = config.pipeline_root.partition("://")[0]
+    if config.beam_mode == "dask" and scheme != "gs":
+        return [f"warning: --beam-mode dask with a {scheme}:// pipeline root: the launcher "
+                "stages its artifacts on each task pod's own disk, where the Dask workers do not "
+                "write (they share it only on one machine); on a cluster give a gs:// root "
+                "(kfp/README.md)"]
+    return []
+
+
 def set_retries(spec: dict, retries: int) -> None:
     """A retry policy of ``retries`` on every task, in place (none for 0): a failed or
     preempted pod need not fail the run."""
@@ -229,7 +240,7 @@ def compile_pipeline(config: PipelineConfig, output: str, announce=_to_stderr) -
             raise ValueError(str(err)) from None
         data_shape.require_readable(config)
         announce("\n".join([choice.line(), *choice.hints]))
-    for line in credentials_needed(config):
+    for line in credentials_needed(config) + engine_warnings(config):
         announce(line)
     from tfx import v1 as tfx  # the training stack: only once there is something to compile
 

@@ -271,6 +271,16 @@ def test_the_compiler_says_which_store_credentials_the_cluster_needs():
     assert len(gs) == 1 and "stages gs:// inputs to /gcs" in gs[0]
 
 
+def test_the_compiler_warns_that_dask_workers_need_a_gs_root():
+    from pipeline.kubeflow_runner import engine_warnings
+    dask = ["--beam-mode", "dask", "--dask-address", "tcp://dask-scheduler.kubeflow:8786"]
+    assert engine_warnings(PipelineConfig.from_args(CLUSTER, {})) == []
+    minio = engine_warnings(PipelineConfig.from_args(CLUSTER + dask, {}))
+    assert len(minio) == 1 and "minio:// pipeline root" in minio[0] and "gs://" in minio[0]
+    assert engine_warnings(PipelineConfig.from_args(
+        CLUSTER + dask + ["--pipeline-root", "gs://bucket/root"], {})) == []
+
+
 def test_parameters_from_tasks_have_their_producers_types(cluster_spec):
     """The driver refuses a string where a number is declared and turns a number consumed as
     STRING into text (a served version 0 became "0"): each such input has its producer's
