@@ -28,26 +28,15 @@ import math
 import os
 import struct
 import tempfile
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 from tfx.dsl.io import fileio
 
-from domain.records import compression, write_record
+from domain.records import compression, read_records, write_record
 
 ORDERED = "sha256"  # ``manifest.json``'s ``order`` of records already class-mixed
 BUCKET_BYTES = 64 * 2**20  # input bytes per spill bucket: the memory one bucket's sort takes
 FILE_NAME = "data_tfrecord"  # TFX's write_split.DEFAULT_FILE_NAME
-
-
-def read_records(f: BinaryIO, name: str = "") -> Iterator[bytes]:
-    """The records of an open TFRecord file ``name`` (its framing: length, CRC of it, data,
-    CRC; the CRCs are checked by the readers downstream)."""
-    while header := f.read(12):
-        length, = struct.unpack("<Q", header[:8].ljust(8, b"\0"))
-        record = f.read(length + 4)
-        if len(header) < 12 or len(record) < length + 4:
-            raise ValueError(f"{name}: truncated TFRecord file")
-        yield record[:length]
 
 
 @contextlib.contextmanager

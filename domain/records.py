@@ -1,6 +1,7 @@
 """TFRecord files: sharded splits written all or nothing (the embedded data, ingest,
-generators), and their compression by name. Written in TFRecord's own framing (length, masked
-CRC-32C of the length, data, masked CRC-32C of the data), so no TensorFlow is imported."""
+generators), their compression by name, and their records read back. Written and read in
+TFRecord's own framing (length, masked CRC-32C of the length, data, masked CRC-32C of the
+data), so no TensorFlow is imported."""
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,17 @@ def write_record(f: BinaryIO, record: bytes) -> None:
     """Appends one TFRecord to the open file ``f``."""
     length = struct.pack("<Q", len(record))
     f.write(length + _masked_crc(length) + record + _masked_crc(record))
+
+
+def read_records(f: BinaryIO, name: str = "") -> Iterator[bytes]:
+    """The records of an open TFRecord file ``name`` (its framing: length, CRC of it, data,
+    CRC; the CRCs are checked by the readers downstream)."""
+    while header := f.read(12):
+        length, = struct.unpack("<Q", header[:8].ljust(8, b"\0"))
+        record = f.read(length + 4)
+        if len(header) < 12 or len(record) < length + 4:
+            raise ValueError(f"{name}: truncated TFRecord file")
+        yield record[:length]
 
 
 def open_shard(path: str, compress: bool) -> BinaryIO:

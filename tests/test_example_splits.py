@@ -19,7 +19,7 @@ from tfx.types import standard_artifacts, standard_component_specs as keys
 
 from components import example_splits
 from components.standard import _SpanResolvingExecutor
-from domain.records import write_record
+from domain.records import read_records, write_record
 from modules.data import is_validation
 
 CLASSES = 3
@@ -79,7 +79,7 @@ def _files(out, split: str) -> list[str]:
 
 def _records(path: str) -> list[bytes]:
     with open(path, "rb") as f:
-        return list(example_splits.read_records(f))
+        return list(read_records(f))
 
 
 def _digest(record: bytes) -> bytes:
